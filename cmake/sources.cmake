@@ -1,0 +1,19 @@
+# The library's sources, by layer. Backends register in devices/registry.c.
+set(AB_SOURCES
+  runtime/errors.c
+  runtime/platform.c
+  runtime/pool.c
+  runtime/runtime.c
+  runtime/placement.c
+  runtime/future.c
+  runtime/task.c
+  runtime/worker.c
+  runtime/memory.c
+  runtime/tensor.c
+  runtime/dlpack.c
+  runtime/convert.c
+  queue/queue.c
+  devices/registry.c
+  devices/host/host.c
+  devices/host/kernels.c
+)

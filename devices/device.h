@@ -1,0 +1,68 @@
+/*
+ * devices/device.h: the contract every backend implements, one const table per backend.
+ *
+ * Core code never includes a backend's headers (CUDA, OpenCL); it calls these ops. A backend
+ * keeps its state behind d->backend (per device) and w->backend (per worker: the stream or
+ * queue and the arena). Every op is called from the thread noted beside it; an op that may fail
+ * returns 0 or a negative AB_E* code. Allocation failures return AB_ENOMEM, which the runtime
+ * turns into its OOM ladder.
+ */
+#ifndef AB_DEVICES_DEVICE_H
+#define AB_DEVICES_DEVICE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+typedef struct {
+  char name[64];
+  uint64_t memory_total;          /* bytes */
+} ab__phys_info;
+
+/* How a cast converts values (ab_cast_mode). STRETCH maps [lo, hi] of a float source onto the
+ * integer target's range; have_range says lo and hi are given (stacking computes them over
+ * every slice), else the kernel finds them in src. */
+typedef struct {
+  int mode;
+  bool have_range;
+  double lo, hi;
+} ab__cast_params;
+
+struct ab__device_ops {
+  size_t size;                    /* sizeof(struct ab__device_ops): tables only ever grow */
+  const char *name;
+  int kind;                       /* ab_kind */
+  int default_workers;            /* per device when the options say 0 (0: one per core) */
+
+  /* Discovery (runtime_create thread). Fills up to cap entries; returns how many physical
+   * devices exist (0 when the platform or driver is absent: not an error). */
+  int (*probe)(ab__phys_info *out, int cap);
+  /* Per device and per worker lifecycle (runtime_create / destroy thread). */
+  int (*open)(ab__device *d);
+  void (*close)(ab__device *d);
+  int (*worker_start)(ab__worker *w); /* sets w->backend when there is anything to stop */
+  void (*worker_stop)(ab__worker *w);
+
+  /* Memory. alloc: from w's arena (worker thread, or any thread with w = the device's first
+   * worker). free: any thread, stream-ordered after the memory's last use. trim: give w's cached
+   * blocks back. sync: wait for pending frees on the device. */
+  int (*alloc)(ab__worker *w, size_t bytes, void **ptr);
+  void (*free)(ab__device *d, void *ptr, size_t bytes);
+  void (*trim)(ab__worker *w);
+  int (*sync)(ab__device *d);
+
+  /* The worker's stream for compute tasks (cudaStream_t, cl_command_queue; NULL on the host). */
+  void *(*stream)(ab__worker *w);
+
+  /* Kernels (worker thread). cast: src (strided, any layout, on this device) into dst
+   * (contiguous, this device) with dtype conversion in mode (ab_cast_mode). copy: bytes. */
+  int (*cast)(ab__worker *w, const DLTensor *src, void *dst, DLDataType dt, const ab__cast_params *p);
+  /* The smallest and largest non-NaN value of a float tensor; *found false if there is none. */
+  int (*minmax)(ab__worker *w, const DLTensor *src, double *lo, double *hi, bool *found);
+  int (*copy)(ab__worker *w, void *dst, const void *src, size_t bytes);
+};
+
+/* registry.c: the backends compiled in, indexed by ab_kind (NULL: not built). */
+extern const ab__device_ops *const ab__backends[3];
+
+#endif

@@ -1,0 +1,11 @@
+/* devices/host/host.h: the host kernels, shared with tests as the reference implementation. */
+#ifndef AB_DEVICES_HOST_H
+#define AB_DEVICES_HOST_H
+
+#include "runtime/internal.h"
+
+/* src (any strides) into dst (contiguous) as dtype dt. AB_EDTYPE for unsupported dtypes. */
+int ab__host_cast(const DLTensor *src, void *dst, DLDataType dt, const ab__cast_params *p);
+int ab__host_minmax(const DLTensor *src, double *lo, double *hi, bool *found);
+
+#endif

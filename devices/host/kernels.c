@@ -1,0 +1,330 @@
+/*
+ * devices/host/kernels.c: dtype conversion and strided packing on the host.
+ *
+ * These are the reference the OpenCL and CUDA kernels are tested against, bit for bit:
+ *   saturate  ints clamp to the target's range; floats to ints truncate toward zero, NaN -> 0,
+ *             out-of-range values clamp; to floats, plain C conversion; to bool, x != 0.
+ *   stretch   float -> integer: t = (x - lo) / (hi - lo), y = t * (MAX - MIN) + MIN in double,
+ *             then saturate (truncation, as arraybridge does); lo == hi: plain saturate.
+ *             Any other pair: saturate.
+ * A source of any strides (negative too) is walked row by row after merging the dimensions
+ * that are contiguous with each other, so the inner loops see long runs they can vectorise.
+ */
+#include <float.h>
+#include <string.h>
+
+#include "devices/host/host.h"
+
+#pragma GCC diagnostic ignored "-Wtype-limits"
+#pragma GCC diagnostic ignored "-Wsign-compare"
+#pragma GCC diagnostic ignored "-Wbool-compare"
+
+/* Traits: C type, signed, integer, bool, min, max. */
+#define CT_u8 uint8_t
+#define CT_u16 uint16_t
+#define CT_u32 uint32_t
+#define CT_u64 uint64_t
+#define CT_i8 int8_t
+#define CT_i16 int16_t
+#define CT_i32 int32_t
+#define CT_i64 int64_t
+#define CT_f32 float
+#define CT_f64 double
+#define CT_b8 uint8_t
+#define SG_u8 0
+#define SG_u16 0
+#define SG_u32 0
+#define SG_u64 0
+#define SG_i8 1
+#define SG_i16 1
+#define SG_i32 1
+#define SG_i64 1
+#define SG_f32 1
+#define SG_f64 1
+#define SG_b8 0
+#define IN_f32 0
+#define IN_f64 0
+#define IN_u8 1
+#define IN_u16 1
+#define IN_u32 1
+#define IN_u64 1
+#define IN_i8 1
+#define IN_i16 1
+#define IN_i32 1
+#define IN_i64 1
+#define IN_b8 1
+#define BO_b8 1
+#define BO_u8 0
+#define BO_u16 0
+#define BO_u32 0
+#define BO_u64 0
+#define BO_i8 0
+#define BO_i16 0
+#define BO_i32 0
+#define BO_i64 0
+#define BO_f32 0
+#define BO_f64 0
+#define MN_u8 0
+#define MN_u16 0
+#define MN_u32 0
+#define MN_u64 0
+#define MN_i8 INT8_MIN
+#define MN_i16 INT16_MIN
+#define MN_i32 INT32_MIN
+#define MN_i64 INT64_MIN
+#define MN_f32 0
+#define MN_f64 0
+#define MN_b8 0
+#define MX_u8 UINT8_MAX
+#define MX_u16 UINT16_MAX
+#define MX_u32 UINT32_MAX
+#define MX_u64 UINT64_MAX
+#define MX_i8 INT8_MAX
+#define MX_i16 INT16_MAX
+#define MX_i32 INT32_MAX
+#define MX_i64 INT64_MAX
+#define MX_f32 0
+#define MX_f64 0
+#define MX_b8 1
+
+#define SRC_TYPES(X) X(u8) X(u16) X(u32) X(u64) X(i8) X(i16) X(i32) X(i64) X(f32) X(f64) X(b8)
+#define DST_TYPES(X, S) X(S, u8) X(S, u16) X(S, u32) X(S, u64) X(S, i8) X(S, i16) X(S, i32) X(S, i64) X(S, f32) X(S, f64) X(S, b8)
+
+enum {
+#define ID(T) T_##T,
+  SRC_TYPES(ID)
+#undef ID
+  T_COUNT
+};
+
+#define DEF_SAT(S, D)                                                                         \
+  static inline CT_##D sat_##S##_##D(CT_##S x) {                                             \
+    if (BO_##D) return x != 0;                                                               \
+    if (!IN_##D) return (CT_##D)x;                                                           \
+    if (!IN_##S) {                                                                           \
+      if (x != x) return 0;                                                                  \
+      if ((double)x <= (double)MN_##D) return (CT_##D)MN_##D;                                \
+      if ((double)x >= (double)MX_##D) return (CT_##D)MX_##D;                                \
+      return (CT_##D)x;                                                                      \
+    }                                                                                        \
+    if (SG_##S && x < 0) {                                                                   \
+      if (!SG_##D) return 0;                                                                 \
+      if ((int64_t)x < (int64_t)MN_##D) return (CT_##D)MN_##D;                               \
+      return (CT_##D)x;                                                                      \
+    }                                                                                        \
+    if ((uint64_t)x > (uint64_t)MX_##D) return (CT_##D)MX_##D;                               \
+    return (CT_##D)x;                                                                        \
+  }                                                                                          \
+  static void conv_##S##_##D(const char *s, int64_t ss, char *d, int64_t n) {                \
+    CT_##D *o = (CT_##D *)d;                                                                 \
+    CT_##S v;                                                                                \
+    if (ss == (int64_t)sizeof v) {                                                           \
+      for (int64_t k = 0; k < n; k++) {                                                      \
+        memcpy(&v, s + k * (int64_t)sizeof v, sizeof v);                                     \
+        o[k] = sat_##S##_##D(v);                                                             \
+      }                                                                                      \
+    } else {                                                                                 \
+      for (int64_t k = 0; k < n; k++) {                                                      \
+        memcpy(&v, s + k * ss, sizeof v);                                                    \
+        o[k] = sat_##S##_##D(v);                                                             \
+      }                                                                                      \
+    }                                                                                        \
+  }
+
+#define DEF_ROW(S) DST_TYPES(DEF_SAT, S)
+SRC_TYPES(DEF_ROW)
+
+typedef void (*conv_fn)(const char *s, int64_t ss, char *d, int64_t n);
+
+static const conv_fn conv_table[T_COUNT][T_COUNT] = {
+#define ENTRY(S, D) [T_##S][T_##D] = conv_##S##_##D,
+#define ENTRY_ROW(S) DST_TYPES(ENTRY, S)
+    SRC_TYPES(ENTRY_ROW)
+#undef ENTRY
+#undef ENTRY_ROW
+};
+
+/* Stretch: float sources onto integer targets. */
+#define DEF_STRETCH(S, D)                                                                     \
+  static void stretch_##S##_##D(const char *s, int64_t ss, char *d, int64_t n, double lo, double span) { \
+    CT_##D *o = (CT_##D *)d;                                                                 \
+    const double range = (double)MX_##D - (double)MN_##D;                                    \
+    CT_##S v;                                                                                \
+    for (int64_t k = 0; k < n; k++) {                                                        \
+      memcpy(&v, s + k * ss, sizeof v);                                                      \
+      o[k] = sat_f64_##D(((double)v - lo) / span * range + (double)MN_##D);                  \
+    }                                                                                        \
+  }
+#define INT_TYPES(X, S) X(S, u8) X(S, u16) X(S, u32) X(S, u64) X(S, i8) X(S, i16) X(S, i32) X(S, i64)
+INT_TYPES(DEF_STRETCH, f32)
+INT_TYPES(DEF_STRETCH, f64)
+
+typedef void (*stretch_fn)(const char *s, int64_t ss, char *d, int64_t n, double lo, double span);
+static const stretch_fn stretch_table[T_COUNT][T_COUNT] = {
+#define SENTRY(S, D) [T_##S][T_##D] = stretch_##S##_##D,
+    INT_TYPES(SENTRY, f32) INT_TYPES(SENTRY, f64)
+#undef SENTRY
+};
+
+static int type_id(DLDataType dt) {
+  if (dt.lanes != 1) return -1;
+  switch (dt.code) {
+  case kDLUInt:
+    return dt.bits == 8 ? T_u8 : dt.bits == 16 ? T_u16 : dt.bits == 32 ? T_u32 : dt.bits == 64 ? T_u64 : -1;
+  case kDLInt:
+    return dt.bits == 8 ? T_i8 : dt.bits == 16 ? T_i16 : dt.bits == 32 ? T_i32 : dt.bits == 64 ? T_i64 : -1;
+  case kDLFloat:
+    return dt.bits == 32 ? T_f32 : dt.bits == 64 ? T_f64 : -1;
+  case AB_DL_BOOL:
+    return dt.bits == 8 ? T_b8 : -1;
+  }
+  return -1;
+}
+
+/* ---- walking a strided tensor row by row ------------------------------------------------- */
+typedef struct {
+  int nd;                         /* merged dimensions; the last one is the row */
+  int64_t shape[AB_MAX_NDIM];
+  int64_t bstride[AB_MAX_NDIM];   /* bytes */
+  const char *base;
+  int64_t numel;
+} rows_t;
+
+static void rows_init(rows_t *r, const DLTensor *t) {
+  int64_t es = (int64_t)ab__dtype_size(t->dtype);
+  r->base = (const char *)t->data + t->byte_offset;
+  r->nd = 0;
+  r->numel = 1;
+  for (int i = 0; i < t->ndim; i++) {
+    r->numel *= t->shape[i];
+    if (t->shape[i] == 1) continue;
+    int64_t st = (t->strides ? t->strides[i] : 0) * es;
+    if (!t->strides) { /* compact: stride is the product of later dims */
+      st = es;
+      for (int k = i + 1; k < t->ndim; k++) st *= t->shape[k];
+    }
+    if (r->nd > 0 && r->bstride[r->nd - 1] == st * t->shape[i]) { /* merge with the outer dim */
+      r->shape[r->nd - 1] *= t->shape[i];
+      r->bstride[r->nd - 1] = st;
+      continue;
+    }
+    r->shape[r->nd] = t->shape[i];
+    r->bstride[r->nd] = st;
+    r->nd++;
+  }
+  if (r->nd == 0) { /* 0-d, or all ones: one element */
+    r->shape[0] = 1;
+    r->bstride[0] = es;
+    r->nd = 1;
+  }
+}
+
+typedef void (*row_visit)(const char *row, int64_t stride, int64_t n, void *ctx);
+
+static void rows_each(const rows_t *r, row_visit fn, void *ctx) {
+  if (r->numel == 0) return;
+  int outer = r->nd - 1;
+  int64_t idx[AB_MAX_NDIM] = {0};
+  const char *p = r->base;
+  for (;;) {
+    fn(p, r->bstride[outer], r->shape[outer], ctx);
+    int k = outer - 1;
+    for (; k >= 0; k--) { /* odometer over the outer dimensions */
+      p += r->bstride[k];
+      if (++idx[k] < r->shape[k]) break;
+      p -= r->bstride[k] * r->shape[k];
+      idx[k] = 0;
+    }
+    if (k < 0) return;
+  }
+}
+
+/* ---- the visitors -------------------------------------------------------------------------- */
+typedef struct {
+  conv_fn conv;
+  stretch_fn stretch;
+  double lo, span;
+  char *out;
+  int64_t out_es;
+} cast_ctx;
+
+static void visit_cast(const char *row, int64_t stride, int64_t n, void *arg) {
+  cast_ctx *c = arg;
+  if (c->stretch) c->stretch(row, stride, c->out, n, c->lo, c->span);
+  else c->conv(row, stride, c->out, n);
+  c->out += n * c->out_es;
+}
+
+static void visit_copy(const char *row, int64_t stride, int64_t n, void *arg) {
+  cast_ctx *c = arg;
+  if (stride == c->out_es) {
+    memcpy(c->out, row, (size_t)(n * c->out_es));
+  } else {
+    for (int64_t k = 0; k < n; k++) memcpy(c->out + k * c->out_es, row + k * stride, (size_t)c->out_es);
+  }
+  c->out += n * c->out_es;
+}
+
+typedef struct {
+  int type;
+  double lo, hi;
+  bool found;
+} minmax_ctx;
+
+static void visit_minmax(const char *row, int64_t stride, int64_t n, void *arg) {
+  minmax_ctx *m = arg;
+  for (int64_t k = 0; k < n; k++) {
+    double v;
+    if (m->type == T_f32) {
+      float f;
+      memcpy(&f, row + k * stride, sizeof f);
+      v = f;
+    } else {
+      memcpy(&v, row + k * stride, sizeof v);
+    }
+    if (v != v) continue;
+    if (!m->found || v < m->lo) m->lo = v;
+    if (!m->found || v > m->hi) m->hi = v;
+    m->found = true;
+  }
+}
+
+int ab__host_minmax(const DLTensor *src, double *lo, double *hi, bool *found) {
+  int s = type_id(src->dtype);
+  if (s != T_f32 && s != T_f64) return AB_EDTYPE;
+  rows_t r;
+  rows_init(&r, src);
+  minmax_ctx m = {.type = s};
+  rows_each(&r, visit_minmax, &m);
+  *lo = m.lo;
+  *hi = m.hi;
+  *found = m.found;
+  return 0;
+}
+
+static bool same(DLDataType a, DLDataType b) { return a.code == b.code && a.bits == b.bits && a.lanes == b.lanes; }
+
+int ab__host_cast(const DLTensor *src, void *dst, DLDataType dt, const ab__cast_params *p) {
+  rows_t r;
+  rows_init(&r, src);
+  cast_ctx c = {.out = dst, .out_es = (int64_t)ab__dtype_size(dt)};
+  if (same(src->dtype, dt)) { /* any dtype, bytes only */
+    rows_each(&r, visit_copy, &c);
+    return 0;
+  }
+  int s = type_id(src->dtype), d = type_id(dt);
+  if (s < 0 || d < 0) return AB_EDTYPE;
+  c.conv = conv_table[s][d];
+  if (p && p->mode == AB_CAST_STRETCH && stretch_table[s][d]) {
+    double lo = p->lo, hi = p->hi;
+    bool found = p->have_range;
+    if (!p->have_range) ab__host_minmax(src, &lo, &hi, &found);
+    if (found && hi > lo) {
+      c.stretch = stretch_table[s][d];
+      c.lo = lo;
+      c.span = hi - lo;
+    }
+  }
+  rows_each(&r, visit_cast, &c);
+  return 0;
+}

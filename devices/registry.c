@@ -1,0 +1,20 @@
+/* devices/registry.c: the one file that knows which backends were compiled in. */
+#include "runtime/internal.h"
+
+extern const ab__device_ops ab__host_ops;
+#ifdef AB_HAVE_OPENCL
+extern const ab__device_ops ab__opencl_ops;
+#endif
+#ifdef AB_HAVE_CUDA
+extern const ab__device_ops ab__cuda_ops;
+#endif
+
+const ab__device_ops *const ab__backends[3] = {
+    [AB_HOST] = &ab__host_ops,
+#ifdef AB_HAVE_OPENCL
+    [AB_OPENCL] = &ab__opencl_ops,
+#endif
+#ifdef AB_HAVE_CUDA
+    [AB_CUDA] = &ab__cuda_ops,
+#endif
+};

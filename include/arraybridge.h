@@ -1,0 +1,368 @@
+/*
+ * arraybridge.h: a runtime that moves and processes arrays across CPUs and GPUs.
+ *
+ * Objects
+ *   ab_runtime  owns everything: devices, a worker pool per device, queues, arenas. No global
+ *               state: two runtimes in one process are independent.
+ *   ab_device   a (kind, index) pair. Indexes count the runtime's devices of that kind, logical
+ *               devices included (one physical device may be split into N logical ones).
+ *   ab_tensor   a refcounted DLTensor plus who owns its memory (an imported DLPack deleter, a
+ *               runtime arena, or a base tensor for views).
+ *   ab_future   a refcounted handle on the result of a task.
+ *
+ * Errors
+ *   Every fallible call returns 0 or a negative AB_E* code; ab_strerror() names it.
+ *
+ * The async contract (read this before using futures)
+ *   1. A submit call (ab_submit, ab_convert, ab_stack, ab_unstack, ...) that returns an error
+ *      queued nothing, ran nothing and will fire no callback; *out is set to NULL. Tensors passed
+ *      to it keep the references the caller had.
+ *   2. A submit call that returns 0 hands the caller one reference on a future. That future
+ *      completes exactly once, with a status: 0, AB_ECANCELED, AB_ENOMEM, an input's failure, or
+ *      the task's own error code. This holds whatever happens after: cancel, out-of-memory,
+ *      runtime destroy (AB_DRAIN runs it, AB_CANCEL cancels it).
+ *   3. A task whose inputs include futures becomes runnable when they have all completed. If one
+ *      of them failed, the task does not run and completes with that input's status.
+ *   4. Cancelling a task that has not started means it never runs; its future completes with
+ *      AB_ECANCELED, and so do its dependents. A running task is asked to stop (ab_ctx_cancelled)
+ *      and completes with whatever it returns.
+ *   5. Callbacks (ab_future_then) run exactly once, after the status and result are visible, on
+ *      the thread that completed the future: a worker, a thread calling ab_future_cancel or
+ *      ab_runtime_destroy, or the caller of ab_future_then itself if the future was already
+ *      complete. A callback must not block: it may release futures and tensors, read results
+ *      and submit with AB_SUBMIT_TRY, but must not wait on futures or submit blocking.
+ *   6. Out-of-memory does not fail a task at once: it walks the ladder of ab_oom_policy
+ *      (trim, synchronise, spill callback, park and retry with backoff, re-route) and fails with
+ *      AB_ENOMEM only at its end. Inputs are never modified, so nothing is lost.
+ *   7. ab_runtime_destroy never strands a caller: every accepted future completes before it
+ *      returns. Futures and tensors may outlive their runtime; release them when done.
+ *
+ * Threads
+ *   Every function is thread-safe, except that a runtime must not be used after (or while)
+ *   ab_runtime_destroy returns, other than to release futures and tensors.
+ */
+#ifndef ARRAYBRIDGE_H
+#define ARRAYBRIDGE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "arraybridge/dlpack.h"
+#include "arraybridge/version.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#if defined(AB_STATIC)
+#define AB_API
+#else
+#define AB_API __attribute__((visibility("default")))
+#endif
+
+/* ---------------------------------------------------------------------------------------------
+ * Errors. One table generates the enum, ab_strerror and ab_err_name.
+ */
+#define AB_ERRNO_MAP(X)                                                                       \
+  X(EINVAL, -22, "invalid argument")                                                         \
+  X(ENOMEM, -12, "out of memory")                                                            \
+  X(EAGAIN, -11, "queue full, try again")                                                    \
+  X(ETIMEDOUT, -110, "timed out")                                                            \
+  X(ECANCELED, -125, "operation canceled")                                                   \
+  X(ENODEV, -19, "no such device")                                                           \
+  X(ENOTSUP, -95, "operation not supported")                                                 \
+  X(ESHUTDOWN, -108, "runtime is shutting down")                                             \
+  X(EBUSY, -16, "task is running")                                                           \
+  X(EALREADY, -114, "already complete")                                                      \
+  X(EPERM, -1, "not permitted (read-only tensor or strict path)")                            \
+  X(EOVERFLOW, -75, "shape or stride arithmetic overflows")                                  \
+  X(EDTYPE, -1001, "unsupported or mismatched dtype")                                        \
+  X(ESHAPE, -1002, "mismatched or invalid shape")                                            \
+  X(EDEVICE, -1003, "device error")                                                          \
+  X(EPENDING, -1004, "future has not completed")                                             \
+  X(EFAULT, -1005, "injected fault")
+
+typedef enum {
+#define AB__ERR_ENUM(name, code, text) AB_##name = code,
+  AB_ERRNO_MAP(AB__ERR_ENUM)
+#undef AB__ERR_ENUM
+} ab_errno;
+
+AB_API const char *ab_strerror(int code);
+AB_API const char *ab_err_name(int code);
+AB_API const char *ab_version(void); /* the library's AB_VERSION_STRING */
+
+/* ---------------------------------------------------------------------------------------------
+ * Devices
+ */
+typedef enum { AB_HOST = 0, AB_OPENCL = 1, AB_CUDA = 2, AB_KIND_COUNT = 3 } ab_kind;
+
+typedef struct {
+  int32_t kind;  /* ab_kind */
+  int32_t index; /* among the runtime's devices of this kind; AB_ANY in a placement request */
+} ab_device;
+
+#define AB_ANY (-1)
+
+/* Per-kind settings. Zero fields take the defaults given. */
+typedef struct {
+  bool disabled;             /* do not open devices of this kind */
+  int workers_per_device;    /* host: one per core; GPUs: 2 */
+  int logical_split;         /* split each physical device into N logical ones (default 1) */
+  uint64_t memory_limit;     /* bytes each physical device may hold (0: no limit on the host,
+                                the device's memory on GPUs); logical devices share it evenly */
+  double memory_fraction;    /* alternatively, a fraction of the device's memory (0..1] */
+} ab_kind_options;
+
+/* The OOM ladder (see the contract, point 6). Zero fields take the defaults given. */
+typedef struct {
+  bool no_wait;              /* skip parking: fail with AB_ENOMEM after the spill step */
+  bool allow_reroute;        /* after the deadline, try another device of the same kind */
+  int64_t backoff_initial_ns;/* first park interval (default 1 ms) */
+  int64_t backoff_max_ns;    /* cap on the doubling interval (default 100 ms) */
+  int64_t deadline_ns;       /* total time a task may spend parked (default 10 s) */
+} ab_oom_policy;
+
+/* The host allocator for the runtime's own structures (not tensor data). */
+typedef struct {
+  void *(*malloc_fn)(size_t bytes, void *arg);
+  void (*free_fn)(void *ptr, void *arg);
+  void *arg;
+} ab_allocator;
+
+/* The user's spill callback: free something and return true to have the runtime try again. */
+typedef bool (*ab_spill_fn)(size_t bytes, ab_device device, void *arg);
+
+typedef struct {
+  size_t size;               /* sizeof(ab_runtime_options); AB_RUNTIME_OPTIONS_INIT sets it */
+  ab_kind_options kinds[AB_KIND_COUNT];
+  uint32_t queue_capacity;   /* tasks queued per device before submit blocks (default 4096) */
+  uint64_t max_bytes_in_flight; /* per device, input bytes of queued and running tasks (0: none) */
+  ab_oom_policy oom;         /* default ladder for every task */
+  ab_spill_fn spill;
+  void *spill_arg;
+  const ab_allocator *allocator; /* NULL: malloc/free */
+} ab_runtime_options;
+
+#define AB_RUNTIME_OPTIONS_INIT {.size = sizeof(ab_runtime_options)}
+
+typedef struct ab_runtime ab_runtime;
+typedef struct ab_tensor ab_tensor;
+typedef struct ab_future ab_future;
+typedef struct ab_ctx ab_ctx;
+
+enum { AB_DRAIN = 0, AB_CANCEL = 1 };
+
+AB_API int ab_runtime_create(const ab_runtime_options *opt, ab_runtime **out);
+/* Stops accepting work; AB_DRAIN runs every accepted task, AB_CANCEL cancels those not yet
+ * running (and asks running ones to stop). Returns once every future has completed and every
+ * worker has exited. NULL is accepted. */
+AB_API int ab_runtime_destroy(ab_runtime *rt, int how);
+/* Fills up to cap devices, returns how many the runtime has (may exceed cap). */
+AB_API int ab_runtime_devices(ab_runtime *rt, ab_device *out, int cap);
+
+typedef struct {
+  ab_device device;
+  char name[64];
+  int32_t physical;          /* index of the physical device this logical one is part of */
+  int32_t workers;
+  uint64_t memory_total;     /* bytes the physical device has */
+  uint64_t budget;           /* bytes this device may hold (UINT64_MAX: unlimited) */
+} ab_device_info;
+
+AB_API int ab_device_info_get(ab_runtime *rt, ab_device d, ab_device_info *out);
+
+/* Statistics, per device. Counters only grow; gauges are instantaneous. */
+typedef struct {
+  ab_device device;
+  uint64_t tasks_submitted, tasks_completed, tasks_failed, tasks_canceled;
+  uint64_t bytes_moved;      /* bytes written by conversions and stacking on this device */
+  uint64_t mem_used, mem_peak, mem_budget;  /* gauges and the budget, bytes */
+  uint64_t queued;           /* gauge: tasks waiting in the queue */
+  uint64_t parked;           /* gauge: tasks waiting for memory */
+  /* the OOM ladder, one counter per step */
+  uint64_t oom_events, oom_trims, oom_syncs, oom_spills, oom_parks, oom_retries, oom_reroutes,
+      oom_failures;
+  uint64_t faults_injected;
+} ab_device_stats;
+
+/* Fills up to cap entries (one per device), returns the number of devices. */
+AB_API int ab_runtime_stats(ab_runtime *rt, ab_device_stats *out, int cap);
+
+/* Fault injection, on any device: fail `count` operations of `op` starting with the `nth`
+ * (1-based, counted from this call) with AB_EFAULT (allocations fail as out-of-memory, so they
+ * feed the OOM ladder), or delay every completion by delay_ns. count < 0: fail every one from
+ * the nth on. A zeroed spec turns injection off. */
+typedef enum { AB_FAULT_ALLOC = 0, AB_FAULT_COPY = 1, AB_FAULT_LAUNCH = 2, AB_FAULT_OPS = 3 } ab_fault_op;
+typedef struct {
+  int32_t op;                /* ab_fault_op */
+  ab_device device;          /* which device; index AB_ANY: all of that kind */
+  uint64_t nth;
+  int64_t count;
+  int64_t delay_ns;
+} ab_fault_spec;
+
+AB_API int ab_runtime_fault(ab_runtime *rt, const ab_fault_spec *spec);
+
+/* ---------------------------------------------------------------------------------------------
+ * Tensors. The DLTensor of a tensor is immutable once made; data may change only through tasks.
+ */
+#define AB_MAX_NDIM 16
+
+enum { AB_TENSOR_READ_ONLY = 1u << 0, AB_TENSOR_IS_COPIED = 1u << 1 };
+
+/* Import takes ownership on success: the producer's deleter runs when the last reference is
+ * released. On failure ownership stays with the caller and the deleter is not called.
+ * Imports validate every field first: ndim, shapes and strides (no overflow), dtype, device. */
+AB_API int ab_tensor_import(DLManagedTensorVersioned *m, ab_tensor **out);
+AB_API int ab_tensor_import_legacy(DLManagedTensor *m, ab_tensor **out);
+/* Wrap memory the caller owns; `release(ctx)` runs when the last reference goes (may be NULL). */
+AB_API int ab_tensor_wrap(const DLTensor *dl, uint32_t flags, void (*release)(void *ctx), void *ctx,
+                          ab_tensor **out);
+/* Export: the consumer owns the returned struct and must call its deleter once. */
+AB_API int ab_tensor_export(ab_tensor *t, DLManagedTensorVersioned **out);
+AB_API int ab_tensor_export_legacy(ab_tensor *t, DLManagedTensor **out);
+/* A contiguous tensor from device d's arena; counts against d's memory budget. */
+AB_API int ab_tensor_alloc(ab_runtime *rt, ab_device d, DLDataType dt, int ndim, const int64_t *shape,
+                           ab_tensor **out);
+/* A view sharing t's memory; shape/strides in elements; must lie inside t's extent. */
+AB_API int ab_tensor_view(ab_tensor *t, int ndim, const int64_t *shape, const int64_t *strides,
+                          int64_t offset_elems, ab_tensor **out);
+/* t[i] along the first axis, as a view. */
+AB_API int ab_tensor_index(ab_tensor *t, int64_t i, ab_tensor **out);
+
+AB_API const DLTensor *ab_tensor_dl(const ab_tensor *t);
+AB_API uint32_t ab_tensor_flags(const ab_tensor *t);
+AB_API ab_device ab_tensor_device(const ab_tensor *t);
+AB_API size_t ab_tensor_nbytes(const ab_tensor *t);   /* elements x element size */
+AB_API bool ab_tensor_is_contiguous(const ab_tensor *t);
+AB_API ab_tensor *ab_tensor_retain(ab_tensor *t);
+AB_API void ab_tensor_release(ab_tensor *t);           /* NULL is accepted */
+
+/* ---------------------------------------------------------------------------------------------
+ * Placement and submission options
+ */
+typedef enum {
+  AB_PLACE_AUTO = 0,         /* explicit device if given, else affinity, else least-loaded */
+  AB_PLACE_EXPLICIT = 1,
+  AB_PLACE_ROUND_ROBIN = 2,
+  AB_PLACE_LEAST_LOADED = 3,
+  AB_PLACE_AFFINITY = 4,     /* where the largest input lies, else least-loaded */
+} ab_place_policy;
+
+typedef enum {
+  AB_SUBMIT_BLOCK = 0,       /* wait for queue space (up to timeout_ns if > 0: AB_ETIMEDOUT) */
+  AB_SUBMIT_TRY = 1,         /* AB_EAGAIN at once when the queue is full */
+} ab_submit_mode;
+
+typedef struct {
+  int32_t policy;            /* ab_place_policy */
+  ab_device device;          /* kind to use; a specific index for EXPLICIT (or AUTO) */
+  int32_t mode;              /* ab_submit_mode */
+  int64_t timeout_ns;        /* for AB_SUBMIT_BLOCK; 0 waits for ever */
+  const ab_oom_policy *oom;  /* NULL: the runtime's */
+} ab_place;
+
+/* ---------------------------------------------------------------------------------------------
+ * Conversions
+ */
+typedef enum {
+  AB_CAST_SATURATE = 0,      /* clamp to the target range; floats to ints truncate, NaN -> 0 */
+  AB_CAST_STRETCH = 1,       /* float -> int: min-max stretch onto the target's range */
+} ab_cast_mode;
+
+typedef struct {
+  size_t size;               /* sizeof(ab_convert_options) */
+  DLDataType dtype;          /* target dtype; bits == 0 keeps the source's */
+  int32_t cast;              /* ab_cast_mode */
+  bool strict;               /* refuse any path through host memory (AB_EPERM) */
+  bool force_copy;           /* never return the source itself (zero-copy) */
+  ab_place place;            /* where the work runs; the destination device by default */
+} ab_convert_options;
+
+#define AB_CONVERT_OPTIONS_INIT {.size = sizeof(ab_convert_options)}
+
+/* The result is a contiguous tensor on dst with the requested dtype. When src already is one,
+ * the future completes with src itself (a new reference) unless force_copy is set. */
+AB_API int ab_convert(ab_runtime *rt, ab_tensor *src, ab_device dst, const ab_convert_options *o,
+                      ab_future **out);
+/* The same, on the result of another task, once it completes. */
+AB_API int ab_convert_after(ab_runtime *rt, ab_future *src, ab_device dst, const ab_convert_options *o,
+                            ab_future **out);
+/* One [n, ...] tensor on dst from n slices of equal shape and dtype, wherever they are. */
+AB_API int ab_stack(ab_runtime *rt, ab_tensor *const *slices, size_t n, ab_device dst,
+                    const ab_convert_options *o, ab_future **out);
+/* volume[i] for every i, on dst: views of volume when it is already there (zero-copy), copies
+ * otherwise. out must hold volume's first dimension of futures. */
+AB_API int ab_unstack(ab_runtime *rt, ab_tensor *volume, ab_device dst, const ab_convert_options *o,
+                      ab_future **out);
+
+/* ---------------------------------------------------------------------------------------------
+ * Compute tasks
+ */
+typedef int (*ab_task_fn)(ab_ctx *ctx, void *arg);
+
+typedef struct {
+  ab_tensor *tensor;         /* one of the two */
+  ab_future *future;         /* its result becomes the input once it completes */
+} ab_input;
+
+typedef struct {
+  size_t size;               /* sizeof(ab_task_desc) */
+  ab_task_fn fn;             /* returns 0 or an AB_E* code; AB_ENOMEM enters the OOM ladder, so
+                                fn must then be safe to run again */
+  void *arg;
+  const ab_input *inputs;
+  int ninputs;
+  ab_place place;
+  uint64_t bytes_hint;       /* bytes the task moves, for backpressure (default: input bytes) */
+} ab_task_desc;
+
+#define AB_TASK_DESC_INIT {.size = sizeof(ab_task_desc)}
+
+AB_API int ab_submit(ab_runtime *rt, const ab_task_desc *d, ab_future **out);
+
+/* Inside a compute task */
+AB_API ab_device ab_ctx_device(ab_ctx *c);
+AB_API void *ab_ctx_stream(ab_ctx *c);   /* cudaStream_t, cl_command_queue, or NULL on the host */
+AB_API int ab_ctx_worker(ab_ctx *c);     /* index of the worker within its device's pool */
+/* Scratch memory from the worker's arena, freed when the task ends; counts against the budget
+ * and walks the OOM ladder before returning AB_ENOMEM (return it from fn to park the task). */
+AB_API int ab_ctx_alloc(ab_ctx *c, size_t bytes, void **ptr);
+AB_API int ab_ctx_ninputs(ab_ctx *c);
+AB_API ab_tensor *ab_ctx_input(ab_ctx *c, int i);   /* borrowed */
+/* A tensor for this task's output on its device; counts against the budget (OOM ladder). */
+AB_API int ab_ctx_alloc_tensor(ab_ctx *c, DLDataType dt, int ndim, const int64_t *shape, ab_tensor **out);
+/* The task's result; the future takes the caller's reference. */
+AB_API int ab_ctx_set_output(ab_ctx *c, ab_tensor *t);
+AB_API bool ab_ctx_cancelled(ab_ctx *c);
+
+/* ---------------------------------------------------------------------------------------------
+ * Futures
+ */
+/* 0 once complete; AB_ETIMEDOUT if timeout_ns (< 0: for ever; 0: poll) passes first. */
+AB_API int ab_future_wait(ab_future *f, int64_t timeout_ns);
+/* The status once complete (0 or AB_E*), AB_EPENDING before. */
+AB_API int ab_future_status(const ab_future *f);
+/* The status; on success *out gets a new reference on the result (NULL for tasks without one).
+ * AB_EPENDING if not complete. */
+AB_API int ab_future_result(ab_future *f, ab_tensor **out);
+/* Text explaining a failure (with a memory report for AB_ENOMEM), or NULL. Valid while f is. */
+AB_API const char *ab_future_message(const ab_future *f);
+/* cb(f, arg) once f completes (see the contract, point 5). AB_ENOMEM if the runtime's
+ * allocator fails, and then cb never runs. */
+AB_API int ab_future_then(ab_future *f, void (*cb)(ab_future *f, void *arg), void *arg);
+/* 0: f will complete (or completed) with AB_ECANCELED. AB_EBUSY: running, asked to stop.
+ * AB_EALREADY: already complete. */
+AB_API int ab_future_cancel(ab_future *f);
+AB_API int ab_future_wait_all(ab_future *const *fs, size_t n, int64_t timeout_ns);
+/* 0 and *which once one of them is complete. */
+AB_API int ab_future_wait_any(ab_future *const *fs, size_t n, int64_t timeout_ns, size_t *which);
+AB_API ab_future *ab_future_retain(ab_future *f);
+AB_API void ab_future_release(ab_future *f);   /* NULL is accepted */
+
+#ifdef __cplusplus
+}
+#endif
+#endif

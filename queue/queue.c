@@ -1,0 +1,114 @@
+/* queue/queue.c: see queue.h for the design notes. */
+#include "queue/queue.h"
+
+#include <errno.h>
+#include <string.h>
+
+#include "runtime/internal.h"
+
+int ab__queue_init(ab__queue *q, unsigned int capacity, const ab_allocator *a) {
+  unsigned int cap = 4;
+  while (cap < capacity + 1u && cap < (1u << 30)) cap <<= 1; /* ck_ring holds capacity - 1 */
+  memset(q, 0, sizeof *q);
+  q->buf = ab__calloc(a, sizeof(ck_ring_buffer_t) * cap);
+  if (q->buf == NULL) return AB_ENOMEM;
+  if (pthread_mutex_init(&q->ovf_lock, NULL) != 0) {
+    ab__free(a, q->buf);
+    return AB_ENOMEM;
+  }
+  q->capacity = cap;
+  ck_ring_init(&q->ring, cap);
+  ck_ec32_init(&q->work_ec, 0);
+  ck_ec32_init(&q->space_ec, 0);
+  return 0;
+}
+
+void ab__queue_fini(ab__queue *q, const ab_allocator *a) {
+  if (q->buf == NULL) return;
+  pthread_mutex_destroy(&q->ovf_lock);
+  ab__free(a, q->buf);
+  q->buf = NULL;
+}
+
+static bool try_push(ab__queue *q, void *item) {
+  if (!ck_ring_enqueue_mpmc(&q->ring, q->buf, item)) return false;
+  atomic_fetch_add_explicit(&q->depth, 1, memory_order_relaxed); /* a gauge, read for stats only */
+  ck_ec32_inc(&q->work_ec, ab__ec_mode());
+  return true;
+}
+
+static int wait_for_space(ab__queue *q, int64_t deadline_ns, bool (*full)(void *), void *arg) {
+  uint32_t snap = ck_ec32_value(&q->space_ec);
+  if (ck_ring_size(&q->ring) + 1 < q->capacity && !(full && full(arg))) return 0;
+  struct timespec ts, *tsp = NULL;
+  if (deadline_ns >= 0) {
+    if (ab__now_ns() >= deadline_ns) return AB_ETIMEDOUT;
+    ab__ec_deadline(&ts, deadline_ns);
+    tsp = &ts;
+  }
+  if (ck_ec32_wait(&q->space_ec, ab__ec_mode(), snap, tsp) != 0) return AB_ETIMEDOUT;
+  return 0;
+}
+
+int ab__queue_push(ab__queue *q, void *item, int mode, int64_t deadline_ns, bool (*full)(void *),
+                   void *full_arg) {
+  for (;;) {
+    if (!(full && full(full_arg)) && try_push(q, item)) return 0;
+    if (mode == AB_SUBMIT_TRY) return AB_EAGAIN;
+    int rc = wait_for_space(q, deadline_ns, full, full_arg);
+    if (rc != 0) return rc;
+  }
+}
+
+void ab__queue_push_always(ab__queue *q, void *item, ab__qnode *node) {
+  /* Keep FIFO order with earlier overflowed items: the ring only when the overflow is empty. */
+  if (atomic_load_explicit(&q->novf, memory_order_acquire) == 0 && try_push(q, item)) return;
+  node->next = NULL;
+  pthread_mutex_lock(&q->ovf_lock);
+  if (q->ovf_tail) q->ovf_tail->next = node;
+  else q->ovf_head = node;
+  q->ovf_tail = node;
+  atomic_fetch_add_explicit(&q->novf, 1, memory_order_release); /* pairs with pop's acquire */
+  pthread_mutex_unlock(&q->ovf_lock);
+  atomic_fetch_add_explicit(&q->depth, 1, memory_order_relaxed);
+  ck_ec32_inc(&q->work_ec, ab__ec_mode());
+}
+
+static void *pop_overflow(ab__queue *q, size_t node_offset) {
+  if (atomic_load_explicit(&q->novf, memory_order_acquire) == 0) return NULL;
+  pthread_mutex_lock(&q->ovf_lock);
+  ab__qnode *n = q->ovf_head;
+  if (n) {
+    q->ovf_head = n->next;
+    if (q->ovf_head == NULL) q->ovf_tail = NULL;
+    atomic_fetch_sub_explicit(&q->novf, 1, memory_order_relaxed); /* under the lock */
+  }
+  pthread_mutex_unlock(&q->ovf_lock);
+  return n ? (char *)n - node_offset : NULL;
+}
+
+void *ab__queue_pop(ab__queue *q, size_t node_offset) {
+  void *item = NULL;
+  if (!ck_ring_dequeue_mpmc(&q->ring, q->buf, &item)) item = pop_overflow(q, node_offset);
+  if (item == NULL) return NULL;
+  atomic_fetch_sub_explicit(&q->depth, 1, memory_order_relaxed); /* gauge */
+  ab__queue_signal_space(q);
+  return item;
+}
+
+void ab__queue_signal_space(ab__queue *q) {
+  if (ck_ec32_has_waiters(&q->space_ec)) ck_ec32_inc(&q->space_ec, ab__ec_mode());
+}
+
+uint32_t ab__queue_snapshot(ab__queue *q) { return ck_ec32_value(&q->work_ec); }
+
+void ab__queue_wait(ab__queue *q, uint32_t snapshot, int64_t deadline_ns) {
+  struct timespec ts, *tsp = NULL;
+  if (deadline_ns >= 0) {
+    ab__ec_deadline(&ts, deadline_ns);
+    tsp = &ts;
+  }
+  ck_ec32_wait(&q->work_ec, ab__ec_mode(), snapshot, tsp);
+}
+
+void ab__queue_wake(ab__queue *q) { ck_ec32_inc(&q->work_ec, ab__ec_mode()); }

@@ -1,0 +1,286 @@
+/*
+ * runtime/future.c: the future's state machine.
+ *
+ * Design notes
+ *   - One 32-bit word holds the phase (PENDING -> RUNNING -> COMPLETING -> DONE, or PENDING ->
+ *     COMPLETING -> DONE for cancels and failed inputs) and two flags: WAITERS (someone sleeps on
+ *     the word, a futex) and CANCEL_REQ (cancel asked while running).
+ *   - Exactly-once completion: the only way into COMPLETING is a CAS from the phase the completer
+ *     saw, so of a worker, a canceller and a failing input only one wins. The winner writes
+ *     status and result, then stores DONE with release; readers load the word with acquire
+ *     before they read status or result.
+ *   - Callbacks form a Treiber stack closed by a sentinel. The completer swaps in the sentinel
+ *     after DONE is visible, then runs the callbacks in the order they were added. ab_future_then
+ *     that finds the sentinel runs its callback at once: every callback runs exactly once.
+ *   - Whoever calls ab__complete holds a reference on the future, since a callback may release
+ *     the last one held by the user.
+ *   - A task in the system (queued, parked, waiting for inputs) holds one reference of its own;
+ *     the caller of submit holds another. The runtime holds one reference per live future, so
+ *     futures outlive ab_runtime_destroy safely.
+ */
+#include <string.h>
+
+#include "runtime/internal.h"
+
+static ab__cb closed_sentinel;
+#define CLOSED (&closed_sentinel)
+
+ab_future *ab__future_new(ab_runtime *rt) {
+  ab_future *f = ab__pool_get(&rt->futures);
+  if (f == NULL) return NULL;
+  memset(f, 0, sizeof *f);
+  atomic_init(&f->state, AB__PENDING);
+  atomic_init(&f->refs, 1);
+  atomic_init(&f->cbs, NULL);
+  atomic_init(&f->inline_cb_used, 0);
+  atomic_init(&f->deps, 0);
+  atomic_init(&f->dep_status, 0);
+  f->rt = rt;
+  ab__runtime_ref(rt);
+  return f;
+}
+
+void ab__future_free(ab_future *f) {
+  ab_runtime *rt = f->rt;
+  ab_tensor_release(f->result);
+  ab__free(&rt->alloc, f->message);
+  ab__task_release_inputs(f);
+  ab__pool_put(&rt->futures, f);
+  ab__runtime_unref(rt);
+}
+
+ab_future *ab_future_retain(ab_future *f) {
+  atomic_fetch_add_explicit(&f->refs, 1, memory_order_relaxed); /* taken only from a live ref */
+  return f;
+}
+
+void ab_future_release(ab_future *f) {
+  if (f == NULL) return;
+  /* acq_rel: the last releaser must see every other owner's writes before freeing */
+  if (atomic_fetch_sub_explicit(&f->refs, 1, memory_order_acq_rel) == 1) ab__future_free(f);
+}
+
+static void run_callbacks(ab_future *f) {
+  /* acq_rel: acquire the nodes pushed with release; release orders DONE before the sentinel */
+  ab__cb *list = atomic_exchange_explicit(&f->cbs, CLOSED, memory_order_acq_rel);
+  ab__cb *fifo = NULL;
+  while (list) { /* reverse: callbacks run in the order they were added */
+    ab__cb *next = list->next;
+    list->next = fifo;
+    fifo = list;
+    list = next;
+  }
+  while (fifo) {
+    ab__cb *next = fifo->next; /* read first: the callback may free fifo's owner */
+    bool heap = fifo->heap;
+    fifo->fn(f, fifo->arg);
+    if (heap) ab__free(&f->rt->alloc, fifo);
+    fifo = next;
+  }
+}
+
+static void count_completion(ab_future *f, int status) {
+  if (f->dev == NULL) return;
+  ab__counters *c = &f->dev->stats;
+  /* statistics only: relaxed */
+  if (status == 0) atomic_fetch_add_explicit(&c->completed, 1, memory_order_relaxed);
+  else if (status == AB_ECANCELED) atomic_fetch_add_explicit(&c->canceled, 1, memory_order_relaxed);
+  else atomic_fetch_add_explicit(&c->failed, 1, memory_order_relaxed);
+}
+
+bool ab__complete(ab_future *f, int status, ab_tensor *result, uint32_t from) {
+  uint32_t s = atomic_load_explicit(&f->state, memory_order_relaxed);
+  do {
+    if ((s & AB__PHASE) != from) {
+      ab_tensor_release(result);
+      return false;
+    }
+    /* acquire: a canceller must see the task's fields; pairs with submit's release */
+  } while (!atomic_compare_exchange_weak_explicit(&f->state, &s, (s & ~AB__PHASE) | AB__COMPLETING,
+                                                  memory_order_acquire, memory_order_relaxed));
+  f->status = status;
+  f->result = result;
+  /* release: status and result before DONE. The exchange returns any WAITERS set meanwhile. */
+  uint32_t old = atomic_exchange_explicit(&f->state, AB__DONE, memory_order_release);
+  if (old & AB__WAITERS) ab__futex_wake_all(&f->state);
+  count_completion(f, status);
+  run_callbacks(f);
+  if (f->counted) ab__inflight_done(f->rt);
+  return true;
+}
+
+static bool is_done(const ab_future *f) {
+  /* acquire: pairs with the completer's release so status and result are visible */
+  return (atomic_load_explicit(&f->state, memory_order_acquire) & AB__PHASE) == AB__DONE;
+}
+
+int ab_future_status(const ab_future *f) {
+  if (f == NULL) return AB_EINVAL;
+  return is_done(f) ? f->status : AB_EPENDING;
+}
+
+int ab_future_result(ab_future *f, ab_tensor **out) {
+  if (f == NULL || out == NULL) return AB_EINVAL;
+  *out = NULL;
+  if (!is_done(f)) return AB_EPENDING;
+  if (f->status == 0 && f->result) *out = ab_tensor_retain(f->result);
+  return f->status;
+}
+
+const char *ab_future_message(const ab_future *f) {
+  if (f == NULL || !is_done(f)) return NULL;
+  return f->message;
+}
+
+/* Spins briefly before sleeping: most small tasks finish in less time than a futex round trip. */
+static bool spin_until_done(const ab_future *f) {
+  for (int i = 0; i < 4000; i++) {
+    if (is_done(f)) return true;
+    ab__cpu_relax();
+  }
+  return is_done(f);
+}
+
+int ab_future_wait(ab_future *f, int64_t timeout_ns) {
+  if (f == NULL) return AB_EINVAL;
+  if (is_done(f)) return 0;
+  if (timeout_ns == 0) return AB_ETIMEDOUT;
+  int64_t deadline = ab__deadline_after(timeout_ns);
+  if (spin_until_done(f)) return 0;
+  for (;;) {
+    uint32_t s = atomic_load_explicit(&f->state, memory_order_acquire);
+    if ((s & AB__PHASE) == AB__DONE) return 0;
+    if (deadline >= 0 && ab__now_ns() >= deadline) return AB_ETIMEDOUT;
+    /* relaxed: the flag only asks for a wake-up; DONE is re-read with acquire above */
+    if (!(s & AB__WAITERS) &&
+        !atomic_compare_exchange_weak_explicit(&f->state, &s, s | AB__WAITERS, memory_order_relaxed,
+                                               memory_order_relaxed))
+      continue;
+    ab__futex_wait(&f->state, s | AB__WAITERS, deadline);
+  }
+}
+
+int ab__then_internal(ab_future *f, ab__cb *node) {
+  ab__cb *head = atomic_load_explicit(&f->cbs, memory_order_acquire);
+  for (;;) {
+    if (head == CLOSED) { /* already complete: run now, on this thread */
+      node->fn(f, node->arg);
+      if (node->heap) ab__free(&f->rt->alloc, node);
+      return 0;
+    }
+    node->next = head;
+    /* release: the node's fields before the completer reads them */
+    if (atomic_compare_exchange_weak_explicit(&f->cbs, &head, node, memory_order_release,
+                                              memory_order_acquire))
+      return 0;
+  }
+}
+
+int ab_future_then(ab_future *f, void (*cb)(ab_future *, void *), void *arg) {
+  if (f == NULL || cb == NULL) return AB_EINVAL;
+  ab__cb *node = &f->inline_cb;
+  int expected = 0;
+  /* relaxed: the flag only hands out the inline node; the list push publishes it */
+  if (!atomic_compare_exchange_strong_explicit(&f->inline_cb_used, &expected, 1,
+                                               memory_order_relaxed, memory_order_relaxed)) {
+    node = ab__malloc(&f->rt->alloc, sizeof *node);
+    if (node == NULL) return AB_ENOMEM;
+    node->heap = true;
+  } else {
+    node->heap = false;
+  }
+  node->fn = cb;
+  node->arg = arg;
+  return ab__then_internal(f, node);
+}
+
+int ab_future_cancel(ab_future *f) {
+  if (f == NULL) return AB_EINVAL;
+  uint32_t s = atomic_load_explicit(&f->state, memory_order_relaxed);
+  for (;;) {
+    switch (s & AB__PHASE) {
+    case AB__PENDING:
+      if (ab__complete(f, AB_ECANCELED, NULL, AB__PENDING)) return 0;
+      break;
+    case AB__RUNNING:
+      /* relaxed: the running task polls the flag; nothing else is published with it */
+      if (atomic_compare_exchange_weak_explicit(&f->state, &s, s | AB__CANCEL_REQ,
+                                                memory_order_relaxed, memory_order_relaxed))
+        return AB_EBUSY;
+      continue;
+    default:
+      return AB_EALREADY;
+    }
+    s = atomic_load_explicit(&f->state, memory_order_relaxed);
+  }
+}
+
+int ab_future_wait_all(ab_future *const *fs, size_t n, int64_t timeout_ns) {
+  if (fs == NULL && n > 0) return AB_EINVAL;
+  for (size_t i = 0; i < n; i++)
+    if (fs[i] == NULL) return AB_EINVAL;
+  int64_t deadline = ab__deadline_after(timeout_ns);
+  for (size_t i = 0; i < n; i++) {
+    int64_t left = deadline < 0 ? -1 : deadline - ab__now_ns();
+    if (deadline >= 0 && left < 0) left = 0;
+    int rc = ab_future_wait(fs[i], left);
+    if (rc != 0) return rc;
+  }
+  return 0;
+}
+
+/* wait_any: one waiter shared by a callback on each future. It is freed by whoever drops its
+ * last reference: the waiting thread or the last callback, which may run long after. */
+typedef struct {
+  _Atomic uint32_t fired;
+  _Atomic int32_t refs;
+  ab__cb nodes[];
+} any_waiter;
+
+static void any_unref(any_waiter *w) {
+  if (atomic_fetch_sub_explicit(&w->refs, 1, memory_order_acq_rel) == 1) free(w);
+}
+
+static void any_fired(ab_future *f, void *arg) {
+  any_waiter *w = arg;
+  (void)f;
+  atomic_store_explicit(&w->fired, 1, memory_order_release);
+  ab__futex_wake_all(&w->fired);
+  any_unref(w);
+}
+
+static bool find_done(ab_future *const *fs, size_t n, size_t *which) {
+  for (size_t i = 0; i < n; i++)
+    if (is_done(fs[i])) {
+      if (which) *which = i;
+      return true;
+    }
+  return false;
+}
+
+int ab_future_wait_any(ab_future *const *fs, size_t n, int64_t timeout_ns, size_t *which) {
+  if (fs == NULL || n == 0) return AB_EINVAL;
+  for (size_t i = 0; i < n; i++)
+    if (fs[i] == NULL) return AB_EINVAL;
+  if (find_done(fs, n, which)) return 0;
+  if (timeout_ns == 0) return AB_ETIMEDOUT;
+  any_waiter *w = malloc(sizeof *w + n * sizeof(ab__cb));
+  if (w == NULL) return AB_ENOMEM;
+  atomic_init(&w->fired, 0);
+  atomic_init(&w->refs, (int32_t)n + 1);
+  for (size_t i = 0; i < n; i++) {
+    w->nodes[i] = (ab__cb){.fn = any_fired, .arg = w, .heap = false};
+    ab__then_internal(fs[i], &w->nodes[i]);
+  }
+  int64_t deadline = ab__deadline_after(timeout_ns);
+  int rc = 0;
+  while (!find_done(fs, n, which)) {
+    if (deadline >= 0 && ab__now_ns() >= deadline) {
+      rc = AB_ETIMEDOUT;
+      break;
+    }
+    ab__futex_wait(&w->fired, 0, deadline);
+  }
+  any_unref(w);
+  return rc;
+}

@@ -1,0 +1,302 @@
+/*
+ * runtime/internal.h: the runtime's own structures. Nothing here is public.
+ *
+ * Map of the runtime (one file each):
+ *   platform.c   futex, clocks, ck_ec ops, the allocation hook
+ *   pool.c       fixed-size object pools (futures, tensors) with a lock-free free list
+ *   runtime.c    create/destroy, device discovery, stats, fault injection
+ *   placement.c  which device runs a task
+ *   future.c     the future's state machine: completion, waiting, callbacks, cancel
+ *   task.c       submission: validation, inputs, dependencies, backpressure
+ *   worker.c     the worker loop: pop, run, complete, park on out-of-memory
+ *   memory.c     per-device budgets, the OOM ladder, scratch memory
+ *   tensor.c     refcounted tensors, views; dlpack.c validation, import, export
+ *   convert.c    the conversion planner and the conversion and stacking tasks
+ *   ../queue/    the bounded per-device queue; ../devices/ the backends behind one ops table
+ */
+#ifndef AB_RUNTIME_INTERNAL_H
+#define AB_RUNTIME_INTERNAL_H
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+#include "arraybridge.h"
+#include "queue/queue.h"
+
+/* Debug checks always compile; they run unless NDEBUG (jemalloc's config_debug). */
+#ifdef NDEBUG
+static const bool ab__debug = false;
+#else
+static const bool ab__debug = true;
+#endif
+
+_Noreturn void ab__panic(const char *file, int line, const char *what);
+#define AB__ASSERT(e)                                                                         \
+  do {                                                                                       \
+    if (ab__debug && !(e)) ab__panic(__FILE__, __LINE__, #e);                                \
+  } while (0)
+#define AB__NOT_REACHED() ab__panic(__FILE__, __LINE__, "not reached")
+
+typedef struct ab__device ab__device;
+typedef struct ab__worker ab__worker;
+typedef struct ab__device_ops ab__device_ops;
+
+/* ---- platform.c ---------------------------------------------------------------------------- */
+int64_t ab__now_ns(void);
+/* Sleeps while *addr == expected, until deadline_ns (absolute, ab__now_ns clock; < 0: none). */
+void ab__futex_wait(const _Atomic uint32_t *addr, uint32_t expected, int64_t deadline_ns);
+void ab__futex_wake_all(const _Atomic uint32_t *addr);
+void ab__sleep_ns(int64_t ns);
+static inline void ab__cpu_relax(void) { __builtin_ia32_pause(); }
+const struct ck_ec_mode *ab__ec_mode(void);
+void ab__ec_deadline(struct timespec *ts, int64_t deadline_ns);
+int64_t ab__deadline_after(int64_t timeout_ns); /* -1 when timeout_ns < 0 */
+void *ab__malloc(const ab_allocator *a, size_t n);
+void *ab__calloc(const ab_allocator *a, size_t n);
+void ab__free(const ab_allocator *a, void *p);
+int ab__ncpu(void);
+uint64_t ab__host_memory(void);
+
+/* ---- pool.c: fixed-size objects, never returned to the system before the pool dies ------- */
+#define AB__POOL_SLAB 256
+#define AB__POOL_MAX_SLABS 16384
+typedef struct {
+  _Atomic uint64_t head;          /* (tag << 32) | (index + 1); 0 in the low half: empty */
+  size_t stride;                  /* bytes per entry, header included */
+  const ab_allocator *alloc;
+  pthread_mutex_t grow_lock;
+  _Atomic uint32_t nslabs;
+  char *slabs[AB__POOL_MAX_SLABS];
+} ab__pool;
+
+int ab__pool_init(ab__pool *p, size_t obj_size, const ab_allocator *a);
+void ab__pool_fini(ab__pool *p);
+void *ab__pool_get(ab__pool *p);  /* NULL: out of memory */
+void ab__pool_put(ab__pool *p, void *obj);
+
+/* ---- the device ops table (devices/device.h holds the contract) --------------------------- */
+#include "devices/device.h"
+
+/* ---- memory.c ----------------------------------------------------------------------------- */
+typedef struct {
+  _Atomic uint64_t submitted, completed, failed, canceled, bytes_moved;
+  _Atomic uint64_t oom_events, oom_trims, oom_syncs, oom_spills, oom_parks, oom_retries,
+      oom_reroutes, oom_failures, faults_injected;
+} ab__counters;
+
+typedef struct {
+  _Atomic int armed;
+  _Atomic uint64_t seen[AB_FAULT_OPS];
+  _Atomic uint64_t nth[AB_FAULT_OPS];   /* relaxed: published by armed's release */
+  _Atomic int64_t count[AB_FAULT_OPS];
+  _Atomic int64_t delay_ns;
+} ab__faults;
+
+struct ab__worker {
+  ab__device *dev;
+  int index;
+  pthread_t thread;
+  bool started;
+  void *backend;                  /* the backend's per-worker state: stream, arena */
+};
+
+struct ab__device {
+  ab_runtime *rt;
+  ab_device id;
+  int physical;                   /* index among the backend's physical devices */
+  char name[64];
+  const ab__device_ops *ops;
+  void *backend;                  /* the backend's per-device state */
+  bool opened;                    /* ops->open succeeded: close it */
+  uint64_t memory_total;
+
+  ab__queue queue;
+  int nworkers;
+  ab__worker *workers;
+
+  uint64_t budget;                /* UINT64_MAX: unlimited */
+  _Atomic uint64_t used, peak;
+  _Atomic uint32_t freed_gen;     /* bumped on every free: parked tasks retry when it moves */
+
+  pthread_mutex_t park_lock;      /* guards parked; rank: taken with no other runtime lock */
+  ab_future *parked;
+  _Atomic uint32_t nparked;
+
+  _Atomic int64_t load_tasks;     /* queued and running: least-loaded placement */
+  _Atomic uint64_t load_bytes;    /* input bytes of queued and running tasks: backpressure */
+
+  ab__faults faults;
+  ab__counters stats;
+};
+
+/* Budget reservation and release; ab__mem_alloc walks ladder steps 1-4 (BRIEF 7). */
+int ab__mem_reserve(ab__device *d, size_t bytes);
+void ab__mem_unreserve(ab__device *d, size_t bytes);
+int ab__mem_alloc(ab__device *d, ab__worker *w, size_t bytes, void **ptr);
+void ab__mem_free(ab__device *d, void *ptr, size_t bytes);
+bool ab__fault_hit(ab__device *d, int op);
+char *ab__mem_report(ab__device *d, size_t bytes, const ab_future *t);
+
+/* ---- the runtime -------------------------------------------------------------------------- */
+struct ab_runtime {
+  ab_runtime_options opt;
+  ab_allocator alloc;
+  int ndevices;
+  ab__device *devices;            /* grouped by kind, in ab_kind order */
+  int kind_first[AB_KIND_COUNT], kind_count[AB_KIND_COUNT];
+  _Atomic uint32_t rr[AB_KIND_COUNT];
+
+  ab__pool futures, tensors;
+  _Atomic int64_t inflight;       /* accepted tasks not yet complete */
+  _Atomic int closing;            /* no new submissions */
+  _Atomic int cancelling;         /* destroy(AB_CANCEL): queued tasks are cancelled, not run */
+  _Atomic int stopping;           /* workers exit */
+  _Atomic uint32_t idle_word;     /* destroy sleeps here until inflight reaches 0 */
+  _Atomic int64_t refs;           /* 1 for the owner + one per live future and pooled tensor */
+};
+
+void ab__runtime_unref(ab_runtime *rt);
+static inline void ab__runtime_ref(ab_runtime *rt) {
+  atomic_fetch_add_explicit(&rt->refs, 1, memory_order_relaxed); /* a ref is only taken from a ref */
+}
+ab__device *ab__device_of(ab_runtime *rt, ab_device d); /* NULL: no such device */
+
+/* ---- placement.c -------------------------------------------------------------------------- */
+/* Chooses the device for a task; inputs give data affinity. exclude: bitmask of device slots
+ * to avoid (re-routing). Returns NULL with *err set when no device fits. */
+ab__device *ab__place(ab_runtime *rt, const ab_place *p, ab_tensor *const *inputs, int n,
+                      uint64_t exclude, int *err);
+
+/* ---- tensors ------------------------------------------------------------------------------ */
+enum { AB__OWN_VERSIONED, AB__OWN_LEGACY, AB__OWN_WRAP, AB__OWN_ARENA, AB__OWN_VIEW };
+
+struct ab_tensor {
+  DLTensor dl;                    /* shape and strides point into the arrays below */
+  int64_t shape[AB_MAX_NDIM];
+  int64_t strides[AB_MAX_NDIM];   /* always filled, in elements */
+  _Atomic int32_t refs;
+  uint32_t flags;
+  uint8_t owner;
+  ab_device home;                 /* the logical device the data lives on */
+  ab_runtime *rt;                 /* set: the struct came from rt's pool */
+  ab__device *dev;                /* ARENA: whose budget holds the memory */
+  size_t nbytes;                  /* elements x element size */
+  size_t alloc_bytes;             /* ARENA: bytes reserved */
+  union {
+    DLManagedTensorVersioned *ver;
+    DLManagedTensor *legacy;
+    struct { void (*fn)(void *); void *ctx; } wrap;
+    ab_tensor *base;
+  } u;
+};
+
+size_t ab__dtype_size(DLDataType dt);
+int ab__dl_check(const DLTensor *t, int64_t *strides_out, size_t *nbytes_out);
+int ab__kind_of_dl(DLDeviceType t, int *kind); /* host-like types map to AB_HOST */
+ab_tensor *ab__tensor_new(ab_runtime *rt);     /* refs = 1, zeroed; rt NULL: malloc */
+void ab__tensor_fill(ab_tensor *t, const DLTensor *dl, const int64_t *strides);
+int ab__tensor_alloc_on(ab__device *d, ab__worker *w, DLDataType dt, int ndim, const int64_t *shape,
+                        ab_tensor **out);
+bool ab__contiguous(const DLTensor *t);
+
+/* ---- futures and tasks -------------------------------------------------------------------- */
+typedef struct ab__cb {
+  struct ab__cb *next;
+  void (*fn)(ab_future *f, void *arg);
+  void *arg;
+  bool heap;                      /* allocated by ab_future_then; freed after it runs */
+} ab__cb;
+
+/* The future's state word, also its futex. */
+enum {
+  AB__PENDING = 0,                /* waiting for inputs, queued or parked */
+  AB__RUNNING = 1,
+  AB__COMPLETING = 2,             /* the one completer is writing status and result */
+  AB__DONE = 3,
+  AB__PHASE = 3,
+  AB__WAITERS = 1u << 2,          /* someone sleeps on the word: wake on DONE */
+  AB__CANCEL_REQ = 1u << 3,       /* cancel asked while running */
+};
+
+enum { AB__TASK_COMPUTE, AB__TASK_CONVERT, AB__TASK_STACK };
+
+typedef struct {
+  ab_tensor *tensor;              /* owned reference once known */
+  ab_future *future;              /* owned reference until resolved */
+  ab__cb cb;                      /* registration on future */
+  ab_future *owner;
+} ab__input;
+
+#define AB__INLINE_INPUTS 2
+
+struct ab_future {
+  _Atomic uint32_t state;
+  _Atomic int32_t refs;
+  int32_t status;
+  ab_tensor *result;
+  char *message;
+  _Atomic(ab__cb *) cbs;
+  ab_runtime *rt;
+  ab__cb inline_cb;
+  _Atomic int inline_cb_used;
+
+  /* the task */
+  uint8_t kind;
+  bool counted;                   /* holds an inflight count */
+  ab__device *dev;                /* where it is queued, parked or running */
+  ab_place place;
+  ab_oom_policy oom;
+  _Atomic int32_t deps;           /* unresolved inputs, plus one while submitting */
+  _Atomic int32_t dep_status;     /* first failing input's status */
+  int nin;
+  ab__input *in;
+  ab__input in_inline[AB__INLINE_INPUTS];
+  ab_task_fn fn;
+  void *arg;
+  ab_convert_options copt;
+  ab_device dst;
+  uint64_t bytes;                 /* for backpressure, accounted while queued or running */
+
+  /* the OOM ladder's memory of this task */
+  int64_t park_until, park_deadline, backoff;
+  uint32_t park_gen;
+  uint64_t tried;                 /* device slots tried by re-routing */
+  uint32_t parks;
+  ab_future *park_next;
+  ab__qnode qlink;                /* overflow list link in the device queue */
+};
+
+ab_future *ab__future_new(ab_runtime *rt);      /* refs = 1; NULL on ENOMEM */
+/* Completes f once. from: the phase the caller saw (PENDING for cancel and dependency failure,
+ * RUNNING for the worker). Returns false when f was already completing. Takes result's ref. */
+bool ab__complete(ab_future *f, int status, ab_tensor *result, uint32_t from);
+void ab__future_free(ab_future *f);
+int ab__then_internal(ab_future *f, ab__cb *node); /* node provided by caller */
+
+/* task.c: a task whose inputs are resolved goes to a device (or fails) */
+void ab__task_ready(ab_future *t);
+void ab__task_requeue(ab__device *d, ab_future *t);  /* parked or re-routed: never blocks */
+void ab__task_unaccount(ab__device *d, ab_future *t); /* the task left the device */
+void ab__task_release_inputs(ab_future *t);
+void ab__inflight_done(ab_runtime *rt);
+
+/* worker.c */
+int ab__workers_start(ab__device *d);
+void ab__workers_join(ab__device *d);
+void ab__wake_workers(ab__device *d);
+void ab__park_flush(ab__device *d, int status); /* destroy: complete every parked task */
+
+struct ab_ctx {
+  ab__worker *w;
+  ab_future *task;
+  ab_tensor *output;
+  void *scratch;                  /* chain of ab_ctx_alloc blocks, freed at the end */
+};
+
+/* convert.c: the bodies of conversion and stacking tasks */
+int ab__convert_run(ab_ctx *c);
+int ab__stack_run(ab_ctx *c);
+
+#endif

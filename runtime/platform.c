@@ -1,0 +1,113 @@
+/*
+ * runtime/platform.c: what the runtime needs from the operating system (Linux).
+ *
+ * Futexes let futures and queues sleep on the words they already use for state, so an idle
+ * runtime makes no system calls and a busy one makes a wake-up call only when someone sleeps.
+ */
+#include <errno.h>
+#include <linux/futex.h>
+#include <stdint.h>
+#include <string.h>
+#include <sys/syscall.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "runtime/internal.h"
+
+int64_t ab__now_ns(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+int64_t ab__deadline_after(int64_t timeout_ns) {
+  if (timeout_ns < 0) return -1;
+  return ab__now_ns() + timeout_ns;
+}
+
+static void to_timespec(struct timespec *ts, int64_t ns) {
+  ts->tv_sec = ns / 1000000000;
+  ts->tv_nsec = ns % 1000000000;
+}
+
+void ab__futex_wait(const _Atomic uint32_t *addr, uint32_t expected, int64_t deadline_ns) {
+  struct timespec ts, *tsp = NULL;
+  if (deadline_ns >= 0) {
+    to_timespec(&ts, deadline_ns);
+    tsp = &ts;
+  }
+  /* FUTEX_WAIT_BITSET takes an absolute CLOCK_MONOTONIC deadline, which is what we hold. */
+  syscall(SYS_futex, addr, FUTEX_WAIT_BITSET_PRIVATE, expected, tsp, NULL, FUTEX_BITSET_MATCH_ANY);
+}
+
+void ab__futex_wake_all(const _Atomic uint32_t *addr) {
+  syscall(SYS_futex, addr, FUTEX_WAKE_PRIVATE, INT32_MAX, NULL, NULL, 0);
+}
+
+void ab__sleep_ns(int64_t ns) {
+  struct timespec ts;
+  to_timespec(&ts, ns);
+  while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {
+  }
+}
+
+/* ---- ck_ec over futexes -------------------------------------------------------------------- */
+static int ec_gettime(const struct ck_ec_ops *ops, struct timespec *out) {
+  (void)ops;
+  return clock_gettime(CLOCK_MONOTONIC, out);
+}
+
+static void ec_wait32(const struct ck_ec_wait_state *st, const uint32_t *addr, uint32_t expected,
+                      const struct timespec *deadline) {
+  (void)st;
+  syscall(SYS_futex, addr, FUTEX_WAIT_BITSET_PRIVATE, expected, deadline, NULL,
+          FUTEX_BITSET_MATCH_ANY);
+}
+
+static void ec_wake32(const struct ck_ec_ops *ops, const uint32_t *addr) {
+  (void)ops;
+  syscall(SYS_futex, addr, FUTEX_WAKE_PRIVATE, INT32_MAX, NULL, NULL, 0);
+}
+
+static const struct ck_ec_ops ec_ops = {
+    .gettime = ec_gettime,
+    .wait32 = ec_wait32,
+    .wake32 = ec_wake32,
+    .busy_loop_iter = 64,
+    .initial_wait_ns = 1000000, /* re-check every 1 ms at first, then back off */
+    .wait_scale_factor = 4,
+    .wait_shift_count = 0,
+};
+static const struct ck_ec_mode ec_mode = {.ops = &ec_ops, .single_producer = false};
+
+const struct ck_ec_mode *ab__ec_mode(void) { return &ec_mode; }
+
+void ab__ec_deadline(struct timespec *ts, int64_t deadline_ns) { to_timespec(ts, deadline_ns); }
+
+/* ---- the allocation hook ------------------------------------------------------------------- */
+void *ab__malloc(const ab_allocator *a, size_t n) {
+  if (a && a->malloc_fn) return a->malloc_fn(n, a->arg);
+  return malloc(n);
+}
+
+void *ab__calloc(const ab_allocator *a, size_t n) {
+  void *p = ab__malloc(a, n);
+  if (p) memset(p, 0, n);
+  return p;
+}
+
+void ab__free(const ab_allocator *a, void *p) {
+  if (p == NULL) return;
+  if (a && a->free_fn) a->free_fn(p, a->arg);
+  else free(p);
+}
+
+int ab__ncpu(void) {
+  long n = sysconf(_SC_NPROCESSORS_ONLN);
+  return n > 0 ? (int)n : 1;
+}
+
+uint64_t ab__host_memory(void) {
+  long pages = sysconf(_SC_PHYS_PAGES), size = sysconf(_SC_PAGESIZE);
+  return pages > 0 && size > 0 ? (uint64_t)pages * (uint64_t)size : 0;
+}

@@ -1,0 +1,436 @@
+/*
+ * runtime/task.c: submission. Validate, take references, wait for inputs, place, enqueue.
+ *
+ * Design notes
+ *   - A submit that fails must leave no trace (the contract, point 1): everything it took is
+ *     given back before it returns, and the future is freed without completing.
+ *   - Accepting a task raises rt->inflight before testing rt->closing; destroy sets closing
+ *     before reading inflight. Both are seq_cst, so either the submit sees closing and backs
+ *     out, or destroy sees the task and waits for it (a Dekker pair).
+ *   - A task with future inputs registers a callback on each (the node lives in its input slot,
+ *     so nothing is allocated) and a count of unresolved inputs plus one for the submitter.
+ *     Whoever brings the count to zero calls ab__task_ready, which places and enqueues it
+ *     without blocking: it may run on a worker or inside another future's completion.
+ *   - The system's reference on a task is dropped by whoever takes it out of the system: the
+ *     worker that ran or discarded it, or ab__task_ready when it is already complete.
+ */
+#include <string.h>
+
+#include "runtime/internal.h"
+
+void ab__inflight_done(ab_runtime *rt) {
+  /* seq_cst: pairs with destroy's store of closing (see the design notes) */
+  if (atomic_fetch_sub(&rt->inflight, 1) == 1 && atomic_load(&rt->closing)) {
+    atomic_fetch_add_explicit(&rt->idle_word, 1, memory_order_release);
+    ab__futex_wake_all(&rt->idle_word);
+  }
+}
+
+static int accept_begin(ab_runtime *rt) {
+  atomic_fetch_add(&rt->inflight, 1); /* seq_cst: see the design notes */
+  if (atomic_load(&rt->closing)) {
+    ab__inflight_done(rt);
+    return AB_ESHUTDOWN;
+  }
+  return 0;
+}
+
+void ab__task_release_inputs(ab_future *t) {
+  for (int i = 0; i < t->nin; i++) {
+    ab_tensor_release(t->in[i].tensor);
+    ab_future_release(t->in[i].future);
+  }
+  if (t->in && t->in != t->in_inline) ab__free(&t->rt->alloc, t->in);
+  t->in = NULL;
+  t->nin = 0;
+}
+
+static const ab_oom_policy *default_oom(ab_runtime *rt, const ab_oom_policy *p) {
+  return p ? p : &rt->opt.oom;
+}
+
+static void fill_oom(ab_oom_policy *dst, const ab_oom_policy *src) {
+  *dst = *src;
+  if (dst->backoff_initial_ns <= 0) dst->backoff_initial_ns = 1000000;
+  if (dst->backoff_max_ns <= 0) dst->backoff_max_ns = 100000000;
+  if (dst->deadline_ns <= 0) dst->deadline_ns = 10000000000;
+}
+
+static ab_future *task_new(ab_runtime *rt, int kind, int nin, const ab_place *place) {
+  ab_future *t = ab__future_new(rt);
+  if (t == NULL) return NULL;
+  t->kind = (uint8_t)kind;
+  t->in = t->in_inline;
+  if (nin > AB__INLINE_INPUTS) {
+    t->in = ab__calloc(&rt->alloc, sizeof(ab__input) * (size_t)nin);
+    if (t->in == NULL) {
+      ab_future_release(t);
+      return NULL;
+    }
+  }
+  t->nin = nin;
+  if (place) t->place = *place;
+  fill_oom(&t->oom, default_oom(rt, place ? place->oom : NULL));
+  return t;
+}
+
+static int check_place(ab_runtime *rt, const ab_place *p) {
+  if (p->policy < AB_PLACE_AUTO || p->policy > AB_PLACE_AFFINITY) return AB_EINVAL;
+  if (p->mode != AB_SUBMIT_BLOCK && p->mode != AB_SUBMIT_TRY) return AB_EINVAL;
+  if (p->device.kind < 0 || p->device.kind >= AB_KIND_COUNT) return AB_ENODEV;
+  if (rt->kind_count[p->device.kind] == 0) return AB_ENODEV;
+  if (p->policy == AB_PLACE_EXPLICIT && ab__device_of(rt, p->device) == NULL) return AB_ENODEV;
+  return 0;
+}
+
+/* ---- device accounting ---------------------------------------------------------------------- */
+static void account(ab__device *d, ab_future *t) {
+  /* load gauges for placement and backpressure: relaxed, read as hints */
+  atomic_fetch_add_explicit(&d->load_tasks, 1, memory_order_relaxed);
+  atomic_fetch_add_explicit(&d->load_bytes, t->bytes, memory_order_relaxed);
+}
+
+void ab__task_unaccount(ab__device *d, ab_future *t) {
+  atomic_fetch_sub_explicit(&d->load_tasks, 1, memory_order_relaxed);
+  atomic_fetch_sub_explicit(&d->load_bytes, t->bytes, memory_order_relaxed);
+  if (t->bytes) ab__queue_signal_space(&d->queue);
+}
+
+typedef struct {
+  ab__device *d;
+  uint64_t bytes;
+} full_arg;
+
+static bool bytes_full(void *arg) {
+  full_arg *a = arg;
+  uint64_t max = a->d->rt->opt.max_bytes_in_flight;
+  uint64_t cur = atomic_load_explicit(&a->d->load_bytes, memory_order_relaxed);
+  /* an empty device always admits a task, however big */
+  return max != 0 && cur != 0 && cur + a->bytes > max;
+}
+
+static void publish(ab_future *t) {
+  /* release (an RMW, so a concurrent cancel's DONE is kept): the task's fields happen-before
+   * the worker's acquiring CAS. ck_ring's own ordering is invisible to ThreadSanitizer. */
+  atomic_fetch_or_explicit(&t->state, 0, memory_order_release);
+}
+
+static int enqueue_bounded(ab__device *d, ab_future *t, const ab_place *p) {
+  account(d, t);
+  publish(t);
+  full_arg fa = {d, t->bytes};
+  int rc = ab__queue_push(&d->queue, t, p->mode, ab__deadline_after(p->timeout_ns > 0 ? p->timeout_ns : -1),
+                          bytes_full, &fa);
+  if (rc != 0) ab__task_unaccount(d, t);
+  else atomic_fetch_add_explicit(&d->stats.submitted, 1, memory_order_relaxed); /* stat */
+  return rc;
+}
+
+void ab__task_requeue(ab__device *d, ab_future *t) {
+  t->dev = d;
+  account(d, t);
+  publish(t);
+  ab__queue_push_always(&d->queue, t, &t->qlink);
+}
+
+/* ---- inputs --------------------------------------------------------------------------------- */
+static void input_tensors(ab_future *t, ab_tensor **out, int cap) {
+  for (int i = 0; i < t->nin && i < cap; i++) out[i] = t->in[i].tensor;
+}
+
+static uint64_t input_bytes(ab_future *t) {
+  uint64_t b = 0;
+  for (int i = 0; i < t->nin; i++)
+    if (t->in[i].tensor) b += ab_tensor_nbytes(t->in[i].tensor);
+  return b;
+}
+
+static ab__device *place_task(ab_future *t, int *err) {
+  ab_tensor *ins[8] = {0};
+  int n = t->nin < 8 ? t->nin : 8;
+  input_tensors(t, ins, n);
+  return ab__place(t->rt, &t->place, ins, n, 0, err);
+}
+
+/* Completes t without running it (it holds the caller's reference, so t stays alive). */
+static void fail_unrun(ab_future *t, int status) { ab__complete(t, status, NULL, AB__PENDING); }
+
+static bool zero_copy(ab_future *t);
+
+/* The inputs are known: convert futures to tensors, pick a device, enqueue without blocking. */
+void ab__task_ready(ab_future *t) {
+  int status = atomic_load_explicit(&t->dep_status, memory_order_acquire);
+  if ((atomic_load_explicit(&t->state, memory_order_acquire) & AB__PHASE) != AB__PENDING) goto drop;
+  if (status != 0) {
+    fail_unrun(t, status);
+    goto drop;
+  }
+  for (int i = 0; i < t->nin; i++) {
+    ab__input *in = &t->in[i];
+    if (in->future == NULL) continue;
+    in->tensor = in->future->result ? ab_tensor_retain(in->future->result) : NULL;
+    ab_future_release(in->future);
+    in->future = NULL;
+  }
+  if (t->kind == AB__TASK_CONVERT && t->in[0].tensor == NULL) {
+    fail_unrun(t, AB_EINVAL); /* the input task produced no tensor */
+    goto drop;
+  }
+  if (t->bytes == 0) t->bytes = input_bytes(t);
+  if (zero_copy(t)) goto drop;
+  int err = 0;
+  ab__device *d = place_task(t, &err);
+  if (d == NULL) {
+    fail_unrun(t, err);
+    goto drop;
+  }
+  atomic_fetch_add_explicit(&d->stats.submitted, 1, memory_order_relaxed); /* stat */
+  ab__task_requeue(d, t);
+  return;
+drop:
+  ab_future_release(t);
+}
+
+static void input_done(ab_future *f, void *arg) {
+  ab__input *in = arg;
+  ab_future *t = in->owner;
+  int st = f->status;
+  if (st != 0) {
+    int zero = 0;
+    /* relaxed CAS: first failure wins; published by the acq_rel decrement below */
+    atomic_compare_exchange_strong_explicit(&t->dep_status, &zero, st, memory_order_relaxed,
+                                            memory_order_relaxed);
+  }
+  /* acq_rel: the last decrement sees every input's status and result */
+  if (atomic_fetch_sub_explicit(&t->deps, 1, memory_order_acq_rel) == 1) ab__task_ready(t);
+}
+
+/* ---- the common submit path ----------------------------------------------------------------- */
+static int has_future_inputs(ab_future *t) {
+  int n = 0;
+  for (int i = 0; i < t->nin; i++) n += t->in[i].future != NULL;
+  return n;
+}
+
+/* Takes ownership of t (the caller's only reference). On success *out gets the caller's one. */
+static int submit_task(ab_future *t, ab_future **out) {
+  ab_runtime *rt = t->rt;
+  int rc = accept_begin(rt);
+  if (rc != 0) goto fail;
+  int nfut = has_future_inputs(t);
+  if (nfut > 0) {
+    t->counted = true;
+    atomic_store_explicit(&t->refs, 2, memory_order_relaxed); /* caller + system; not shared yet */
+    atomic_store_explicit(&t->deps, nfut + 1, memory_order_relaxed);
+    for (int i = 0; i < t->nin; i++) {
+      ab__input *in = &t->in[i];
+      if (in->future == NULL) continue;
+      in->owner = t;
+      in->cb = (ab__cb){.fn = input_done, .arg = in};
+      ab__then_internal(in->future, &in->cb);
+    }
+    *out = t;
+    if (atomic_fetch_sub_explicit(&t->deps, 1, memory_order_acq_rel) == 1) ab__task_ready(t);
+    return 0;
+  }
+  if (t->bytes == 0) t->bytes = input_bytes(t);
+  if (zero_copy(t)) { /* completed at once, holds no inflight count */
+    ab__inflight_done(rt);
+    *out = t;
+    return 0;
+  }
+  ab__device *d = place_task(t, &rc);
+  if (d == NULL) goto fail_accepted;
+  t->dev = d;
+  t->counted = true;
+  atomic_store_explicit(&t->refs, 2, memory_order_relaxed); /* caller + system; not shared yet */
+  rc = enqueue_bounded(d, t, &t->place);
+  if (rc == 0) {
+    *out = t;
+    return 0;
+  }
+  t->counted = false;
+  atomic_store_explicit(&t->refs, 1, memory_order_relaxed); /* never published */
+fail_accepted:
+  ab__inflight_done(rt);
+fail:
+  t->dev = NULL;
+  ab_future_release(t);
+  return rc;
+}
+
+/* ---- compute tasks -------------------------------------------------------------------------- */
+static int check_inputs(const ab_input *in, int n) {
+  if (n < 0 || (n > 0 && in == NULL)) return AB_EINVAL;
+  for (int i = 0; i < n; i++)
+    if ((in[i].tensor == NULL) == (in[i].future == NULL)) return AB_EINVAL;
+  return 0;
+}
+
+int ab_submit(ab_runtime *rt, const ab_task_desc *d, ab_future **out) {
+  if (out == NULL) return AB_EINVAL;
+  *out = NULL;
+  if (rt == NULL || d == NULL || d->size < sizeof(ab_task_desc) || d->fn == NULL) return AB_EINVAL;
+  int rc = check_inputs(d->inputs, d->ninputs);
+  if (rc == 0) rc = check_place(rt, &d->place);
+  if (rc != 0) return rc;
+  ab_future *t = task_new(rt, AB__TASK_COMPUTE, d->ninputs, &d->place);
+  if (t == NULL) return AB_ENOMEM;
+  t->fn = d->fn;
+  t->arg = d->arg;
+  t->bytes = d->bytes_hint;
+  for (int i = 0; i < d->ninputs; i++) {
+    if (d->inputs[i].tensor) t->in[i].tensor = ab_tensor_retain(d->inputs[i].tensor);
+    else t->in[i].future = ab_future_retain(d->inputs[i].future);
+  }
+  return submit_task(t, out);
+}
+
+/* ---- conversions ---------------------------------------------------------------------------- */
+static int check_convert_opts(ab_runtime *rt, ab_device dst, const ab_convert_options *o) {
+  if (o && o->size < sizeof(ab_convert_options)) return AB_EINVAL;
+  if (o && o->cast != AB_CAST_SATURATE && o->cast != AB_CAST_STRETCH) return AB_EINVAL;
+  if (o && o->dtype.bits != 0 && ab__dtype_size(o->dtype) == 0) return AB_EDTYPE;
+  if (dst.kind < 0 || dst.kind >= AB_KIND_COUNT) return AB_ENODEV;
+  if (dst.index != AB_ANY && ab__device_of(rt, dst) == NULL) return AB_ENODEV;
+  if (dst.index == AB_ANY && rt->kind_count[dst.kind] == 0) return AB_ENODEV;
+  if (o && o->place.mode != AB_SUBMIT_BLOCK && o->place.mode != AB_SUBMIT_TRY) return AB_EINVAL;
+  return 0;
+}
+
+static ab_future *convert_task(ab_runtime *rt, int kind, int nin, ab_device dst, const ab_convert_options *o) {
+  ab_convert_options def = AB_CONVERT_OPTIONS_INIT;
+  if (o == NULL) o = &def;
+  ab_place p = o->place;
+  p.device = dst;
+  p.policy = dst.index == AB_ANY ? (o->place.policy == AB_PLACE_EXPLICIT ? AB_PLACE_AUTO : o->place.policy)
+                                 : AB_PLACE_EXPLICIT;
+  ab_future *t = task_new(rt, kind, nin, &p);
+  if (t == NULL) return NULL;
+  t->copt = *o;
+  t->dst = dst;
+  return t;
+}
+
+static DLDataType target_dtype(const ab_future *t, const ab_tensor *src) {
+  return t->copt.dtype.bits ? t->copt.dtype : src->dl.dtype;
+}
+
+static bool same_dtype(DLDataType a, DLDataType b) {
+  return a.code == b.code && a.bits == b.bits && a.lanes == b.lanes;
+}
+
+/* Nothing to do: the source already is the answer. Completes t with a new reference on it. */
+static bool zero_copy(ab_future *t) {
+  if (t->kind != AB__TASK_CONVERT || t->copt.force_copy) return false;
+  ab_tensor *src = t->in[0].tensor;
+  if (src == NULL || !same_dtype(target_dtype(t, src), src->dl.dtype) || !ab__contiguous(&src->dl))
+    return false;
+  ab_device home = ab_tensor_device(src);
+  if (home.kind != t->dst.kind || (t->dst.index != AB_ANY && t->dst.index != home.index)) return false;
+  if (ab__device_of(t->rt, home) == NULL) return false;
+  t->counted = false;
+  ab__complete(t, 0, ab_tensor_retain(src), AB__PENDING);
+  return true;
+}
+
+int ab_convert(ab_runtime *rt, ab_tensor *src, ab_device dst, const ab_convert_options *o, ab_future **out) {
+  if (out == NULL) return AB_EINVAL;
+  *out = NULL;
+  if (rt == NULL || src == NULL) return AB_EINVAL;
+  int rc = check_convert_opts(rt, dst, o);
+  if (rc != 0) return rc;
+  ab_future *t = convert_task(rt, AB__TASK_CONVERT, 1, dst, o);
+  if (t == NULL) return AB_ENOMEM;
+  t->in[0].tensor = ab_tensor_retain(src);
+  return submit_task(t, out);
+}
+
+int ab_convert_after(ab_runtime *rt, ab_future *src, ab_device dst, const ab_convert_options *o,
+                     ab_future **out) {
+  if (out == NULL) return AB_EINVAL;
+  *out = NULL;
+  if (rt == NULL || src == NULL) return AB_EINVAL;
+  int rc = check_convert_opts(rt, dst, o);
+  if (rc != 0) return rc;
+  ab_future *t = convert_task(rt, AB__TASK_CONVERT, 1, dst, o);
+  if (t == NULL) return AB_ENOMEM;
+  t->in[0].future = ab_future_retain(src);
+  return submit_task(t, out);
+}
+
+static int check_slices(ab_tensor *const *slices, size_t n) {
+  if (slices == NULL || n == 0 || n > (size_t)INT32_MAX) return AB_EINVAL;
+  for (size_t i = 0; i < n; i++)
+    if (slices[i] == NULL) return AB_EINVAL;
+  const DLTensor *a = &slices[0]->dl;
+  if (a->ndim + 1 > AB_MAX_NDIM) return AB_ENOTSUP;
+  for (size_t i = 1; i < n; i++) {
+    const DLTensor *b = &slices[i]->dl;
+    if (!same_dtype(a->dtype, b->dtype)) return AB_EDTYPE;
+    if (a->ndim != b->ndim) return AB_ESHAPE;
+    for (int k = 0; k < a->ndim; k++)
+      if (a->shape[k] != b->shape[k]) return AB_ESHAPE;
+  }
+  return 0;
+}
+
+int ab_stack(ab_runtime *rt, ab_tensor *const *slices, size_t n, ab_device dst, const ab_convert_options *o,
+             ab_future **out) {
+  if (out == NULL) return AB_EINVAL;
+  *out = NULL;
+  if (rt == NULL) return AB_EINVAL;
+  int rc = check_slices(slices, n);
+  if (rc == 0) rc = check_convert_opts(rt, dst, o);
+  if (rc != 0) return rc;
+  ab_future *t = convert_task(rt, AB__TASK_STACK, (int)n, dst, o);
+  if (t == NULL) return AB_ENOMEM;
+  for (size_t i = 0; i < n; i++) t->in[i].tensor = ab_tensor_retain(slices[i]);
+  return submit_task(t, out);
+}
+
+/* A future that is complete from the start (views handed out by ab_unstack). */
+static int done_future(ab_runtime *rt, ab_tensor *result, ab_future **out) {
+  ab_future *f = ab__future_new(rt);
+  if (f == NULL) {
+    ab_tensor_release(result);
+    return AB_ENOMEM;
+  }
+  ab__complete(f, 0, result, AB__PENDING);
+  *out = f;
+  return 0;
+}
+
+static void release_all(ab_future **fs, int64_t n) {
+  for (int64_t i = 0; i < n; i++) {
+    ab_future_release(fs[i]);
+    fs[i] = NULL;
+  }
+}
+
+int ab_unstack(ab_runtime *rt, ab_tensor *volume, ab_device dst, const ab_convert_options *o, ab_future **out) {
+  if (rt == NULL || volume == NULL || out == NULL) return AB_EINVAL;
+  if (volume->dl.ndim < 1) return AB_ESHAPE;
+  int rc = check_convert_opts(rt, dst, o);
+  if (rc != 0) return rc;
+  if (atomic_load(&rt->closing)) return AB_ESHUTDOWN;
+  int64_t n = volume->dl.shape[0];
+  for (int64_t i = 0; i < n; i++) out[i] = NULL;
+  for (int64_t i = 0; i < n && rc == 0; i++) {
+    ab_tensor *view;
+    rc = ab_tensor_index(volume, i, &view);
+    if (rc != 0) break;
+    ab_convert_options def = AB_CONVERT_OPTIONS_INIT;
+    const ab_convert_options *co = o ? o : &def;
+    /* ab_convert returns the view itself when it already is the answer: zero-copy */
+    rc = ab_convert(rt, view, dst, co, &out[i]);
+    ab_tensor_release(view);
+  }
+  if (rc != 0) {
+    for (int64_t i = 0; i < n; i++) /* queued copies are cancelled: nothing is left behind */
+      if (out[i]) ab_future_cancel(out[i]);
+    release_all(out, n);
+  }
+  (void)done_future;
+  return rc;
+}

@@ -1,0 +1,226 @@
+/*
+ * runtime/tensor.c: refcounted tensors, arena allocation and views.
+ *
+ * A tensor's DLTensor never changes after it is made, so any thread may read it without a lock.
+ * Its strides are always filled in (in elements), whatever the producer gave.
+ */
+#include <string.h>
+
+#include "runtime/internal.h"
+
+size_t ab__dtype_size(DLDataType dt) {
+  if (dt.lanes != 1 || dt.bits == 0 || dt.bits % 8 != 0) return 0;
+  switch (dt.code) {
+  case kDLInt:
+  case kDLUInt:
+    return dt.bits <= 64 && (dt.bits & (dt.bits - 1)) == 0 ? dt.bits / 8 : 0;
+  case kDLFloat:
+    return dt.bits == 16 || dt.bits == 32 || dt.bits == 64 ? dt.bits / 8 : 0;
+  case kDLBfloat:
+    return dt.bits == 16 ? 2 : 0;
+  case kDLComplex:
+    return dt.bits == 64 || dt.bits == 128 ? dt.bits / 8 : 0;
+  case AB_DL_BOOL:
+    return dt.bits == 8 ? 1 : 0;
+  }
+  return 0;
+}
+
+bool ab__contiguous(const DLTensor *t) {
+  int64_t expect = 1;
+  for (int i = t->ndim - 1; i >= 0; i--) {
+    if (t->shape[i] == 1) continue; /* any stride is fine for a dimension of one */
+    if (t->shape[i] == 0) return true;
+    if (t->strides && t->strides[i] != expect) return false;
+    expect *= t->shape[i];
+  }
+  return true;
+}
+
+ab_tensor *ab__tensor_new(ab_runtime *rt) {
+  ab_tensor *t = rt ? ab__pool_get(&rt->tensors) : malloc(sizeof *t);
+  if (t == NULL) return NULL;
+  memset(t, 0, sizeof *t);
+  atomic_init(&t->refs, 1);
+  t->rt = rt;
+  if (rt) ab__runtime_ref(rt);
+  return t;
+}
+
+static void tensor_free_struct(ab_tensor *t) {
+  ab_runtime *rt = t->rt;
+  if (rt == NULL) {
+    free(t);
+    return;
+  }
+  ab__pool_put(&rt->tensors, t);
+  ab__runtime_unref(rt);
+}
+
+void ab__tensor_fill(ab_tensor *t, const DLTensor *dl, const int64_t *strides) {
+  t->dl = *dl;
+  for (int i = 0; i < dl->ndim; i++) {
+    t->shape[i] = dl->shape[i];
+    t->strides[i] = strides[i];
+  }
+  t->dl.shape = t->shape;
+  t->dl.strides = t->strides;
+  size_t n = ab__dtype_size(dl->dtype);
+  for (int i = 0; i < dl->ndim; i++) n *= (size_t)dl->shape[i];
+  t->nbytes = n;
+}
+
+static void compact_strides(int ndim, const int64_t *shape, int64_t *strides) {
+  int64_t s = 1;
+  for (int i = ndim - 1; i >= 0; i--) {
+    strides[i] = s;
+    s *= shape[i] > 0 ? shape[i] : 1;
+  }
+}
+
+static DLDevice dl_device_of(ab__device *d) {
+  static const DLDeviceType types[] = {kDLCPU, kDLOpenCL, kDLCUDA};
+  DLDevice dev = {types[d->id.kind], d->id.kind == AB_HOST ? 0 : d->physical};
+  return dev;
+}
+
+int ab__tensor_alloc_on(ab__device *d, ab__worker *w, DLDataType dt, int ndim, const int64_t *shape,
+                        ab_tensor **out) {
+  *out = NULL;
+  size_t es = ab__dtype_size(dt);
+  if (es == 0) return AB_EDTYPE;
+  if (ndim < 0 || ndim > AB_MAX_NDIM || (ndim > 0 && shape == NULL)) return AB_EINVAL;
+  size_t bytes = es;
+  for (int i = 0; i < ndim; i++) {
+    if (shape[i] < 0) return AB_EINVAL;
+    if (shape[i] > 0 && bytes > SIZE_MAX / 2 / (size_t)shape[i]) return AB_EOVERFLOW;
+    bytes *= (size_t)shape[i];
+  }
+  ab_tensor *t = ab__tensor_new(d->rt);
+  if (t == NULL) return AB_ENOMEM;
+  size_t alloc = bytes ? (bytes + 63) & ~(size_t)63 : 64;
+  void *ptr;
+  int rc = ab__mem_alloc(d, w, alloc, &ptr);
+  if (rc != 0) {
+    tensor_free_struct(t);
+    return rc;
+  }
+  int64_t strides[AB_MAX_NDIM];
+  compact_strides(ndim, shape, strides);
+  DLTensor dl = {.data = ptr, .device = dl_device_of(d), .ndim = ndim, .dtype = dt, .shape = (int64_t *)shape};
+  ab__tensor_fill(t, &dl, strides);
+  t->owner = AB__OWN_ARENA;
+  t->dev = d;
+  t->alloc_bytes = alloc;
+  t->home = d->id;
+  *out = t;
+  return 0;
+}
+
+int ab_tensor_alloc(ab_runtime *rt, ab_device d, DLDataType dt, int ndim, const int64_t *shape, ab_tensor **out) {
+  if (out == NULL) return AB_EINVAL;
+  *out = NULL;
+  if (rt == NULL) return AB_EINVAL;
+  ab__device *dev = ab__device_of(rt, d);
+  if (dev == NULL) return AB_ENODEV;
+  return ab__tensor_alloc_on(dev, &dev->workers[0], dt, ndim, shape, out);
+}
+
+ab_tensor *ab_tensor_retain(ab_tensor *t) {
+  atomic_fetch_add_explicit(&t->refs, 1, memory_order_relaxed); /* taken only from a live ref */
+  return t;
+}
+
+static void release_memory(ab_tensor *t) {
+  switch (t->owner) {
+  case AB__OWN_VERSIONED:
+    if (t->u.ver && t->u.ver->deleter) t->u.ver->deleter(t->u.ver);
+    break;
+  case AB__OWN_LEGACY:
+    if (t->u.legacy && t->u.legacy->deleter) t->u.legacy->deleter(t->u.legacy);
+    break;
+  case AB__OWN_WRAP:
+    if (t->u.wrap.fn) t->u.wrap.fn(t->u.wrap.ctx);
+    break;
+  case AB__OWN_ARENA:
+    ab__mem_free(t->dev, t->dl.data, t->alloc_bytes);
+    break;
+  case AB__OWN_VIEW:
+    ab_tensor_release(t->u.base);
+    break;
+  }
+}
+
+void ab_tensor_release(ab_tensor *t) {
+  if (t == NULL) return;
+  /* acq_rel: the last releaser sees every other owner's use before freeing */
+  if (atomic_fetch_sub_explicit(&t->refs, 1, memory_order_acq_rel) != 1) return;
+  release_memory(t);
+  tensor_free_struct(t);
+}
+
+const DLTensor *ab_tensor_dl(const ab_tensor *t) { return t ? &t->dl : NULL; }
+uint32_t ab_tensor_flags(const ab_tensor *t) { return t ? t->flags : 0; }
+ab_device ab_tensor_device(const ab_tensor *t) { return t->home; }
+size_t ab_tensor_nbytes(const ab_tensor *t) { return t ? t->nbytes : 0; }
+bool ab_tensor_is_contiguous(const ab_tensor *t) { return t && ab__contiguous(&t->dl); }
+
+/* Byte offsets of the lowest and highest element a layout touches, relative to its start. */
+static int extent(int ndim, const int64_t *shape, const int64_t *strides, int64_t es, int64_t *lo,
+                  int64_t *hi) {
+  *lo = 0;
+  *hi = 0;
+  for (int i = 0; i < ndim; i++) {
+    if (shape[i] == 0) {
+      *hi = -1; /* empty: touches nothing */
+      return 0;
+    }
+    int64_t step;
+    if (__builtin_mul_overflow(shape[i] - 1, strides[i], &step) || __builtin_mul_overflow(step, es, &step))
+      return AB_EOVERFLOW;
+    if (__builtin_add_overflow(step < 0 ? *lo : *hi, step, step < 0 ? lo : hi)) return AB_EOVERFLOW;
+  }
+  if (__builtin_add_overflow(*hi, es - 1, hi)) return AB_EOVERFLOW;
+  return 0;
+}
+
+int ab_tensor_view(ab_tensor *t, int ndim, const int64_t *shape, const int64_t *strides, int64_t offset_elems,
+                   ab_tensor **out) {
+  if (out == NULL) return AB_EINVAL;
+  *out = NULL;
+  if (t == NULL || ndim < 0 || ndim > AB_MAX_NDIM || (ndim > 0 && shape == NULL)) return AB_EINVAL;
+  for (int i = 0; i < ndim; i++)
+    if (shape[i] < 0) return AB_EINVAL;
+  int64_t es = (int64_t)ab__dtype_size(t->dl.dtype);
+  int64_t st[AB_MAX_NDIM];
+  if (strides) memcpy(st, strides, sizeof(int64_t) * (size_t)ndim);
+  else compact_strides(ndim, shape, st);
+  int64_t blo, bhi, vlo, vhi, off;
+  int rc = extent(t->dl.ndim, t->shape, t->strides, es, &blo, &bhi);
+  if (rc == 0) rc = extent(ndim, shape, st, es, &vlo, &vhi);
+  if (rc == 0 && __builtin_mul_overflow(offset_elems, es, &off)) rc = AB_EOVERFLOW;
+  if (rc != 0) return rc;
+  bool empty = vhi < vlo;
+  if (!empty && (off + vlo < blo || off + vhi > bhi || bhi < blo)) return AB_ESHAPE;
+  ab_tensor *v = ab__tensor_new(t->rt);
+  if (v == NULL) return AB_ENOMEM;
+  DLTensor dl = t->dl;
+  dl.ndim = ndim;
+  dl.shape = (int64_t *)shape;
+  dl.byte_offset = t->dl.byte_offset + (uint64_t)off;
+  ab__tensor_fill(v, &dl, st);
+  v->flags = t->flags & AB_TENSOR_READ_ONLY;
+  v->owner = AB__OWN_VIEW;
+  v->home = t->home;
+  v->u.base = ab_tensor_retain(t);
+  *out = v;
+  return 0;
+}
+
+int ab_tensor_index(ab_tensor *t, int64_t i, ab_tensor **out) {
+  if (out == NULL) return AB_EINVAL;
+  *out = NULL;
+  if (t == NULL || t->dl.ndim < 1) return AB_EINVAL;
+  if (i < 0 || i >= t->dl.shape[0]) return AB_ESHAPE;
+  return ab_tensor_view(t, t->dl.ndim - 1, t->shape + 1, t->strides + 1, i * t->strides[0], out);
+}

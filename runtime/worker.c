@@ -1,0 +1,279 @@
+/*
+ * runtime/worker.c: the worker loop, and parking on out-of-memory.
+ *
+ * Design notes
+ *   - A worker pops a task, claims it with a CAS PENDING -> RUNNING (acquire: pairs with the
+ *     submitter's release), runs it, and completes it with a CAS RUNNING -> COMPLETING. A task
+ *     cancelled while queued fails the claim and is dropped: it never runs.
+ *   - Idle workers spin briefly (a task usually arrives within microseconds in a busy pipeline),
+ *     then sleep on the queue's event count. Parked tasks give the sleep a deadline.
+ *   - Out-of-memory after ladder steps 1-4 (memory.c) comes back as AB_ENOMEM from the task body.
+ *     The task goes back to PENDING (so it can still be cancelled) and onto the device's parked
+ *     list with a retry time; frees on the device bump freed_gen and wake a worker, which sends
+ *     parked tasks back to the queue at once. Past the deadline: re-route if allowed, else fail
+ *     with AB_ENOMEM and a memory report.
+ *   - park_lock is a leaf lock: nothing else is taken while it is held, except the queue's
+ *     overflow lock (leaf below it) when a task is sent back.
+ */
+#include <string.h>
+
+#include "runtime/internal.h"
+
+static void free_scratch(ab_ctx *c) {
+  while (c->scratch) {
+    size_t *blk = c->scratch;
+    c->scratch = *(void **)(blk + 1);
+    ab__mem_free(c->w->dev, blk, blk[0]);
+  }
+}
+
+static int run_body(ab_ctx *c) {
+  ab_future *t = c->task;
+  switch (t->kind) {
+  case AB__TASK_COMPUTE:
+    if (ab__fault_hit(c->w->dev, AB_FAULT_LAUNCH)) return AB_EFAULT;
+    return t->fn(c, t->arg);
+  case AB__TASK_CONVERT:
+    return ab__convert_run(c);
+  case AB__TASK_STACK:
+    return ab__stack_run(c);
+  }
+  AB__NOT_REACHED();
+}
+
+/* ---- parking -------------------------------------------------------------------------------- */
+static void park(ab__device *d, ab_future *t) {
+  pthread_mutex_lock(&d->park_lock);
+  t->park_next = d->parked;
+  d->parked = t;
+  atomic_fetch_add_explicit(&d->nparked, 1, memory_order_release); /* pairs with poll's acquire */
+  pthread_mutex_unlock(&d->park_lock);
+  atomic_fetch_add_explicit(&d->stats.oom_parks, 1, memory_order_relaxed); /* stat */
+}
+
+/* Sends due tasks back to the queue; returns the earliest retry time left (-1: none). */
+static int64_t park_poll(ab__device *d) {
+  if (atomic_load_explicit(&d->nparked, memory_order_acquire) == 0) return -1;
+  int64_t now = ab__now_ns(), next = -1;
+  uint32_t gen = atomic_load_explicit(&d->freed_gen, memory_order_acquire);
+  pthread_mutex_lock(&d->park_lock);
+  ab_future **pp = &d->parked;
+  while (*pp) {
+    ab_future *t = *pp;
+    if (t->park_until <= now || t->park_gen != gen) {
+      *pp = t->park_next;
+      atomic_fetch_sub_explicit(&d->nparked, 1, memory_order_relaxed); /* under the lock */
+      atomic_fetch_add_explicit(&d->stats.oom_retries, 1, memory_order_relaxed); /* stat */
+      ab__task_requeue(d, t);
+      continue;
+    }
+    if (next < 0 || t->park_until < next) next = t->park_until;
+    pp = &t->park_next;
+  }
+  pthread_mutex_unlock(&d->park_lock);
+  return next;
+}
+
+void ab__park_flush(ab__device *d, int status) {
+  pthread_mutex_lock(&d->park_lock);
+  ab_future *list = d->parked;
+  d->parked = NULL;
+  atomic_store_explicit(&d->nparked, 0, memory_order_relaxed); /* under the lock */
+  pthread_mutex_unlock(&d->park_lock);
+  while (list) {
+    ab_future *t = list;
+    list = t->park_next;
+    ab__complete(t, status, NULL, AB__PENDING);
+    ab_future_release(t); /* the system's reference */
+  }
+}
+
+/* RUNNING -> PENDING, unless a cancel was asked meanwhile (then false). */
+static bool unclaim(ab_future *t) {
+  uint32_t s = atomic_load_explicit(&t->state, memory_order_relaxed);
+  for (;;) {
+    if (s & AB__CANCEL_REQ) return false;
+    uint32_t ns = (s & ~(uint32_t)AB__PHASE) | AB__PENDING;
+    /* release: the task's ladder fields before a canceller or the next worker claims it */
+    if (atomic_compare_exchange_weak_explicit(&t->state, &s, ns, memory_order_release, memory_order_relaxed))
+      return true;
+  }
+}
+
+static bool try_reroute(ab__device *d, ab_future *t) {
+  if (!t->oom.allow_reroute || t->place.policy == AB_PLACE_EXPLICIT) return false;
+  ab_runtime *rt = d->rt;
+  t->tried |= 1ull << (d - rt->devices);
+  ab_place p = t->place;
+  p.policy = AB_PLACE_LEAST_LOADED;
+  int err;
+  ab__device *nd = ab__place(rt, &p, NULL, 0, t->tried, &err);
+  if (nd == NULL || !unclaim(t)) return false;
+  t->parks = 0;
+  atomic_fetch_add_explicit(&d->stats.oom_reroutes, 1, memory_order_relaxed); /* stat */
+  ab__task_requeue(nd, t);
+  return true;
+}
+
+/* Steps 5-7 of the ladder. True: the task lives on (parked or re-routed). */
+static bool on_enomem(ab__device *d, ab_future *t) {
+  if (atomic_load_explicit(&d->rt->cancelling, memory_order_relaxed)) return false;
+  int64_t now = ab__now_ns();
+  if (!t->oom.no_wait) {
+    if (t->parks == 0) {
+      t->park_deadline = now + t->oom.deadline_ns;
+      t->backoff = t->oom.backoff_initial_ns;
+    }
+    if (now < t->park_deadline) {
+      t->park_until = now + t->backoff < t->park_deadline ? now + t->backoff : t->park_deadline;
+      t->backoff = t->backoff * 2 < t->oom.backoff_max_ns ? t->backoff * 2 : t->oom.backoff_max_ns;
+      t->park_gen = atomic_load_explicit(&d->freed_gen, memory_order_acquire);
+      t->parks++;
+      if (!unclaim(t)) return false;
+      park(d, t);
+      return true;
+    }
+  }
+  return try_reroute(d, t);
+}
+
+/* ---- the loop ------------------------------------------------------------------------------- */
+static bool claim(ab_future *t) {
+  uint32_t s = atomic_load_explicit(&t->state, memory_order_relaxed);
+  while ((s & AB__PHASE) == AB__PENDING)
+    /* acquire: pairs with the submitter's release, so the task's fields are visible */
+    if (atomic_compare_exchange_weak_explicit(&t->state, &s, (s & ~(uint32_t)AB__PHASE) | AB__RUNNING,
+                                              memory_order_acquire, memory_order_relaxed))
+      return true;
+  return false;
+}
+
+static void run_one(ab__worker *w, ab_future *t) {
+  ab__device *d = w->dev;
+  ab_runtime *rt = d->rt;
+  if (!claim(t)) goto out; /* cancelled while queued or parked: it never runs */
+  if (atomic_load_explicit(&rt->cancelling, memory_order_relaxed)) {
+    ab__complete(t, AB_ECANCELED, NULL, AB__RUNNING);
+    goto out;
+  }
+  ab_ctx c = {.w = w, .task = t};
+  int rc = run_body(&c);
+  free_scratch(&c);
+  if (rc != 0) {
+    ab_tensor_release(c.output);
+    c.output = NULL;
+  }
+  if (rc == AB_ENOMEM && on_enomem(d, t)) {
+    ab__task_unaccount(d, t);
+    return; /* parked or re-routed: the system's reference travels with it */
+  }
+  if (rc == AB_ENOMEM && !t->message) {
+    atomic_fetch_add_explicit(&d->stats.oom_failures, 1, memory_order_relaxed); /* stat */
+    t->message = ab__mem_report(d, 0, t);
+  }
+  if (rc == AB_ENOMEM && ab_ctx_cancelled(&c)) rc = AB_ECANCELED; /* asked to stop while short of memory */
+  int64_t delay = atomic_load_explicit(&d->faults.delay_ns, memory_order_relaxed);
+  if (delay > 0) ab__sleep_ns(delay);
+  ab__complete(t, rc, c.output, AB__RUNNING);
+out:
+  ab__task_unaccount(d, t);
+  ab_future_release(t); /* the system's reference */
+}
+
+static size_t qlink_offset(void) { return offsetof(ab_future, qlink); }
+
+static ab_future *pop(ab__device *d) { return ab__queue_pop(&d->queue, qlink_offset()); }
+
+static ab_future *spin_pop(ab__device *d) {
+  for (int i = 0; i < 2000; i++) {
+    ab_future *t = pop(d);
+    if (t) return t;
+    ab__cpu_relax();
+  }
+  return NULL;
+}
+
+static void *worker_main(void *arg) {
+  ab__worker *w = arg;
+  ab__device *d = w->dev;
+  ab_runtime *rt = d->rt;
+  for (;;) {
+    ab_future *t = pop(d);
+    if (t == NULL) {
+      int64_t next_retry = park_poll(d);
+      t = spin_pop(d);
+      if (t == NULL) {
+        if (atomic_load_explicit(&rt->stopping, memory_order_acquire)) return NULL;
+        uint32_t snap = ab__queue_snapshot(&d->queue);
+        t = pop(d);
+        if (t == NULL) {
+          ab__queue_wait(&d->queue, snap, next_retry);
+          continue;
+        }
+      }
+    }
+    run_one(w, t);
+  }
+}
+
+void ab__wake_workers(ab__device *d) { ab__queue_wake(&d->queue); }
+
+int ab__workers_start(ab__device *d) {
+  for (int i = 0; i < d->nworkers; i++) {
+    ab__worker *w = &d->workers[i];
+    if (pthread_create(&w->thread, NULL, worker_main, w) != 0) return AB_ENOMEM;
+    w->started = true;
+  }
+  return 0;
+}
+
+void ab__workers_join(ab__device *d) {
+  for (int i = 0; i < d->nworkers; i++) {
+    if (!d->workers[i].started) continue;
+    pthread_join(d->workers[i].thread, NULL);
+    d->workers[i].started = false;
+  }
+}
+
+/* ---- the task context ----------------------------------------------------------------------- */
+ab_device ab_ctx_device(ab_ctx *c) { return c->w->dev->id; }
+void *ab_ctx_stream(ab_ctx *c) { return c->w->dev->ops->stream ? c->w->dev->ops->stream(c->w) : NULL; }
+int ab_ctx_worker(ab_ctx *c) { return c->w->index; }
+int ab_ctx_ninputs(ab_ctx *c) { return c->task->nin; }
+
+ab_tensor *ab_ctx_input(ab_ctx *c, int i) {
+  if (c == NULL || i < 0 || i >= c->task->nin) return NULL;
+  return c->task->in[i].tensor;
+}
+
+bool ab_ctx_cancelled(ab_ctx *c) {
+  return (atomic_load_explicit(&c->task->state, memory_order_relaxed) & AB__CANCEL_REQ) ||
+         atomic_load_explicit(&c->w->dev->rt->cancelling, memory_order_relaxed);
+}
+
+int ab_ctx_alloc(ab_ctx *c, size_t bytes, void **ptr) {
+  if (c == NULL || ptr == NULL) return AB_EINVAL;
+  *ptr = NULL;
+  if (bytes > SIZE_MAX - 64) return AB_ENOMEM;
+  size_t total = bytes + 64; /* a header keeps the chain and the size; 64 keeps alignment */
+  void *blk;
+  int rc = ab__mem_alloc(c->w->dev, c->w, total, &blk);
+  if (rc != 0) return rc;
+  ((size_t *)blk)[0] = total;
+  *(void **)((size_t *)blk + 1) = c->scratch;
+  c->scratch = blk;
+  *ptr = (char *)blk + 64;
+  return 0;
+}
+
+int ab_ctx_alloc_tensor(ab_ctx *c, DLDataType dt, int ndim, const int64_t *shape, ab_tensor **out) {
+  if (c == NULL || out == NULL) return AB_EINVAL;
+  return ab__tensor_alloc_on(c->w->dev, c->w, dt, ndim, shape, out);
+}
+
+int ab_ctx_set_output(ab_ctx *c, ab_tensor *t) {
+  if (c == NULL) return AB_EINVAL;
+  ab_tensor_release(c->output);
+  c->output = t;
+  return 0;
+}

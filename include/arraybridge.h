@@ -244,7 +244,8 @@ AB_API void ab_tensor_release(ab_tensor *t);           /* NULL is accepted */
  * Placement and submission options
  */
 typedef enum {
-  AB_PLACE_AUTO = 0,         /* explicit device if given, else affinity, else least-loaded */
+  AB_PLACE_AUTO = 0,         /* among devices of device.kind (index ignored): data affinity,
+                                else least-loaded. A zeroed ab_place is AUTO over the host. */
   AB_PLACE_EXPLICIT = 1,
   AB_PLACE_ROUND_ROBIN = 2,
   AB_PLACE_LEAST_LOADED = 3,
@@ -294,7 +295,8 @@ AB_API int ab_convert_after(ab_runtime *rt, ab_future *src, ab_device dst, const
 AB_API int ab_stack(ab_runtime *rt, ab_tensor *const *slices, size_t n, ab_device dst,
                     const ab_convert_options *o, ab_future **out);
 /* volume[i] for every i, on dst: views of volume when it is already there (zero-copy), copies
- * otherwise. out must hold volume's first dimension of futures. */
+ * otherwise. out must hold volume's first dimension of futures. On failure, futures already
+ * made are cancelled and released, and out is all NULL. */
 AB_API int ab_unstack(ab_runtime *rt, ab_tensor *volume, ab_device dst, const ab_convert_options *o,
                       ab_future **out);
 

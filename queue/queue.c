@@ -32,7 +32,6 @@ void ab__queue_fini(ab__queue *q, const ab_allocator *a) {
 
 static bool try_push(ab__queue *q, void *item) {
   if (!ck_ring_enqueue_mpmc(&q->ring, q->buf, item)) return false;
-  atomic_fetch_add_explicit(&q->depth, 1, memory_order_relaxed); /* a gauge, read for stats only */
   ck_ec32_inc(&q->work_ec, ab__ec_mode());
   return true;
 }
@@ -70,7 +69,6 @@ void ab__queue_push_always(ab__queue *q, void *item, ab__qnode *node) {
   q->ovf_tail = node;
   atomic_fetch_add_explicit(&q->novf, 1, memory_order_release); /* pairs with pop's acquire */
   pthread_mutex_unlock(&q->ovf_lock);
-  atomic_fetch_add_explicit(&q->depth, 1, memory_order_relaxed);
   ck_ec32_inc(&q->work_ec, ab__ec_mode());
 }
 
@@ -91,7 +89,6 @@ void *ab__queue_pop(ab__queue *q, size_t node_offset) {
   void *item = NULL;
   if (!ck_ring_dequeue_mpmc(&q->ring, q->buf, &item)) item = pop_overflow(q, node_offset);
   if (item == NULL) return NULL;
-  atomic_fetch_sub_explicit(&q->depth, 1, memory_order_relaxed); /* gauge */
   ab__queue_signal_space(q);
   return item;
 }
@@ -112,3 +109,7 @@ void ab__queue_wait(ab__queue *q, uint32_t snapshot, int64_t deadline_ns) {
 }
 
 void ab__queue_wake(ab__queue *q) { ck_ec32_inc(&q->work_ec, ab__ec_mode()); }
+
+uint64_t ab__queue_depth(ab__queue *q) {
+  return ck_ring_size(&q->ring) + atomic_load_explicit(&q->novf, memory_order_relaxed);
+}

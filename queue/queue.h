@@ -42,7 +42,6 @@ typedef struct {
   pthread_mutex_t ovf_lock;
   ab__qnode *ovf_head, *ovf_tail;
   _Atomic uint32_t novf;
-  _Atomic int64_t depth;          /* items in ring and overflow: a gauge for stats */
 } ab__queue;
 
 int ab__queue_init(ab__queue *q, unsigned int capacity, const ab_allocator *a);
@@ -61,5 +60,6 @@ uint32_t ab__queue_snapshot(ab__queue *q);
 void ab__queue_wait(ab__queue *q, uint32_t snapshot, int64_t deadline_ns);
 void ab__queue_wake(ab__queue *q); /* wakes every waiting worker */
 void ab__queue_signal_space(ab__queue *q);
+uint64_t ab__queue_depth(ab__queue *q); /* a gauge, for statistics */
 
 #endif

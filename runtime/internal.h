@@ -124,10 +124,11 @@ struct ab__device {
   ab_future *parked;
   _Atomic uint32_t nparked;
 
-  _Atomic int64_t load_tasks;     /* queued and running: least-loaded placement */
+  /* Written by submitters and workers alike: a cache line of their own. */
+  _Alignas(64) _Atomic int64_t load_tasks; /* queued and running: least-loaded placement */
   _Atomic uint64_t load_bytes;    /* input bytes of queued and running tasks: backpressure */
 
-  ab__faults faults;
+  _Alignas(64) ab__faults faults;
   ab__counters stats;
 };
 
@@ -141,7 +142,9 @@ char *ab__mem_report(ab__device *d, size_t bytes, const ab_future *t);
 
 /* ---- the runtime -------------------------------------------------------------------------- */
 struct ab_runtime {
-  ab_runtime_options opt;
+  _Atomic int64_t inflight;       /* accepted tasks not yet complete */
+  _Atomic int closing;            /* no new submissions */
+  _Alignas(64) ab_runtime_options opt;
   ab_allocator alloc;
   int ndevices;
   ab__device *devices;            /* grouped by kind, in ab_kind order */
@@ -149,8 +152,6 @@ struct ab_runtime {
   _Atomic uint32_t rr[AB_KIND_COUNT];
 
   ab__pool futures, tensors;
-  _Atomic int64_t inflight;       /* accepted tasks not yet complete */
-  _Atomic int closing;            /* no new submissions */
   _Atomic int cancelling;         /* destroy(AB_CANCEL): queued tasks are cancelled, not run */
   _Atomic int stopping;           /* workers exit */
   _Atomic uint32_t idle_word;     /* destroy sleeps here until inflight reaches 0 */

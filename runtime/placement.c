@@ -71,6 +71,8 @@ ab__device *ab__place(ab_runtime *rt, const ab_place *p, ab_tensor *const *input
   *err = AB_ENODEV;
   if (kind < 0 || kind >= AB_KIND_COUNT || rt->kind_count[kind] == 0) return NULL;
   ab__device *d = NULL;
+  if (rt->kind_count[kind] == 1 && exclude == 0) /* one device: nothing to choose */
+    return p->policy == AB_PLACE_EXPLICIT && p->device.index != 0 ? NULL : &rt->devices[rt->kind_first[kind]];
   switch (p->policy) {
   case AB_PLACE_EXPLICIT:
     d = ab__device_of(rt, p->device);

@@ -242,14 +242,13 @@ int ab_runtime_stats(ab_runtime *rt, ab_device_stats *out, int cap) {
   for (int i = 0; i < rt->ndevices && i < cap; i++) {
     ab__device *d = &rt->devices[i];
     ab__counters *c = &d->stats;
-    int64_t q = atomic_load_explicit(&d->queue.depth, memory_order_relaxed);
     out[i] = (ab_device_stats){
         .device = d->id,
         .tasks_submitted = rd(&c->submitted), .tasks_completed = rd(&c->completed),
         .tasks_failed = rd(&c->failed), .tasks_canceled = rd(&c->canceled),
         .bytes_moved = rd(&c->bytes_moved),
         .mem_used = rd(&d->used), .mem_peak = rd(&d->peak), .mem_budget = d->budget,
-        .queued = q > 0 ? (uint64_t)q : 0,
+        .queued = ab__queue_depth(&d->queue),
         .parked = atomic_load_explicit(&d->nparked, memory_order_relaxed),
         .oom_events = rd(&c->oom_events), .oom_trims = rd(&c->oom_trims), .oom_syncs = rd(&c->oom_syncs),
         .oom_spills = rd(&c->oom_spills), .oom_parks = rd(&c->oom_parks), .oom_retries = rd(&c->oom_retries),

@@ -22,5 +22,8 @@ set(AB_PC_REQUIRES_PRIVATE "ck")
 if(AB_WITH_JEMALLOC)
   set(AB_PC_REQUIRES_PRIVATE "ck jemalloc")
 endif()
+# Relocatable: the .pc finds the prefix from where it lies, so `cmake --install --prefix` works.
+file(RELATIVE_PATH AB_PC_TO_PREFIX "${CMAKE_INSTALL_FULL_LIBDIR}/pkgconfig" "${CMAKE_INSTALL_PREFIX}")
+string(REGEX REPLACE "/$" "" AB_PC_TO_PREFIX "${AB_PC_TO_PREFIX}")
 configure_file(cmake/arraybridge.pc.in ${CMAKE_CURRENT_BINARY_DIR}/arraybridge.pc @ONLY)
 install(FILES ${CMAKE_CURRENT_BINARY_DIR}/arraybridge.pc DESTINATION ${CMAKE_INSTALL_LIBDIR}/pkgconfig)

@@ -135,7 +135,8 @@ typedef struct {
 typedef bool (*ab_spill_fn)(size_t bytes, ab_device device, void *arg);
 
 typedef struct {
-  size_t size;               /* sizeof(ab_runtime_options); AB_RUNTIME_OPTIONS_INIT sets it */
+  size_t size;               /* sizeof(ab_runtime_options); AB_RUNTIME_OPTIONS_INIT sets it.
+                                A size the library does not know is AB_EINVAL. */
   ab_kind_options kinds[AB_KIND_COUNT];
   uint32_t queue_capacity;   /* tasks queued per device before submit blocks (default 4096) */
   uint64_t max_bytes_in_flight; /* per device, input bytes of queued and running tasks (0: none) */
@@ -244,8 +245,9 @@ AB_API void ab_tensor_release(ab_tensor *t);           /* NULL is accepted */
  * Placement and submission options
  */
 typedef enum {
-  AB_PLACE_AUTO = 0,         /* among devices of device.kind (index ignored): data affinity,
-                                else least-loaded. A zeroed ab_place is AUTO over the host. */
+  AB_PLACE_AUTO = 0,         /* among devices of device.kind: data affinity, else least-loaded.
+                                The index is not used (but must exist or be AB_ANY), so a
+                                zeroed ab_place is AUTO over the host devices. */
   AB_PLACE_EXPLICIT = 1,
   AB_PLACE_ROUND_ROBIN = 2,
   AB_PLACE_LEAST_LOADED = 3,

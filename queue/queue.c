@@ -12,11 +12,12 @@ int ab__queue_init(ab__queue *q, unsigned int capacity, const ab_allocator *a) {
   memset(q, 0, sizeof *q);
   q->buf = ab__calloc(a, sizeof(ck_ring_buffer_t) * cap);
   if (q->buf == NULL) return AB_ENOMEM;
-  if (pthread_mutex_init(&q->ovf_lock, NULL) != 0) {
+  if (pthread_mutex_init(&q->push_lock, NULL) != 0) {
     ab__free(a, q->buf);
     return AB_ENOMEM;
   }
   q->capacity = cap;
+  q->limit = capacity;
   ck_ring_init(&q->ring, cap);
   ck_ec32_init(&q->work_ec, 0);
   ck_ec32_init(&q->space_ec, 0);
@@ -25,20 +26,24 @@ int ab__queue_init(ab__queue *q, unsigned int capacity, const ab_allocator *a) {
 
 void ab__queue_fini(ab__queue *q, const ab_allocator *a) {
   if (q->buf == NULL) return;
-  pthread_mutex_destroy(&q->ovf_lock);
+  pthread_mutex_destroy(&q->push_lock);
   ab__free(a, q->buf);
   q->buf = NULL;
 }
 
+static bool has_room(ab__queue *q) { return ck_ring_size(&q->ring) < q->limit; }
+
 static bool try_push(ab__queue *q, void *item) {
-  if (!ck_ring_enqueue_mpmc(&q->ring, q->buf, item)) return false;
-  ck_ec32_inc(&q->work_ec, ab__ec_mode());
-  return true;
+  pthread_mutex_lock(&q->push_lock);
+  bool ok = has_room(q) && ck_ring_enqueue_spmc(&q->ring, q->buf, item);
+  pthread_mutex_unlock(&q->push_lock);
+  if (ok) ck_ec32_inc(&q->work_ec, ab__ec_mode());
+  return ok;
 }
 
 static int wait_for_space(ab__queue *q, int64_t deadline_ns, bool (*full)(void *), void *arg) {
   uint32_t snap = ck_ec32_value(&q->space_ec);
-  if (ck_ring_size(&q->ring) + 1 < q->capacity && !(full && full(arg))) return 0;
+  if (has_room(q) && !(full && full(arg))) return 0;
   struct timespec ts, *tsp = NULL;
   if (deadline_ns >= 0) {
     if (ab__now_ns() >= deadline_ns) return AB_ETIMEDOUT;
@@ -60,34 +65,35 @@ int ab__queue_push(ab__queue *q, void *item, int mode, int64_t deadline_ns, bool
 }
 
 void ab__queue_push_always(ab__queue *q, void *item, ab__qnode *node) {
+  pthread_mutex_lock(&q->push_lock);
   /* Keep FIFO order with earlier overflowed items: the ring only when the overflow is empty. */
-  if (atomic_load_explicit(&q->novf, memory_order_acquire) == 0 && try_push(q, item)) return;
-  node->next = NULL;
-  pthread_mutex_lock(&q->ovf_lock);
-  if (q->ovf_tail) q->ovf_tail->next = node;
-  else q->ovf_head = node;
-  q->ovf_tail = node;
-  atomic_fetch_add_explicit(&q->novf, 1, memory_order_release); /* pairs with pop's acquire */
-  pthread_mutex_unlock(&q->ovf_lock);
+  if (q->ovf_head != NULL || !ck_ring_enqueue_spmc(&q->ring, q->buf, item)) {
+    node->next = NULL;
+    if (q->ovf_tail) q->ovf_tail->next = node;
+    else q->ovf_head = node;
+    q->ovf_tail = node;
+    atomic_fetch_add_explicit(&q->novf, 1, memory_order_release); /* pairs with pop's acquire */
+  }
+  pthread_mutex_unlock(&q->push_lock);
   ck_ec32_inc(&q->work_ec, ab__ec_mode());
 }
 
 static void *pop_overflow(ab__queue *q, size_t node_offset) {
   if (atomic_load_explicit(&q->novf, memory_order_acquire) == 0) return NULL;
-  pthread_mutex_lock(&q->ovf_lock);
+  pthread_mutex_lock(&q->push_lock);
   ab__qnode *n = q->ovf_head;
   if (n) {
     q->ovf_head = n->next;
     if (q->ovf_head == NULL) q->ovf_tail = NULL;
     atomic_fetch_sub_explicit(&q->novf, 1, memory_order_relaxed); /* under the lock */
   }
-  pthread_mutex_unlock(&q->ovf_lock);
+  pthread_mutex_unlock(&q->push_lock);
   return n ? (char *)n - node_offset : NULL;
 }
 
 void *ab__queue_pop(ab__queue *q, size_t node_offset) {
   void *item = NULL;
-  if (!ck_ring_dequeue_mpmc(&q->ring, q->buf, &item)) item = pop_overflow(q, node_offset);
+  if (!ck_ring_dequeue_spmc(&q->ring, q->buf, &item)) item = pop_overflow(q, node_offset);
   if (item == NULL) return NULL;
   ab__queue_signal_space(q);
   return item;

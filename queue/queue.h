@@ -2,13 +2,18 @@
  * queue/queue.h: the bounded per-device task queue.
  *
  * Design notes
- *   - Items are task pointers in a ck_ring MPMC ring: any thread submits, any worker of the
- *     device pops. The ring's capacity bounds how many tasks a device queues: a full ring makes
- *     ab__queue_push block, fail with AB_EAGAIN or time out, as the caller asked.
+ *   - Items are task pointers in a ck_ring used single-producer, multi-consumer: producers take
+ *     push_lock, workers dequeue lock-free. ck_ring's own multi-producer enqueue makes each
+ *     producer spin until earlier producers have published; with more submitting threads than
+ *     cores a preempted producer then stalls all the others for whole time slices (we measured
+ *     a stress test going from under a second to minutes). A mutex sleeps instead of spinning.
+ *   - Under push_lock the ring's size can only be overestimated (workers only shrink it), so
+ *     the user's capacity is enforced exactly: a full queue makes ab__queue_push block, fail
+ *     with AB_EAGAIN or time out, as the caller asked.
  *   - Tasks released by their dependencies, parked tasks coming back, and re-routed tasks must
  *     never block (they are pushed from worker threads and callbacks), so they use
- *     ab__queue_push_always, which falls back to an unbounded overflow list under a mutex when
- *     the ring is full. Workers pop the ring first, then the overflow.
+ *     ab__queue_push_always, which falls back to an unbounded overflow list when the ring is
+ *     full. Workers pop the ring first, then the overflow.
  *   - Sleeping: idle workers wait on work_ec, a ck_ec event count that every push increments;
  *     ck_ec only makes the futex call when a waiter has flagged itself, so a push to a busy
  *     device costs one atomic add. Submitters blocked on a full ring wait on space_ec, which a
@@ -37,9 +42,10 @@ typedef struct {
   ck_ring_t ring;
   ck_ring_buffer_t *buf;
   unsigned int capacity;          /* ring slots, a power of two; holds capacity - 1 */
+  unsigned int limit;             /* tasks a bounded push admits: the user's queue_capacity */
   struct ck_ec32 work_ec;         /* bumped on every push */
   struct ck_ec32 space_ec;        /* bumped on pops while submitters wait for space */
-  pthread_mutex_t ovf_lock;
+  pthread_mutex_t push_lock;      /* serialises producers; guards the overflow list */
   ab__qnode *ovf_head, *ovf_tail;
   _Atomic uint32_t novf;
 } ab__queue;

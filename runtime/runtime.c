@@ -31,7 +31,9 @@ static uint64_t kind_budget(const ab_kind_options *k, uint64_t total, int split)
 }
 
 static int check_options(const ab_runtime_options *o) {
-  if (o->size < sizeof(size_t) || o->size > sizeof(ab_runtime_options)) return AB_EINVAL;
+  /* Version 1 of the struct is the only layout so far; later versions will also accept the
+   * sizes of the ones before them. */
+  if (o->size != sizeof(ab_runtime_options)) return AB_EINVAL;
   for (int k = 0; k < AB_KIND_COUNT; k++) {
     const ab_kind_options *ko = &o->kinds[k];
     if (ko->workers_per_device < 0 || ko->logical_split < 0 || ko->logical_split > 64) return AB_EINVAL;
@@ -160,8 +162,7 @@ int ab_runtime_create(const ab_runtime_options *opt, ab_runtime **out) {
   if (opt) {
     int rc = check_options(opt);
     if (rc != 0) return rc;
-    memcpy(&o, opt, opt->size); /* an older, smaller struct leaves our newer fields zero */
-    o.size = sizeof o;
+    o = *opt;
   }
   ab_allocator a = {0};
   if (o.allocator) a = *o.allocator;

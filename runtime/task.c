@@ -79,7 +79,9 @@ static int check_place(ab_runtime *rt, const ab_place *p) {
   if (p->mode != AB_SUBMIT_BLOCK && p->mode != AB_SUBMIT_TRY) return AB_EINVAL;
   if (p->device.kind < 0 || p->device.kind >= AB_KIND_COUNT) return AB_ENODEV;
   if (rt->kind_count[p->device.kind] == 0) return AB_ENODEV;
-  if (p->policy == AB_PLACE_EXPLICIT && ab__device_of(rt, p->device) == NULL) return AB_ENODEV;
+  /* an index names a device even where the policy does not use it: a typo is an error */
+  if (p->policy == AB_PLACE_EXPLICIT && p->device.index == AB_ANY) return AB_EINVAL;
+  if (p->device.index != AB_ANY && ab__device_of(rt, p->device) == NULL) return AB_ENODEV;
   return 0;
 }
 
@@ -270,7 +272,7 @@ static int check_inputs(const ab_input *in, int n) {
 int ab_submit(ab_runtime *rt, const ab_task_desc *d, ab_future **out) {
   if (out == NULL) return AB_EINVAL;
   *out = NULL;
-  if (rt == NULL || d == NULL || d->size < sizeof(ab_task_desc) || d->fn == NULL) return AB_EINVAL;
+  if (rt == NULL || d == NULL || d->size != sizeof(ab_task_desc) || d->fn == NULL) return AB_EINVAL;
   int rc = check_inputs(d->inputs, d->ninputs);
   if (rc == 0) rc = check_place(rt, &d->place);
   if (rc != 0) return rc;
@@ -288,7 +290,7 @@ int ab_submit(ab_runtime *rt, const ab_task_desc *d, ab_future **out) {
 
 /* ---- conversions ---------------------------------------------------------------------------- */
 static int check_convert_opts(ab_runtime *rt, ab_device dst, const ab_convert_options *o) {
-  if (o && o->size < sizeof(ab_convert_options)) return AB_EINVAL;
+  if (o && o->size != sizeof(ab_convert_options)) return AB_EINVAL;
   if (o && o->cast != AB_CAST_SATURATE && o->cast != AB_CAST_STRETCH) return AB_EINVAL;
   if (o && o->dtype.bits != 0 && ab__dtype_size(o->dtype) == 0) return AB_EDTYPE;
   if (dst.kind < 0 || dst.kind >= AB_KIND_COUNT) return AB_ENODEV;

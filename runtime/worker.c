@@ -228,7 +228,7 @@ int ab__workers_start(ab__device *d) {
 }
 
 void ab__workers_join(ab__device *d) {
-  for (int i = 0; i < d->nworkers; i++) {
+  for (int i = 0; d->workers && i < d->nworkers; i++) {
     if (!d->workers[i].started) continue;
     pthread_join(d->workers[i].thread, NULL);
     d->workers[i].started = false;

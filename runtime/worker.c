@@ -139,7 +139,9 @@ static bool on_enomem(ab__device *d, ab_future *t) {
 
 /* ---- the loop ------------------------------------------------------------------------------- */
 static bool claim(ab_future *t) {
-  uint32_t s = atomic_load_explicit(&t->state, memory_order_relaxed);
+  /* acquire, already on the first load: the pointer came through ck_ring, whose ordering is
+   * invisible to ThreadSanitizer; this load is the edge that pairs with the submit's release */
+  uint32_t s = atomic_load_explicit(&t->state, memory_order_acquire);
   while ((s & AB__PHASE) == AB__PENDING)
     /* acquire: pairs with the submitter's release, so the task's fields are visible */
     if (atomic_compare_exchange_weak_explicit(&t->state, &s, (s & ~(uint32_t)AB__PHASE) | AB__RUNNING,

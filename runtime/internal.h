@@ -81,7 +81,7 @@ void ab__pool_put(ab__pool *p, void *obj);
 
 /* ---- memory.c ----------------------------------------------------------------------------- */
 typedef struct {
-  _Atomic uint64_t submitted, completed, failed, canceled, bytes_moved;
+  _Atomic uint64_t completed, failed, canceled, bytes_moved;
   _Atomic uint64_t oom_events, oom_trims, oom_syncs, oom_spills, oom_parks, oom_retries,
       oom_reroutes, oom_failures, faults_injected;
 } ab__counters;
@@ -128,8 +128,10 @@ struct ab__device {
   _Alignas(64) _Atomic int64_t load_tasks; /* queued and running: least-loaded placement */
   _Atomic uint64_t load_bytes;    /* input bytes of queued and running tasks: backpressure */
 
+  _Atomic uint64_t submitted;     /* written by submitters only */
+
   _Alignas(64) ab__faults faults;
-  ab__counters stats;
+  ab__counters stats;             /* written by workers */
 };
 
 /* Budget reservation and release; ab__mem_alloc walks ladder steps 1-4 (BRIEF 7). */

@@ -245,7 +245,7 @@ int ab_runtime_stats(ab_runtime *rt, ab_device_stats *out, int cap) {
     ab__counters *c = &d->stats;
     out[i] = (ab_device_stats){
         .device = d->id,
-        .tasks_submitted = rd(&c->submitted), .tasks_completed = rd(&c->completed),
+        .tasks_submitted = rd(&d->submitted), .tasks_completed = rd(&c->completed),
         .tasks_failed = rd(&c->failed), .tasks_canceled = rd(&c->canceled),
         .bytes_moved = rd(&c->bytes_moved),
         .mem_used = rd(&d->used), .mem_peak = rd(&d->peak), .mem_budget = d->budget,

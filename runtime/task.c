@@ -89,13 +89,14 @@ static int check_place(ab_runtime *rt, const ab_place *p) {
 static void account(ab__device *d, ab_future *t) {
   /* load gauges for placement and backpressure: relaxed, read as hints */
   atomic_fetch_add_explicit(&d->load_tasks, 1, memory_order_relaxed);
-  atomic_fetch_add_explicit(&d->load_bytes, t->bytes, memory_order_relaxed);
+  if (t->bytes) atomic_fetch_add_explicit(&d->load_bytes, t->bytes, memory_order_relaxed);
 }
 
 void ab__task_unaccount(ab__device *d, ab_future *t) {
   atomic_fetch_sub_explicit(&d->load_tasks, 1, memory_order_relaxed);
+  if (t->bytes == 0) return;
   atomic_fetch_sub_explicit(&d->load_bytes, t->bytes, memory_order_relaxed);
-  if (t->bytes) ab__queue_signal_space(&d->queue);
+  ab__queue_signal_space(&d->queue);
 }
 
 typedef struct {
@@ -119,12 +120,13 @@ static void publish(ab_future *t) {
 
 static int enqueue_bounded(ab__device *d, ab_future *t, const ab_place *p) {
   account(d, t);
-  publish(t);
+  /* release: as publish(), but nobody else can hold t yet, so a plain store will do */
+  atomic_store_explicit(&t->state, AB__PENDING, memory_order_release);
   full_arg fa = {d, t->bytes};
   int rc = ab__queue_push(&d->queue, t, p->mode, ab__deadline_after(p->timeout_ns > 0 ? p->timeout_ns : -1),
                           bytes_full, &fa);
   if (rc != 0) ab__task_unaccount(d, t);
-  else atomic_fetch_add_explicit(&d->stats.submitted, 1, memory_order_relaxed); /* stat */
+  else atomic_fetch_add_explicit(&d->submitted, 1, memory_order_relaxed); /* stat */
   return rc;
 }
 
@@ -186,7 +188,7 @@ void ab__task_ready(ab_future *t) {
     fail_unrun(t, err);
     goto drop;
   }
-  atomic_fetch_add_explicit(&d->stats.submitted, 1, memory_order_relaxed); /* stat */
+  atomic_fetch_add_explicit(&d->submitted, 1, memory_order_relaxed); /* stat */
   ab__task_requeue(d, t);
   return;
 drop:

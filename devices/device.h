@@ -54,12 +54,18 @@ struct ab__device_ops {
   /* The worker's stream for compute tasks (cudaStream_t, cl_command_queue; NULL on the host). */
   void *(*stream)(ab__worker *w);
 
-  /* Kernels (worker thread). cast: src (strided, any layout, on this device) into dst
-   * (contiguous, this device) with dtype conversion in mode (ab_cast_mode). copy: bytes. */
-  int (*cast)(ab__worker *w, const DLTensor *src, void *dst, DLDataType dt, const ab__cast_params *p);
+  /* Data movement and kernels (worker thread, on w's stream; done when the op returns).
+   * Device memory is named by a base (a pointer on the host, a cl_mem, a CUDA pointer) and a
+   * byte offset, exactly as DLTensor names it. w is a worker of the device that owns the
+   * memory, or that device's transfer worker (ab__device.xfer) for a foreign thread. */
+  int (*upload)(ab__worker *w, void *dst, size_t dst_off, const void *host, size_t bytes);
+  int (*download)(ab__worker *w, void *host, const void *src, size_t src_off, size_t bytes);
+  int (*copy)(ab__worker *w, void *dst, size_t dst_off, const void *src, size_t src_off, size_t bytes);
+  /* src (any strides, on this device) into dst (contiguous, this device) as dtype dt. */
+  int (*cast)(ab__worker *w, const DLTensor *src, void *dst, size_t dst_off, DLDataType dt,
+              const ab__cast_params *p);
   /* The smallest and largest non-NaN value of a float tensor; *found false if there is none. */
   int (*minmax)(ab__worker *w, const DLTensor *src, double *lo, double *hi, bool *found);
-  int (*copy)(ab__worker *w, void *dst, const void *src, size_t bytes);
 };
 
 /* registry.c: the backends compiled in, indexed by ab_kind (NULL: not built). */

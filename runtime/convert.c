@@ -28,11 +28,12 @@ static int check_path(const ab_tensor *src, const ab__device *d, const ab_conver
   return 0;
 }
 
-static int move_one(ab_ctx *c, const ab_tensor *src, void *dst, DLDataType dt, const ab__cast_params *p) {
+/* src (on w's device) into dst + off (w's device), as dtype dt. */
+static int move_one(ab_ctx *c, const ab_tensor *src, void *dst, size_t off, DLDataType dt, const ab__cast_params *p) {
   ab__worker *w = c->w;
   if (same_dtype(src->dl.dtype, dt) && ab__contiguous(&src->dl))
-    return w->dev->ops->copy(w, dst, (const char *)src->dl.data + src->dl.byte_offset, src->nbytes);
-  return w->dev->ops->cast(w, &src->dl, dst, dt, p);
+    return w->dev->ops->copy(w, dst, off, src->dl.data, src->dl.byte_offset, src->nbytes);
+  return w->dev->ops->cast(w, &src->dl, dst, off, dt, p);
 }
 
 static bool needs_kernel(const ab_tensor *src, DLDataType dt) {
@@ -55,7 +56,7 @@ int ab__convert_run(ab_ctx *c) {
   rc = ab__tensor_alloc_on(d, c->w, dt, src->dl.ndim, src->shape, &out);
   if (rc != 0) return rc;
   ab__cast_params p = {.mode = t->copt.cast};
-  rc = move_one(c, src, out->dl.data, dt, &p);
+  rc = move_one(c, src, out->dl.data, 0, dt, &p);
   if (rc != 0) {
     ab_tensor_release(out);
     return rc;
@@ -108,7 +109,7 @@ int ab__stack_run(ab_ctx *c) {
   size_t slice = out->nbytes / (size_t)t->nin;
   for (int i = 0; i < t->nin && rc == 0; i++) {
     if (ab_ctx_cancelled(c)) rc = AB_ECANCELED;
-    else rc = move_one(c, t->in[i].tensor, (char *)out->dl.data + slice * (size_t)i, dt, &p);
+    else rc = move_one(c, t->in[i].tensor, out->dl.data, slice * (size_t)i, dt, &p);
   }
   if (rc != 0) {
     ab_tensor_release(out);

@@ -123,9 +123,10 @@ static int host_sync(ab__device *d) {
   return 0; /* host frees are immediate */
 }
 
-static int host_cast(ab__worker *w, const DLTensor *src, void *dst, DLDataType dt, const ab__cast_params *p) {
+static int host_cast(ab__worker *w, const DLTensor *src, void *dst, size_t dst_off, DLDataType dt,
+                     const ab__cast_params *p) {
   (void)w;
-  return ab__host_cast(src, dst, dt, p);
+  return ab__host_cast(src, (char *)dst + dst_off, dt, p);
 }
 
 static int host_minmax(ab__worker *w, const DLTensor *src, double *lo, double *hi, bool *found) {
@@ -133,10 +134,19 @@ static int host_minmax(ab__worker *w, const DLTensor *src, double *lo, double *h
   return ab__host_minmax(src, lo, hi, found);
 }
 
-static int host_copy(ab__worker *w, void *dst, const void *src, size_t bytes) {
+/* On the host, moving data in, out and within is one memcpy. */
+static int host_copy(ab__worker *w, void *dst, size_t dst_off, const void *src, size_t src_off, size_t bytes) {
   (void)w;
-  memcpy(dst, src, bytes);
+  memcpy((char *)dst + dst_off, (const char *)src + src_off, bytes);
   return 0;
+}
+
+static int host_upload(ab__worker *w, void *dst, size_t dst_off, const void *host, size_t bytes) {
+  return host_copy(w, dst, dst_off, host, 0, bytes);
+}
+
+static int host_download(ab__worker *w, void *host, const void *src, size_t src_off, size_t bytes) {
+  return host_copy(w, host, 0, src, src_off, bytes);
 }
 
 const ab__device_ops ab__host_ops = {
@@ -154,7 +164,9 @@ const ab__device_ops ab__host_ops = {
     .trim = host_trim,
     .sync = host_sync,
     .stream = NULL,
+    .upload = host_upload,
+    .download = host_download,
+    .copy = host_copy,
     .cast = host_cast,
     .minmax = host_minmax,
-    .copy = host_copy,
 };

@@ -17,3 +17,8 @@ set(AB_SOURCES
   devices/host/host.c
   devices/host/kernels.c
 )
+
+set(AB_OPENCL_SOURCES
+  devices/opencl/opencl.c
+  devices/opencl/source.c
+)

@@ -96,7 +96,7 @@ typedef struct {
 
 struct ab__worker {
   ab__device *dev;
-  int index;
+  int index;                      /* in the device's pool; -1 for the transfer worker */
   pthread_t thread;
   bool started;
   void *backend;                  /* the backend's per-worker state: stream, arena */
@@ -110,11 +110,16 @@ struct ab__device {
   const ab__device_ops *ops;
   void *backend;                  /* the backend's per-device state */
   bool opened;                    /* ops->open succeeded: close it */
+  bool locks_made;                /* park_lock and xfer_lock exist */
   uint64_t memory_total;
 
   ab__queue queue;
   int nworkers;
   ab__worker *workers;
+  /* A worker without a thread, for other devices' tasks that must read or write this device's
+   * memory (a copy to the host, a transfer between devices); xfer_lock serialises them. */
+  ab__worker xfer;
+  pthread_mutex_t xfer_lock;
 
   uint64_t budget;                /* UINT64_MAX: unlimited */
   _Atomic uint64_t used, peak;
@@ -203,6 +208,9 @@ void ab__tensor_fill(ab_tensor *t, const DLTensor *dl, const int64_t *strides);
 int ab__tensor_alloc_on(ab__device *d, ab__worker *w, DLDataType dt, int ndim, const int64_t *shape,
                         ab_tensor **out);
 bool ab__contiguous(const DLTensor *t);
+/* t's layout with size-1 dims dropped and contiguous neighbours merged: *nd dims (at least 1)
+ * of shape and byte strides, the last one the innermost. Returns the element count. */
+int64_t ab__collapse(const DLTensor *t, int *nd, int64_t *shape, int64_t *bstride);
 
 /* ---- futures and tasks -------------------------------------------------------------------- */
 typedef struct ab__cb {
@@ -286,6 +294,7 @@ void ab__task_release_inputs(ab_future *t);
 void ab__inflight_done(ab_runtime *rt);
 
 /* worker.c */
+extern _Thread_local ab__worker *ab__current_worker; /* the worker this thread is, or NULL */
 int ab__workers_start(ab__device *d);
 void ab__workers_join(ab__device *d);
 void ab__wake_workers(ab__device *d);

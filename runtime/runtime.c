@@ -73,6 +73,11 @@ static int device_init(ab_runtime *rt, ab__device *d, int kind, int index, int p
   else snprintf(d->name, sizeof d->name, "%s", pi->name);
   d->budget = kind_budget(&rt->opt.kinds[kind], pi->memory_total, split);
   if (pthread_mutex_init(&d->park_lock, NULL) != 0) return AB_ENOMEM;
+  if (pthread_mutex_init(&d->xfer_lock, NULL) != 0) {
+    pthread_mutex_destroy(&d->park_lock);
+    return AB_ENOMEM;
+  }
+  d->locks_made = true;
   d->nworkers = kind_workers(rt, ops, kind, split);
   d->workers = ab__calloc(&rt->alloc, sizeof(ab__worker) * (size_t)d->nworkers);
   if (d->workers == NULL) return AB_ENOMEM;
@@ -85,7 +90,9 @@ static int device_init(ab_runtime *rt, ab__device *d, int kind, int index, int p
     d->workers[i].index = i;
     if ((rc = ops->worker_start(&d->workers[i])) != 0) return rc;
   }
-  return 0;
+  d->xfer.dev = d;
+  d->xfer.index = -1;
+  return ops->worker_start(&d->xfer);
 }
 
 /* Frees what device_init made, in reverse; safe on a partly made device. */
@@ -93,10 +100,14 @@ static void device_fini(ab_runtime *rt, ab__device *d) {
   if (d->ops == NULL) return;
   for (int i = 0; d->workers && i < d->nworkers; i++)
     if (d->workers[i].backend && d->ops->worker_stop) d->ops->worker_stop(&d->workers[i]);
+  if (d->xfer.backend && d->ops->worker_stop) d->ops->worker_stop(&d->xfer);
   if (d->opened && d->ops->close) d->ops->close(d);
   ab__queue_fini(&d->queue, &rt->alloc);
   ab__free(&rt->alloc, d->workers);
-  pthread_mutex_destroy(&d->park_lock);
+  if (d->locks_made) {
+    pthread_mutex_destroy(&d->park_lock);
+    pthread_mutex_destroy(&d->xfer_lock);
+  }
 }
 
 static int devices_open(ab_runtime *rt) {

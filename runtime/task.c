@@ -107,9 +107,10 @@ typedef struct {
 static bool bytes_full(void *arg) {
   full_arg *a = arg;
   uint64_t max = a->d->rt->opt.max_bytes_in_flight;
-  uint64_t cur = atomic_load_explicit(&a->d->load_bytes, memory_order_relaxed);
-  /* an empty device always admits a task, however big */
-  return max != 0 && cur != 0 && cur + a->bytes > max;
+  /* the task's own bytes are already accounted: count the others */
+  uint64_t others = atomic_load_explicit(&a->d->load_bytes, memory_order_relaxed) - a->bytes;
+  /* an otherwise empty device always admits a task, however big */
+  return max != 0 && others != 0 && others + a->bytes > max;
 }
 
 static void publish(ab_future *t) {

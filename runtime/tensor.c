@@ -37,6 +37,38 @@ bool ab__contiguous(const DLTensor *t) {
   return true;
 }
 
+int64_t ab__collapse(const DLTensor *t, int *nd, int64_t *shape, int64_t *bstride) {
+  int64_t es = (int64_t)ab__dtype_size(t->dtype), numel = 1, compact = es;
+  int n = 0;
+  for (int i = t->ndim - 1; i >= 0; i--) { /* innermost first, then reverse */
+    int64_t st = t->strides ? t->strides[i] * es : compact;
+    compact *= t->shape[i];
+    numel *= t->shape[i];
+    if (t->shape[i] == 1) continue;
+    if (n > 0 && st == bstride[n - 1] * shape[n - 1]) { /* contiguous with the inner dim: merge */
+      shape[n - 1] *= t->shape[i];
+      continue;
+    }
+    shape[n] = t->shape[i];
+    bstride[n] = st;
+    n++;
+  }
+  if (n == 0) { /* 0-d, or all ones: one element */
+    shape[0] = 1;
+    bstride[0] = es;
+    n = 1;
+  }
+  for (int i = 0; i < n / 2; i++) { /* outermost first */
+    int64_t a = shape[i], b = bstride[i];
+    shape[i] = shape[n - 1 - i];
+    bstride[i] = bstride[n - 1 - i];
+    shape[n - 1 - i] = a;
+    bstride[n - 1 - i] = b;
+  }
+  *nd = n;
+  return numel;
+}
+
 ab_tensor *ab__tensor_new(ab_runtime *rt) {
   ab_tensor *t = rt ? ab__pool_get(&rt->tensors) : malloc(sizeof *t);
   if (t == NULL) return NULL;

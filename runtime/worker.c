@@ -204,8 +204,11 @@ static ab_future *spin_pop(ab__device *d) {
   return NULL;
 }
 
+_Thread_local ab__worker *ab__current_worker;
+
 static void *worker_main(void *arg) {
   ab__worker *w = arg;
+  ab__current_worker = w;
   ab__device *d = w->dev;
   ab_runtime *rt = d->rt;
   for (;;) {

@@ -191,32 +191,8 @@ typedef struct {
 } rows_t;
 
 static void rows_init(rows_t *r, const DLTensor *t) {
-  int64_t es = (int64_t)ab__dtype_size(t->dtype);
   r->base = (const char *)t->data + t->byte_offset;
-  r->nd = 0;
-  r->numel = 1;
-  for (int i = 0; i < t->ndim; i++) {
-    r->numel *= t->shape[i];
-    if (t->shape[i] == 1) continue;
-    int64_t st = (t->strides ? t->strides[i] : 0) * es;
-    if (!t->strides) { /* compact: stride is the product of later dims */
-      st = es;
-      for (int k = i + 1; k < t->ndim; k++) st *= t->shape[k];
-    }
-    if (r->nd > 0 && r->bstride[r->nd - 1] == st * t->shape[i]) { /* merge with the outer dim */
-      r->shape[r->nd - 1] *= t->shape[i];
-      r->bstride[r->nd - 1] = st;
-      continue;
-    }
-    r->shape[r->nd] = t->shape[i];
-    r->bstride[r->nd] = st;
-    r->nd++;
-  }
-  if (r->nd == 0) { /* 0-d, or all ones: one element */
-    r->shape[0] = 1;
-    r->bstride[0] = es;
-    r->nd = 1;
-  }
+  r->numel = ab__collapse(t, &r->nd, r->shape, r->bstride);
 }
 
 typedef void (*row_visit)(const char *row, int64_t stride, int64_t n, void *ctx);

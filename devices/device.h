@@ -54,10 +54,13 @@ struct ab__device_ops {
   /* The worker's stream for compute tasks (cudaStream_t, cl_command_queue; NULL on the host). */
   void *(*stream)(ab__worker *w);
 
-  /* Data movement and kernels (worker thread, on w's stream; done when the op returns).
-   * Device memory is named by a base (a pointer on the host, a cl_mem, a CUDA pointer) and a
-   * byte offset, exactly as DLTensor names it. w is a worker of the device that owns the
-   * memory, or that device's transfer worker (ab__device.xfer) for a foreign thread. */
+  /* Data movement and kernels, in order on w's stream. upload, copy and cast may return before
+   * they are done: finish(w) waits for everything enqueued on w (the worker calls it before it
+   * completes a task), and host memory given to upload must stay valid until then. download
+   * and minmax return when done. Device memory is named by a base (a pointer on the host, a
+   * cl_mem, a CUDA pointer) and a byte offset, exactly as DLTensor names it. w is a worker of
+   * the device that owns the memory, or that device's transfer worker (ab__device.xfer). */
+  int (*finish)(ab__worker *w);
   int (*upload)(ab__worker *w, void *dst, size_t dst_off, const void *host, size_t bytes);
   int (*download)(ab__worker *w, void *host, const void *src, size_t src_off, size_t bytes);
   int (*copy)(ab__worker *w, void *dst, size_t dst_off, const void *src, size_t src_off, size_t bytes);

@@ -1,63 +1,236 @@
 /*
  * runtime/convert.c: the bodies of conversion and stacking tasks, run by a worker of the
- * destination device.
+ * destination device D, and the planner that picks their path.
  *
- * The planner picks the cheapest path: the zero-copy case never gets here (task.c completes it
- * at submit); a contiguous source of the right dtype is one copy; anything else (strides, a
- * dtype change) is the device's cast kernel. The output is always a fresh contiguous tensor
- * from the worker's arena, so out-of-memory leaves the inputs untouched and the task can rerun.
+ * The zero-copy case never gets here (task.c completes it at submit). Otherwise the output is a
+ * fresh contiguous tensor on D, so out-of-memory leaves the inputs untouched and the task can
+ * run again. For a source on device S:
+ *   same memory (S == D, or both host)  one copy if the layout and dtype already fit, else D's
+ *                                       cast kernel (packing and dtype in one pass)
+ *   host -> device                      upload; a strided source is packed on the host first, and
+ *                                       a dtype change runs on the device after the upload
+ *   device -> host                      download; a cast on S first when the layout or dtype
+ *                                       must change, through S's transfer worker
+ *   device -> other device              through host memory in chunks, the download of one
+ *                                       chunk overlapping the upload of the one before; refused
+ *                                       with AB_EPERM under the strict option
  */
 #include <string.h>
 
+#include "devices/host/host.h"
 #include "runtime/internal.h"
 
-static DLDataType target(const ab_future *t, const ab_tensor *src) {
-  return t->copt.dtype.bits ? t->copt.dtype : src->dl.dtype;
-}
+#define CHUNK ((size_t)8 << 20) /* device-to-device staging, two of them in flight */
 
 static bool same_dtype(DLDataType a, DLDataType b) { return a.code == b.code && a.bits == b.bits && a.lanes == b.lanes; }
-
 static bool is_float(DLDataType dt) { return dt.code == kDLFloat && (dt.bits == 32 || dt.bits == 64); }
 static bool is_int(DLDataType dt) { return dt.code == kDLInt || dt.code == kDLUInt; }
 
-/* Which memory a device can read directly. Cross-kind paths arrive with the GPU backends. */
-static int check_path(const ab_tensor *src, const ab__device *d, const ab_convert_options *o) {
-  int from = ab_tensor_device(src).kind;
-  if (o->strict && from != AB_HOST && d->id.kind != AB_HOST && from != d->id.kind) return AB_EPERM;
-  if (from != d->id.kind || d->id.kind != AB_HOST) return AB_ENOTSUP;
-  return 0;
-}
-
-/* src (on w's device) into dst + off (w's device), as dtype dt. */
-static int move_one(ab_ctx *c, const ab_tensor *src, void *dst, size_t off, DLDataType dt, const ab__cast_params *p) {
-  ab__worker *w = c->w;
-  if (same_dtype(src->dl.dtype, dt) && ab__contiguous(&src->dl))
-    return w->dev->ops->copy(w, dst, off, src->dl.data, src->dl.byte_offset, src->nbytes);
-  return w->dev->ops->cast(w, &src->dl, dst, off, dt, p);
-}
-
-static bool needs_kernel(const ab_tensor *src, DLDataType dt) {
-  return !same_dtype(src->dl.dtype, dt) || !ab__contiguous(&src->dl);
+static DLDataType target(const ab_future *t, const ab_tensor *src) {
+  return t->copt.dtype.bits ? t->copt.dtype : src->dl.dtype;
 }
 
 static void count_moved(ab__device *d, size_t bytes) {
   atomic_fetch_add_explicit(&d->stats.bytes_moved, bytes, memory_order_relaxed); /* stat */
 }
 
+/* The device whose memory holds t: host memory is any host worker's to read; device memory
+ * must be this runtime's own (a cl_mem of another context cannot be used here). */
+static ab__device *source_device(ab_runtime *rt, const ab_tensor *t, int *err) {
+  ab_device home = ab_tensor_device(t);
+  if (home.kind == AB_HOST) {
+    if (rt->kind_count[AB_HOST] > 0) return &rt->devices[rt->kind_first[AB_HOST]];
+    *err = AB_ENODEV;
+    return NULL;
+  }
+  while (t->owner == AB__OWN_VIEW) t = t->u.base;
+  if (t->owner == AB__OWN_ARENA && t->dev->rt == rt) return t->dev;
+  *err = AB_ENOTSUP;
+  return NULL;
+}
+
+static const void *host_ptr(const ab_tensor *t) { return (const char *)t->dl.data + t->dl.byte_offset; }
+
+/* A contiguous DLTensor describing a scratch buffer shaped like src. */
+static DLTensor scratch_view(const ab_tensor *src, void *base, ab__device *d, DLDataType dt) {
+  DLTensor dl = src->dl;
+  dl.data = base;
+  dl.byte_offset = 0;
+  dl.strides = NULL;
+  dl.dtype = dt;
+  dl.device.device_type = d->id.kind == AB_HOST ? kDLCPU : d->id.kind == AB_OPENCL ? kDLOpenCL : kDLCUDA;
+  dl.device.device_id = d->id.kind == AB_HOST ? 0 : d->physical;
+  return dl;
+}
+
+static size_t bytes_as(const ab_tensor *src, DLDataType dt) {
+  return src->nbytes / ab__dtype_size(src->dl.dtype) * ab__dtype_size(dt);
+}
+
+/* Host staging memory comes from the host device's budget when there is one. */
+static int host_scratch(ab_runtime *rt, size_t bytes, void **p) {
+  ab__device *h = &rt->devices[rt->kind_first[AB_HOST]];
+  return ab__mem_alloc(h, &h->workers[0], bytes ? bytes : 1, p);
+}
+
+static void host_scratch_free(ab_runtime *rt, void *p, size_t bytes) {
+  ab__mem_free(&rt->devices[rt->kind_first[AB_HOST]], p, bytes ? bytes : 1);
+}
+
+/* ---- the paths ------------------------------------------------------------------------------ */
+static int local(ab__worker *w, const ab_tensor *src, void *dst, size_t off, DLDataType dt, const ab__cast_params *p) {
+  if (same_dtype(src->dl.dtype, dt) && ab__contiguous(&src->dl))
+    return w->dev->ops->copy(w, dst, off, src->dl.data, src->dl.byte_offset, src->nbytes);
+  return w->dev->ops->cast(w, &src->dl, dst, off, dt, p);
+}
+
+static int host_to_device(ab__worker *w, const ab_tensor *src, void *dst, size_t off, DLDataType dt,
+                          const ab__cast_params *p) {
+  ab__device *d = w->dev;
+  ab_runtime *rt = d->rt;
+  const void *h = host_ptr(src);
+  void *pack = NULL;
+  int rc = 0;
+  if (!ab__contiguous(&src->dl)) { /* pack on the host, keeping the dtype */
+    if ((rc = host_scratch(rt, src->nbytes, &pack)) != 0) return rc;
+    ab__host_cast(&src->dl, pack, src->dl.dtype, NULL);
+    h = pack;
+  }
+  if (same_dtype(src->dl.dtype, dt)) {
+    rc = d->ops->upload(w, dst, off, h, src->nbytes);
+  } else { /* the dtype change runs on the device, after the upload */
+    void *tmp;
+    if ((rc = ab__mem_alloc(d, w, src->nbytes ? src->nbytes : 1, &tmp)) == 0) {
+      DLTensor tv = scratch_view(src, tmp, d, src->dl.dtype);
+      rc = d->ops->upload(w, tmp, 0, h, src->nbytes);
+      if (rc == 0) rc = d->ops->cast(w, &tv, dst, off, dt, p);
+      int f = d->ops->finish(w); /* before the scratch can be reused */
+      if (rc == 0) rc = f;
+      ab__mem_free(d, tmp, src->nbytes ? src->nbytes : 1);
+    }
+  }
+  if (pack) {
+    int f = d->ops->finish(w); /* the upload reads pack */
+    if (rc == 0) rc = f;
+    host_scratch_free(rt, pack, src->nbytes);
+  }
+  return rc;
+}
+
+/* On S, through its transfer worker: src as a contiguous dt tensor into host memory. */
+static int device_to_host(ab__device *s, const ab_tensor *src, void *host, DLDataType dt, const ab__cast_params *p) {
+  ab__worker *x = &s->xfer;
+  int rc;
+  pthread_mutex_lock(&s->xfer_lock);
+  if (same_dtype(src->dl.dtype, dt) && ab__contiguous(&src->dl)) {
+    rc = s->ops->download(x, host, src->dl.data, src->dl.byte_offset, src->nbytes);
+  } else {
+    size_t bytes = bytes_as(src, dt);
+    void *tmp;
+    if ((rc = ab__mem_alloc(s, x, bytes ? bytes : 1, &tmp)) == 0) {
+      rc = s->ops->cast(x, &src->dl, tmp, 0, dt, p);
+      if (rc == 0) rc = s->ops->download(x, host, tmp, 0, bytes);
+      else s->ops->finish(x);
+      ab__mem_free(s, tmp, bytes ? bytes : 1);
+    }
+  }
+  pthread_mutex_unlock(&s->xfer_lock);
+  return rc;
+}
+
+/* S and D are different devices: host staging in chunks, two buffers so that the download of
+ * chunk k+1 (S's transfer queue) runs while the upload of chunk k (D's queue) is in flight. */
+static int stream_between(ab__device *s, ab__worker *w, const void *src, size_t src_off, void *dst, size_t dst_off,
+                          size_t bytes) {
+  ab_runtime *rt = w->dev->rt;
+  size_t chunk = bytes < CHUNK ? bytes : CHUNK;
+  void *stage;
+  int rc = host_scratch(rt, 2 * chunk, &stage);
+  if (rc != 0) return rc;
+  pthread_mutex_lock(&s->xfer_lock);
+  for (size_t done = 0, k = 0; done < bytes && rc == 0; done += chunk, k++) {
+    size_t n = bytes - done < chunk ? bytes - done : chunk;
+    char *buf = (char *)stage + (k % 2) * chunk;
+    if (k >= 2) rc = w->dev->ops->finish(w); /* the upload that last read buf is done */
+    if (rc == 0) rc = s->ops->download(&s->xfer, buf, src, src_off + done, n);
+    if (rc == 0) rc = w->dev->ops->upload(w, dst, dst_off + done, buf, n);
+  }
+  pthread_mutex_unlock(&s->xfer_lock);
+  int f = w->dev->ops->finish(w);
+  if (rc == 0) rc = f;
+  host_scratch_free(rt, stage, 2 * chunk);
+  return rc;
+}
+
+static int device_to_device(ab__device *s, ab__worker *w, const ab_tensor *src, void *dst, size_t off, DLDataType dt,
+                            const ab__cast_params *p) {
+  ab__device *d = w->dev;
+  const ab_tensor *from = src;
+  void *packed = NULL;
+  int rc = 0;
+  if (!ab__contiguous(&src->dl)) { /* pack on S first: only contiguous bytes travel */
+    pthread_mutex_lock(&s->xfer_lock);
+    if ((rc = ab__mem_alloc(s, &s->xfer, src->nbytes ? src->nbytes : 1, &packed)) == 0) {
+      rc = s->ops->cast(&s->xfer, &src->dl, packed, 0, src->dl.dtype, NULL);
+      int f = s->ops->finish(&s->xfer);
+      if (rc == 0) rc = f;
+    }
+    pthread_mutex_unlock(&s->xfer_lock);
+    if (rc != 0) goto out;
+  }
+  const void *sbase = packed ? packed : from->dl.data;
+  size_t soff = packed ? 0 : from->dl.byte_offset;
+  if (same_dtype(src->dl.dtype, dt)) {
+    rc = stream_between(s, w, sbase, soff, dst, off, src->nbytes);
+  } else { /* bring the bytes over, then cast on D */
+    void *tmp;
+    if ((rc = ab__mem_alloc(d, w, src->nbytes ? src->nbytes : 1, &tmp)) == 0) {
+      rc = stream_between(s, w, sbase, soff, tmp, 0, src->nbytes);
+      DLTensor tv = scratch_view(src, tmp, d, src->dl.dtype);
+      if (rc == 0) rc = d->ops->cast(w, &tv, dst, off, dt, p);
+      int f = d->ops->finish(w);
+      if (rc == 0) rc = f;
+      ab__mem_free(d, tmp, src->nbytes ? src->nbytes : 1);
+    }
+  }
+out:
+  if (packed) ab__mem_free(s, packed, src->nbytes ? src->nbytes : 1);
+  return rc;
+}
+
+/* src, wherever it is, into (dst, off) on the worker's device as a contiguous dt array. */
+static int put(ab_ctx *c, const ab_tensor *src, void *dst, size_t off, DLDataType dt, const ab__cast_params *p) {
+  ab__worker *w = c->w;
+  ab__device *d = w->dev;
+  int rc = 0;
+  ab__device *s = source_device(d->rt, src, &rc);
+  if (s == NULL) return rc;
+  bool s_host = s->id.kind == AB_HOST, d_host = d->id.kind == AB_HOST;
+  if ((s_host && d_host) || s == d) return local(w, src, dst, off, dt, p);
+  if (c->task->copt.strict && !s_host && !d_host) return AB_EPERM; /* would stage through the host */
+  if (s_host) return host_to_device(w, src, dst, off, dt, p);
+  if (d_host) return device_to_host(s, src, (char *)dst + off, dt, p);
+  return device_to_device(s, w, src, dst, off, dt, p);
+}
+
+static bool needs_kernel(const ab_tensor *src, DLDataType dt) {
+  return !same_dtype(src->dl.dtype, dt) || !ab__contiguous(&src->dl);
+}
+
+/* ---- the tasks ------------------------------------------------------------------------------ */
 int ab__convert_run(ab_ctx *c) {
   ab_future *t = c->task;
   ab__device *d = c->w->dev;
   ab_tensor *src = t->in[0].tensor;
-  int rc = check_path(src, d, &t->copt);
-  if (rc != 0) return rc;
   DLDataType dt = target(t, src);
   if (ab__fault_hit(d, needs_kernel(src, dt) ? AB_FAULT_LAUNCH : AB_FAULT_COPY)) return AB_EFAULT;
   ab_tensor *out;
-  rc = ab__tensor_alloc_on(d, c->w, dt, src->dl.ndim, src->shape, &out);
+  int rc = ab__tensor_alloc_on(d, c->w, dt, src->dl.ndim, src->shape, &out);
   if (rc != 0) return rc;
   ab__cast_params p = {.mode = t->copt.cast};
-  rc = move_one(c, src, out->dl.data, 0, dt, &p);
+  rc = put(c, src, out->dl.data, 0, dt, &p);
   if (rc != 0) {
+    d->ops->finish(c->w); /* nothing may still write into out */
     ab_tensor_release(out);
     return rc;
   }
@@ -67,24 +240,33 @@ int ab__convert_run(ab_ctx *c) {
   return 0;
 }
 
-/* Stretching a stack uses one range over every slice, so slices stay comparable. */
+/* Stretching a stack uses one range over every slice, so slices stay comparable. Each slice's
+ * range is found where the slice lies. */
 static int stack_range(ab_ctx *c, ab__cast_params *p, DLDataType dt) {
   ab_future *t = c->task;
-  ab__worker *w = c->w;
   if (p->mode != AB_CAST_STRETCH || !is_float(t->in[0].tensor->dl.dtype) || !is_int(dt)) return 0;
   for (int i = 0; i < t->nin; i++) {
+    const ab_tensor *sl = t->in[i].tensor;
+    int rc = 0;
+    ab__device *s = source_device(c->w->dev->rt, sl, &rc);
+    if (s == NULL) return rc;
     double lo, hi;
     bool found;
-    int rc = w->dev->ops->minmax(w, &t->in[i].tensor->dl, &lo, &hi, &found);
+    if (s == c->w->dev || s->id.kind == AB_HOST) {
+      ab__worker *w = s == c->w->dev ? c->w : &s->workers[0];
+      rc = s->id.kind == AB_HOST ? ab__host_minmax(&sl->dl, &lo, &hi, &found) : s->ops->minmax(w, &sl->dl, &lo, &hi, &found);
+    } else {
+      pthread_mutex_lock(&s->xfer_lock);
+      rc = s->ops->minmax(&s->xfer, &sl->dl, &lo, &hi, &found);
+      pthread_mutex_unlock(&s->xfer_lock);
+    }
     if (rc != 0) return rc;
     if (!found) continue;
     if (!p->have_range || lo < p->lo) p->lo = lo;
     if (!p->have_range || hi > p->hi) p->hi = hi;
     p->have_range = true;
   }
-  if (!p->have_range) { /* all NaN: saturate gives zeros, as stretch would */
-    p->mode = AB_CAST_SATURATE;
-  }
+  if (!p->have_range) p->mode = AB_CAST_SATURATE; /* all NaN: zeros either way */
   return 0;
 }
 
@@ -92,10 +274,6 @@ int ab__stack_run(ab_ctx *c) {
   ab_future *t = c->task;
   ab__device *d = c->w->dev;
   const ab_tensor *first = t->in[0].tensor;
-  for (int i = 0; i < t->nin; i++) {
-    int rc = check_path(t->in[i].tensor, d, &t->copt);
-    if (rc != 0) return rc;
-  }
   DLDataType dt = target(t, first);
   if (ab__fault_hit(d, needs_kernel(first, dt) ? AB_FAULT_LAUNCH : AB_FAULT_COPY)) return AB_EFAULT;
   int64_t shape[AB_MAX_NDIM];
@@ -109,9 +287,10 @@ int ab__stack_run(ab_ctx *c) {
   size_t slice = out->nbytes / (size_t)t->nin;
   for (int i = 0; i < t->nin && rc == 0; i++) {
     if (ab_ctx_cancelled(c)) rc = AB_ECANCELED;
-    else rc = move_one(c, t->in[i].tensor, out->dl.data, slice * (size_t)i, dt, &p);
+    else rc = put(c, t->in[i].tensor, out->dl.data, slice * (size_t)i, dt, &p);
   }
   if (rc != 0) {
+    d->ops->finish(c->w);
     ab_tensor_release(out);
     return rc;
   }

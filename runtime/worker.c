@@ -161,6 +161,8 @@ static void run_one(ab__worker *w, ab_future *t) {
   }
   ab_ctx c = {.w = w, .task = t};
   int rc = run_body(&c);
+  int done = d->ops->finish(w); /* the future completes when its stream has */
+  if (rc == 0) rc = done;
   free_scratch(&c);
   if (rc != 0) {
     ab_tensor_release(c.output);

@@ -141,6 +141,11 @@ static int host_copy(ab__worker *w, void *dst, size_t dst_off, const void *src, 
   return 0;
 }
 
+static int host_finish(ab__worker *w) {
+  (void)w;
+  return 0; /* every host op is done when it returns */
+}
+
 static int host_upload(ab__worker *w, void *dst, size_t dst_off, const void *host, size_t bytes) {
   return host_copy(w, dst, dst_off, host, 0, bytes);
 }
@@ -164,6 +169,7 @@ const ab__device_ops ab__host_ops = {
     .trim = host_trim,
     .sync = host_sync,
     .stream = NULL,
+    .finish = host_finish,
     .upload = host_upload,
     .download = host_download,
     .copy = host_copy,

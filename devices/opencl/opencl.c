@@ -7,9 +7,10 @@
  * worker. No platform at all means zero devices, not an error.
  *
  * Design notes
- *   - Every operation is enqueued on the calling worker's queue and waited for before the op
- *     returns, so a task's future completes only when its data is in place: a consumer never
- *     needs to wait on a producer's event, and a buffer freed by the last release is idle.
+ *   - Operations are enqueued in order on the calling worker's queue; the worker waits for its
+ *     queue (finish) before it completes a task, so a future completes only when its data is in
+ *     place: a consumer never waits on a producer's event, and a buffer freed by the last
+ *     release is idle. Within a task, many slice copies are many enqueues and one wait.
  *   - Buffers come back to the cache of the worker whose thread frees them (or the device's
  *     first worker when a foreign thread does), under that worker's cache lock; the owner takes
  *     the lock too, so a worker's cache is only ever touched by one thread at a time. Trim (the
@@ -237,11 +238,13 @@ static int ocl_sync(ab__device *d) {
 static void *ocl_stream(ab__worker *w) { return ((ocl_worker *)w->backend)->q; }
 
 /* ---- data movement -------------------------------------------------------------------------- */
+static int ocl_finish(ab__worker *w) { return cl_err(clFinish(((ocl_worker *)w->backend)->q)); }
+
 static int ocl_upload(ab__worker *w, void *dst, size_t off, const void *host, size_t bytes) {
   if (bytes == 0) return 0;
   if (ab__fault_hit(w->dev, AB_FAULT_COPY)) return AB_EFAULT;
   ocl_worker *ow = w->backend;
-  return cl_err(clEnqueueWriteBuffer(ow->q, dst, CL_TRUE, off, bytes, host, 0, NULL, NULL));
+  return cl_err(clEnqueueWriteBuffer(ow->q, dst, CL_FALSE, off, bytes, host, 0, NULL, NULL));
 }
 
 static int ocl_download(ab__worker *w, void *host, const void *src, size_t off, size_t bytes) {
@@ -255,9 +258,7 @@ static int ocl_copy(ab__worker *w, void *dst, size_t dst_off, const void *src, s
   if (bytes == 0) return 0;
   if (ab__fault_hit(w->dev, AB_FAULT_COPY)) return AB_EFAULT;
   ocl_worker *ow = w->backend;
-  cl_int e = clEnqueueCopyBuffer(ow->q, (cl_mem)src, dst, src_off, dst_off, bytes, 0, NULL, NULL);
-  if (e == CL_SUCCESS) e = clFinish(ow->q);
-  return cl_err(e);
+  return cl_err(clEnqueueCopyBuffer(ow->q, (cl_mem)src, dst, src_off, dst_off, bytes, 0, NULL, NULL));
 }
 
 /* ---- kernels -------------------------------------------------------------------------------- */
@@ -323,9 +324,7 @@ static cl_int set_layout_args(cl_kernel k, const DLTensor *src, const layout *l)
 static int launch(ab__worker *w, cl_kernel k, size_t global) {
   if (ab__fault_hit(w->dev, AB_FAULT_LAUNCH)) return AB_EFAULT;
   ocl_worker *ow = w->backend;
-  cl_int e = clEnqueueNDRangeKernel(ow->q, k, 1, NULL, &global, NULL, 0, NULL, NULL);
-  if (e == CL_SUCCESS) e = clFinish(ow->q);
-  return cl_err(e);
+  return cl_err(clEnqueueNDRangeKernel(ow->q, k, 1, NULL, &global, NULL, 0, NULL, NULL));
 }
 
 static int ocl_minmax(ab__worker *w, const DLTensor *src, double *lo, double *hi, bool *found) {
@@ -404,6 +403,7 @@ const ab__device_ops ab__opencl_ops = {
     .trim = ocl_trim,
     .sync = ocl_sync,
     .stream = ocl_stream,
+    .finish = ocl_finish,
     .upload = ocl_upload,
     .download = ocl_download,
     .copy = ocl_copy,

@@ -67,9 +67,15 @@ struct ab__device_ops {
   /* src (any strides, on this device) into dst (contiguous, this device) as dtype dt. */
   int (*cast)(ab__worker *w, const DLTensor *src, void *dst, size_t dst_off, DLDataType dt,
               const ab__cast_params *p);
+  /* n contiguous slices of slice_bytes each, on this device at (bases[i], offs[i]), into dst
+   * at dst_off one after another: one kernel for many slices rather than n copies. */
+  int (*gather)(ab__worker *w, void *dst, size_t dst_off, size_t slice_bytes, int n, void *const *bases,
+                const size_t *offs);
   /* The smallest and largest non-NaN value of a float tensor; *found false if there is none. */
   int (*minmax)(ab__worker *w, const DLTensor *src, double *lo, double *hi, bool *found);
 };
+
+#define AB__GATHER_MAX 8 /* slices per gather call */
 
 /* registry.c: the backends compiled in, indexed by ab_kind (NULL: not built). */
 extern const ab__device_ops *const ab__backends[3];

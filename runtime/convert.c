@@ -270,6 +270,28 @@ static int stack_range(ab_ctx *c, ab__cast_params *p, DLDataType dt) {
   return 0;
 }
 
+/* A slice already on this device, in the right layout and dtype: the gather kernel moves it. */
+static bool gatherable(ab_ctx *c, const ab_tensor *sl, DLDataType dt) {
+  ab__device *d = c->w->dev;
+  int err;
+  return d->id.kind != AB_HOST && same_dtype(sl->dl.dtype, dt) && ab__contiguous(&sl->dl) &&
+         source_device(d->rt, sl, &err) == d;
+}
+
+/* Gathers the run of gatherable slices from i, up to AB__GATHER_MAX; returns how many. */
+static int gather_run(ab_ctx *c, int i, ab_tensor *out, size_t slice, DLDataType dt) {
+  ab_future *t = c->task;
+  void *bases[AB__GATHER_MAX];
+  size_t offs[AB__GATHER_MAX];
+  int n = 0;
+  for (; n < AB__GATHER_MAX && i + n < t->nin && gatherable(c, t->in[i + n].tensor, dt); n++) {
+    bases[n] = t->in[i + n].tensor->dl.data;
+    offs[n] = t->in[i + n].tensor->dl.byte_offset;
+  }
+  int rc = c->w->dev->ops->gather(c->w, out->dl.data, slice * (size_t)i, slice, n, bases, offs);
+  return rc < 0 ? rc : n;
+}
+
 int ab__stack_run(ab_ctx *c) {
   ab_future *t = c->task;
   ab__device *d = c->w->dev;
@@ -285,9 +307,17 @@ int ab__stack_run(ab_ctx *c) {
   if (rc == 0) rc = ab__tensor_alloc_on(d, c->w, dt, first->dl.ndim + 1, shape, &out);
   if (rc != 0) return rc;
   size_t slice = out->nbytes / (size_t)t->nin;
-  for (int i = 0; i < t->nin && rc == 0; i++) {
-    if (ab_ctx_cancelled(c)) rc = AB_ECANCELED;
-    else rc = put(c, t->in[i].tensor, out->dl.data, slice * (size_t)i, dt, &p);
+  for (int i = 0; i < t->nin && rc == 0;) {
+    if (ab_ctx_cancelled(c)) {
+      rc = AB_ECANCELED;
+    } else if (gatherable(c, t->in[i].tensor, dt)) {
+      int moved = gather_run(c, i, out, slice, dt);
+      if (moved < 0) rc = moved;
+      else i += moved;
+    } else {
+      rc = put(c, t->in[i].tensor, out->dl.data, slice * (size_t)i, dt, &p);
+      i++;
+    }
   }
   if (rc != 0) {
     d->ops->finish(c->w);

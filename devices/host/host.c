@@ -141,6 +141,14 @@ static int host_copy(ab__worker *w, void *dst, size_t dst_off, const void *src, 
   return 0;
 }
 
+static int host_gather(ab__worker *w, void *dst, size_t dst_off, size_t slice_bytes, int n, void *const *bases,
+                       const size_t *offs) {
+  (void)w;
+  for (int i = 0; i < n; i++)
+    memcpy((char *)dst + dst_off + (size_t)i * slice_bytes, (const char *)bases[i] + offs[i], slice_bytes);
+  return 0;
+}
+
 static int host_finish(ab__worker *w) {
   (void)w;
   return 0; /* every host op is done when it returns */
@@ -174,5 +182,6 @@ const ab__device_ops ab__host_ops = {
     .download = host_download,
     .copy = host_copy,
     .cast = host_cast,
+    .gather = host_gather,
     .minmax = host_minmax,
 };

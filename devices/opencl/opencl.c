@@ -42,6 +42,7 @@ typedef struct {
   cl_kernel cast[AB__CL_NTYPES][AB__CL_NTYPES];
   cl_kernel stretch[AB__CL_NTYPES][AB__CL_NTYPES];
   cl_kernel minmax[AB__CL_NTYPES];
+  cl_kernel gather[2];            /* 8-byte words, bytes */
   cl_mem partials;
   pthread_mutex_t lock;           /* guards the cache */
   cached cache[CACHE_SLOTS];
@@ -163,6 +164,8 @@ static void ocl_worker_stop(ab__worker *w) {
       if (ow->stretch[s][t]) clReleaseKernel(ow->stretch[s][t]);
     }
   }
+  for (int i = 0; i < 2; i++)
+    if (ow->gather[i]) clReleaseKernel(ow->gather[i]);
   if (ow->partials) clReleaseMemObject(ow->partials);
   if (ow->q) clReleaseCommandQueue(ow->q);
   pthread_mutex_destroy(&ow->lock);
@@ -206,6 +209,9 @@ static int ocl_alloc(ab__worker *w, size_t bytes, void **base) {
   ocl_dev *o = w->dev->backend;
   if (bytes > o->max_alloc) return AB_ENOTSUP; /* no wait would make it fit */
   if (take_cached(w->backend, bytes, base)) return 0;
+  ab__device *d = w->dev; /* a sibling's cache beats a fresh buffer: its pages are touched */
+  for (int i = 0; i < d->nworkers; i++)
+    if (&d->workers[i] != w && take_cached(d->workers[i].backend, bytes, base)) return 0;
   cl_int e;
   cl_mem m = clCreateBuffer(o->ctx, CL_MEM_READ_WRITE, bytes, NULL, &e);
   if (e != CL_SUCCESS) return cl_err(e);
@@ -388,6 +394,34 @@ static int ocl_cast(ab__worker *w, const DLTensor *src, void *dst, size_t dst_of
   return launch(w, k, (size_t)l.numel);
 }
 
+static int ocl_gather(ab__worker *w, void *dst, size_t dst_off, size_t slice_bytes, int n, void *const *bases,
+                      const size_t *offs) {
+  if (n <= 0 || slice_bytes == 0) return 0;
+  if (n > AB__GATHER_MAX) return AB_EINVAL;
+  size_t unit = 8;
+  for (int i = 0; i < n; i++)
+    if (offs[i] % 8) unit = 1;
+  if (dst_off % 8 || slice_bytes % 8) unit = 1;
+  ocl_worker *ow = w->backend;
+  cl_kernel k = unit == 8 ? kernel(w, &ow->gather[0], "gather_%s%s", "u64", "") : kernel(w, &ow->gather[1], "gather_%s%s", "u8", "");
+  if (k == NULL) return AB_EDEVICE;
+  cl_mem out = dst;
+  cl_ulong doff = dst_off / unit, words = slice_bytes / unit;
+  cl_int cnt = n;
+  cl_int e = clSetKernelArg(k, 0, sizeof out, &out);
+  e |= clSetKernelArg(k, 1, sizeof doff, &doff);
+  e |= clSetKernelArg(k, 2, sizeof words, &words);
+  e |= clSetKernelArg(k, 3, sizeof cnt, &cnt);
+  for (int i = 0; i < 8; i++) { /* unused slots repeat slice 0: never read, but must be valid */
+    cl_mem m = bases[i < n ? i : 0];
+    cl_ulong o = offs[i < n ? i : 0] / unit;
+    e |= clSetKernelArg(k, (cl_uint)(4 + 2 * i), sizeof m, &m);
+    e |= clSetKernelArg(k, (cl_uint)(5 + 2 * i), sizeof o, &o);
+  }
+  if (e != CL_SUCCESS) return AB_EDEVICE;
+  return launch(w, k, (size_t)words * (size_t)n);
+}
+
 const ab__device_ops ab__opencl_ops = {
     .size = sizeof(ab__device_ops),
     .name = "opencl",
@@ -408,5 +442,6 @@ const ab__device_ops ab__opencl_ops = {
     .download = ocl_download,
     .copy = ocl_copy,
     .cast = ocl_cast,
+    .gather = ocl_gather,
     .minmax = ocl_minmax,
 };

@@ -127,6 +127,17 @@ static void minmax_kernel(sbuf *b, const ab__cl_type *s) {
       s->name, s->cl);
 }
 
+/* Up to 8 slices per launch, each work-item one word; words are 8 bytes when every offset
+ * and the slice size allow it, else 1. */
+static void gather_kernel(sbuf *b, const char *name, const char *word) {
+  put(b, "__kernel void gather_%s(__global %s *dst, ulong dst_off, ulong words, int n", name, word);
+  for (int i = 0; i < 8; i++) put(b, ", __global const %s *s%d, ulong o%d", word, i, i);
+  put(b, ") {\n  ulong g = get_global_id(0); ulong k = g / words, i = g %% words;\n"
+         "  __global const %s *s; ulong o;\n  switch (k) {\n", word);
+  for (int i = 0; i < 8; i++) put(b, "  case %d: s = s%d; o = o%d; break;\n", i, i, i);
+  put(b, "  default: return;\n  }\n  dst[dst_off + k * words + i] = s[o + i];\n}\n");
+}
+
 char *ab__cl_program_source(void) {
   sbuf b = {0};
   put(&b, "%s", prelude);
@@ -138,6 +149,8 @@ char *ab__cl_program_source(void) {
     for (int d = 0; d < AB__CL_NTYPES; d++)
       if (ab__cl_types[d].cat == 'u' || ab__cl_types[d].cat == 'i') stretch_kernel(&b, &ab__cl_types[s], &ab__cl_types[d]);
   }
+  gather_kernel(&b, "u64", "ulong");
+  gather_kernel(&b, "u8", "uchar");
   if (b.oom) {
     free(b.buf);
     return NULL;

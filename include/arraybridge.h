@@ -332,7 +332,8 @@ AB_API ab_device ab_ctx_device(ab_ctx *c);
 AB_API void *ab_ctx_stream(ab_ctx *c);   /* cudaStream_t, cl_command_queue, or NULL on the host */
 AB_API int ab_ctx_worker(ab_ctx *c);     /* index of the worker within its device's pool */
 /* Scratch memory from the worker's arena, freed when the task ends; counts against the budget
- * and walks the OOM ladder before returning AB_ENOMEM (return it from fn to park the task). */
+ * and walks the OOM ladder before returning AB_ENOMEM (return it from fn to park the task).
+ * *ptr is device memory as the device names it: a host pointer, a cl_mem, a CUDA pointer. */
 AB_API int ab_ctx_alloc(ab_ctx *c, size_t bytes, void **ptr);
 AB_API int ab_ctx_ninputs(ab_ctx *c);
 AB_API ab_tensor *ab_ctx_input(ab_ctx *c, int i);   /* borrowed */

@@ -42,16 +42,20 @@ static bool try_push(ab__queue *q, void *item) {
 }
 
 static int wait_for_space(ab__queue *q, int64_t deadline_ns, bool (*full)(void *), void *arg) {
+  atomic_fetch_add(&q->space_waiters, 1); /* seq_cst: see the design notes */
   uint32_t snap = ck_ec32_value(&q->space_ec);
-  if (has_room(q) && !(full && full(arg))) return 0;
-  struct timespec ts, *tsp = NULL;
-  if (deadline_ns >= 0) {
-    if (ab__now_ns() >= deadline_ns) return AB_ETIMEDOUT;
-    ab__ec_deadline(&ts, deadline_ns);
-    tsp = &ts;
+  int rc = 0;
+  if (!has_room(q) || (full && full(arg))) {
+    struct timespec ts, *tsp = NULL;
+    if (deadline_ns >= 0) {
+      ab__ec_deadline(&ts, deadline_ns);
+      tsp = &ts;
+    }
+    if (deadline_ns >= 0 && ab__now_ns() >= deadline_ns) rc = AB_ETIMEDOUT;
+    else if (ck_ec32_wait(&q->space_ec, ab__ec_mode(), snap, tsp) != 0) rc = AB_ETIMEDOUT;
   }
-  if (ck_ec32_wait(&q->space_ec, ab__ec_mode(), snap, tsp) != 0) return AB_ETIMEDOUT;
-  return 0;
+  atomic_fetch_sub(&q->space_waiters, 1);
+  return rc;
 }
 
 int ab__queue_push(ab__queue *q, void *item, int mode, int64_t deadline_ns, bool (*full)(void *),
@@ -100,7 +104,8 @@ void *ab__queue_pop(ab__queue *q, size_t node_offset) {
 }
 
 void ab__queue_signal_space(ab__queue *q) {
-  if (ck_ec32_has_waiters(&q->space_ec)) ck_ec32_inc(&q->space_ec, ab__ec_mode());
+  atomic_thread_fence(memory_order_seq_cst); /* the pop (or freed bytes) before the count */
+  if (atomic_load_explicit(&q->space_waiters, memory_order_relaxed) > 0) ck_ec32_inc(&q->space_ec, ab__ec_mode());
 }
 
 uint32_t ab__queue_snapshot(ab__queue *q) { return ck_ec32_value(&q->work_ec); }

@@ -16,8 +16,11 @@
  *     full. Workers pop the ring first, then the overflow.
  *   - Sleeping: idle workers wait on work_ec, a ck_ec event count that every push increments;
  *     ck_ec only makes the futex call when a waiter has flagged itself, so a push to a busy
- *     device costs one atomic add. Submitters blocked on a full ring wait on space_ec, which a
- *     pop increments only when someone waits there.
+ *     device costs one atomic add. Submitters blocked on a full queue wait on space_ec. A pop
+ *     increments it only when space_waiters says someone may be waiting: a waiter counts
+ *     itself before it looks for room, a popper fences before it reads the count (both
+ *     seq_cst), so either the waiter sees the room or the popper sees the waiter. (ck_ec's own
+ *     waiter flag is set too late for that test: inside ck_ec32_wait, after the room check.)
  *   - ck_ring is invisible to ThreadSanitizer (inline assembly); the happens-before edge from
  *     a submitter to a worker is carried by the task's own state word (release on submit,
  *     acquire when the worker claims it), so TSan sees every real ordering.
@@ -45,6 +48,7 @@ typedef struct {
   unsigned int limit;             /* tasks a bounded push admits: the user's queue_capacity */
   struct ck_ec32 work_ec;         /* bumped on every push */
   struct ck_ec32 space_ec;        /* bumped on pops while submitters wait for space */
+  _Atomic int space_waiters;      /* submitters between "no room" and their wake-up */
   pthread_mutex_t push_lock;      /* serialises producers; guards the overflow list */
   ab__qnode *ovf_head, *ovf_tail;
   _Atomic uint32_t novf;

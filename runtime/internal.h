@@ -300,11 +300,19 @@ void ab__workers_join(ab__device *d);
 void ab__wake_workers(ab__device *d);
 void ab__park_flush(ab__device *d, int status); /* destroy: complete every parked task */
 
+/* ab_ctx_alloc blocks, freed when the task ends. The record lives on the host: the block
+ * itself may be device memory (a cl_mem, a CUDA pointer) that the host cannot write. */
+typedef struct ab__scratch {
+  struct ab__scratch *next;       /* chain of full record blocks */
+  int n;
+  struct { void *base; size_t bytes; } blk[8];
+} ab__scratch;
+
 struct ab_ctx {
   ab__worker *w;
   ab_future *task;
   ab_tensor *output;
-  void *scratch;                  /* chain of ab_ctx_alloc blocks, freed at the end */
+  ab__scratch scratch;            /* the first 8 blocks inline, then a chain */
 };
 
 /* convert.c: the bodies of conversion and stacking tasks */

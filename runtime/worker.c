@@ -21,10 +21,12 @@
 #include "runtime/internal.h"
 
 static void free_scratch(ab_ctx *c) {
-  while (c->scratch) {
-    size_t *blk = c->scratch;
-    c->scratch = *(void **)(blk + 1);
-    ab__mem_free(c->w->dev, blk, blk[0]);
+  ab__scratch *s = &c->scratch;
+  while (s) {
+    for (int i = 0; i < s->n; i++) ab__mem_free(c->w->dev, s->blk[i].base, s->blk[i].bytes);
+    ab__scratch *next = s->next;
+    if (s != &c->scratch) ab__free(&c->w->dev->rt->alloc, s);
+    s = next;
   }
 }
 
@@ -267,18 +269,32 @@ bool ab_ctx_cancelled(ab_ctx *c) {
          atomic_load_explicit(&c->w->dev->rt->cancelling, memory_order_relaxed);
 }
 
+/* A free record slot: the inline block, or a new one chained after it. */
+static int scratch_slot(ab_ctx *c, ab__scratch **out) {
+  ab__scratch *s = &c->scratch;
+  if (s->n == 8 && (s->next == NULL || s->next->n == 8)) {
+    ab__scratch *more = ab__calloc(&c->w->dev->rt->alloc, sizeof *more);
+    if (more == NULL) return AB_ENOMEM;
+    more->next = s->next;
+    s->next = more;
+  }
+  *out = s->n < 8 ? s : s->next;
+  return 0;
+}
+
 int ab_ctx_alloc(ab_ctx *c, size_t bytes, void **ptr) {
   if (c == NULL || ptr == NULL) return AB_EINVAL;
   *ptr = NULL;
-  if (bytes > SIZE_MAX - 64) return AB_ENOMEM;
-  size_t total = bytes + 64; /* a header keeps the chain and the size; 64 keeps alignment */
-  void *blk;
-  int rc = ab__mem_alloc(c->w->dev, c->w, total, &blk);
+  ab__scratch *slot;
+  int rc = scratch_slot(c, &slot);
   if (rc != 0) return rc;
-  ((size_t *)blk)[0] = total;
-  *(void **)((size_t *)blk + 1) = c->scratch;
-  c->scratch = blk;
-  *ptr = (char *)blk + 64;
+  size_t size = bytes ? bytes : 1;
+  void *base;
+  if ((rc = ab__mem_alloc(c->w->dev, c->w, size, &base)) != 0) return rc;
+  slot->blk[slot->n].base = base;
+  slot->blk[slot->n].bytes = size;
+  slot->n++;
+  *ptr = base;
   return 0;
 }
 

@@ -67,6 +67,12 @@ struct ab__device_ops {
   /* src (any strides, on this device) into dst (contiguous, this device) as dtype dt. */
   int (*cast)(ab__worker *w, const DLTensor *src, void *dst, size_t dst_off, DLDataType dt,
               const ab__cast_params *p);
+  /* Host access to [off, off + bytes) of device memory for writing (its old contents are not
+   * kept): *host points at it until unmap, which makes the writes visible on the device. On a
+   * CPU device it is the memory itself; on a discrete GPU the driver stages it. NULL ops: the
+   * backend has no mapping, use upload. */
+  int (*map_write)(ab__worker *w, void *base, size_t off, size_t bytes, void **host);
+  int (*unmap)(ab__worker *w, void *base, void *host);
   /* n contiguous slices of slice_bytes each, on this device at (bases[i], offs[i]), into dst
    * at dst_off one after another: one kernel for many slices rather than n copies. */
   int (*gather)(ab__worker *w, void *dst, size_t dst_off, size_t slice_bytes, int n, void *const *bases,

@@ -272,6 +272,7 @@ static int stack_range(ab_ctx *c, ab__cast_params *p, DLDataType dt) {
 
 /* A slice already on this device, in the right layout and dtype: the gather kernel moves it. */
 static bool gatherable(ab_ctx *c, const ab_tensor *sl, DLDataType dt) {
+  if (sl == NULL) return false;
   ab__device *d = c->w->dev;
   int err;
   return d->id.kind != AB_HOST && same_dtype(sl->dl.dtype, dt) && ab__contiguous(&sl->dl) &&
@@ -292,6 +293,71 @@ static int gather_run(ab_ctx *c, int i, ab_tensor *out, size_t slice, DLDataType
   return rc < 0 ? rc : n;
 }
 
+/* ---- host slices straight into a mapped volume ------------------------------------------------ */
+/* A host slice that needs no packing or cast: its bytes go straight to their offset. */
+static bool plain_host(const ab_tensor *sl, DLDataType dt) {
+  return ab_tensor_device(sl).kind == AB_HOST && same_dtype(sl->dl.dtype, dt) && ab__contiguous(&sl->dl);
+}
+
+typedef struct {
+  ab_future *task;                /* the stack task: its inputs are the slices */
+  char *mapped;
+  size_t slice;
+  int from, to;                   /* slice indexes to copy, [from, to) */
+} copy_job;
+
+static void copy_slices(const copy_job *j) {
+  for (int i = j->from; i < j->to; i++) {
+    const ab_tensor *sl = j->task->in[i].tensor;
+    if (plain_host(sl, sl->dl.dtype) && sl->nbytes == j->slice) memcpy(j->mapped + j->slice * (size_t)i, host_ptr(sl), j->slice);
+  }
+}
+
+static int copy_task(ab_ctx *c, void *arg) {
+  (void)c;
+  copy_slices(arg);
+  return 0;
+}
+
+/* Copies on this thread and, when a host worker is free, on that one too: one memcpy stream
+ * leaves half of a two-core machine idle. If the helper has not started by the time our half
+ * is done, it is cancelled and we do its half: waiting on a busy pool could never deadlock. */
+static void copy_parallel(ab_runtime *rt, copy_job *all) {
+  copy_job mine = *all, theirs = *all;
+  mine.to = theirs.from = all->from + (all->to - all->from) / 2;
+  ab_task_desc d = AB_TASK_DESC_INIT;
+  d.fn = copy_task;
+  d.arg = &theirs;
+  d.place.mode = AB_SUBMIT_TRY;
+  ab_future *f = NULL;
+  if (rt->kind_count[AB_HOST] == 0 || theirs.to - theirs.from < 8 || ab_submit(rt, &d, &f) != 0) {
+    copy_slices(all);
+    return;
+  }
+  copy_slices(&mine);
+  if (ab_future_cancel(f) == 0) copy_slices(&theirs); /* it never ran */
+  else ab_future_wait(f, -1);
+  ab_future_release(f);
+}
+
+/* Maps the volume once and fills every plain host slice (*done); the others are left to put(). */
+static int stack_host_slices(ab_ctx *c, ab_tensor *out, size_t slice, DLDataType dt, bool *done) {
+  ab_future *t = c->task;
+  ab__worker *w = c->w;
+  ab__device *d = w->dev;
+  int nplain = 0;
+  for (int i = 0; i < t->nin; i++) nplain += plain_host(t->in[i].tensor, dt);
+  if (d->id.kind == AB_HOST || d->ops->map_write == NULL || nplain < 2 || out->nbytes == 0) return 0;
+  void *mapped;
+  int rc = d->ops->map_write(w, out->dl.data, 0, out->nbytes, &mapped);
+  if (rc != 0) return rc;
+  copy_job job = {t, mapped, slice, 0, t->nin};
+  copy_parallel(d->rt, &job);
+  rc = d->ops->unmap(w, out->dl.data, mapped);
+  *done = true;
+  return rc;
+}
+
 int ab__stack_run(ab_ctx *c) {
   ab_future *t = c->task;
   ab__device *d = c->w->dev;
@@ -307,8 +373,12 @@ int ab__stack_run(ab_ctx *c) {
   if (rc == 0) rc = ab__tensor_alloc_on(d, c->w, dt, first->dl.ndim + 1, shape, &out);
   if (rc != 0) return rc;
   size_t slice = out->nbytes / (size_t)t->nin;
+  bool mapped = false;
+  if (rc == 0) rc = stack_host_slices(c, out, slice, dt, &mapped);
   for (int i = 0; i < t->nin && rc == 0;) {
-    if (ab_ctx_cancelled(c)) {
+    if (mapped && plain_host(t->in[i].tensor, dt)) {
+      i++;
+    } else if (ab_ctx_cancelled(c)) {
       rc = AB_ECANCELED;
     } else if (gatherable(c, t->in[i].tensor, dt)) {
       int moved = gather_run(c, i, out, slice, dt);

@@ -179,6 +179,7 @@ static void run_one(ab__worker *w, ab_future *t) {
     t->message = ab__mem_report(d, 0, t);
   }
   if (rc == AB_ENOMEM && ab_ctx_cancelled(&c)) rc = AB_ECANCELED; /* asked to stop while short of memory */
+  ab__task_release_inputs(t); /* not needed any more: free them before anyone sees completion */
   int64_t delay = atomic_load_explicit(&d->faults.delay_ns, memory_order_relaxed);
   if (delay > 0) ab__sleep_ns(delay);
   ab__complete(t, rc, c.output, AB__RUNNING);

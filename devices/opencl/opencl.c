@@ -267,6 +267,19 @@ static int ocl_copy(ab__worker *w, void *dst, size_t dst_off, const void *src, s
   return cl_err(clEnqueueCopyBuffer(ow->q, (cl_mem)src, dst, src_off, dst_off, bytes, 0, NULL, NULL));
 }
 
+static int ocl_map_write(ab__worker *w, void *base, size_t off, size_t bytes, void **host) {
+  if (ab__fault_hit(w->dev, AB_FAULT_COPY)) return AB_EFAULT;
+  ocl_worker *ow = w->backend;
+  cl_int e;
+  *host = clEnqueueMapBuffer(ow->q, base, CL_TRUE, CL_MAP_WRITE_INVALIDATE_REGION, off, bytes, 0, NULL, NULL, &e);
+  return cl_err(e);
+}
+
+static int ocl_unmap(ab__worker *w, void *base, void *host) {
+  ocl_worker *ow = w->backend;
+  return cl_err(clEnqueueUnmapMemObject(ow->q, base, host, 0, NULL, NULL));
+}
+
 /* ---- kernels -------------------------------------------------------------------------------- */
 static int type_index(DLDataType dt) {
   if (dt.lanes != 1) return -1;
@@ -441,6 +454,8 @@ const ab__device_ops ab__opencl_ops = {
     .upload = ocl_upload,
     .download = ocl_download,
     .copy = ocl_copy,
+    .map_write = ocl_map_write,
+    .unmap = ocl_unmap,
     .cast = ocl_cast,
     .gather = ocl_gather,
     .minmax = ocl_minmax,

@@ -218,6 +218,20 @@ static bool needs_kernel(const ab_tensor *src, DLDataType dt) {
 }
 
 /* ---- the tasks ------------------------------------------------------------------------------ */
+/* The end of a conversion or stack: on failure nothing may still write into out, so the stream
+ * is drained before out goes; on success out becomes the task's result. */
+static int finish_output(ab_ctx *c, ab_tensor *out, int rc) {
+  if (rc != 0) {
+    c->w->dev->ops->finish(c->w);
+    ab_tensor_release(out);
+    return rc;
+  }
+  out->flags = AB_TENSOR_IS_COPIED;
+  count_moved(c->w->dev, out->nbytes);
+  c->output = out;
+  return 0;
+}
+
 int ab__convert_run(ab_ctx *c) {
   ab_future *t = c->task;
   ab__device *d = c->w->dev;
@@ -228,16 +242,7 @@ int ab__convert_run(ab_ctx *c) {
   int rc = ab__tensor_alloc_on(d, c->w, dt, src->dl.ndim, src->shape, &out);
   if (rc != 0) return rc;
   ab__cast_params p = {.mode = t->copt.cast};
-  rc = put(c, src, out->dl.data, 0, dt, &p);
-  if (rc != 0) {
-    d->ops->finish(c->w); /* nothing may still write into out */
-    ab_tensor_release(out);
-    return rc;
-  }
-  out->flags = AB_TENSOR_IS_COPIED;
-  count_moved(d, out->nbytes);
-  c->output = out;
-  return 0;
+  return finish_output(c, out, put(c, src, out->dl.data, 0, dt, &p));
 }
 
 /* Stretching a stack uses one range over every slice, so slices stay comparable. Each slice's
@@ -389,13 +394,5 @@ int ab__stack_run(ab_ctx *c) {
       i++;
     }
   }
-  if (rc != 0) {
-    d->ops->finish(c->w);
-    ab_tensor_release(out);
-    return rc;
-  }
-  out->flags = AB_TENSOR_IS_COPIED;
-  count_moved(d, out->nbytes);
-  c->output = out;
-  return 0;
+  return finish_output(c, out, rc);
 }

@@ -339,29 +339,27 @@ static bool zero_copy(ab_future *t) {
   return true;
 }
 
-int ab_convert(ab_runtime *rt, ab_tensor *src, ab_device dst, const ab_convert_options *o, ab_future **out) {
+/* One source, a tensor or a future's result. */
+static int convert_submit(ab_runtime *rt, ab_input in, ab_device dst, const ab_convert_options *o, ab_future **out) {
   if (out == NULL) return AB_EINVAL;
   *out = NULL;
-  if (rt == NULL || src == NULL) return AB_EINVAL;
+  if (rt == NULL || (in.tensor == NULL && in.future == NULL)) return AB_EINVAL;
   int rc = check_convert_opts(rt, dst, o);
   if (rc != 0) return rc;
   ab_future *t = convert_task(rt, AB__TASK_CONVERT, 1, dst, o);
   if (t == NULL) return AB_ENOMEM;
-  t->in[0].tensor = ab_tensor_retain(src);
+  if (in.tensor) t->in[0].tensor = ab_tensor_retain(in.tensor);
+  else t->in[0].future = ab_future_retain(in.future);
   return submit_task(t, out);
+}
+
+int ab_convert(ab_runtime *rt, ab_tensor *src, ab_device dst, const ab_convert_options *o, ab_future **out) {
+  return convert_submit(rt, (ab_input){.tensor = src}, dst, o, out);
 }
 
 int ab_convert_after(ab_runtime *rt, ab_future *src, ab_device dst, const ab_convert_options *o,
                      ab_future **out) {
-  if (out == NULL) return AB_EINVAL;
-  *out = NULL;
-  if (rt == NULL || src == NULL) return AB_EINVAL;
-  int rc = check_convert_opts(rt, dst, o);
-  if (rc != 0) return rc;
-  ab_future *t = convert_task(rt, AB__TASK_CONVERT, 1, dst, o);
-  if (t == NULL) return AB_ENOMEM;
-  t->in[0].future = ab_future_retain(src);
-  return submit_task(t, out);
+  return convert_submit(rt, (ab_input){.future = src}, dst, o, out);
 }
 
 static int check_slices(ab_tensor *const *slices, size_t n) {

@@ -23,8 +23,8 @@ static int kind_workers(const ab_runtime *rt, const ab__device_ops *ops, int kin
   return n > 0 ? n : 1;
 }
 
-static uint64_t kind_budget(const ab_kind_options *k, uint64_t total, int split) {
-  uint64_t b = UINT64_MAX;
+static uint64_t kind_budget(const ab_kind_options *k, int kind, uint64_t total, int split) {
+  uint64_t b = kind == AB_HOST || total == 0 ? UINT64_MAX : total; /* a device holds what it has */
   if (k->memory_limit) b = k->memory_limit;
   else if (k->memory_fraction > 0 && k->memory_fraction <= 1 && total) b = (uint64_t)(k->memory_fraction * (double)total);
   return b == UINT64_MAX ? b : b / (uint64_t)split;
@@ -71,7 +71,7 @@ static int device_init(ab_runtime *rt, ab__device *d, int kind, int index, int p
   d->memory_total = pi->memory_total;
   if (split > 1) snprintf(d->name, sizeof d->name, "%.40s [%d/%d]", pi->name, (index % split + 1) % 100, split % 100);
   else snprintf(d->name, sizeof d->name, "%s", pi->name);
-  d->budget = kind_budget(&rt->opt.kinds[kind], pi->memory_total, split);
+  d->budget = kind_budget(&rt->opt.kinds[kind], kind, pi->memory_total, split);
   if (pthread_mutex_init(&d->park_lock, NULL) != 0) return AB_ENOMEM;
   if (pthread_mutex_init(&d->xfer_lock, NULL) != 0) {
     pthread_mutex_destroy(&d->park_lock);

@@ -61,6 +61,13 @@ struct ab__device_ops {
    * cl_mem, a CUDA pointer) and a byte offset, exactly as DLTensor names it. w is a worker of
    * the device that owns the memory, or that device's transfer worker (ab__device.xfer). */
   int (*finish)(ab__worker *w);
+  /* Completion by polling, not by waiting (NULL: the backend's ops are done when they return).
+   * record: an event that completes after everything enqueued on w so far. poll: 1 when it has,
+   * 0 while it has not, or an error. wait: until it has. event_free: release it. */
+  int (*record)(ab__worker *w, void **event);
+  int (*poll)(ab__worker *w, void *event);
+  int (*wait)(ab__worker *w, void *event);
+  void (*event_free)(void *event);
   int (*upload)(ab__worker *w, void *dst, size_t dst_off, const void *host, size_t bytes);
   int (*download)(ab__worker *w, void *host, const void *src, size_t src_off, size_t bytes);
   int (*copy)(ab__worker *w, void *dst, size_t dst_off, const void *src, size_t src_off, size_t bytes);

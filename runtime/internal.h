@@ -94,12 +94,33 @@ typedef struct {
   _Atomic int64_t delay_ns;
 } ab__faults;
 
+/* ab_ctx_alloc blocks, freed when the task ends. The record lives on the host: the block
+ * itself may be device memory (a cl_mem, a CUDA pointer) that the host cannot write. */
+typedef struct ab__scratch {
+  struct ab__scratch *next;       /* chain of full record blocks */
+  int n;
+  struct { void *base; size_t bytes; } blk[8];
+} ab__scratch;
+
+/* A task whose work is enqueued on a worker's stream and not yet done: it completes when its
+ * event does, in order (the stream is in order). */
+typedef struct {
+  ab_future *task;
+  ab_tensor *output;
+  ab__scratch scratch;
+  void *event;
+} ab__pending;
+
+#define AB__PENDING_MAX 8
+
 struct ab__worker {
   ab__device *dev;
   int index;                      /* in the device's pool; -1 for the transfer worker */
   pthread_t thread;
   bool started;
   void *backend;                  /* the backend's per-worker state: stream, arena */
+  int npending, pending_head;     /* a ring, touched only by the worker's own thread */
+  ab__pending pending[AB__PENDING_MAX];
 };
 
 struct ab__device {
@@ -299,14 +320,6 @@ int ab__workers_start(ab__device *d);
 void ab__workers_join(ab__device *d);
 void ab__wake_workers(ab__device *d);
 void ab__park_flush(ab__device *d, int status); /* destroy: complete every parked task */
-
-/* ab_ctx_alloc blocks, freed when the task ends. The record lives on the host: the block
- * itself may be device memory (a cl_mem, a CUDA pointer) that the host cannot write. */
-typedef struct ab__scratch {
-  struct ab__scratch *next;       /* chain of full record blocks */
-  int n;
-  struct { void *base; size_t bytes; } blk[8];
-} ab__scratch;
 
 struct ab_ctx {
   ab__worker *w;

@@ -7,6 +7,11 @@
  *     cancelled while queued fails the claim and is dropped: it never runs.
  *   - Idle workers spin briefly (a task usually arrives within microseconds in a busy pipeline),
  *     then sleep on the queue's event count. Parked tasks give the sleep a deadline.
+ *   - A backend with events (ops->record) has a task's work enqueued, not done, when its body
+ *     returns: the worker records an event and keeps the task in its pending ring (scratch and
+ *     inputs stay alive), runs the next one, and completes pending tasks in order as polling
+ *     finds their events done. It blocks on the oldest only when the ring is full or there is
+ *     nothing else to do. Host tasks complete at once.
  *   - Out-of-memory after ladder steps 1-4 (memory.c) comes back as AB_ENOMEM from the task body.
  *     The task goes back to PENDING (so it can still be cancelled) and onto the device's parked
  *     list with a retry time; frees on the device bump freed_gen and wake a worker, which sends
@@ -20,12 +25,12 @@
 
 #include "runtime/internal.h"
 
-static void free_scratch(ab_ctx *c) {
-  ab__scratch *s = &c->scratch;
+static void free_scratch(ab__worker *w, ab__scratch *head) {
+  ab__scratch *s = head;
   while (s) {
-    for (int i = 0; i < s->n; i++) ab__mem_free(c->w->dev, s->blk[i].base, s->blk[i].bytes);
+    for (int i = 0; i < s->n; i++) ab__mem_free(w->dev, s->blk[i].base, s->blk[i].bytes);
     ab__scratch *next = s->next;
-    if (s != &c->scratch) ab__free(&c->w->dev->rt->alloc, s);
+    if (s != head) ab__free(&w->dev->rt->alloc, s);
     s = next;
   }
 }
@@ -153,22 +158,19 @@ static bool claim(ab_future *t) {
   return false;
 }
 
-static void run_one(ab__worker *w, ab_future *t) {
+static bool cancel_asked(ab__worker *w, ab_future *t) {
+  return (atomic_load_explicit(&t->state, memory_order_relaxed) & AB__CANCEL_REQ) ||
+         atomic_load_explicit(&w->dev->rt->cancelling, memory_order_relaxed);
+}
+
+/* The end of a task whose body ran and whose stream work is done: out-of-memory goes to the
+ * ladder, anything else completes the future. */
+static void finish_task(ab__worker *w, ab_future *t, int rc, ab_tensor *output, ab__scratch *scratch) {
   ab__device *d = w->dev;
-  ab_runtime *rt = d->rt;
-  if (!claim(t)) goto out; /* cancelled while queued or parked: it never runs */
-  if (atomic_load_explicit(&rt->cancelling, memory_order_relaxed)) {
-    ab__complete(t, AB_ECANCELED, NULL, AB__RUNNING);
-    goto out;
-  }
-  ab_ctx c = {.w = w, .task = t};
-  int rc = run_body(&c);
-  int done = d->ops->finish(w); /* the future completes when its stream has */
-  if (rc == 0) rc = done;
-  free_scratch(&c);
+  free_scratch(w, scratch);
   if (rc != 0) {
-    ab_tensor_release(c.output);
-    c.output = NULL;
+    ab_tensor_release(output);
+    output = NULL;
   }
   if (rc == AB_ENOMEM && on_enomem(d, t)) {
     ab__task_unaccount(d, t);
@@ -178,12 +180,56 @@ static void run_one(ab__worker *w, ab_future *t) {
     atomic_fetch_add_explicit(&d->stats.oom_failures, 1, memory_order_relaxed); /* stat */
     t->message = ab__mem_report(d, 0, t);
   }
-  if (rc == AB_ENOMEM && ab_ctx_cancelled(&c)) rc = AB_ECANCELED; /* asked to stop while short of memory */
+  if (rc == AB_ENOMEM && cancel_asked(w, t)) rc = AB_ECANCELED; /* asked to stop while short of memory */
   ab__task_release_inputs(t); /* not needed any more: free them before anyone sees completion */
   int64_t delay = atomic_load_explicit(&d->faults.delay_ns, memory_order_relaxed);
   if (delay > 0) ab__sleep_ns(delay);
-  ab__complete(t, rc, c.output, AB__RUNNING);
-out:
+  ab__complete(t, rc, output, AB__RUNNING);
+  ab__task_unaccount(d, t);
+  ab_future_release(t); /* the system's reference */
+}
+
+/* Completes pending tasks whose events are done, oldest first; with block, waits for the
+ * oldest one first. */
+static void reap(ab__worker *w, bool block) {
+  const ab__device_ops *ops = w->dev->ops;
+  while (w->npending > 0) {
+    ab__pending *p = &w->pending[w->pending_head];
+    int st = block ? ops->wait(w, p->event) : ops->poll(w, p->event);
+    if (st == 0) return;
+    ops->event_free(p->event);
+    ab__pending done = *p;
+    w->pending_head = (w->pending_head + 1) % AB__PENDING_MAX;
+    w->npending--;
+    finish_task(w, done.task, st < 0 ? st : 0, done.output, &done.scratch);
+    block = false;
+  }
+}
+
+static void run_one(ab__worker *w, ab_future *t) {
+  ab__device *d = w->dev;
+  ab_runtime *rt = d->rt;
+  if (!claim(t)) goto drop; /* cancelled while queued or parked: it never runs */
+  if (atomic_load_explicit(&rt->cancelling, memory_order_relaxed)) {
+    ab__complete(t, AB_ECANCELED, NULL, AB__RUNNING);
+    goto drop;
+  }
+  if (w->npending == AB__PENDING_MAX) reap(w, true); /* room for this one */
+  ab_ctx c = {.w = w, .task = t};
+  int rc = run_body(&c);
+  void *event = NULL;
+  if (rc == 0 && d->ops->record) rc = d->ops->record(w, &event);
+  if (event) { /* enqueued: it completes when its event does, while we go on */
+    int slot = (w->pending_head + w->npending) % AB__PENDING_MAX;
+    w->pending[slot] = (ab__pending){t, c.output, c.scratch, event};
+    w->npending++;
+    return;
+  }
+  int done = d->ops->finish(w); /* the future completes when its stream has */
+  if (rc == 0) rc = done;
+  finish_task(w, t, rc, c.output, &c.scratch);
+  return;
+drop:
   ab__task_unaccount(d, t);
   ab_future_release(t); /* the system's reference */
 }
@@ -217,7 +263,12 @@ static void *worker_main(void *arg) {
   ab__device *d = w->dev;
   ab_runtime *rt = d->rt;
   for (;;) {
+    if (w->npending) reap(w, false);
     ab_future *t = pop(d);
+    if (t == NULL && w->npending) { /* nothing new: wait for the device instead */
+      reap(w, true);
+      continue;
+    }
     if (t == NULL) {
       int64_t next_retry = park_poll(d);
       t = spin_pop(d);
@@ -265,10 +316,7 @@ ab_tensor *ab_ctx_input(ab_ctx *c, int i) {
   return c->task->in[i].tensor;
 }
 
-bool ab_ctx_cancelled(ab_ctx *c) {
-  return (atomic_load_explicit(&c->task->state, memory_order_relaxed) & AB__CANCEL_REQ) ||
-         atomic_load_explicit(&c->w->dev->rt->cancelling, memory_order_relaxed);
-}
+bool ab_ctx_cancelled(ab_ctx *c) { return cancel_asked(c->w, c->task); }
 
 /* A free record slot: the inline block, or a new one chained after it. */
 static int scratch_slot(ab_ctx *c, ab__scratch **out) {

@@ -7,10 +7,11 @@
  * worker. No platform at all means zero devices, not an error.
  *
  * Design notes
- *   - Operations are enqueued in order on the calling worker's queue; the worker waits for its
- *     queue (finish) before it completes a task, so a future completes only when its data is in
- *     place: a consumer never waits on a producer's event, and a buffer freed by the last
- *     release is idle. Within a task, many slice copies are many enqueues and one wait.
+ *   - Operations are enqueued in order on the calling worker's queue. After a task's body, the
+ *     worker enqueues a marker event and goes on to the next task; it completes the future when
+ *     polling finds the event done (runtime/worker.c). So a future completes only when its data
+ *     is in place, a consumer never waits on a producer's event, and a buffer freed by the last
+ *     release is idle. Within a task, many slice copies are many enqueues and no wait.
  *   - Buffers come back to the cache of the worker whose thread frees them (or the device's
  *     first worker when a foreign thread does), under that worker's cache lock; the owner takes
  *     the lock too, so a worker's cache is only ever touched by one thread at a time. Trim (the
@@ -246,6 +247,32 @@ static void *ocl_stream(ab__worker *w) { return ((ocl_worker *)w->backend)->q; }
 /* ---- data movement -------------------------------------------------------------------------- */
 static int ocl_finish(ab__worker *w) { return cl_err(clFinish(((ocl_worker *)w->backend)->q)); }
 
+static int ocl_record(ab__worker *w, void **event) {
+  ocl_worker *ow = w->backend;
+  cl_event e;
+  cl_int r = clEnqueueMarkerWithWaitList(ow->q, 0, NULL, &e);
+  if (r != CL_SUCCESS) return cl_err(r);
+  *event = e;
+  return cl_err(clFlush(ow->q)); /* submitted, so that polling sees progress */
+}
+
+static int ocl_poll(ab__worker *w, void *event) {
+  (void)w;
+  cl_int st;
+  cl_int r = clGetEventInfo(event, CL_EVENT_COMMAND_EXECUTION_STATUS, sizeof st, &st, NULL);
+  if (r != CL_SUCCESS) return cl_err(r);
+  if (st < 0) return AB_EDEVICE;
+  return st == CL_COMPLETE;
+}
+
+static int ocl_wait(ab__worker *w, void *event) {
+  cl_event e = event;
+  cl_int r = clWaitForEvents(1, &e);
+  return r == CL_SUCCESS ? 1 : r == CL_EXEC_STATUS_ERROR_FOR_EVENTS_IN_WAIT_LIST ? AB_EDEVICE : ocl_poll(w, event);
+}
+
+static void ocl_event_free(void *event) { clReleaseEvent(event); }
+
 static int ocl_upload(ab__worker *w, void *dst, size_t off, const void *host, size_t bytes) {
   if (bytes == 0) return 0;
   if (ab__fault_hit(w->dev, AB_FAULT_COPY)) return AB_EFAULT;
@@ -451,6 +478,10 @@ const ab__device_ops ab__opencl_ops = {
     .sync = ocl_sync,
     .stream = ocl_stream,
     .finish = ocl_finish,
+    .record = ocl_record,
+    .poll = ocl_poll,
+    .wait = ocl_wait,
+    .event_free = ocl_event_free,
     .upload = ocl_upload,
     .download = ocl_download,
     .copy = ocl_copy,

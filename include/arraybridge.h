@@ -118,7 +118,8 @@ typedef struct {
 /* The OOM ladder (see the contract, point 6). Zero fields take the defaults given. */
 typedef struct {
   bool no_wait;              /* skip parking: fail with AB_ENOMEM after the spill step */
-  bool allow_reroute;        /* after the deadline, try another device of the same kind */
+  bool allow_reroute;        /* after the deadline, try another device of the same kind
+                                (never for AB_PLACE_EXPLICIT tasks: their device was chosen) */
   int64_t backoff_initial_ns;/* first park interval (default 1 ms) */
   int64_t backoff_max_ns;    /* cap on the doubling interval (default 100 ms) */
   int64_t deadline_ns;       /* total time a task may spend parked (default 10 s) */
@@ -174,7 +175,9 @@ typedef struct {
 
 AB_API int ab_device_info_get(ab_runtime *rt, ab_device d, ab_device_info *out);
 
-/* Statistics, per device. Counters only grow; gauges are instantaneous. */
+/* Statistics, per device. Counters only grow; gauges are instantaneous. A task counts on the
+ * device it was placed on; a task with future inputs is placed when they complete, so one that
+ * is cancelled or fails before then counts only where its placement was explicit. */
 typedef struct {
   ab_device device;
   uint64_t tasks_submitted, tasks_completed, tasks_failed, tasks_canceled;

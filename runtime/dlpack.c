@@ -54,7 +54,7 @@ static int check_shape(const DLTensor *t, size_t es, int64_t *strides_out, size_
   if (t->data == NULL) return AB_EINVAL;
   uint64_t base;
   if (__builtin_add_overflow((uint64_t)(uintptr_t)t->data, t->byte_offset, &base)) return AB_EOVERFLOW;
-  if (lo < 0 && base < (uint64_t)-lo) return AB_EOVERFLOW;
+  if (lo < 0 && base < (uint64_t)0 - (uint64_t)lo) return AB_EOVERFLOW; /* -lo overflows at INT64_MIN */
   uint64_t top;
   if (__builtin_add_overflow(base, (uint64_t)hi + es, &top)) return AB_EOVERFLOW;
   return 0;

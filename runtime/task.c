@@ -189,7 +189,7 @@ void ab__task_ready(ab_future *t) {
     fail_unrun(t, err);
     goto drop;
   }
-  atomic_fetch_add_explicit(&d->submitted, 1, memory_order_relaxed); /* stat */
+  if (t->dev == NULL) atomic_fetch_add_explicit(&d->submitted, 1, memory_order_relaxed); /* stat */
   ab__task_requeue(d, t);
   return;
 drop:
@@ -224,6 +224,10 @@ static int submit_task(ab_future *t, ab_future **out) {
   if (rc != 0) goto fail;
   int nfut = has_future_inputs(t);
   if (nfut > 0) {
+    if (t->place.policy == AB_PLACE_EXPLICIT) { /* known already: counted there from now on */
+      t->dev = ab__device_of(rt, t->place.device);
+      atomic_fetch_add_explicit(&t->dev->submitted, 1, memory_order_relaxed); /* stat */
+    }
     t->counted = true;
     atomic_store_explicit(&t->refs, 2, memory_order_relaxed); /* caller + system; not shared yet */
     atomic_store_explicit(&t->deps, nfut + 1, memory_order_relaxed);

@@ -1,0 +1,590 @@
+/* test_oom.c: the OOM ladder on the host through memory_limit, spill and fault injection. */
+#define _GNU_SOURCE
+#include "harness.h"
+
+#include <stdlib.h>
+
+#define MiB (UINT64_C(1) << 20)
+#define LIMIT (4 * MiB)
+#define TASK_BYTES (3 * MiB / 2) /* two fit in LIMIT, three do not */
+#define HOLD_BYTES (3 * MiB)     /* HOLD + TASK > LIMIT */
+
+static void *data_of(ab_tensor *t) {
+  const DLTensor *dl = ab_tensor_dl(t);
+  return (char *)dl->data + dl->byte_offset;
+}
+
+static void oom_options(ab_runtime_options *o, int workers, int split) {
+  th_options(o);
+  o->kinds[AB_HOST].workers_per_device = workers;
+  o->kinds[AB_HOST].logical_split = split;
+  o->kinds[AB_HOST].memory_limit = LIMIT;
+}
+
+static int alloc_bytes(ab_runtime *rt, ab_device d, uint64_t bytes, ab_tensor **out) {
+  int64_t shape[1] = {(int64_t)bytes};
+  return ab_tensor_alloc(rt, d, TH_U8, 1, shape, out);
+}
+
+/* The task: an output of TASK_BYTES (or arg bytes), filled, returned. */
+static atomic_int task_runs;
+static int alloc_output(ab_ctx *c, void *arg) {
+  atomic_fetch_add(&task_runs, 1);
+  int64_t shape[1] = {arg ? (int64_t)(intptr_t)arg : (int64_t)TASK_BYTES};
+  ab_tensor *t = NULL;
+  int r = ab_ctx_alloc_tensor(c, TH_U8, 1, shape, &t);
+  if (r) return r;
+  memset(data_of(t), 0x5c, (size_t)shape[0]);
+  return ab_ctx_set_output(c, t);
+}
+
+static int submit_alloc(ab_runtime *rt, ab_device d, const ab_oom_policy *oom, ab_input *in,
+                        int nin, ab_future **out) {
+  ab_task_desc desc = AB_TASK_DESC_INIT;
+  desc.fn = alloc_output;
+  desc.inputs = in;
+  desc.ninputs = nin;
+  desc.place.policy = AB_PLACE_EXPLICIT;
+  desc.place.device = d;
+  desc.place.oom = oom;
+  return ab_submit(rt, &desc, out);
+}
+
+static int wait_stat(ab_runtime *rt, ab_device d, size_t offset, uint64_t at_least) {
+  for (int i = 0; i < 10000; i++) {
+    ab_device_stats st;
+    if (th_stats(rt, d, &st)) return -1;
+    if (*(uint64_t *)((char *)&st + offset) >= at_least) return 0;
+    th_sleep_ns(1000000);
+  }
+  return -1;
+}
+
+/* The runtime may hold a finished task (and its output) a moment after the future completes:
+ * wait until the device's usage drops to `bytes` or less. */
+static int wait_used_le(ab_runtime *rt, ab_device d, uint64_t bytes) {
+  for (int i = 0; i < 5000; i++) {
+    ab_device_stats st;
+    if (th_stats(rt, d, &st)) return -1;
+    if (st.mem_used <= bytes) return 0;
+    th_sleep_ns(1000000);
+  }
+  return -1;
+}
+
+/* ---- parking: 10 tasks of 1.5 MiB under a 4 MiB limit all complete --------------------------- */
+static int test_park_until_memory_frees(void) {
+  ab_runtime_options o;
+  oom_options(&o, 2, 1);
+  ab_runtime *rt;
+  CHECK_OK(ab_runtime_create(&o, &rt));
+  enum { N = 10 };
+  ab_future *fs[N];
+  for (int i = 0; i < N; i++) CHECK_OK(submit_alloc(rt, th_host(0), NULL, NULL, 0, &fs[i]));
+  /* whichever two run first hold the budget (tasks run in no promised order) */
+  /* nothing is freed until we release a result: some task must park */
+  CHECK_OK(wait_stat(rt, th_host(0), offsetof(ab_device_stats, oom_parks), 1));
+  ab_device_stats st;
+  CHECK_OK(th_stats(rt, th_host(0), &st));
+  CHECK_LE_U64(st.mem_used, LIMIT);
+  /* consume in completion order (parked tasks retry in no promised order), releasing as we go */
+  ab_future *left[N];
+  int idx[N], nleft = N;
+  for (int i = 0; i < N; i++) left[i] = fs[i], idx[i] = i;
+  while (nleft > 0) {
+    size_t w = 0;
+    CHECK_OK(ab_future_wait_any(left, (size_t)nleft, -1, &w));
+    CHECK((int)w < nleft);
+    int i = idx[w];
+    left[w] = left[nleft - 1];
+    idx[w] = idx[nleft - 1];
+    nleft--;
+    int s = ab_future_status(fs[i]);
+    CHECK_MSG(s == 0, "task %d: %d%s: %s", i, s, th_errstr(s),
+              ab_future_message(fs[i]) ? ab_future_message(fs[i]) : "(no message)");
+    ab_tensor *t = NULL;
+    CHECK_OK(ab_future_result(fs[i], &t));
+    CHECK_NOT_NULL(t);
+    CHECK_EQ_U64(ab_tensor_nbytes(t), TASK_BYTES);
+    CHECK_EQ_INT(((uint8_t *)data_of(t))[TASK_BYTES - 1], 0x5c);
+    ab_tensor_release(t);
+    ab_future_release(fs[i]);
+  }
+  CHECK_OK(th_stats(rt, th_host(0), &st));
+  CHECK(st.oom_events >= 1);
+  CHECK(st.oom_parks >= 1);
+  CHECK(st.oom_retries >= 1);
+  CHECK_EQ_U64(st.oom_failures, 0);
+  CHECK_LE_U64(st.mem_peak, LIMIT);
+  CHECK_EQ_U64(st.tasks_failed, 0);
+  CHECK_OK(ab_runtime_destroy(rt, AB_DRAIN));
+  return 0;
+}
+
+/* ---- no_wait: a clean AB_ENOMEM with a message ------------------------------------------------ */
+static int test_no_wait_fails_cleanly(void) {
+  ab_runtime_options o;
+  oom_options(&o, 1, 1);
+  o.oom.no_wait = true;
+  ab_runtime *rt;
+  CHECK_OK(ab_runtime_create(&o, &rt));
+  ab_tensor *hold = NULL;
+  CHECK_OK(alloc_bytes(rt, th_host(0), HOLD_BYTES, &hold));
+  /* a direct allocation past the budget fails at once */
+  ab_tensor *t = (ab_tensor *)(uintptr_t)1;
+  CHECK_EQ_INT(alloc_bytes(rt, th_host(0), TASK_BYTES, &t), AB_ENOMEM);
+  CHECK_NULL(t);
+  /* an input that must come through untouched */
+  int64_t ishape[1] = {256};
+  ab_tensor *input = NULL;
+  CHECK_OK(ab_tensor_alloc(rt, th_host(0), TH_U8, 1, ishape, &input));
+  for (int i = 0; i < 256; i++) ((uint8_t *)data_of(input))[i] = (uint8_t)i;
+  ab_input in = {input, NULL};
+  ab_future *f = NULL;
+  CHECK_OK(submit_alloc(rt, th_host(0), NULL, &in, 1, &f));
+  CHECK_OK(ab_future_wait(f, -1));
+  CHECK_EQ_INT(ab_future_status(f), AB_ENOMEM);
+  t = (ab_tensor *)(uintptr_t)1;
+  CHECK_EQ_INT(ab_future_result(f, &t), AB_ENOMEM);
+  CHECK_NULL(t);
+  const char *msg = ab_future_message(f);
+  CHECK_NOT_NULL(msg);
+  CHECK_MSG(strcasestr(msg, "memory") != NULL, "message: %s", msg);
+  for (int i = 0; i < 256; i++) CHECK_EQ_INT(((uint8_t *)data_of(input))[i], i);
+  ab_future_release(f);
+  ab_device_stats st;
+  /* counters may trail the future's completion by a moment */
+  CHECK_OK(wait_stat(rt, th_host(0), offsetof(ab_device_stats, oom_failures), 1));
+  CHECK_OK(wait_stat(rt, th_host(0), offsetof(ab_device_stats, tasks_failed), 1));
+  CHECK_OK(th_stats(rt, th_host(0), &st));
+  CHECK(st.oom_events >= 1);
+  CHECK_EQ_U64(st.oom_parks, 0); /* no_wait skips parking */
+  /* with the memory back, the same task succeeds */
+  ab_tensor_release(hold);
+  CHECK_OK(submit_alloc(rt, th_host(0), NULL, &in, 1, &f));
+  CHECK_OK(ab_future_wait(f, -1));
+  CHECK_OK(ab_future_status(f));
+  ab_future_release(f);
+  ab_tensor_release(input);
+  CHECK_OK(ab_runtime_destroy(rt, AB_DRAIN));
+  return 0;
+}
+
+/* The per-task policy overrides the runtime's. */
+static int test_per_task_policy(void) {
+  ab_runtime_options o;
+  oom_options(&o, 1, 1);
+  ab_runtime *rt;
+  CHECK_OK(ab_runtime_create(&o, &rt));
+  ab_tensor *hold = NULL;
+  CHECK_OK(alloc_bytes(rt, th_host(0), HOLD_BYTES, &hold));
+  ab_oom_policy nw = {0};
+  nw.no_wait = true;
+  ab_future *f = NULL;
+  CHECK_OK(submit_alloc(rt, th_host(0), &nw, NULL, 0, &f));
+  CHECK_OK(ab_future_wait(f, TH_SEC(5))); /* would be 10 s with the default ladder */
+  CHECK_EQ_INT(ab_future_status(f), AB_ENOMEM);
+  ab_future_release(f);
+  /* a short deadline: parks, retries, then fails */
+  ab_oom_policy dl = {0};
+  dl.backoff_initial_ns = TH_MS(1);
+  dl.backoff_max_ns = TH_MS(4);
+  dl.deadline_ns = TH_MS(60);
+  CHECK_OK(submit_alloc(rt, th_host(0), &dl, NULL, 0, &f));
+  CHECK_OK(ab_future_wait(f, -1));
+  CHECK_EQ_INT(ab_future_status(f), AB_ENOMEM);
+  CHECK_NOT_NULL(ab_future_message(f));
+  ab_future_release(f);
+  CHECK_OK(wait_stat(rt, th_host(0), offsetof(ab_device_stats, oom_failures), 2));
+  ab_device_stats st;
+  CHECK_OK(th_stats(rt, th_host(0), &st));
+  CHECK(st.oom_parks >= 1);
+  CHECK(st.oom_retries >= 1);
+  /* parked, then memory is freed from outside: it completes */
+  CHECK_OK(submit_alloc(rt, th_host(0), NULL, NULL, 0, &f));
+  CHECK_OK(wait_stat(rt, th_host(0), offsetof(ab_device_stats, oom_parks), st.oom_parks + 1));
+  CHECK_EQ_INT(ab_future_status(f), AB_EPENDING);
+  ab_tensor_release(hold);
+  CHECK_OK(ab_future_wait(f, -1));
+  CHECK_OK(ab_future_status(f));
+  ab_future_release(f);
+  CHECK_OK(ab_runtime_destroy(rt, AB_DRAIN));
+  return 0;
+}
+
+/* ---- spill ------------------------------------------------------------------------------------ */
+typedef struct {
+  _Atomic(ab_tensor *) victim;
+  atomic_int calls;
+  atomic_ullong bytes;
+  atomic_int dev_kind, dev_index;
+} spill_state;
+
+static bool spill_cb(size_t bytes, ab_device device, void *arg) {
+  spill_state *s = arg;
+  atomic_fetch_add(&s->calls, 1);
+  atomic_store(&s->bytes, (unsigned long long)bytes);
+  atomic_store(&s->dev_kind, device.kind);
+  atomic_store(&s->dev_index, device.index);
+  ab_tensor *t = atomic_exchange(&s->victim, NULL);
+  if (!t) return false;
+  ab_tensor_release(t);
+  return true;
+}
+
+static int test_spill_makes_retry_succeed(void) {
+  spill_state s;
+  memset(&s, 0, sizeof s);
+  ab_runtime_options o;
+  oom_options(&o, 1, 1);
+  o.oom.no_wait = true; /* only the spill step can save it */
+  o.spill = spill_cb;
+  o.spill_arg = &s;
+  ab_runtime *rt;
+  CHECK_OK(ab_runtime_create(&o, &rt));
+  ab_tensor *hold = NULL;
+  CHECK_OK(alloc_bytes(rt, th_host(0), HOLD_BYTES, &hold));
+  atomic_store(&s.victim, hold);
+  ab_future *f = NULL;
+  CHECK_OK(submit_alloc(rt, th_host(0), NULL, NULL, 0, &f));
+  CHECK_OK(ab_future_wait(f, -1));
+  int st0 = ab_future_status(f);
+  CHECK_MSG(st0 == 0, "status %d%s", st0, th_errstr(st0));
+  CHECK(atomic_load(&s.calls) >= 1);
+  CHECK(atomic_load(&s.bytes) > 0);
+  CHECK_EQ_INT(atomic_load(&s.dev_kind), AB_HOST);
+  CHECK_EQ_INT(atomic_load(&s.dev_index), 0);
+  CHECK_NULL(atomic_load(&s.victim));
+  ab_future_release(f);
+  ab_device_stats st;
+  CHECK_OK(th_stats(rt, th_host(0), &st));
+  CHECK(st.oom_spills >= 1);
+  CHECK_EQ_U64(st.oom_failures, 0);
+  /* nothing left to spill: the callback says no, the task fails */
+  CHECK_OK(wait_used_le(rt, th_host(0), 0));
+  CHECK_OK(alloc_bytes(rt, th_host(0), HOLD_BYTES, &hold));
+  int calls = atomic_load(&s.calls);
+  CHECK_OK(submit_alloc(rt, th_host(0), NULL, NULL, 0, &f));
+  CHECK_OK(ab_future_wait(f, -1));
+  CHECK_EQ_INT(ab_future_status(f), AB_ENOMEM);
+  CHECK(atomic_load(&s.calls) > calls);
+  ab_future_release(f);
+  ab_tensor_release(hold);
+  CHECK_OK(ab_runtime_destroy(rt, AB_DRAIN));
+  return 0;
+}
+
+/* ---- fault injection ---------------------------------------------------------------------------- */
+static int test_fault_alloc_once_retries(void) {
+  ab_runtime_options o;
+  oom_options(&o, 1, 1);
+  o.kinds[AB_HOST].memory_limit = 0; /* no budget: only the injected fault */
+  o.oom.backoff_initial_ns = TH_MS(1);
+  ab_runtime *rt;
+  CHECK_OK(ab_runtime_create(&o, &rt));
+  ab_fault_spec fs = {AB_FAULT_ALLOC, {AB_HOST, AB_ANY}, 1, 1, 0};
+  CHECK_OK(ab_runtime_fault(rt, &fs));
+  ab_future *f = NULL;
+  CHECK_OK(submit_alloc(rt, th_host(0), NULL, NULL, 0, &f));
+  CHECK_OK(ab_future_wait(f, -1));
+  int s = ab_future_status(f);
+  CHECK_MSG(s == 0, "status %d%s", s, th_errstr(s));
+  ab_tensor *t = NULL;
+  CHECK_OK(ab_future_result(f, &t));
+  CHECK_EQ_INT(((uint8_t *)data_of(t))[0], 0x5c);
+  ab_tensor_release(t);
+  ab_future_release(f);
+  ab_device_stats st;
+  CHECK_OK(th_stats(rt, th_host(0), &st));
+  CHECK_EQ_U64(st.faults_injected, 1);
+  CHECK(st.oom_events >= 1);
+  CHECK_EQ_U64(st.oom_failures, 0);
+  CHECK_OK(ab_runtime_destroy(rt, AB_DRAIN));
+  return 0;
+}
+
+static int test_fault_alloc_always_no_wait(void) {
+  ab_runtime_options o;
+  oom_options(&o, 1, 1);
+  o.kinds[AB_HOST].memory_limit = 0;
+  o.oom.no_wait = true;
+  ab_runtime *rt;
+  CHECK_OK(ab_runtime_create(&o, &rt));
+  int64_t ishape[1] = {64};
+  ab_tensor *input = NULL;
+  CHECK_OK(ab_tensor_alloc(rt, th_host(0), TH_U8, 1, ishape, &input));
+  for (int i = 0; i < 64; i++) ((uint8_t *)data_of(input))[i] = (uint8_t)(255 - i);
+  ab_fault_spec fs = {AB_FAULT_ALLOC, {AB_HOST, AB_ANY}, 1, -1, 0};
+  CHECK_OK(ab_runtime_fault(rt, &fs));
+  ab_input in = {input, NULL};
+  ab_future *f = NULL;
+  CHECK_OK(submit_alloc(rt, th_host(0), NULL, &in, 1, &f));
+  CHECK_OK(ab_future_wait(f, -1));
+  CHECK_EQ_INT(ab_future_status(f), AB_ENOMEM);
+  CHECK_NOT_NULL(ab_future_message(f));
+  ab_future_release(f);
+  /* a conversion fails the same way, its source untouched */
+  ab_convert_options co = AB_CONVERT_OPTIONS_INIT;
+  co.dtype = TH_F32;
+  CHECK_OK(ab_convert(rt, input, th_host(0), &co, &f));
+  CHECK_OK(ab_future_wait(f, -1));
+  CHECK_EQ_INT(ab_future_status(f), AB_ENOMEM);
+  ab_future_release(f);
+  ab_tensor *t = (ab_tensor *)(uintptr_t)1;
+  CHECK_EQ_INT(ab_tensor_alloc(rt, th_host(0), TH_U8, 1, ishape, &t), AB_ENOMEM);
+  CHECK_NULL(t);
+  for (int i = 0; i < 64; i++) CHECK_EQ_INT(((uint8_t *)data_of(input))[i], 255 - i);
+  ab_device_stats st;
+  CHECK_OK(wait_stat(rt, th_host(0), offsetof(ab_device_stats, oom_failures), 2));
+  CHECK_OK(th_stats(rt, th_host(0), &st));
+  CHECK(st.faults_injected >= 3);
+  /* injection off: everything works again */
+  ab_fault_spec off;
+  memset(&off, 0, sizeof off);
+  CHECK_OK(ab_runtime_fault(rt, &off));
+  CHECK_OK(submit_alloc(rt, th_host(0), NULL, &in, 1, &f));
+  CHECK_OK(ab_future_wait(f, -1));
+  CHECK_OK(ab_future_status(f));
+  ab_future_release(f);
+  ab_tensor_release(input);
+  CHECK_ERR_IN(ab_runtime_fault(NULL, &off), AB_EINVAL);
+  CHECK_ERR_IN(ab_runtime_fault(rt, NULL), AB_EINVAL);
+  ab_fault_spec bad = {99, {AB_HOST, 0}, 1, 1, 0};
+  CHECK_ERR_IN(ab_runtime_fault(rt, &bad), AB_EINVAL);
+  CHECK_OK(ab_runtime_destroy(rt, AB_DRAIN));
+  return 0;
+}
+
+/* nth counts from the call: the first two allocations pass, the third fails. */
+static int test_fault_nth(void) {
+  ab_runtime_options o;
+  oom_options(&o, 1, 1);
+  o.kinds[AB_HOST].memory_limit = 0;
+  o.oom.no_wait = true;
+  ab_runtime *rt;
+  CHECK_OK(ab_runtime_create(&o, &rt));
+  ab_fault_spec fs = {AB_FAULT_ALLOC, {AB_HOST, 0}, 3, -1, 0};
+  CHECK_OK(ab_runtime_fault(rt, &fs));
+  int64_t shape[1] = {16};
+  ab_tensor *a = NULL, *b = NULL, *c = (ab_tensor *)(uintptr_t)1;
+  CHECK_OK(ab_tensor_alloc(rt, th_host(0), TH_U8, 1, shape, &a));
+  CHECK_OK(ab_tensor_alloc(rt, th_host(0), TH_U8, 1, shape, &b));
+  CHECK_EQ_INT(ab_tensor_alloc(rt, th_host(0), TH_U8, 1, shape, &c), AB_ENOMEM);
+  CHECK_NULL(c);
+  ab_tensor_release(a);
+  ab_tensor_release(b);
+  CHECK_OK(ab_runtime_destroy(rt, AB_DRAIN));
+  return 0;
+}
+
+/* Delay injection slows completion but changes no result. */
+static int test_fault_delay(void) {
+  ab_runtime *rt;
+  CHECK_OK(th_runtime(&rt, 1, 1));
+  ab_fault_spec fs = {AB_FAULT_LAUNCH, {AB_HOST, AB_ANY}, 0, 0, TH_MS(2)};
+  CHECK_OK(ab_runtime_fault(rt, &fs));
+  ab_future *f[4];
+  for (int i = 0; i < 4; i++) CHECK_OK(submit_alloc(rt, th_host(0), NULL, NULL, 0, &f[i]));
+  CHECK_OK(ab_future_wait_all(f, 4, -1));
+  for (int i = 0; i < 4; i++) {
+    CHECK_OK(ab_future_status(f[i]));
+    ab_future_release(f[i]);
+  }
+  CHECK_OK(ab_runtime_destroy(rt, AB_DRAIN));
+  return 0;
+}
+
+/* LAUNCH faults fail compute tasks and conversion kernels; COPY faults fail plain copies. */
+static int test_fault_launch_and_copy(void) {
+  ab_runtime *rt;
+  CHECK_OK(th_runtime(&rt, 1, 2));
+  ab_fault_spec fs = {AB_FAULT_LAUNCH, {AB_HOST, AB_ANY}, 1, 1, 0};
+  CHECK_OK(ab_runtime_fault(rt, &fs));
+  atomic_int ran = 0;
+  ab_future *f = NULL;
+  CHECK_OK(th_submit_fn(rt, th_host(0), th_count_task, &ran, &f));
+  CHECK_OK(ab_future_wait(f, -1));
+  CHECK_EQ_INT(ab_future_status(f), AB_EFAULT);
+  CHECK_EQ_INT(atomic_load(&ran), 0); /* the launch failed: the body never ran */
+  ab_future_release(f);
+  CHECK_OK(th_submit_fn(rt, th_host(0), th_count_task, &ran, &f)); /* count was 1 */
+  CHECK_OK(ab_future_wait(f, -1));
+  CHECK_OK(ab_future_status(f));
+  CHECK_EQ_INT(atomic_load(&ran), 1);
+  ab_future_release(f);
+
+  int64_t shape[1] = {32};
+  ab_tensor *src = NULL;
+  CHECK_OK(ab_tensor_alloc(rt, th_host(0), TH_F32, 1, shape, &src));
+  memset(data_of(src), 0, 128);
+  ab_fault_spec cp = {AB_FAULT_COPY, {AB_HOST, AB_ANY}, 1, 1, 0};
+  CHECK_OK(ab_runtime_fault(rt, &cp));
+  ab_convert_options o = AB_CONVERT_OPTIONS_INIT; /* same dtype, other device: a copy */
+  CHECK_OK(ab_convert(rt, src, th_host(1), &o, &f));
+  CHECK_OK(ab_future_wait(f, -1));
+  CHECK_EQ_INT(ab_future_status(f), AB_EFAULT);
+  ab_future_release(f);
+  CHECK_OK(ab_convert(rt, src, th_host(1), &o, &f));
+  CHECK_OK(ab_future_wait(f, -1));
+  CHECK_OK(ab_future_status(f));
+  ab_future_release(f);
+  ab_device_stats s0, s1;
+  CHECK_OK(th_stats(rt, th_host(0), &s0));
+  CHECK_OK(th_stats(rt, th_host(1), &s1));
+  CHECK_EQ_U64(s0.faults_injected + s1.faults_injected, 2);
+  ab_tensor_release(src);
+  CHECK_OK(ab_runtime_destroy(rt, AB_DRAIN));
+  return 0;
+}
+
+/* A completion delay holds the future back at least that long (a lower bound only). */
+static int test_fault_delay_holds_completion(void) {
+  ab_runtime *rt;
+  CHECK_OK(th_runtime(&rt, 1, 1));
+  ab_fault_spec fs = {AB_FAULT_ALLOC, {AB_HOST, AB_ANY}, 0, 0, TH_MS(300)};
+  CHECK_OK(ab_runtime_fault(rt, &fs));
+  ab_future *f = NULL;
+  int64_t t0 = th_now_ns();
+  CHECK_OK(th_submit_fn(rt, th_host(0), th_count_task, NULL, &f));
+  int r = ab_future_wait(f, TH_MS(50));
+  if (r == 0) CHECK_MSG(th_now_ns() - t0 >= TH_MS(300), "completed before the injected delay");
+  else CHECK_EQ_INT(r, AB_ETIMEDOUT);
+  CHECK_OK(ab_future_wait(f, -1));
+  CHECK(th_now_ns() - t0 >= TH_MS(300));
+  CHECK_OK(ab_future_status(f));
+  ab_future_release(f);
+  ab_fault_spec off;
+  memset(&off, 0, sizeof off);
+  CHECK_OK(ab_runtime_fault(rt, &off));
+  CHECK_OK(ab_runtime_destroy(rt, AB_DRAIN));
+  return 0;
+}
+
+/* ---- re-route --------------------------------------------------------------------------------- */
+static int where_ran(ab_ctx *c, void *arg) {
+  int64_t shape[1] = {(int64_t)MiB};
+  ab_tensor *t = NULL;
+  int r = ab_ctx_alloc_tensor(c, TH_U8, 1, shape, &t);
+  if (r) return r;
+  atomic_store((atomic_int *)arg, ab_ctx_device(c).index);
+  return ab_ctx_set_output(c, t);
+}
+
+static int test_reroute(void) {
+  ab_runtime_options o;
+  oom_options(&o, 1, 2); /* two logical devices, 2 MiB each */
+  ab_runtime *rt;
+  CHECK_OK(ab_runtime_create(&o, &rt));
+  ab_tensor *hold = NULL;
+  CHECK_OK(alloc_bytes(rt, th_host(0), 3 * MiB / 2, &hold)); /* device 0 cannot fit 1 MiB more */
+  ab_oom_policy p = {0};
+  p.allow_reroute = true;
+  p.backoff_initial_ns = TH_MS(1);
+  p.backoff_max_ns = TH_MS(2);
+  p.deadline_ns = TH_MS(20);
+  /* placed by affinity on device 0 (its only input lives there); not explicit, so it may move */
+  int64_t small[1] = {16};
+  ab_tensor *input = NULL;
+  CHECK_OK(ab_tensor_alloc(rt, th_host(0), TH_U8, 1, small, &input));
+  ab_input in = {input, NULL};
+  atomic_int dev = -1;
+  ab_task_desc d = AB_TASK_DESC_INIT;
+  d.fn = where_ran;
+  d.arg = &dev;
+  d.inputs = &in;
+  d.ninputs = 1;
+  d.place.policy = AB_PLACE_AFFINITY;
+  d.place.device = th_host(AB_ANY);
+  d.place.oom = &p;
+  ab_future *f = NULL;
+  CHECK_OK(ab_submit(rt, &d, &f));
+  CHECK_OK(ab_future_wait(f, -1));
+  int s = ab_future_status(f);
+  CHECK_MSG(s == 0, "status %d%s", s, th_errstr(s));
+  CHECK_EQ_INT(atomic_load(&dev), 1);
+  ab_tensor *t = NULL;
+  CHECK_OK(ab_future_result(f, &t));
+  CHECK_EQ_INT(ab_tensor_device(t).index, 1);
+  ab_tensor_release(t);
+  ab_future_release(f);
+  ab_device_stats st;
+  CHECK_OK(th_stats(rt, th_host(0), &st));
+  ab_device_stats st1;
+  CHECK_OK(th_stats(rt, th_host(1), &st1));
+  CHECK(st.oom_reroutes + st1.oom_reroutes >= 1);
+  ab_tensor_release(input);
+  ab_tensor_release(hold);
+  CHECK_OK(ab_runtime_destroy(rt, AB_DRAIN));
+  return 0;
+}
+
+/* Scratch memory from ab_ctx_alloc is given back when the task ends: ten tasks that each take
+ * 3 MiB of scratch run one after another under a 4 MiB limit. */
+static int scratch_task(ab_ctx *c, void *arg) {
+  void *p = NULL;
+  int r = ab_ctx_alloc(c, HOLD_BYTES, &p);
+  if (r) return r;
+  memset(p, 0x33, HOLD_BYTES);
+  return 0;
+}
+
+static int test_scratch_freed_at_task_end(void) {
+  ab_runtime_options o;
+  oom_options(&o, 1, 1);
+  o.oom.no_wait = true; /* a leak would fail the next task at once */
+  ab_runtime *rt;
+  CHECK_OK(ab_runtime_create(&o, &rt));
+  for (int i = 0; i < 10; i++) {
+    ab_future *f = NULL;
+    CHECK_OK(th_submit_fn(rt, th_host(0), scratch_task, NULL, &f));
+    CHECK_OK(ab_future_wait(f, -1));
+    int s = ab_future_status(f);
+    CHECK_MSG(s == 0, "task %d: %d%s", i, s, th_errstr(s));
+    ab_future_release(f);
+  }
+  CHECK_OK(wait_used_le(rt, th_host(0), 0));
+  CHECK_OK(ab_runtime_destroy(rt, AB_DRAIN));
+  return 0;
+}
+
+/* Memory comes back: after everything is released, mem_used returns to 0. */
+static int test_mem_used_returns_to_zero(void) {
+  ab_runtime_options o;
+  oom_options(&o, 2, 1);
+  ab_runtime *rt;
+  CHECK_OK(ab_runtime_create(&o, &rt));
+  ab_future *fs[6];
+  for (int i = 0; i < 6; i++) {
+    CHECK_OK(submit_alloc(rt, th_host(0), NULL, NULL, 0, &fs[i]));
+    CHECK_OK(ab_future_wait(fs[i], -1));
+    CHECK_OK(ab_future_status(fs[i]));
+    ab_future_release(fs[i]);
+  }
+  ab_device_stats st;
+  for (int i = 0; i < 2000; i++) {
+    CHECK_OK(th_stats(rt, th_host(0), &st));
+    if (st.mem_used == 0) break;
+    th_sleep_ns(1000000);
+  }
+  CHECK_EQ_U64(st.mem_used, 0);
+  CHECK(st.mem_peak >= TASK_BYTES);
+  CHECK_EQ_U64(st.mem_budget, LIMIT);
+  CHECK_OK(ab_runtime_destroy(rt, AB_DRAIN));
+  return 0;
+}
+
+static const ab_test_entry tests[] = {TEST_ENTRY(park_until_memory_frees),
+                                      TEST_ENTRY(no_wait_fails_cleanly),
+                                      TEST_ENTRY(per_task_policy),
+                                      TEST_ENTRY(spill_makes_retry_succeed),
+                                      TEST_ENTRY(fault_alloc_once_retries),
+                                      TEST_ENTRY(fault_alloc_always_no_wait),
+                                      TEST_ENTRY(fault_nth),
+                                      TEST_ENTRY(fault_delay),
+                                      TEST_ENTRY(fault_launch_and_copy),
+                                      TEST_ENTRY(fault_delay_holds_completion),
+                                      TEST_ENTRY(reroute),
+                                      TEST_ENTRY(scratch_freed_at_task_end),
+                                      TEST_ENTRY(mem_used_returns_to_zero),
+                                      TEST_END};
+AB_TEST_MAIN(tests)

@@ -1,0 +1,528 @@
+/* test_runtime.c: options, devices, info, stats, two runtimes, destroy (drain/cancel), lifetimes. */
+#include "harness.h"
+
+#include <pthread.h>
+#include <stdlib.h>
+
+static int test_options_size_checked(void) {
+  ab_runtime_options o;
+  th_options(&o);
+  ab_runtime *rt = (ab_runtime *)(uintptr_t)1;
+  o.size = sizeof o - 1;
+  CHECK_EQ_INT(ab_runtime_create(&o, &rt), AB_EINVAL);
+  CHECK_NULL(rt);
+  o.size = 0;
+  rt = (ab_runtime *)(uintptr_t)1;
+  CHECK_EQ_INT(ab_runtime_create(&o, &rt), AB_EINVAL);
+  CHECK_NULL(rt);
+  o.size = sizeof o + 8;
+  rt = (ab_runtime *)(uintptr_t)1;
+  CHECK_EQ_INT(ab_runtime_create(&o, &rt), AB_EINVAL);
+  CHECK_NULL(rt);
+  th_options(&o);
+  CHECK_EQ_INT(ab_runtime_create(&o, NULL), AB_EINVAL);
+  /* other nonsense */
+  th_options(&o);
+  o.kinds[AB_HOST].workers_per_device = -1;
+  rt = (ab_runtime *)(uintptr_t)1;
+  CHECK_EQ_INT(ab_runtime_create(&o, &rt), AB_EINVAL);
+  CHECK_NULL(rt);
+  th_options(&o);
+  o.kinds[AB_HOST].logical_split = -2;
+  rt = (ab_runtime *)(uintptr_t)1;
+  CHECK_EQ_INT(ab_runtime_create(&o, &rt), AB_EINVAL);
+  CHECK_NULL(rt);
+  th_options(&o);
+  o.kinds[AB_HOST].memory_fraction = 1.5;
+  rt = (ab_runtime *)(uintptr_t)1;
+  CHECK_EQ_INT(ab_runtime_create(&o, &rt), AB_EINVAL);
+  CHECK_NULL(rt);
+  /* AB_RUNTIME_OPTIONS_INIT works */
+  ab_runtime_options init = AB_RUNTIME_OPTIONS_INIT;
+  init.kinds[AB_OPENCL].disabled = init.kinds[AB_CUDA].disabled = true;
+  CHECK_OK(ab_runtime_create(&init, &rt));
+  CHECK_NOT_NULL(rt);
+  CHECK_OK(ab_runtime_destroy(rt, AB_DRAIN));
+  CHECK_OK(ab_runtime_destroy(NULL, AB_DRAIN));
+  CHECK_OK(ab_runtime_destroy(NULL, AB_CANCEL));
+  return 0;
+}
+
+static int test_devices_and_info(void) {
+  ab_runtime *rt;
+  CHECK_OK(th_runtime(&rt, 1, 1));
+  CHECK_EQ_INT(ab_runtime_devices(rt, NULL, 0), 1);
+  ab_device d[8];
+  CHECK_EQ_INT(ab_runtime_devices(rt, d, 8), 1);
+  CHECK_EQ_INT(d[0].kind, AB_HOST);
+  CHECK_EQ_INT(d[0].index, 0);
+  ab_device_info info;
+  memset(&info, 0x5a, sizeof info);
+  CHECK_OK(ab_device_info_get(rt, d[0], &info));
+  CHECK_EQ_INT(info.device.kind, AB_HOST);
+  CHECK_EQ_INT(info.device.index, 0);
+  CHECK(info.name[0] != '\0');
+  CHECK(memchr(info.name, '\0', sizeof info.name) != NULL);
+  CHECK_EQ_INT(info.physical, 0);
+  CHECK_EQ_INT(info.workers, 1);
+  CHECK(info.memory_total > 0);
+  CHECK_EQ_U64(info.budget, UINT64_MAX); /* no limit on the host by default */
+  CHECK_ERR_IN(ab_device_info_get(rt, th_host(1), &info), AB_ENODEV);
+  ab_device cu = {AB_CUDA, 0};
+  CHECK_ERR_IN(ab_device_info_get(rt, cu, &info), AB_ENODEV);
+  CHECK_ERR_IN(ab_device_info_get(rt, d[0], NULL), AB_EINVAL);
+  CHECK_ERR_IN(ab_runtime_devices(NULL, d, 8), AB_EINVAL);
+  CHECK_OK(ab_runtime_destroy(rt, AB_DRAIN));
+  return 0;
+}
+
+static int test_logical_split(void) {
+  ab_runtime_options o;
+  th_options(&o);
+  o.kinds[AB_HOST].logical_split = 3;
+  o.kinds[AB_HOST].workers_per_device = 2;
+  o.kinds[AB_HOST].memory_limit = 3u << 20;
+  ab_runtime *rt;
+  CHECK_OK(ab_runtime_create(&o, &rt));
+  ab_device d[8];
+  CHECK_EQ_INT(ab_runtime_devices(rt, d, 8), 3);
+  CHECK_EQ_INT(ab_runtime_devices(rt, d, 2), 3); /* more than cap */
+  CHECK_EQ_INT(ab_runtime_devices(rt, d, 8), 3);
+  for (int i = 0; i < 3; i++) {
+    CHECK_EQ_INT(d[i].kind, AB_HOST);
+    CHECK_EQ_INT(d[i].index, i);
+    ab_device_info info;
+    CHECK_OK(ab_device_info_get(rt, d[i], &info));
+    CHECK_EQ_INT(info.device.index, i);
+    CHECK_EQ_INT(info.physical, 0);
+    CHECK_EQ_INT(info.workers, 2);
+    CHECK_EQ_U64(info.budget, 1u << 20); /* shared evenly */
+    ab_device_stats st;
+    CHECK_OK(th_stats(rt, d[i], &st));
+    CHECK_EQ_U64(st.mem_budget, 1u << 20);
+  }
+  ab_device_stats st[8];
+  CHECK_EQ_INT(ab_runtime_stats(rt, st, 8), 3);
+  CHECK_EQ_INT(ab_runtime_stats(rt, NULL, 0), 3);
+  CHECK_OK(ab_runtime_destroy(rt, AB_DRAIN));
+  return 0;
+}
+
+static int test_memory_fraction(void) {
+  ab_runtime_options o;
+  th_options(&o);
+  o.kinds[AB_HOST].logical_split = 2;
+  o.kinds[AB_HOST].workers_per_device = 1;
+  o.kinds[AB_HOST].memory_fraction = 0.5;
+  ab_runtime *rt;
+  CHECK_OK(ab_runtime_create(&o, &rt));
+  for (int i = 0; i < 2; i++) {
+    ab_device_info info;
+    CHECK_OK(ab_device_info_get(rt, th_host(i), &info));
+    double want = (double)info.memory_total * 0.5 / 2;
+    CHECK_MSG(info.budget != UINT64_MAX && (double)info.budget > want * 0.99 &&
+                  (double)info.budget < want * 1.01,
+              "budget %" PRIu64 " for a quarter of %" PRIu64, info.budget, info.memory_total);
+  }
+  CHECK_OK(ab_runtime_destroy(rt, AB_DRAIN));
+  return 0;
+}
+
+static int test_two_runtimes(void) {
+  ab_runtime *a, *b;
+  CHECK_OK(th_runtime(&a, 1, 1));
+  CHECK_OK(th_runtime(&b, 2, 2));
+  CHECK_EQ_INT(ab_runtime_devices(a, NULL, 0), 1);
+  CHECK_EQ_INT(ab_runtime_devices(b, NULL, 0), 2);
+  th_gate g;
+  th_gate_init(&g);
+  ab_future *blk = NULL, *fa = NULL, *fb = NULL;
+  /* a is held; b still works */
+  CHECK_OK(th_submit_gate(a, th_host(0), &g, &blk));
+  atomic_int n = 0;
+  CHECK_OK(th_submit_fn(a, th_host(0), th_count_task, &n, &fa));
+  CHECK_OK(th_submit_fn(b, th_host(1), th_count_task, &n, &fb));
+  CHECK_OK(ab_future_wait(fb, -1));
+  CHECK_EQ_INT(ab_future_status(fa), AB_EPENDING);
+  /* destroying b leaves a alone */
+  CHECK_OK(ab_runtime_destroy(b, AB_DRAIN));
+  th_gate_open(&g, 1);
+  CHECK_OK(ab_future_wait(fa, -1));
+  CHECK_OK(ab_future_status(fa));
+  CHECK_EQ_INT(atomic_load(&n), 2);
+  ab_future_release(fa);
+  ab_future_release(fb);
+  ab_future_release(blk);
+  CHECK_OK(ab_runtime_destroy(a, AB_DRAIN));
+  th_gate_destroy(&g);
+  return 0;
+}
+
+static int record_worker(ab_ctx *c, void *arg) {
+  atomic_int *seen = arg;
+  int w = ab_ctx_worker(c);
+  if (w < 0 || w >= 8) return AB_EINVAL;
+  atomic_fetch_add(&seen[w], 1);
+  /* hold until every worker has a task, so each one takes exactly one */
+  atomic_fetch_add(&seen[8], 1);
+  while (atomic_load(&seen[8]) < 3) th_sleep_ns(100000);
+  return 0;
+}
+
+static int test_workers_distinct(void) {
+  ab_runtime *rt;
+  CHECK_OK(th_runtime(&rt, 3, 1));
+  atomic_int seen[9];
+  for (int i = 0; i < 9; i++) atomic_init(&seen[i], 0);
+  ab_future *fs[3];
+  for (int i = 0; i < 3; i++) CHECK_OK(th_submit_fn(rt, th_host(0), record_worker, seen, &fs[i]));
+  CHECK_OK(ab_future_wait_all(fs, 3, -1));
+  for (int i = 0; i < 3; i++) {
+    CHECK_OK(ab_future_status(fs[i]));
+    CHECK_EQ_INT(atomic_load(&seen[i]), 1);
+    ab_future_release(fs[i]);
+  }
+  CHECK_OK(ab_runtime_destroy(rt, AB_DRAIN));
+  return 0;
+}
+
+/* ---- stats -------------------------------------------------------------------------------- */
+static int fail_task(ab_ctx *c, void *arg) { return AB_EFAULT; }
+
+static int stats_settle(ab_runtime *rt, ab_device d, uint64_t completed, uint64_t failed,
+                        ab_device_stats *st) {
+  for (int i = 0; i < 5000; i++) { /* counters may trail the futures by a moment */
+    if (th_stats(rt, d, st)) return -1;
+    if (st->tasks_completed + st->tasks_failed >= completed + failed && st->tasks_failed >= failed)
+      return 0;
+    th_sleep_ns(1000000);
+  }
+  return 0;
+}
+
+static int test_stats_move(void) {
+  ab_runtime *rt;
+  CHECK_OK(th_runtime(&rt, 2, 1));
+  ab_device_stats st0;
+  CHECK_OK(th_stats(rt, th_host(0), &st0));
+  CHECK_EQ_U64(st0.tasks_submitted, 0);
+  CHECK_EQ_U64(st0.tasks_completed, 0);
+  CHECK_EQ_U64(st0.mem_used, 0);
+  CHECK_EQ_U64(st0.queued, 0);
+  CHECK_EQ_U64(st0.mem_budget, UINT64_MAX);
+  enum { N = 20, K = 5 };
+  ab_future *fs[N];
+  for (int i = 0; i < N; i++)
+    CHECK_OK(th_submit_fn(rt, th_host(0), i < K ? fail_task : th_count_task, NULL, &fs[i]));
+  CHECK_OK(ab_future_wait_all(fs, N, -1));
+  ab_device_stats st;
+  CHECK_OK(stats_settle(rt, th_host(0), N - K, K, &st));
+  CHECK_EQ_U64(st.tasks_submitted, N);
+  CHECK_EQ_U64(st.tasks_failed, K);
+  CHECK(st.tasks_completed == N - K || st.tasks_completed == N); /* with or without failures */
+  CHECK_EQ_U64(st.tasks_canceled, 0);
+  CHECK_EQ_U64(st.queued, 0);
+  for (int i = 0; i < N; i++) ab_future_release(fs[i]);
+
+  /* memory gauges */
+  int64_t shape[1] = {1 << 18}; /* 1 MiB of f32 */
+  ab_tensor *t = NULL;
+  CHECK_OK(ab_tensor_alloc(rt, th_host(0), TH_F32, 1, shape, &t));
+  CHECK_OK(th_stats(rt, th_host(0), &st));
+  CHECK(st.mem_used >= (1u << 20));
+  CHECK(st.mem_peak >= st.mem_used);
+  ab_tensor_release(t);
+  for (int i = 0; i < 2000; i++) {
+    CHECK_OK(th_stats(rt, th_host(0), &st));
+    if (st.mem_used < (1u << 20)) break;
+    th_sleep_ns(1000000);
+  }
+  CHECK(st.mem_used < (1u << 20));
+  CHECK(st.mem_peak >= (1u << 20));
+
+  /* conversions count bytes moved */
+  ab_tensor *src = NULL;
+  int64_t s2[1] = {1000};
+  CHECK_OK(ab_tensor_alloc(rt, th_host(0), TH_F32, 1, s2, &src));
+  memset((char *)ab_tensor_dl(src)->data + ab_tensor_dl(src)->byte_offset, 0, 4000);
+  ab_convert_options o = AB_CONVERT_OPTIONS_INIT;
+  o.dtype = TH_U16;
+  ab_future *f = NULL;
+  uint64_t moved0 = st.bytes_moved;
+  CHECK_OK(ab_convert(rt, src, th_host(0), &o, &f));
+  CHECK_OK(ab_future_wait(f, -1));
+  CHECK_OK(ab_future_status(f));
+  ab_future_release(f);
+  for (int i = 0; i < 2000; i++) {
+    CHECK_OK(th_stats(rt, th_host(0), &st));
+    if (st.bytes_moved >= moved0 + 2000) break;
+    th_sleep_ns(1000000);
+  }
+  CHECK(st.bytes_moved >= moved0 + 2000);
+  ab_tensor_release(src);
+  CHECK_ERR_IN(ab_runtime_stats(NULL, &st, 1), AB_EINVAL);
+  CHECK_OK(ab_runtime_destroy(rt, AB_DRAIN));
+  return 0;
+}
+
+/* ---- destroy ------------------------------------------------------------------------------ */
+typedef struct {
+  atomic_int calls[256];
+  atomic_int status[256];
+} completion_log;
+
+typedef struct {
+  completion_log *log;
+  int i;
+} cb_arg;
+
+static void log_cb(ab_future *f, void *arg) {
+  cb_arg *a = arg;
+  atomic_store(&a->log->status[a->i], ab_future_status(f));
+  atomic_fetch_add(&a->log->calls[a->i], 1);
+}
+
+static int test_destroy_drain(void) {
+  ab_runtime *rt;
+  CHECK_OK(th_runtime(&rt, 1, 1));
+  th_gate g;
+  th_gate_init(&g);
+  ab_future *blk = NULL;
+  CHECK_OK(th_submit_gate(rt, th_host(0), &g, &blk));
+  enum { N = 200 };
+  static completion_log log;
+  memset(&log, 0, sizeof log);
+  static cb_arg args[N];
+  ab_future *fs[N];
+  atomic_int ran = 0;
+  for (int i = 0; i < N; i++) {
+    CHECK_OK(th_submit_fn(rt, th_host(0), th_count_task, &ran, &fs[i]));
+    args[i].log = &log;
+    args[i].i = i;
+    CHECK_OK(ab_future_then(fs[i], log_cb, &args[i]));
+  }
+  /* a dependent chain too */
+  ab_input in = {NULL, fs[N - 1]};
+  ab_task_desc d = AB_TASK_DESC_INIT;
+  d.fn = th_count_task;
+  d.arg = &ran;
+  d.inputs = &in;
+  d.ninputs = 1;
+  ab_future *dep = NULL;
+  CHECK_OK(ab_submit(rt, &d, &dep));
+  th_gate_open(&g, 1);
+  CHECK_OK(ab_runtime_destroy(rt, AB_DRAIN));
+  CHECK_EQ_INT(atomic_load(&ran), N + 1);
+  for (int i = 0; i < N; i++) {
+    CHECK_EQ_INT(atomic_load(&log.calls[i]), 1);
+    CHECK_OK(atomic_load(&log.status[i]));
+    CHECK_OK(ab_future_status(fs[i]));
+    ab_future_release(fs[i]);
+  }
+  CHECK_OK(ab_future_status(dep));
+  CHECK_OK(ab_future_status(blk));
+  ab_future_release(dep);
+  ab_future_release(blk);
+  th_gate_destroy(&g);
+  return 0;
+}
+
+static int test_destroy_cancel(void) {
+  ab_runtime *rt;
+  CHECK_OK(th_runtime(&rt, 1, 1));
+  th_gate g;
+  th_gate_init(&g);
+  g.honour_cancel = true; /* the running task stops when asked */
+  ab_future *blk = NULL;
+  CHECK_OK(th_submit_gate(rt, th_host(0), &g, &blk));
+  enum { N = 200 };
+  static completion_log log;
+  memset(&log, 0, sizeof log);
+  static cb_arg args[N + 2];
+  ab_future *fs[N + 1];
+  atomic_int ran = 0;
+  for (int i = 0; i < N; i++) {
+    CHECK_OK(th_submit_fn(rt, th_host(0), th_count_task, &ran, &fs[i]));
+    args[i].log = &log;
+    args[i].i = i;
+    CHECK_OK(ab_future_then(fs[i], log_cb, &args[i]));
+  }
+  ab_input in = {NULL, fs[0]};
+  ab_task_desc d = AB_TASK_DESC_INIT;
+  d.fn = th_count_task;
+  d.arg = &ran;
+  d.inputs = &in;
+  d.ninputs = 1;
+  CHECK_OK(ab_submit(rt, &d, &fs[N]));
+  args[N].log = &log;
+  args[N].i = N;
+  CHECK_OK(ab_future_then(fs[N], log_cb, &args[N]));
+  args[N + 1].log = &log;
+  args[N + 1].i = N + 1;
+  CHECK_OK(ab_future_then(blk, log_cb, &args[N + 1]));
+  CHECK_OK(ab_runtime_destroy(rt, AB_CANCEL));
+  CHECK_EQ_INT(atomic_load(&ran), 0);
+  for (int i = 0; i <= N; i++) {
+    CHECK_EQ_INT(atomic_load(&log.calls[i]), 1);
+    CHECK_EQ_INT(atomic_load(&log.status[i]), AB_ECANCELED);
+    CHECK_EQ_INT(ab_future_status(fs[i]), AB_ECANCELED);
+    ab_future_release(fs[i]);
+  }
+  /* the running one was asked to stop and returned AB_ECANCELED */
+  CHECK_EQ_INT(atomic_load(&log.calls[N + 1]), 1);
+  CHECK_EQ_INT(ab_future_status(blk), AB_ECANCELED);
+  ab_future_release(blk);
+  th_gate_destroy(&g);
+  return 0;
+}
+
+/* A thread blocked in ab_future_wait is released by destroy(AB_CANCEL). */
+typedef struct {
+  ab_future *f;
+  int rc;
+  int status;
+  sem_t waiting;
+} waiter_state;
+
+static void *wait_forever(void *arg) {
+  waiter_state *w = arg;
+  sem_post(&w->waiting);
+  w->rc = ab_future_wait(w->f, -1);
+  w->status = ab_future_status(w->f);
+  return NULL;
+}
+
+static int test_destroy_wakes_waiters(void) {
+  ab_runtime *rt;
+  CHECK_OK(th_runtime(&rt, 1, 1));
+  th_gate g;
+  th_gate_init(&g);
+  g.honour_cancel = true;
+  ab_future *blk = NULL, *q = NULL;
+  CHECK_OK(th_submit_gate(rt, th_host(0), &g, &blk));
+  CHECK_OK(th_submit_fn(rt, th_host(0), th_count_task, NULL, &q));
+  waiter_state w[2];
+  pthread_t th[2];
+  for (int i = 0; i < 2; i++) {
+    w[i].f = i ? q : blk;
+    w[i].rc = 1;
+    sem_init(&w[i].waiting, 0, 0);
+    CHECK_OK(pthread_create(&th[i], NULL, wait_forever, &w[i]));
+    sem_wait(&w[i].waiting);
+  }
+  CHECK_OK(ab_runtime_destroy(rt, AB_CANCEL));
+  for (int i = 0; i < 2; i++) {
+    pthread_join(th[i], NULL);
+    CHECK_OK(w[i].rc);
+    CHECK_EQ_INT(w[i].status, AB_ECANCELED);
+    sem_destroy(&w[i].waiting);
+  }
+  ab_future_release(blk);
+  ab_future_release(q);
+  th_gate_destroy(&g);
+  return 0;
+}
+
+/* The running task ignores cancellation and finishes normally: its status is its own. */
+typedef struct {
+  sem_t started;
+  atomic_int saw_cancel;
+} stubborn_state;
+
+static int stubborn(ab_ctx *c, void *arg) {
+  stubborn_state *s = arg;
+  sem_post(&s->started);
+  for (int i = 0; i < 20000 && !ab_ctx_cancelled(c); i++) th_sleep_ns(100000);
+  atomic_store(&s->saw_cancel, ab_ctx_cancelled(c));
+  return 0;
+}
+
+static int test_destroy_cancel_running_returns_own_status(void) {
+  ab_runtime *rt;
+  CHECK_OK(th_runtime(&rt, 1, 1));
+  stubborn_state s;
+  memset(&s, 0, sizeof s);
+  sem_init(&s.started, 0, 0);
+  ab_future *f = NULL;
+  CHECK_OK(th_submit_fn(rt, th_host(0), stubborn, &s, &f));
+  sem_wait(&s.started);
+  CHECK_OK(ab_runtime_destroy(rt, AB_CANCEL));
+  CHECK_EQ_INT(atomic_load(&s.saw_cancel), 1);
+  CHECK_OK(ab_future_status(f));
+  ab_future_release(f);
+  sem_destroy(&s.started);
+  return 0;
+}
+
+/* ---- lifetimes ---------------------------------------------------------------------------- */
+static int produce(ab_ctx *c, void *arg) {
+  int64_t shape[1] = {64};
+  ab_tensor *t = NULL;
+  int r = ab_ctx_alloc_tensor(c, TH_I32, 1, shape, &t);
+  if (r) return r;
+  int32_t *p = (int32_t *)((char *)ab_tensor_dl(t)->data + ab_tensor_dl(t)->byte_offset);
+  for (int i = 0; i < 64; i++) p[i] = i * 2;
+  return ab_ctx_set_output(c, t);
+}
+
+static int test_outlive_runtime(void) {
+  ab_runtime *rt;
+  CHECK_OK(th_runtime(&rt, 2, 2));
+  ab_future *f = NULL, *f2 = NULL;
+  CHECK_OK(th_submit_fn(rt, th_host(1), produce, NULL, &f));
+  CHECK_OK(th_submit_fn(rt, th_host(0), produce, NULL, &f2));
+  int64_t shape[2] = {16, 16};
+  ab_tensor *t = NULL, *view = NULL;
+  CHECK_OK(ab_tensor_alloc(rt, th_host(1), TH_F64, 2, shape, &t));
+  CHECK_OK(ab_tensor_index(t, 3, &view));
+  DLManagedTensorVersioned *m = NULL;
+  CHECK_OK(ab_tensor_export(t, &m));
+  ab_tensor_release(t);
+  CHECK_OK(ab_runtime_destroy(rt, AB_DRAIN));
+  /* everything still usable for reading and releasing */
+  CHECK_OK(ab_future_status(f));
+  ab_tensor *res = NULL;
+  CHECK_OK(ab_future_result(f, &res));
+  ab_future_release(f);
+  int64_t k = 63;
+  CHECK_EQ_INT(*(int32_t *)th_elem(ab_tensor_dl(res), &k), 126);
+  ab_tensor_release(res);
+  ab_future_release(f2); /* never read */
+  double *row = (double *)((char *)ab_tensor_dl(view)->data + ab_tensor_dl(view)->byte_offset);
+  for (int i = 0; i < 16; i++) row[i] = i; /* the memory is still there */
+  ab_tensor_release(view);
+  ((double *)((char *)m->dl_tensor.data + m->dl_tensor.byte_offset))[255] = 1.0;
+  m->deleter(m);
+  return 0;
+}
+
+static int test_create_destroy_loop(void) {
+  long n = th_scaled(50);
+  for (long i = 0; i < n; i++) {
+    ab_runtime *rt;
+    CHECK_OK(th_runtime(&rt, 1 + (int)(i % 3), 1 + (int)(i % 2)));
+    if (i % 2) {
+      ab_future *f = NULL;
+      CHECK_OK(th_submit_fn(rt, th_host(0), th_count_task, NULL, &f));
+      ab_future_release(f); /* released before completion */
+    }
+    CHECK_OK(ab_runtime_destroy(rt, (int)(i % 4 == 1 ? AB_CANCEL : AB_DRAIN)));
+  }
+  return 0;
+}
+
+static const ab_test_entry tests[] = {TEST_ENTRY(options_size_checked),
+                                      TEST_ENTRY(devices_and_info),
+                                      TEST_ENTRY(logical_split),
+                                      TEST_ENTRY(memory_fraction),
+                                      TEST_ENTRY(two_runtimes),
+                                      TEST_ENTRY(workers_distinct),
+                                      TEST_ENTRY(stats_move),
+                                      TEST_ENTRY(destroy_drain),
+                                      TEST_ENTRY(destroy_cancel),
+                                      TEST_ENTRY(destroy_cancel_running_returns_own_status),
+                                      TEST_ENTRY(destroy_wakes_waiters),
+                                      TEST_ENTRY(outlive_runtime),
+                                      TEST_ENTRY(create_destroy_loop),
+                                      TEST_END};
+AB_TEST_MAIN(tests)

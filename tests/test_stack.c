@@ -1,0 +1,335 @@
+/* test_stack.c: ab_stack and ab_unstack on host devices. */
+#include "harness.h"
+
+#include <stdlib.h>
+
+static void *data_of(ab_tensor *t) {
+  const DLTensor *dl = ab_tensor_dl(t);
+  return (char *)dl->data + dl->byte_offset;
+}
+
+static int wait_result(ab_future *f, ab_tensor **out) {
+  int r = ab_future_wait(f, -1);
+  if (r) return r;
+  return ab_future_result(f, out);
+}
+
+/* n slices [3,4] f32 with value 100*s + 10*i + j */
+static int make_slices(ab_runtime *rt, int n, ab_tensor **sl, int dev) {
+  int64_t shape[2] = {3, 4};
+  for (int s = 0; s < n; s++) {
+    int r = ab_tensor_alloc(rt, th_host(dev), TH_F32, 2, shape, &sl[s]);
+    if (r) return r;
+    float *p = data_of(sl[s]);
+    for (int i = 0; i < 3; i++)
+      for (int j = 0; j < 4; j++) p[i * 4 + j] = (float)(100 * s + 10 * i + j);
+  }
+  return 0;
+}
+
+static int test_stack_contiguous(void) {
+  ab_runtime *rt;
+  CHECK_OK(th_runtime(&rt, 2, 2));
+  ab_tensor *sl[5];
+  CHECK_OK(make_slices(rt, 5, sl, 0));
+  /* slices on two devices, stacked on device 1 */
+  ab_tensor *other[2];
+  CHECK_OK(make_slices(rt, 2, other, 1));
+  ab_tensor_release(sl[3]);
+  sl[3] = other[1]; /* value 100*1 + ..., on device 1 */
+  ab_tensor_release(other[0]);
+  for (int dev = 0; dev < 2; dev++) {
+    ab_convert_options o = AB_CONVERT_OPTIONS_INIT;
+    ab_future *f = NULL;
+    CHECK_OK(ab_stack(rt, sl, 5, th_host(dev), &o, &f));
+    ab_tensor *v = NULL;
+    CHECK_OK(wait_result(f, &v));
+    ab_future_release(f);
+    const DLTensor *dl = ab_tensor_dl(v);
+    CHECK_EQ_INT(dl->ndim, 3);
+    CHECK_EQ_INT(dl->shape[0], 5);
+    CHECK_EQ_INT(dl->shape[1], 3);
+    CHECK_EQ_INT(dl->shape[2], 4);
+    CHECK_EQ_INT(dl->dtype.code, kDLFloat);
+    CHECK_EQ_INT(dl->dtype.bits, 32);
+    CHECK(ab_tensor_is_contiguous(v));
+    CHECK_EQ_INT(ab_tensor_device(v).index, dev);
+    const float *p = data_of(v);
+    for (int s = 0; s < 5; s++)
+      for (int e = 0; e < 12; e++) {
+        float want = (float)(100 * (s == 3 ? 1 : s) + 10 * (e / 4) + e % 4);
+        CHECK_MSG(p[s * 12 + e] == want, "slice %d element %d: %g != %g", s, e, p[s * 12 + e], want);
+      }
+    ab_tensor_release(v);
+  }
+  for (int s = 0; s < 5; s++) ab_tensor_release(sl[s]);
+  CHECK_OK(ab_runtime_destroy(rt, AB_DRAIN));
+  return 0;
+}
+
+static int test_stack_noncontiguous_and_convert(void) {
+  ab_runtime *rt;
+  CHECK_OK(th_runtime(&rt, 2, 1));
+  /* base [4,3] per slice; the slices are transposed views [3,4] */
+  enum { N = 4 };
+  ab_tensor *base[N], *sl[N];
+  int64_t bshape[2] = {4, 3};
+  for (int s = 0; s < N; s++) {
+    CHECK_OK(ab_tensor_alloc(rt, th_host(0), TH_F32, 2, bshape, &base[s]));
+    float *p = data_of(base[s]);
+    for (int i = 0; i < 12; i++) p[i] = (float)(s * 1000 + i) - 1500.5f;
+    int64_t vs[2] = {3, 4}, vst[2] = {1, 3};
+    CHECK_OK(ab_tensor_view(base[s], 2, vs, vst, 0, &sl[s]));
+    CHECK(!ab_tensor_is_contiguous(sl[s]));
+  }
+  /* a negative-stride slice in the mix */
+  ab_tensor_release(sl[2]);
+  int64_t rs[2] = {3, 4}, rst[2] = {-1, -3};
+  CHECK_OK(ab_tensor_view(base[2], 2, rs, rst, 11, &sl[2]));
+
+  ab_convert_options o = AB_CONVERT_OPTIONS_INIT;
+  o.dtype = th_dt(kDLInt, 16);
+  o.cast = AB_CAST_SATURATE;
+  ab_future *f = NULL;
+  CHECK_OK(ab_stack(rt, sl, N, th_host(0), &o, &f));
+  ab_tensor *v = NULL;
+  CHECK_OK(wait_result(f, &v));
+  ab_future_release(f);
+  const DLTensor *dl = ab_tensor_dl(v);
+  CHECK_EQ_INT(dl->ndim, 3);
+  CHECK_EQ_INT(dl->shape[0], N);
+  CHECK_EQ_INT(dl->dtype.code, kDLInt);
+  CHECK_EQ_INT(dl->dtype.bits, 16);
+  CHECK(ab_tensor_is_contiguous(v));
+  const int16_t *q = data_of(v);
+  for (int s = 0; s < N; s++)
+    for (int i = 0; i < 3; i++)
+      for (int j = 0; j < 4; j++) {
+        int64_t idx[2] = {i, j};
+        float x = *(float *)th_elem(ab_tensor_dl(sl[s]), idx);
+        int16_t want = (int16_t)(x > 32767 ? 32767 : x < -32768 ? -32768 : (int)x);
+        CHECK_MSG(q[(s * 3 + i) * 4 + j] == want, "slice %d (%d,%d): %d != %d (x=%g)", s, i, j,
+                  q[(s * 3 + i) * 4 + j], want, x);
+      }
+  ab_tensor_release(v);
+  for (int s = 0; s < N; s++) {
+    ab_tensor_release(sl[s]);
+    ab_tensor_release(base[s]);
+  }
+  CHECK_OK(ab_runtime_destroy(rt, AB_DRAIN));
+  return 0;
+}
+
+static int test_stack_rejects(void) {
+  ab_runtime *rt;
+  CHECK_OK(th_runtime(&rt, 1, 1));
+  ab_tensor *sl[3];
+  CHECK_OK(make_slices(rt, 3, sl, 0));
+  ab_convert_options o = AB_CONVERT_OPTIONS_INIT;
+  ab_future *f = (ab_future *)(uintptr_t)1;
+  CHECK_EQ_INT(ab_stack(rt, sl, 0, th_host(0), &o, &f), AB_EINVAL);
+  CHECK_NULL(f);
+  f = (ab_future *)(uintptr_t)1;
+  CHECK_EQ_INT(ab_stack(rt, NULL, 3, th_host(0), &o, &f), AB_EINVAL);
+  CHECK_NULL(f);
+  f = (ab_future *)(uintptr_t)1;
+  CHECK_EQ_INT(ab_stack(NULL, sl, 3, th_host(0), &o, &f), AB_EINVAL);
+  CHECK_NULL(f);
+  ab_tensor *with_null[3] = {sl[0], NULL, sl[2]};
+  f = (ab_future *)(uintptr_t)1;
+  CHECK_EQ_INT(ab_stack(rt, with_null, 3, th_host(0), &o, &f), AB_EINVAL);
+  CHECK_NULL(f);
+  f = (ab_future *)(uintptr_t)1;
+  CHECK_EQ_INT(ab_stack(rt, sl, 3, th_host(4), &o, &f), AB_ENODEV);
+  CHECK_NULL(f);
+
+  /* shape mismatch: [3,4] vs [4,3] vs [3,4,1] */
+  int64_t s43[2] = {4, 3}, s341[3] = {3, 4, 1};
+  ab_tensor *odd = NULL, *odd3 = NULL, *oddt = NULL;
+  CHECK_OK(ab_tensor_alloc(rt, th_host(0), TH_F32, 2, s43, &odd));
+  CHECK_OK(ab_tensor_alloc(rt, th_host(0), TH_F32, 3, s341, &odd3));
+  ab_tensor *mix[3] = {sl[0], odd, sl[2]};
+  f = (ab_future *)(uintptr_t)1;
+  CHECK_EQ_INT(ab_stack(rt, mix, 3, th_host(0), &o, &f), AB_ESHAPE);
+  CHECK_NULL(f);
+  mix[1] = odd3;
+  f = (ab_future *)(uintptr_t)1;
+  CHECK_EQ_INT(ab_stack(rt, mix, 3, th_host(0), &o, &f), AB_ESHAPE);
+  CHECK_NULL(f);
+  /* dtype mismatch */
+  int64_t s34[2] = {3, 4};
+  CHECK_OK(ab_tensor_alloc(rt, th_host(0), TH_F64, 2, s34, &oddt));
+  mix[1] = oddt;
+  f = (ab_future *)(uintptr_t)1;
+  CHECK_EQ_INT(ab_stack(rt, mix, 3, th_host(0), &o, &f), AB_EDTYPE);
+  CHECK_NULL(f);
+  /* wrong options size */
+  ab_convert_options b = o;
+  b.size = 1;
+  f = (ab_future *)(uintptr_t)1;
+  CHECK_EQ_INT(ab_stack(rt, sl, 3, th_host(0), &b, &f), AB_EINVAL);
+  CHECK_NULL(f);
+  ab_tensor_release(odd);
+  ab_tensor_release(odd3);
+  ab_tensor_release(oddt);
+  for (int s = 0; s < 3; s++) {
+    CHECK_EQ_U64(ab_tensor_nbytes(sl[s]), 48); /* still ours */
+    ab_tensor_release(sl[s]);
+  }
+  CHECK_OK(ab_runtime_destroy(rt, AB_DRAIN));
+  return 0;
+}
+
+/* A single slice and 0-d slices (-> a 1-d volume). */
+static int test_stack_edge_shapes(void) {
+  ab_runtime *rt;
+  CHECK_OK(th_runtime(&rt, 1, 1));
+  ab_tensor *sc[3];
+  for (int i = 0; i < 3; i++) {
+    CHECK_OK(ab_tensor_alloc(rt, th_host(0), TH_I32, 0, NULL, &sc[i]));
+    *(int32_t *)data_of(sc[i]) = 7 * i;
+  }
+  ab_convert_options o = AB_CONVERT_OPTIONS_INIT;
+  ab_future *f = NULL;
+  CHECK_OK(ab_stack(rt, sc, 3, th_host(0), &o, &f));
+  ab_tensor *v = NULL;
+  CHECK_OK(wait_result(f, &v));
+  ab_future_release(f);
+  CHECK_EQ_INT(ab_tensor_dl(v)->ndim, 1);
+  CHECK_EQ_INT(ab_tensor_dl(v)->shape[0], 3);
+  CHECK_EQ_INT(((int32_t *)data_of(v))[2], 14);
+  ab_tensor_release(v);
+  CHECK_OK(ab_stack(rt, sc, 1, th_host(0), &o, &f));
+  CHECK_OK(wait_result(f, &v));
+  ab_future_release(f);
+  CHECK_EQ_INT(ab_tensor_dl(v)->shape[0], 1);
+  CHECK_EQ_INT(((int32_t *)data_of(v))[0], 0);
+  ab_tensor_release(v);
+  for (int i = 0; i < 3; i++) ab_tensor_release(sc[i]);
+  CHECK_OK(ab_runtime_destroy(rt, AB_DRAIN));
+  return 0;
+}
+
+/* ---- unstack ------------------------------------------------------------------------------ */
+static int test_unstack_views_same_device(void) {
+  ab_runtime *rt;
+  CHECK_OK(th_runtime(&rt, 1, 2));
+  int64_t shape[3] = {4, 2, 3};
+  ab_tensor *vol = NULL;
+  CHECK_OK(ab_tensor_alloc(rt, th_host(0), TH_U16, 3, shape, &vol));
+  uint16_t *p = data_of(vol);
+  for (int i = 0; i < 24; i++) p[i] = (uint16_t)(i * 3);
+  ab_convert_options o = AB_CONVERT_OPTIONS_INIT;
+  ab_future *fs[4] = {0};
+  CHECK_OK(ab_unstack(rt, vol, th_host(0), &o, fs));
+  ab_tensor *sl[4];
+  for (int i = 0; i < 4; i++) {
+    CHECK_OK(wait_result(fs[i], &sl[i]));
+    ab_future_release(fs[i]);
+    const DLTensor *dl = ab_tensor_dl(sl[i]);
+    CHECK_EQ_INT(dl->ndim, 2);
+    CHECK_EQ_INT(dl->shape[0], 2);
+    CHECK_EQ_INT(dl->shape[1], 3);
+    CHECK_EQ_INT(ab_tensor_device(sl[i]).index, 0);
+    /* a view: its first element is the volume's element (i,0,0) */
+    int64_t z[2] = {0, 0};
+    CHECK_EQ_PTR(th_elem(dl, z), p + i * 6);
+  }
+  ab_tensor_release(vol); /* views keep it alive */
+  p[1 * 6 + 5] = 999;     /* still valid memory: views share it */
+  int64_t k[2] = {1, 2};
+  CHECK_EQ_INT(*(uint16_t *)th_elem(ab_tensor_dl(sl[1]), k), 999);
+  int64_t k2[2] = {1, 1};
+  CHECK_EQ_INT(*(uint16_t *)th_elem(ab_tensor_dl(sl[3]), k2), (3 * 6 + 4) * 3);
+  for (int i = 0; i < 4; i++) ab_tensor_release(sl[i]);
+  CHECK_OK(ab_runtime_destroy(rt, AB_DRAIN));
+  return 0;
+}
+
+static int test_unstack_copies_other_device(void) {
+  ab_runtime *rt;
+  CHECK_OK(th_runtime(&rt, 1, 2));
+  int64_t shape[3] = {3, 2, 2};
+  ab_tensor *vol = NULL;
+  CHECK_OK(ab_tensor_alloc(rt, th_host(0), TH_F32, 3, shape, &vol));
+  float *p = data_of(vol);
+  for (int i = 0; i < 12; i++) p[i] = (float)i + 0.5f;
+  ab_convert_options o = AB_CONVERT_OPTIONS_INIT;
+  ab_future *fs[3] = {0};
+  CHECK_OK(ab_unstack(rt, vol, th_host(1), &o, fs));
+  ab_tensor *sl[3];
+  for (int i = 0; i < 3; i++) {
+    CHECK_OK(wait_result(fs[i], &sl[i]));
+    ab_future_release(fs[i]);
+    CHECK_EQ_INT(ab_tensor_device(sl[i]).index, 1);
+    CHECK(ab_tensor_is_contiguous(sl[i]));
+    const float *q = data_of(sl[i]);
+    CHECK(q < p || q >= p + 12); /* not inside the volume */
+    for (int e = 0; e < 4; e++) CHECK(q[e] == (float)(i * 4 + e) + 0.5f);
+  }
+  p[0] = -1; /* copies are independent */
+  CHECK(((float *)data_of(sl[0]))[0] == 0.5f);
+  /* with a dtype change, even on the same device: copies */
+  o.dtype = TH_U8;
+  CHECK_OK(ab_unstack(rt, vol, th_host(0), &o, fs));
+  for (int i = 0; i < 3; i++) {
+    ab_tensor *t = NULL;
+    CHECK_OK(wait_result(fs[i], &t));
+    ab_future_release(fs[i]);
+    CHECK_EQ_INT(ab_tensor_dl(t)->dtype.bits, 8);
+    const uint8_t *q = data_of(t);
+    CHECK_EQ_INT(q[1], i * 4 + 1);
+    ab_tensor_release(t);
+  }
+  /* a 0-d volume has nothing to unstack */
+  ab_tensor *s0 = NULL;
+  CHECK_OK(ab_tensor_alloc(rt, th_host(0), TH_F32, 0, NULL, &s0));
+  o = (ab_convert_options)AB_CONVERT_OPTIONS_INIT;
+  fs[0] = (ab_future *)(uintptr_t)1;
+  CHECK_ERR_IN(ab_unstack(rt, s0, th_host(0), &o, fs), AB_EINVAL, AB_ESHAPE);
+  CHECK_ERR_IN(ab_unstack(rt, NULL, th_host(0), &o, fs), AB_EINVAL);
+  CHECK_ERR_IN(ab_unstack(rt, vol, th_host(9), &o, fs), AB_ENODEV);
+  ab_tensor_release(s0);
+  ab_tensor_release(vol);
+  for (int i = 0; i < 3; i++) ab_tensor_release(sl[i]);
+  CHECK_OK(ab_runtime_destroy(rt, AB_DRAIN));
+  return 0;
+}
+
+/* stack then unstack round trip */
+static int test_round_trip(void) {
+  ab_runtime *rt;
+  CHECK_OK(th_runtime(&rt, 2, 1));
+  ab_tensor *sl[6];
+  CHECK_OK(make_slices(rt, 6, sl, 0));
+  ab_convert_options o = AB_CONVERT_OPTIONS_INIT;
+  ab_future *f = NULL;
+  CHECK_OK(ab_stack(rt, sl, 6, th_host(0), &o, &f));
+  ab_tensor *v = NULL;
+  CHECK_OK(wait_result(f, &v));
+  ab_future_release(f);
+  ab_future *fs[6];
+  CHECK_OK(ab_unstack(rt, v, th_host(0), &o, fs));
+  CHECK_OK(ab_future_wait_all(fs, 6, -1));
+  for (int s = 0; s < 6; s++) {
+    ab_tensor *t = NULL;
+    CHECK_OK(ab_future_result(fs[s], &t));
+    CHECK_EQ_INT(memcmp(data_of(t), data_of(sl[s]), 48), 0);
+    ab_tensor_release(t);
+    ab_future_release(fs[s]);
+    ab_tensor_release(sl[s]);
+  }
+  ab_tensor_release(v);
+  CHECK_OK(ab_runtime_destroy(rt, AB_DRAIN));
+  return 0;
+}
+
+static const ab_test_entry tests[] = {TEST_ENTRY(stack_contiguous),
+                                      TEST_ENTRY(stack_noncontiguous_and_convert),
+                                      TEST_ENTRY(stack_rejects),
+                                      TEST_ENTRY(stack_edge_shapes),
+                                      TEST_ENTRY(unstack_views_same_device),
+                                      TEST_ENTRY(unstack_copies_other_device),
+                                      TEST_ENTRY(round_trip),
+                                      TEST_END};
+AB_TEST_MAIN(tests)

@@ -1,0 +1,12 @@
+# Unit tests: one executable per area, each test in a forked child (see harness.h).
+ab_add_test(test_errors LABELS unit SOURCES test_errors.c)
+ab_add_test(test_tensor LABELS unit SOURCES test_tensor.c)
+ab_add_test(test_future LABELS unit SOURCES test_future.c)
+ab_add_test(test_submit LABELS unit SOURCES test_submit.c)
+ab_add_test(test_convert LABELS unit SOURCES test_convert.c)
+ab_add_test(test_stack LABELS unit SOURCES test_stack.c)
+ab_add_test(test_runtime LABELS unit SOURCES test_runtime.c)
+ab_add_test(test_placement LABELS unit SOURCES test_placement.c)
+ab_add_test(test_oom LABELS unit SOURCES test_oom.c TIMEOUT 120)
+ab_add_test(test_alloc_sweep LABELS unit SOURCES test_alloc_sweep.c TIMEOUT 240)
+target_link_libraries(test_convert PRIVATE m) # the scalar reference uses trunc, ldexp, isnan

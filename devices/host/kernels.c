@@ -17,7 +17,9 @@
 
 #pragma GCC diagnostic ignored "-Wtype-limits"
 #pragma GCC diagnostic ignored "-Wsign-compare"
+#ifndef __clang__
 #pragma GCC diagnostic ignored "-Wbool-compare"
+#endif
 
 /* Traits: C type, signed, integer, bool, min, max. */
 #define CT_u8 uint8_t

@@ -197,7 +197,7 @@ AB_API int ab_runtime_stats(ab_runtime *rt, ab_device_stats *out, int cap);
 /* Fault injection, on any device: fail `count` operations of `op` starting with the `nth`
  * (1-based, counted from this call) with AB_EFAULT (allocations fail as out-of-memory, so they
  * feed the OOM ladder), or delay every completion by delay_ns. count < 0: fail every one from
- * the nth on. A zeroed spec turns injection off. */
+ * the nth on. A spec with nth == 0 and delay_ns == 0 turns injection off on every device. */
 typedef enum { AB_FAULT_ALLOC = 0, AB_FAULT_COPY = 1, AB_FAULT_LAUNCH = 2, AB_FAULT_OPS = 3 } ab_fault_op;
 typedef struct {
   int32_t op;                /* ab_fault_op */

@@ -130,7 +130,7 @@ static int device_to_host(ab__device *s, const ab_tensor *src, void *host, DLDat
     if ((rc = ab__mem_alloc(s, x, bytes ? bytes : 1, &tmp)) == 0) {
       rc = s->ops->cast(x, &src->dl, tmp, 0, dt, p);
       if (rc == 0) rc = s->ops->download(x, host, tmp, 0, bytes);
-      else s->ops->finish(x);
+      if (rc != 0) s->ops->finish(x); /* the kernel may still write tmp: drain before reuse */
       ab__mem_free(s, tmp, bytes ? bytes : 1);
     }
   }

@@ -100,10 +100,10 @@ bool ab__complete(ab_future *f, int status, ab_tensor *result, uint32_t from) {
                                                   memory_order_acquire, memory_order_relaxed));
   f->status = status;
   f->result = result;
+  count_completion(f, status); /* before DONE: a waiter that wakes sees the counters moved */
   /* release: status and result before DONE. The exchange returns any WAITERS set meanwhile. */
   uint32_t old = atomic_exchange_explicit(&f->state, AB__DONE, memory_order_release);
   if (old & AB__WAITERS) ab__futex_wake_all(&f->state);
-  count_completion(f, status);
   run_callbacks(f);
   if (f->counted) ab__inflight_done(f->rt);
   return true;

@@ -311,6 +311,7 @@ int ab__then_internal(ab_future *f, ab__cb *node); /* node provided by caller */
 void ab__task_ready(ab_future *t);
 void ab__task_requeue(ab__device *d, ab_future *t);  /* parked or re-routed: never blocks */
 void ab__task_unaccount(ab__device *d, ab_future *t); /* the task left the device */
+void ab__device_unaccount(ab__device *d, uint64_t bytes); /* the same, for a task given away */
 void ab__task_release_inputs(ab_future *t);
 void ab__inflight_done(ab_runtime *rt);
 

@@ -290,6 +290,11 @@ static void fault_arm(ab__device *d, const ab_fault_spec *s) {
 int ab_runtime_fault(ab_runtime *rt, const ab_fault_spec *s) {
   if (rt == NULL || s == NULL) return AB_EINVAL;
   if (s->op < 0 || s->op >= AB_FAULT_OPS || s->delay_ns < 0) return AB_EINVAL;
+  bool off = s->nth == 0 && s->delay_ns == 0;
+  if (off) { /* a zeroed spec disarms every device, whatever it names */
+    for (int i = 0; i < rt->ndevices; i++) fault_arm(&rt->devices[i], s);
+    return 0;
+  }
   if (s->device.kind < 0 || s->device.kind >= AB_KIND_COUNT) return AB_ENODEV;
   if (s->device.index != AB_ANY && ab__device_of(rt, s->device) == NULL) return AB_ENODEV;
   for (int i = 0; i < rt->ndevices; i++) {

@@ -92,12 +92,14 @@ static void account(ab__device *d, ab_future *t) {
   if (t->bytes) atomic_fetch_add_explicit(&d->load_bytes, t->bytes, memory_order_relaxed);
 }
 
-void ab__task_unaccount(ab__device *d, ab_future *t) {
+void ab__device_unaccount(ab__device *d, uint64_t bytes) {
   atomic_fetch_sub_explicit(&d->load_tasks, 1, memory_order_relaxed);
-  if (t->bytes == 0) return;
-  atomic_fetch_sub_explicit(&d->load_bytes, t->bytes, memory_order_relaxed);
+  if (bytes == 0) return;
+  atomic_fetch_sub_explicit(&d->load_bytes, bytes, memory_order_relaxed);
   ab__queue_signal_space(&d->queue);
 }
+
+void ab__task_unaccount(ab__device *d, ab_future *t) { ab__device_unaccount(d, t->bytes); }
 
 typedef struct {
   ab__device *d;

@@ -172,8 +172,9 @@ static void finish_task(ab__worker *w, ab_future *t, int rc, ab_tensor *output, 
     ab_tensor_release(output);
     output = NULL;
   }
+  uint64_t bytes = t->bytes; /* once t is parked or re-routed, another worker may own it */
   if (rc == AB_ENOMEM && on_enomem(d, t)) {
-    ab__task_unaccount(d, t);
+    ab__device_unaccount(d, bytes);
     return; /* parked or re-routed: the system's reference travels with it */
   }
   if (rc == AB_ENOMEM && !t->message) {

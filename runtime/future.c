@@ -18,6 +18,7 @@
  *     the caller of submit holds another. The runtime holds one reference per live future, so
  *     futures outlive ab_runtime_destroy safely.
  */
+#include <sched.h>
 #include <string.h>
 
 #include "runtime/internal.h"
@@ -132,11 +133,17 @@ const char *ab_future_message(const ab_future *f) {
   return f->message;
 }
 
-/* Spins briefly before sleeping: most small tasks finish in less time than a futex round trip. */
+/* Polls briefly before sleeping: most small tasks finish in less time than a futex round trip.
+ * A few pauses, then yields: a pure spin would hold the core the worker needs when they share
+ * one (4000 pauses, 110 us here, made a pinned round trip 12x slower). */
 static bool spin_until_done(const ab_future *f) {
-  for (int i = 0; i < 4000; i++) {
+  for (int i = 0; i < 128; i++) {
     if (is_done(f)) return true;
     ab__cpu_relax();
+  }
+  for (int i = 0; i < 32; i++) {
+    sched_yield();
+    if (is_done(f)) return true;
   }
   return is_done(f);
 }

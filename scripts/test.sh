@@ -1,0 +1,223 @@
+#!/usr/bin/env bash
+# scripts/test.sh [STEP...]: every test, the way CI runs them. Steps, in order:
+#
+#   plain     build/test   RelWithDebInfo, gcc; ctest (all labels); benchmarks built, not run
+#   symbols   the shared library of build/test exports only ab_* symbols
+#   consumer  cmake --install build/test --prefix build/prefix, then scripts/consumer built
+#             against it through find_package (shared, static) and pkg-config, and run
+#   asan      build/asan   -DAB_SANITIZE=address (ASan+UBSan), ctest, then the benchmark
+#             programs once at toy sizes (a smoke run: no time is checked)
+#   tsan      build/tsan   -DAB_SANITIZE=thread, AB_TEST_SCALE=0.1, tests/tsan.supp
+#   fuzz      build/fuzz   clang, -DAB_SANITIZE=address -DAB_BUILD_FUZZ=ON; ctest -R fuzz
+#
+# No argument runs them all. Every step runs even when an earlier one failed (symbols and consumer
+# use build/test, so they fail too when it did not build); the exit status is non-zero if any step
+# failed, and the last line is the summary. Each step's log goes to build/logs/<step>.log too.
+#
+# Environment: AB_JOBS (default: the number of cores), AB_CMAKE_ARGS (extra -D flags for every
+# tree), AB_CTEST_ARGS (extra ctest arguments, e.g. "-L unit").
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")/.." && pwd)"
+cd "$ROOT"
+B="$ROOT/build"
+JOBS="${AB_JOBS:-$(nproc 2>/dev/null || echo 2)}"
+read -r -a EXTRA_CMAKE <<<"${AB_CMAKE_ARGS:-}"
+read -r -a EXTRA_CTEST <<<"${AB_CTEST_ARGS:-}"
+ALL_STEPS=(plain symbols consumer asan tsan fuzz)
+
+mkdir -p "$B/logs" "$B/pocl-cache"
+
+# Shared by every tree, for whatever does not set its own (tests/opencl.cmake gives each tree a
+# kernel cache of its own, and detect_leaks=0 under ASan: LeakSanitizer crashes inside a cold
+# pocl kernel compile, ENVIRONMENT.md section 8).
+export POCL_DEVICES="pthread pthread pthread" # three OpenCL CPU devices
+export POCL_MAX_PTHREAD_COUNT=1               # one thread each on a 2-core machine
+export POCL_CACHE_DIR="$B/pocl-cache"
+export STARPU_NCPU=2 STARPU_SILENT=1 STARPU_NCUDA=0 STARPU_NOPENCL=0 STARPU_HOME="$B/starpu-home"
+export CTEST_OUTPUT_ON_FAILURE=1
+
+log() { printf '\n== test.sh: %s\n' "$*" >&2; }
+
+# configure_build DIR CMAKE_ARGS...: configure and build one tree.
+configure_build() {
+  local dir=$1
+  shift
+  cmake -S "$ROOT" -B "$dir" "$@" "${EXTRA_CMAKE[@]}"
+  cmake --build "$dir" -j "$JOBS"
+}
+
+# run_ctest DIR CTEST_ARGS...
+run_ctest() {
+  local dir=$1
+  shift
+  ctest --test-dir "$dir" --output-on-failure --no-tests=error -j "$JOBS" "$@" "${EXTRA_CTEST[@]}"
+}
+
+# ---------------------------------------------------------------------------------------------
+# Steps
+
+step_plain() {
+  configure_build "$B/test" -DAB_SANITIZE= -DAB_BUILD_TESTS=ON -DAB_BUILD_BENCH=ON -DAB_BUILD_FUZZ=OFF
+  run_ctest "$B/test"
+}
+
+# Only ab_* may be exported; the linker's own markers are allowed.
+step_symbols() {
+  local lib
+  lib=$(readlink -f "$B/test/libarraybridge.so")
+  [[ -f $lib ]] || { echo "no $B/test/libarraybridge.so (did 'plain' build?)"; return 1; }
+  local syms bad internal
+  syms=$(nm -D --defined-only "$lib" | awk '{ print $NF }')
+  [[ -n $syms ]] || { echo "nm found no dynamic symbols in $lib"; return 1; }
+  bad=$(grep -Ev '^(ab_|_init$|_fini$|_edata$|_end$|__bss_start$)' <<<"$syms" || true)
+  internal=$(grep '^ab__' <<<"$syms" || true) # internal names must stay hidden too
+  if [[ -n $bad || -n $internal ]]; then
+    echo "libarraybridge.so exports symbols outside the public ab_* API:"
+    printf '%s\n' $bad $internal
+    return 1
+  fi
+  # And every function the header declares AB_API is there.
+  local declared missing
+  declared=$(grep -E '^AB_API' "$ROOT/include/arraybridge.h" | grep -oE '\bab_[a-z0-9_]+\(' | tr -d '(' | sort -u)
+  missing=$(comm -23 <(echo "$declared") <(sort -u <<<"$syms"))
+  if [[ -n $missing ]]; then
+    echo "declared AB_API in arraybridge.h but not exported:"
+    echo "$missing"
+    return 1
+  fi
+  echo "libarraybridge.so: $(grep -c '^ab_' <<<"$syms") ab_* symbols, nothing else;" \
+    "all $(grep -c . <<<"$declared") AB_API functions of arraybridge.h exported"
+}
+
+step_consumer() {
+  local prefix="$B/prefix" cdir="$B/consumer"
+  rm -rf "$prefix" "$cdir"
+  cmake --install "$B/test" --prefix "$prefix"
+  local pc
+  pc=$(find "$prefix" -name arraybridge.pc -print -quit)
+  [[ -n $pc ]] || { echo "no arraybridge.pc installed under $prefix"; return 1; }
+  local pcdir rc=0
+  pcdir=$(dirname "$pc")
+  echo "--- installed $pc"
+  cat "$pc"
+  # The .pc must describe where it was installed, not the configure-time CMAKE_INSTALL_PREFIX.
+  local includedir
+  includedir=$(PKG_CONFIG_PATH="$pcdir" pkg-config --variable=includedir arraybridge)
+  if [[ ! -f $includedir/arraybridge.h ]]; then
+    echo "FAIL: arraybridge.pc installed with --prefix $prefix says includedir=$includedir," \
+      "which has no arraybridge.h (the .pc is not relocated to the install prefix)"
+    rc=1
+  fi
+  PKG_CONFIG_PATH="$pcdir${PKG_CONFIG_PATH:+:$PKG_CONFIG_PATH}" \
+    cmake -S "$ROOT/scripts/consumer" -B "$cdir" -DCMAKE_PREFIX_PATH="$prefix" -DCMAKE_BUILD_TYPE=RelWithDebInfo
+  local libdir
+  libdir=$(dirname "$(find "$prefix" -name 'libarraybridge.so' -print -quit)")
+  libdir=$(readlink -f "$libdir")
+  prefix=$(readlink -f "$prefix")
+  # Each consumer on its own, so that one broken path does not hide the others.
+  local t
+  for t in consumer_cxx_header consumer_cmake consumer_static consumer_pc; do
+    if [[ ! -d $cdir/CMakeFiles/$t.dir ]]; then # the tree defines no such target
+      [[ $t == consumer_static || $t == consumer_cxx_header ]] && continue # optional
+      echo "FAIL: no target $t"
+      rc=1
+      continue
+    fi
+    echo "--- $t"
+    if ! cmake --build "$cdir" --target "$t"; then
+      echo "FAIL: $t does not build"
+      rc=1
+      continue
+    fi
+    [[ $t == consumer_cxx_header ]] && continue # compile-only
+    if [[ $t != consumer_static ]]; then
+      # It must load the installed copy, not the build tree's. (pkg-config gives -L and no rpath,
+      # so the loader path names the prefix for every run.)
+      local deps
+      deps=$(LD_LIBRARY_PATH="$libdir" ldd "$cdir/$t" | grep arraybridge || true)
+      echo "$deps"
+      if [[ $deps != *"=> $prefix/"* ]]; then
+        echo "FAIL: $t does not load libarraybridge from $prefix"
+        rc=1
+      fi
+    fi
+    if ! LD_LIBRARY_PATH="$libdir" "$cdir/$t"; then
+      echo "FAIL: $t exited non-zero"
+      rc=1
+    fi
+  done
+  return $rc
+}
+
+step_asan() {
+  export ASAN_OPTIONS="detect_leaks=1:abort_on_error=1:strict_string_checks=1:detect_stack_use_after_return=1"
+  export UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1"
+  configure_build "$B/asan" -DAB_SANITIZE=address -DAB_BUILD_TESTS=ON -DAB_BUILD_BENCH=ON -DAB_BUILD_FUZZ=OFF
+  # Python tests load the library into an uninstrumented interpreter: not under sanitizers.
+  local rc=0
+  run_ctest "$B/asan" -LE python || rc=1
+  # The benchmark programs, once, at toy sizes: they must run clean, however long they take.
+  echo "--- benchmark smoke run (ASan)"
+  # BENCH_QUEUE_CAPACITY=8: submitters block on a full queue, the path a default-sized run
+  # takes only under load. timeout: a hang (lost wake-up) fails the step instead of CI.
+  BENCH_TASKS=5000 BENCH_REPS=2 BENCH_RT_ITERS=200 BENCH_RT_REPS=1 BENCH_QUEUE_CAPACITY=8 \
+    timeout -k 10 300 "$B/asan/bench/bench_task_overhead" || { echo "FAIL: bench_task_overhead (rc $?)"; rc=1; }
+  BENCH_SLICES=16 BENCH_HEIGHT=64 BENCH_WIDTH=48 BENCH_REPS=2 \
+    timeout -k 10 300 "$B/asan/bench/bench_host_stack" || { echo "FAIL: bench_host_stack (rc $?)"; rc=1; }
+  return $rc
+}
+
+step_tsan() {
+  export TSAN_OPTIONS="suppressions=$ROOT/tests/tsan.supp halt_on_error=1 second_deadlock_stack=1"
+  export AB_TEST_SCALE=0.1 # stress tests scale their iteration counts down
+  configure_build "$B/tsan" -DAB_SANITIZE=thread -DAB_BUILD_TESTS=ON -DAB_BUILD_BENCH=OFF -DAB_BUILD_FUZZ=OFF
+  run_ctest "$B/tsan" -LE python
+}
+
+step_fuzz() {
+  export ASAN_OPTIONS="detect_leaks=1:abort_on_error=1"
+  export UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1"
+  CC=clang configure_build "$B/fuzz" -DCMAKE_C_COMPILER=clang -DAB_SANITIZE=address \
+    -DAB_BUILD_FUZZ=ON -DAB_BUILD_BENCH=OFF -DAB_BUILD_TESTS=ON
+  run_ctest "$B/fuzz" -R fuzz
+}
+
+# ---------------------------------------------------------------------------------------------
+
+declare -A RESULT=() SECONDS_TAKEN=()
+steps=("$@")
+((${#steps[@]})) || steps=("${ALL_STEPS[@]}")
+for s in "${steps[@]}"; do
+  declare -F "step_$s" >/dev/null || { echo "test.sh: unknown step '$s' (steps: ${ALL_STEPS[*]})" >&2; exit 2; }
+done
+
+t_all=$SECONDS
+for s in "${steps[@]}"; do
+  log "$s"
+  t0=$SECONDS
+  # A subshell per step: its exports stay in it, and set -e inside stops only that step. (Not
+  # inside an `if`: bash ignores set -e in a condition, subshells included.)
+  set +e
+  (
+    set -euo pipefail
+    "step_$s"
+  ) 2>&1 | tee "$B/logs/$s.log"
+  rc=${PIPESTATUS[0]}
+  set -e
+  if ((rc == 0)); then RESULT[$s]=PASS; else RESULT[$s]=FAIL; fi
+  SECONDS_TAKEN[$s]=$((SECONDS - t0))
+  log "$s: ${RESULT[$s]} (${SECONDS_TAKEN[$s]} s, log build/logs/$s.log)"
+done
+
+summary=()
+failed=0
+for s in "${steps[@]}"; do
+  summary+=("$s=${RESULT[$s]}(${SECONDS_TAKEN[$s]}s)")
+  [[ ${RESULT[$s]} == FAIL ]] && failed=$((failed + 1))
+done
+if ((failed)); then
+  echo "test.sh: FAILED ($failed of ${#steps[@]} steps) in $((SECONDS - t_all)) s: ${summary[*]}"
+  exit 1
+fi
+echo "test.sh: ALL PASSED in $((SECONDS - t_all)) s: ${summary[*]}"

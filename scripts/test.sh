@@ -216,8 +216,15 @@ for s in "${steps[@]}"; do
   summary+=("$s=${RESULT[$s]}(${SECONDS_TAKEN[$s]}s)")
   [[ ${RESULT[$s]} == FAIL ]] && failed=$((failed + 1))
 done
+# Every ctest run's "N% tests passed, F tests failed out of T" lines, added up over the steps.
+totals=$(for s in "${steps[@]}"; do cat "$B/logs/$s.log" 2>/dev/null; done |
+  awk '/tests passed, [0-9]+ tests failed out of [0-9]+/ { f += $4; t += $NF }
+       /tests passed out of [0-9]+/ { t += $NF }
+       END { printf "%d passed, %d failed\n", t - f, f }')
 if ((failed)); then
   echo "test.sh: FAILED ($failed of ${#steps[@]} steps) in $((SECONDS - t_all)) s: ${summary[*]}"
+  echo "test.sh: $totals"
   exit 1
 fi
 echo "test.sh: ALL PASSED in $((SECONDS - t_all)) s: ${summary[*]}"
+echo "test.sh: $totals"

@@ -166,7 +166,7 @@ void ab__mem_unreserve(ab__device *d, size_t bytes);
 int ab__mem_alloc(ab__device *d, ab__worker *w, size_t bytes, void **ptr);
 void ab__mem_free(ab__device *d, void *ptr, size_t bytes);
 bool ab__fault_hit(ab__device *d, int op);
-char *ab__mem_report(ab__device *d, size_t bytes, const ab_future *t);
+char *ab__mem_report(ab__device *d, const ab_future *t); /* malloc'd text, or NULL */
 
 /* ---- the runtime -------------------------------------------------------------------------- */
 struct ab_runtime {

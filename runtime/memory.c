@@ -99,7 +99,7 @@ static const char *kind_name(int kind) {
   return kind >= 0 && kind < AB_KIND_COUNT ? names[kind] : "?";
 }
 
-char *ab__mem_report(ab__device *d, size_t bytes, const ab_future *t) {
+char *ab__mem_report(ab__device *d, const ab_future *t) {
   char *msg = ab__malloc(&d->rt->alloc, 512);
   if (msg == NULL) return NULL;
   uint64_t used = atomic_load_explicit(&d->used, memory_order_relaxed);
@@ -109,9 +109,8 @@ char *ab__mem_report(ab__device *d, size_t bytes, const ab_future *t) {
   else snprintf(budget, sizeof budget, "%" PRIu64, d->budget);
   snprintf(msg, 512,
            "out of memory on %s:%d (%s): budget %s bytes, in use %" PRIu64 ", peak %" PRIu64
-           "%s; ladder: %" PRIu64 " trims, %" PRIu64 " syncs, %" PRIu64 " spills, parked %u times%s",
-           kind_name(d->id.kind), d->id.index, d->name, budget, used, peak,
-           bytes ? "" : "", (uint64_t)atomic_load(&d->stats.oom_trims),
+           "; device ladder totals: %" PRIu64 " trims, %" PRIu64 " syncs, %" PRIu64 " spills; this task parked %u times%s",
+           kind_name(d->id.kind), d->id.index, d->name, budget, used, peak, (uint64_t)atomic_load(&d->stats.oom_trims),
            (uint64_t)atomic_load(&d->stats.oom_syncs), (uint64_t)atomic_load(&d->stats.oom_spills),
            t ? t->parks : 0u, t && t->oom.no_wait ? " (policy: no wait)" : "");
   return msg;

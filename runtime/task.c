@@ -398,18 +398,6 @@ int ab_stack(ab_runtime *rt, ab_tensor *const *slices, size_t n, ab_device dst, 
   return submit_task(t, out);
 }
 
-/* A future that is complete from the start (views handed out by ab_unstack). */
-static int done_future(ab_runtime *rt, ab_tensor *result, ab_future **out) {
-  ab_future *f = ab__future_new(rt);
-  if (f == NULL) {
-    ab_tensor_release(result);
-    return AB_ENOMEM;
-  }
-  ab__complete(f, 0, result, AB__PENDING);
-  *out = f;
-  return 0;
-}
-
 static void release_all(ab_future **fs, int64_t n) {
   for (int64_t i = 0; i < n; i++) {
     ab_future_release(fs[i]);
@@ -440,6 +428,5 @@ int ab_unstack(ab_runtime *rt, ab_tensor *volume, ab_device dst, const ab_conver
       if (out[i]) ab_future_cancel(out[i]);
     release_all(out, n);
   }
-  (void)done_future;
   return rc;
 }

@@ -179,7 +179,7 @@ static void finish_task(ab__worker *w, ab_future *t, int rc, ab_tensor *output, 
   }
   if (rc == AB_ENOMEM && !t->message) {
     atomic_fetch_add_explicit(&d->stats.oom_failures, 1, memory_order_relaxed); /* stat */
-    t->message = ab__mem_report(d, 0, t);
+    t->message = ab__mem_report(d, t);
   }
   if (rc == AB_ENOMEM && cancel_asked(w, t)) rc = AB_ECANCELED; /* asked to stop while short of memory */
   ab__task_release_inputs(t); /* not needed any more: free them before anyone sees completion */

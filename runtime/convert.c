@@ -22,7 +22,6 @@
 
 #define CHUNK ((size_t)8 << 20) /* device-to-device staging, two of them in flight */
 
-static bool same_dtype(DLDataType a, DLDataType b) { return a.code == b.code && a.bits == b.bits && a.lanes == b.lanes; }
 static bool is_float(DLDataType dt) { return dt.code == kDLFloat && (dt.bits == 32 || dt.bits == 64); }
 static bool is_int(DLDataType dt) { return dt.code == kDLInt || dt.code == kDLUInt; }
 
@@ -34,12 +33,14 @@ static void count_moved(ab__device *d, size_t bytes) {
   atomic_fetch_add_explicit(&d->stats.bytes_moved, bytes, memory_order_relaxed); /* stat */
 }
 
+static ab__device *host_of(ab_runtime *rt) { return &rt->devices[rt->kind_first[AB_HOST]]; }
+
 /* The device whose memory holds t: host memory is any host worker's to read; device memory
  * must be this runtime's own (a cl_mem of another context cannot be used here). */
 static ab__device *source_device(ab_runtime *rt, const ab_tensor *t, int *err) {
   ab_device home = ab_tensor_device(t);
   if (home.kind == AB_HOST) {
-    if (rt->kind_count[AB_HOST] > 0) return &rt->devices[rt->kind_first[AB_HOST]];
+    if (rt->kind_count[AB_HOST] > 0) return host_of(rt);
     *err = AB_ENODEV;
     return NULL;
   }
@@ -51,15 +52,19 @@ static ab__device *source_device(ab_runtime *rt, const ab_tensor *t, int *err) {
 
 static const void *host_ptr(const ab_tensor *t) { return (const char *)t->dl.data + t->dl.byte_offset; }
 
+/* src's bytes already are the answer: the right dtype, laid out contiguously. */
+static bool fits(const ab_tensor *src, DLDataType dt) {
+  return ab__same_dtype(src->dl.dtype, dt) && ab__contiguous(&src->dl);
+}
+
 /* A contiguous DLTensor describing a scratch buffer shaped like src. */
-static DLTensor scratch_view(const ab_tensor *src, void *base, ab__device *d, DLDataType dt) {
+static DLTensor scratch_view(const ab_tensor *src, void *base, const ab__device *d, DLDataType dt) {
   DLTensor dl = src->dl;
   dl.data = base;
   dl.byte_offset = 0;
   dl.strides = NULL;
   dl.dtype = dt;
-  dl.device.device_type = d->id.kind == AB_HOST ? kDLCPU : d->id.kind == AB_OPENCL ? kDLOpenCL : kDLCUDA;
-  dl.device.device_id = d->id.kind == AB_HOST ? 0 : d->physical;
+  dl.device = ab__dl_device(d);
   return dl;
 }
 
@@ -67,19 +72,24 @@ static size_t bytes_as(const ab_tensor *src, DLDataType dt) {
   return src->nbytes / ab__dtype_size(src->dl.dtype) * ab__dtype_size(dt);
 }
 
-/* Host staging memory comes from the host device's budget when there is one. */
-static int host_scratch(ab_runtime *rt, size_t bytes, void **p) {
-  ab__device *h = &rt->devices[rt->kind_first[AB_HOST]];
-  return ab__mem_alloc(h, &h->workers[0], bytes ? bytes : 1, p);
+/* Scratch memory on d through worker w, from d's budget (a zero-byte request takes one byte,
+ * so that every scratch block is a real allocation). */
+static int scratch(ab__device *d, ab__worker *w, size_t bytes, void **p) {
+  return ab__mem_alloc(d, w, bytes ? bytes : 1, p);
 }
 
-static void host_scratch_free(ab_runtime *rt, void *p, size_t bytes) {
-  ab__mem_free(&rt->devices[rt->kind_first[AB_HOST]], p, bytes ? bytes : 1);
+static void scratch_free(ab__device *d, void *p, size_t bytes) { ab__mem_free(d, p, bytes ? bytes : 1); }
+
+/* Host staging memory comes from the host device's budget. */
+static int host_scratch(ab_runtime *rt, size_t bytes, void **p) {
+  return scratch(host_of(rt), &host_of(rt)->workers[0], bytes, p);
 }
+
+static void host_scratch_free(ab_runtime *rt, void *p, size_t bytes) { scratch_free(host_of(rt), p, bytes); }
 
 /* ---- the paths ------------------------------------------------------------------------------ */
 static int local(ab__worker *w, const ab_tensor *src, void *dst, size_t off, DLDataType dt, const ab__cast_params *p) {
-  if (same_dtype(src->dl.dtype, dt) && ab__contiguous(&src->dl))
+  if (fits(src, dt))
     return w->dev->ops->copy(w, dst, off, src->dl.data, src->dl.byte_offset, src->nbytes);
   return w->dev->ops->cast(w, &src->dl, dst, off, dt, p);
 }
@@ -96,17 +106,17 @@ static int host_to_device(ab__worker *w, const ab_tensor *src, void *dst, size_t
     ab__host_cast(&src->dl, pack, src->dl.dtype, NULL);
     h = pack;
   }
-  if (same_dtype(src->dl.dtype, dt)) {
+  if (ab__same_dtype(src->dl.dtype, dt)) {
     rc = d->ops->upload(w, dst, off, h, src->nbytes);
   } else { /* the dtype change runs on the device, after the upload */
     void *tmp;
-    if ((rc = ab__mem_alloc(d, w, src->nbytes ? src->nbytes : 1, &tmp)) == 0) {
+    if ((rc = scratch(d, w, src->nbytes, &tmp)) == 0) {
       DLTensor tv = scratch_view(src, tmp, d, src->dl.dtype);
       rc = d->ops->upload(w, tmp, 0, h, src->nbytes);
       if (rc == 0) rc = d->ops->cast(w, &tv, dst, off, dt, p);
       int f = d->ops->finish(w); /* before the scratch can be reused */
       if (rc == 0) rc = f;
-      ab__mem_free(d, tmp, src->nbytes ? src->nbytes : 1);
+      scratch_free(d, tmp, src->nbytes);
     }
   }
   if (pack) {
@@ -122,16 +132,16 @@ static int device_to_host(ab__device *s, const ab_tensor *src, void *host, DLDat
   ab__worker *x = &s->xfer;
   int rc;
   pthread_mutex_lock(&s->xfer_lock);
-  if (same_dtype(src->dl.dtype, dt) && ab__contiguous(&src->dl)) {
+  if (fits(src, dt)) {
     rc = s->ops->download(x, host, src->dl.data, src->dl.byte_offset, src->nbytes);
   } else {
     size_t bytes = bytes_as(src, dt);
     void *tmp;
-    if ((rc = ab__mem_alloc(s, x, bytes ? bytes : 1, &tmp)) == 0) {
+    if ((rc = scratch(s, x, bytes, &tmp)) == 0) {
       rc = s->ops->cast(x, &src->dl, tmp, 0, dt, p);
       if (rc == 0) rc = s->ops->download(x, host, tmp, 0, bytes);
       if (rc != 0) s->ops->finish(x); /* the kernel may still write tmp: drain before reuse */
-      ab__mem_free(s, tmp, bytes ? bytes : 1);
+      scratch_free(s, tmp, bytes);
     }
   }
   pthread_mutex_unlock(&s->xfer_lock);
@@ -170,7 +180,7 @@ static int device_to_device(ab__device *s, ab__worker *w, const ab_tensor *src, 
   int rc = 0;
   if (!ab__contiguous(&src->dl)) { /* pack on S first: only contiguous bytes travel */
     pthread_mutex_lock(&s->xfer_lock);
-    if ((rc = ab__mem_alloc(s, &s->xfer, src->nbytes ? src->nbytes : 1, &packed)) == 0) {
+    if ((rc = scratch(s, &s->xfer, src->nbytes, &packed)) == 0) {
       rc = s->ops->cast(&s->xfer, &src->dl, packed, 0, src->dl.dtype, NULL);
       int f = s->ops->finish(&s->xfer);
       if (rc == 0) rc = f;
@@ -180,21 +190,21 @@ static int device_to_device(ab__device *s, ab__worker *w, const ab_tensor *src, 
   }
   const void *sbase = packed ? packed : from->dl.data;
   size_t soff = packed ? 0 : from->dl.byte_offset;
-  if (same_dtype(src->dl.dtype, dt)) {
+  if (ab__same_dtype(src->dl.dtype, dt)) {
     rc = stream_between(s, w, sbase, soff, dst, off, src->nbytes);
   } else { /* bring the bytes over, then cast on D */
     void *tmp;
-    if ((rc = ab__mem_alloc(d, w, src->nbytes ? src->nbytes : 1, &tmp)) == 0) {
+    if ((rc = scratch(d, w, src->nbytes, &tmp)) == 0) {
       rc = stream_between(s, w, sbase, soff, tmp, 0, src->nbytes);
       DLTensor tv = scratch_view(src, tmp, d, src->dl.dtype);
       if (rc == 0) rc = d->ops->cast(w, &tv, dst, off, dt, p);
       int f = d->ops->finish(w);
       if (rc == 0) rc = f;
-      ab__mem_free(d, tmp, src->nbytes ? src->nbytes : 1);
+      scratch_free(d, tmp, src->nbytes);
     }
   }
 out:
-  if (packed) ab__mem_free(s, packed, src->nbytes ? src->nbytes : 1);
+  if (packed) scratch_free(s, packed, src->nbytes);
   return rc;
 }
 
@@ -213,9 +223,6 @@ static int put(ab_ctx *c, const ab_tensor *src, void *dst, size_t off, DLDataTyp
   return device_to_device(s, w, src, dst, off, dt, p);
 }
 
-static bool needs_kernel(const ab_tensor *src, DLDataType dt) {
-  return !same_dtype(src->dl.dtype, dt) || !ab__contiguous(&src->dl);
-}
 
 /* ---- the tasks ------------------------------------------------------------------------------ */
 /* The end of a conversion or stack: on failure nothing may still write into out, so the stream
@@ -237,7 +244,7 @@ int ab__convert_run(ab_ctx *c) {
   ab__device *d = c->w->dev;
   ab_tensor *src = t->in[0].tensor;
   DLDataType dt = target(t, src);
-  if (ab__fault_hit(d, needs_kernel(src, dt) ? AB_FAULT_LAUNCH : AB_FAULT_COPY)) return AB_EFAULT;
+  if (ab__fault_hit(d, fits(src, dt) ? AB_FAULT_COPY : AB_FAULT_LAUNCH)) return AB_EFAULT;
   ab_tensor *out;
   int rc = ab__tensor_alloc_on(d, c->w, dt, src->dl.ndim, src->shape, &out);
   if (rc != 0) return rc;
@@ -257,14 +264,12 @@ static int stack_range(ab_ctx *c, ab__cast_params *p, DLDataType dt) {
     if (s == NULL) return rc;
     double lo, hi;
     bool found;
-    if (s == c->w->dev || s->id.kind == AB_HOST) {
-      ab__worker *w = s == c->w->dev ? c->w : &s->workers[0];
-      rc = s->id.kind == AB_HOST ? ab__host_minmax(&sl->dl, &lo, &hi, &found) : s->ops->minmax(w, &sl->dl, &lo, &hi, &found);
-    } else {
-      pthread_mutex_lock(&s->xfer_lock);
-      rc = s->ops->minmax(&s->xfer, &sl->dl, &lo, &hi, &found);
-      pthread_mutex_unlock(&s->xfer_lock);
-    }
+    /* our own worker, any host worker (host kernels keep no state), or S's transfer worker */
+    bool foreign = s != c->w->dev && s->id.kind != AB_HOST;
+    ab__worker *w = s == c->w->dev ? c->w : foreign ? &s->xfer : &s->workers[0];
+    if (foreign) pthread_mutex_lock(&s->xfer_lock);
+    rc = s->ops->minmax(w, &sl->dl, &lo, &hi, &found);
+    if (foreign) pthread_mutex_unlock(&s->xfer_lock);
     if (rc != 0) return rc;
     if (!found) continue;
     if (!p->have_range || lo < p->lo) p->lo = lo;
@@ -280,8 +285,7 @@ static bool gatherable(ab_ctx *c, const ab_tensor *sl, DLDataType dt) {
   if (sl == NULL) return false;
   ab__device *d = c->w->dev;
   int err;
-  return d->id.kind != AB_HOST && same_dtype(sl->dl.dtype, dt) && ab__contiguous(&sl->dl) &&
-         source_device(d->rt, sl, &err) == d;
+  return d->id.kind != AB_HOST && fits(sl, dt) && source_device(d->rt, sl, &err) == d;
 }
 
 /* Gathers the run of gatherable slices from i, up to AB__GATHER_MAX; returns how many. */
@@ -301,7 +305,7 @@ static int gather_run(ab_ctx *c, int i, ab_tensor *out, size_t slice, DLDataType
 /* ---- host slices straight into a mapped volume ------------------------------------------------ */
 /* A host slice that needs no packing or cast: its bytes go straight to their offset. */
 static bool plain_host(const ab_tensor *sl, DLDataType dt) {
-  return ab_tensor_device(sl).kind == AB_HOST && same_dtype(sl->dl.dtype, dt) && ab__contiguous(&sl->dl);
+  return ab_tensor_device(sl).kind == AB_HOST && fits(sl, dt);
 }
 
 typedef struct {
@@ -326,8 +330,9 @@ static int copy_task(ab_ctx *c, void *arg) {
 }
 
 /* Copies on this thread and, when a host worker is free, on that one too: one memcpy stream
- * does not saturate memory (on the 2-core development machine, 14.8 GB/s against 23.5 for two). If the helper has not started by the time our half
- * is done, it is cancelled and we do its half: waiting on a busy pool could never deadlock. */
+ * does not saturate memory (on the 2-core development machine, 14.8 GB/s against 23.5 for
+ * two). If the helper has not started by the time our half is done, it is cancelled and we do
+ * its half: waiting on a busy pool could never deadlock. */
 static void copy_parallel(ab_runtime *rt, copy_job *all) {
   copy_job mine = *all, theirs = *all;
   mine.to = theirs.from = all->from + (all->to - all->from) / 2;
@@ -375,7 +380,7 @@ int ab__stack_run(ab_ctx *c) {
   ab__device *d = c->w->dev;
   const ab_tensor *first = t->in[0].tensor;
   DLDataType dt = target(t, first);
-  if (ab__fault_hit(d, needs_kernel(first, dt) ? AB_FAULT_LAUNCH : AB_FAULT_COPY)) return AB_EFAULT;
+  if (ab__fault_hit(d, fits(first, dt) ? AB_FAULT_COPY : AB_FAULT_LAUNCH)) return AB_EFAULT;
   int64_t shape[AB_MAX_NDIM];
   shape[0] = t->nin;
   memcpy(shape + 1, first->shape, sizeof(int64_t) * (size_t)first->dl.ndim);

@@ -222,6 +222,14 @@ struct ab_tensor {
 };
 
 size_t ab__dtype_size(DLDataType dt);
+static inline bool ab__same_dtype(DLDataType a, DLDataType b) {
+  return a.code == b.code && a.bits == b.bits && a.lanes == b.lanes;
+}
+/* The dtypes the cast kernels know, in the order every backend indexes its kernels by:
+ * u8 u16 u32 u64 i8 i16 i32 i64 f32 f64 bool. -1 for any other. */
+#define AB__NDTYPES 11
+int ab__dtype_index(DLDataType dt);
+DLDevice ab__dl_device(const ab__device *d); /* how DLPack names a device's memory */
 int ab__dl_check(const DLTensor *t, int64_t *strides_out, size_t *nbytes_out);
 int ab__kind_of_dl(DLDeviceType t, int *kind); /* host-like types map to AB_HOST */
 ab_tensor *ab__tensor_new(ab_runtime *rt);     /* refs = 1, zeroed; rt NULL: malloc */

@@ -327,15 +327,11 @@ static DLDataType target_dtype(const ab_future *t, const ab_tensor *src) {
   return t->copt.dtype.bits ? t->copt.dtype : src->dl.dtype;
 }
 
-static bool same_dtype(DLDataType a, DLDataType b) {
-  return a.code == b.code && a.bits == b.bits && a.lanes == b.lanes;
-}
-
 /* Nothing to do: the source already is the answer. Completes t with a new reference on it. */
 static bool zero_copy(ab_future *t) {
   if (t->kind != AB__TASK_CONVERT || t->copt.force_copy) return false;
   ab_tensor *src = t->in[0].tensor;
-  if (src == NULL || !same_dtype(target_dtype(t, src), src->dl.dtype) || !ab__contiguous(&src->dl))
+  if (src == NULL || !ab__same_dtype(target_dtype(t, src), src->dl.dtype) || !ab__contiguous(&src->dl))
     return false;
   ab_device home = ab_tensor_device(src);
   if (home.kind != t->dst.kind || (t->dst.index != AB_ANY && t->dst.index != home.index)) return false;
@@ -376,7 +372,7 @@ static int check_slices(ab_tensor *const *slices, size_t n) {
   if (a->ndim + 1 > AB_MAX_NDIM) return AB_ENOTSUP;
   for (size_t i = 1; i < n; i++) {
     const DLTensor *b = &slices[i]->dl;
-    if (!same_dtype(a->dtype, b->dtype)) return AB_EDTYPE;
+    if (!ab__same_dtype(a->dtype, b->dtype)) return AB_EDTYPE;
     if (a->ndim != b->ndim) return AB_ESHAPE;
     for (int k = 0; k < a->ndim; k++)
       if (a->shape[k] != b->shape[k]) return AB_ESHAPE;

@@ -110,7 +110,23 @@ static void compact_strides(int ndim, const int64_t *shape, int64_t *strides) {
   }
 }
 
-static DLDevice dl_device_of(ab__device *d) {
+int ab__dtype_index(DLDataType dt) {
+  if (dt.lanes != 1) return -1;
+  int b = dt.bits;
+  switch (dt.code) {
+  case kDLUInt:
+    return b == 8 ? 0 : b == 16 ? 1 : b == 32 ? 2 : b == 64 ? 3 : -1;
+  case kDLInt:
+    return b == 8 ? 4 : b == 16 ? 5 : b == 32 ? 6 : b == 64 ? 7 : -1;
+  case kDLFloat:
+    return b == 32 ? 8 : b == 64 ? 9 : -1;
+  case AB_DL_BOOL:
+    return b == 8 ? 10 : -1;
+  }
+  return -1;
+}
+
+DLDevice ab__dl_device(const ab__device *d) {
   static const DLDeviceType types[] = {kDLCPU, kDLOpenCL, kDLCUDA};
   DLDevice dev = {types[d->id.kind], d->id.kind == AB_HOST ? 0 : d->physical};
   return dev;
@@ -139,7 +155,7 @@ int ab__tensor_alloc_on(ab__device *d, ab__worker *w, DLDataType dt, int ndim, c
   }
   int64_t strides[AB_MAX_NDIM];
   compact_strides(ndim, shape, strides);
-  DLTensor dl = {.data = ptr, .device = dl_device_of(d), .ndim = ndim, .dtype = dt, .shape = (int64_t *)shape};
+  DLTensor dl = {.data = ptr, .device = ab__dl_device(d), .ndim = ndim, .dtype = dt, .shape = (int64_t *)shape};
   ab__tensor_fill(t, &dl, strides);
   t->owner = AB__OWN_ARENA;
   t->dev = d;

@@ -168,20 +168,8 @@ static const stretch_fn stretch_table[T_COUNT][T_COUNT] = {
 #undef SENTRY
 };
 
-static int type_id(DLDataType dt) {
-  if (dt.lanes != 1) return -1;
-  switch (dt.code) {
-  case kDLUInt:
-    return dt.bits == 8 ? T_u8 : dt.bits == 16 ? T_u16 : dt.bits == 32 ? T_u32 : dt.bits == 64 ? T_u64 : -1;
-  case kDLInt:
-    return dt.bits == 8 ? T_i8 : dt.bits == 16 ? T_i16 : dt.bits == 32 ? T_i32 : dt.bits == 64 ? T_i64 : -1;
-  case kDLFloat:
-    return dt.bits == 32 ? T_f32 : dt.bits == 64 ? T_f64 : -1;
-  case AB_DL_BOOL:
-    return dt.bits == 8 ? T_b8 : -1;
-  }
-  return -1;
-}
+/* The enum above follows ab__dtype_index's order. */
+_Static_assert(T_COUNT == AB__NDTYPES && T_f32 == 8 && T_b8 == 10, "dtype order");
 
 /* ---- walking a strided tensor row by row ------------------------------------------------- */
 typedef struct {
@@ -268,7 +256,7 @@ static void visit_minmax(const char *row, int64_t stride, int64_t n, void *arg) 
 }
 
 int ab__host_minmax(const DLTensor *src, double *lo, double *hi, bool *found) {
-  int s = type_id(src->dtype);
+  int s = ab__dtype_index(src->dtype);
   if (s != T_f32 && s != T_f64) return AB_EDTYPE;
   rows_t r;
   rows_init(&r, src);
@@ -280,17 +268,15 @@ int ab__host_minmax(const DLTensor *src, double *lo, double *hi, bool *found) {
   return 0;
 }
 
-static bool same(DLDataType a, DLDataType b) { return a.code == b.code && a.bits == b.bits && a.lanes == b.lanes; }
-
 int ab__host_cast(const DLTensor *src, void *dst, DLDataType dt, const ab__cast_params *p) {
   rows_t r;
   rows_init(&r, src);
   cast_ctx c = {.out = dst, .out_es = (int64_t)ab__dtype_size(dt)};
-  if (same(src->dtype, dt)) { /* any dtype, bytes only */
+  if (ab__same_dtype(src->dtype, dt)) { /* any dtype, bytes only */
     rows_each(&r, visit_copy, &c);
     return 0;
   }
-  int s = type_id(src->dtype), d = type_id(dt);
+  int s = ab__dtype_index(src->dtype), d = ab__dtype_index(dt);
   if (s < 0 || d < 0) return AB_EDTYPE;
   c.conv = conv_table[s][d];
   if (p && p->mode == AB_CAST_STRETCH && stretch_table[s][d]) {

@@ -308,22 +308,6 @@ static int ocl_unmap(ab__worker *w, void *base, void *host) {
 }
 
 /* ---- kernels -------------------------------------------------------------------------------- */
-static int type_index(DLDataType dt) {
-  if (dt.lanes != 1) return -1;
-  int bits = dt.bits;
-  switch (dt.code) {
-  case kDLUInt:
-    return bits == 8 ? 0 : bits == 16 ? 1 : bits == 32 ? 2 : bits == 64 ? 3 : -1;
-  case kDLInt:
-    return bits == 8 ? 4 : bits == 16 ? 5 : bits == 32 ? 6 : bits == 64 ? 7 : -1;
-  case kDLFloat:
-    return bits == 32 ? 8 : bits == 64 ? 9 : -1;
-  case AB_DL_BOOL:
-    return bits == 8 ? 10 : -1;
-  }
-  return -1;
-}
-
 static cl_kernel kernel(ab__worker *w, cl_kernel *slot, const char *fmt, const char *a, const char *b) {
   if (*slot) return *slot;
   char name[64];
@@ -374,7 +358,7 @@ static int launch(ab__worker *w, cl_kernel k, size_t global) {
 }
 
 static int ocl_minmax(ab__worker *w, const DLTensor *src, double *lo, double *hi, bool *found) {
-  int s = type_index(src->dtype);
+  int s = ab__dtype_index(src->dtype);
   *found = false;
   if (s < 0 || ab__cl_types[s].cat != 'f') return AB_EDTYPE;
   layout l;
@@ -400,7 +384,7 @@ static int ocl_minmax(ab__worker *w, const DLTensor *src, double *lo, double *hi
 
 static int ocl_cast(ab__worker *w, const DLTensor *src, void *dst, size_t dst_off, DLDataType dt,
                     const ab__cast_params *p) {
-  int s = type_index(src->dtype), d = type_index(dt);
+  int s = ab__dtype_index(src->dtype), d = ab__dtype_index(dt);
   if (s < 0 || d < 0) return AB_EDTYPE;
   layout l;
   int rc = layout_of(src, &l);

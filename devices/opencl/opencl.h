@@ -9,7 +9,7 @@
 
 #include "runtime/internal.h"
 
-#define AB__CL_NTYPES 11
+#define AB__CL_NTYPES AB__NDTYPES /* in ab__dtype_index's order */
 
 typedef struct {
   const char *name;               /* u8 ... b8, as in kernel names */

@@ -1,0 +1,272 @@
+"""convert_memory and detect_memory_type: moving arrays between frameworks.
+
+Same-device conversions are zero-copy through each framework's own fast path (DLPack or a
+shared buffer); anything else goes through host memory unless allow_cpu_roundtrip=False.
+Differences from arraybridge 0.2.9, on purpose:
+  * gpu_id is honoured for every framework and validated (a device that does not exist is a
+    ValueError listing the ones that do); gpu_id=None keeps GPU data where it is and puts host
+    data in the target framework's host memory where it has one (numpy, torch, jax, tensorflow).
+  * torch tensors are detached before going to NumPy (requires_grad works).
+  * the data must be of source_type (MemoryConversionError otherwise), and an unknown type is a
+    ValueError naming the valid ones.
+  * a read-only NumPy array going to torch (which cannot mark memory read-only) is copied rather
+    than shared writable.
+"""
+import importlib
+import sys
+
+import numpy as _np
+
+from .types import MemoryConversionError, MemoryType, memory_type
+
+_M = MemoryType
+_modules = {}
+
+
+def _mod(mt):
+    m = _modules.get(mt)
+    if m is None:
+        name = {"tensorflow": "tensorflow", "pyclesperanto": "pyclesperanto"}.get(mt.value, mt.value)
+        try:
+            m = importlib.import_module(name)
+        except ImportError as e:
+            raise MemoryConversionError("?", mt.value, "import", f"{name} is not installed ({e})") from e
+        _modules[mt] = m
+    return m
+
+
+# ---- detection ------------------------------------------------------------------------------
+_TYPE_CACHE = {_np.ndarray: _M.NUMPY}
+_MODULE_TYPES = {"numpy": _M.NUMPY, "torch": _M.TORCH, "cupy": _M.CUPY, "jax": _M.JAX, "jaxlib": _M.JAX,
+                 "tensorflow": _M.TENSORFLOW, "pyclesperanto": _M.PYCLESPERANTO,
+                 "pyclesperanto_prototype": _M.PYCLESPERANTO, "pyclesperanto_opencl": _M.PYCLESPERANTO,
+                 "pyclesperanto_cuda": _M.PYCLESPERANTO}
+
+
+def detect_memory_type(data):
+    """The memory type of data as a string ("numpy", "torch", ...); ValueError if it is none."""
+    return _detect(data).value
+
+
+def _detect(data):
+    t = type(data)
+    mt = _TYPE_CACHE.get(t)
+    if mt is not None:
+        return mt
+    mt = _MODULE_TYPES.get(t.__module__.split(".")[0])
+    if mt is None or (mt is _M.NUMPY and not isinstance(data, _np.ndarray)):
+        raise ValueError(f"Unknown memory type for {t.__module__}.{t.__qualname__}")
+    _TYPE_CACHE[t] = mt
+    return mt
+
+
+# ---- devices --------------------------------------------------------------------------------
+def available_device_ids(mt):
+    """GPU indexes the framework of memory type mt can use here."""
+    mt = memory_type(mt)
+    if mt is _M.NUMPY:
+        return []
+    try:
+        m = _mod(mt)
+    except MemoryConversionError:
+        return []
+    try:
+        if mt is _M.TORCH:
+            return list(range(m.cuda.device_count())) if m.cuda.is_available() else []
+        if mt is _M.CUPY:
+            return list(range(m.cuda.runtime.getDeviceCount()))
+        if mt is _M.JAX:
+            return [i for i, d in enumerate(d for d in m.devices() if d.platform == "gpu")]
+        if mt is _M.TENSORFLOW:
+            return list(range(len(m.config.list_logical_devices("GPU"))))
+        if mt is _M.PYCLESPERANTO:
+            return list(range(len(m.list_available_devices())))
+    except Exception:  # noqa: BLE001 - a framework without a driver has no devices
+        return []
+    return []
+
+
+def _check_gpu(mt, gpu_id):
+    if gpu_id is None:
+        return
+    if not isinstance(gpu_id, int) or isinstance(gpu_id, bool) or gpu_id < 0:
+        raise ValueError(f"gpu_id must be a non-negative int or None, not {gpu_id!r}")
+    ids = available_device_ids(mt)
+    if gpu_id not in ids:
+        raise ValueError(f"{mt.value} has no device {gpu_id}; available: {ids}")
+
+
+def device_of(data, mt=None):
+    """The framework-local GPU index data lives on, or None for host memory."""
+    mt = mt or _detect(data)
+    if mt is _M.TORCH:
+        return data.device.index if data.device.type == "cuda" else None
+    if mt is _M.CUPY:
+        return data.device.id
+    if mt is _M.JAX:
+        dev = next(iter(data.devices()))
+        return dev.id if dev.platform == "gpu" else None
+    if mt is _M.TENSORFLOW:
+        return int(data.device.rsplit(":", 1)[-1]) if "GPU" in data.device else None
+    return None
+
+
+# ---- to and from host NumPy -------------------------------------------------------------------
+def _torch_to_numpy(x):
+    x = x.detach()
+    if x.device.type != "cpu":
+        x = x.cpu()
+    if x.is_conj():
+        x = x.resolve_conj()
+    if x.is_neg():
+        x = x.resolve_neg()
+    return x.numpy()
+
+
+_TO_NUMPY = {
+    _M.NUMPY: lambda x: x,
+    _M.TORCH: _torch_to_numpy,
+    _M.CUPY: lambda x: x.get(),
+    _M.JAX: lambda x: _np.asarray(x),
+    _M.TENSORFLOW: lambda x: x.numpy(),
+    _M.PYCLESPERANTO: lambda x: _mod(_M.PYCLESPERANTO).pull(x),
+}
+
+
+def _numpy_to_torch(a, gpu_id):
+    torch = _mod(_M.TORCH)
+    if not a.flags.writeable or not a.flags.aligned or a.dtype.byteorder == ">":
+        a = _np.ascontiguousarray(a, dtype=a.dtype.newbyteorder("="))
+        if not a.flags.writeable:
+            a = a.copy()
+    t = torch.from_numpy(a)
+    return t if gpu_id is None else t.to(f"cuda:{gpu_id}", non_blocking=False)
+
+
+def _numpy_to_cupy(a, gpu_id):
+    cupy = _mod(_M.CUPY)
+    if gpu_id is None:
+        return cupy.asarray(a)
+    with cupy.cuda.Device(gpu_id):  # entered, unlike arraybridge 0.2.9
+        return cupy.asarray(a)
+
+
+def _numpy_to_jax(a, gpu_id):
+    jax = _mod(_M.JAX)
+    dev = jax.devices("cpu")[0] if gpu_id is None else [d for d in jax.devices() if d.platform == "gpu"][gpu_id]
+    return jax.device_put(a, dev)
+
+
+def _numpy_to_tf(a, gpu_id):
+    tf = _mod(_M.TENSORFLOW)
+    with tf.device("/CPU:0" if gpu_id is None else f"/GPU:{gpu_id}"):
+        return tf.identity(tf.convert_to_tensor(a))
+
+
+def _numpy_to_cle(a, gpu_id):
+    cle = _mod(_M.PYCLESPERANTO)
+    if gpu_id is None:
+        return cle.push(a)
+    # pyclesperanto has one current device per process: gpu_id selects it (as cle.select_device)
+    return cle.push(a, device=cle.select_device(gpu_id))
+
+
+_FROM_NUMPY = {
+    _M.NUMPY: lambda a, gpu_id: a,
+    _M.TORCH: _numpy_to_torch,
+    _M.CUPY: _numpy_to_cupy,
+    _M.JAX: _numpy_to_jax,
+    _M.TENSORFLOW: _numpy_to_tf,
+    _M.PYCLESPERANTO: _numpy_to_cle,
+}
+
+
+# ---- direct paths (no host round trip) ---------------------------------------------------------
+def _via_dlpack(target):
+    def convert(x, gpu_id):
+        m = _mod(target)
+        if target is _M.TORCH:
+            r = m.from_dlpack(x)
+            return r if gpu_id is None or r.device.index == gpu_id else r.to(f"cuda:{gpu_id}")
+        if target is _M.CUPY:
+            with m.cuda.Device(gpu_id if gpu_id is not None else device_of(x)):
+                return m.from_dlpack(x)
+        if target is _M.JAX:
+            return m.dlpack.from_dlpack(x)
+        raise TypeError(target)
+    return convert
+
+
+def _same(x, gpu_id):
+    return x
+
+
+def _move_same_type(mt):
+    def convert(x, gpu_id):
+        if gpu_id is None or device_of(x, mt) == gpu_id:
+            return x
+        return _FROM_NUMPY[mt](_TO_NUMPY[mt](x), gpu_id) if mt in (_M.TENSORFLOW, _M.PYCLESPERANTO) else \
+            _via_dlpack(mt)(x, gpu_id) if mt is not _M.JAX else _numpy_to_jax(_np.asarray(x), gpu_id)
+    return convert
+
+
+def _direct(src, tgt):
+    if src is tgt:
+        return _same if src is _M.NUMPY else _move_same_type(src)
+    if src is _M.NUMPY:
+        return _FROM_NUMPY[tgt]
+    if tgt is _M.NUMPY:
+        return lambda x, gpu_id: _TO_NUMPY[src](x)
+    if {src, tgt} <= {_M.TORCH, _M.CUPY, _M.JAX}:
+        return _via_dlpack(tgt)
+    return None
+
+
+_PATHS = {}
+
+
+def convert_memory(data, source_type, target_type, gpu_id=None, *, allow_cpu_roundtrip=True):
+    """data, of memory type source_type, as target_type (on GPU gpu_id for GPU frameworks).
+
+    Zero-copy when the data can stay where it is; otherwise one copy (device moves) or a host
+    round trip (frameworks that share no device memory, e.g. pyclesperanto's OpenCL and CUDA).
+    allow_cpu_roundtrip=False refuses host round trips for data on a GPU (OpenHCS's strict mode)."""
+    key = (source_type, target_type)
+    path = _PATHS.get(key)
+    if path is None:
+        src, tgt = memory_type(source_type, "source_type"), memory_type(target_type, "target_type")
+        path = _PATHS[key] = (src, tgt, _direct(src, tgt))
+    src, tgt, fn = path
+    actual = _detect(data)
+    if actual is not src:
+        raise MemoryConversionError(src.value, tgt.value, "convert_memory", f"the data is {actual.value}, not {src.value}")
+    if gpu_id is not None:
+        _check_gpu(tgt, gpu_id)
+    if fn is not None:
+        try:
+            return fn(data, gpu_id)
+        except MemoryConversionError:
+            raise
+        except Exception as e:  # noqa: BLE001 - direct paths may refuse (DLPack device limits)
+            if not allow_cpu_roundtrip:
+                raise MemoryConversionError(src.value, tgt.value, "direct", str(e)) from e
+            if src is _M.NUMPY or tgt is _M.NUMPY:
+                raise MemoryConversionError(src.value, tgt.value, "direct", str(e)) from e
+    if not allow_cpu_roundtrip and device_of(data, src) is not None:
+        raise MemoryConversionError(src.value, tgt.value, "host round trip",
+                                    "no CPU fallback permitted unless explicitly authorized via allow_cpu_roundtrip=True")
+    try:
+        return _FROM_NUMPY[tgt](_TO_NUMPY[src](data), gpu_id)
+    except MemoryConversionError:
+        raise
+    except Exception as e:  # noqa: BLE001
+        raise MemoryConversionError(src.value, tgt.value, "host round trip", str(e)) from e
+
+
+def to_numpy(data):
+    """Any supported array as host NumPy (zero-copy where the memory is already host memory)."""
+    return _TO_NUMPY[_detect(data)](data)
+
+
+def loaded_frameworks():
+    return [m for m in ("torch", "cupy", "jax", "tensorflow", "pyclesperanto") if m in sys.modules]

@@ -1,0 +1,263 @@
+"""arraybridge.Executor: a concurrent.futures.Executor on the runtime's worker pools.
+
+Every submit is one runtime task. It is placed on a device (explicit, or the least-loaded of a
+kind), runs on one of that device's worker threads with the GIL held, and settles a
+concurrent.futures.Future subclass, so ``concurrent.futures.wait``, ``as_completed`` and
+``asyncio.wrap_future`` work unchanged. ``result()`` waits inside the runtime with the GIL
+released (a short spin, then a futex), which is where most of the speed over
+ThreadPoolExecutor comes from.
+
+Out-of-memory errors of torch, cupy, jax and tensorflow (by exception type and by message) clear
+that framework's cache and enter the runtime's OOM ladder: the task is parked and run again with
+exponential backoff until its deadline, then fails with arraybridge.OutOfMemoryError, chained to
+the framework's own exception.
+"""
+import concurrent.futures as _cf
+import functools as _functools
+import threading as _threading
+from concurrent.futures._base import CANCELLED, CANCELLED_AND_NOTIFIED, FINISHED, PENDING
+
+from . import _core, _oom
+from ._runtime import KINDS, parse_device
+
+_DONE = (CANCELLED, CANCELLED_AND_NOTIFIED, FINISHED)
+_ENOMEM = _core.AB_ENOMEM
+
+
+class Future(_cf.Future):
+    """A concurrent.futures.Future settled by a runtime task.
+
+    The futures of one executor share one Condition (creating a Condition per future costs more
+    than the rest of a submit); result() and exception() wait on the runtime instead of it."""
+
+    # Defaults as class attributes: a submit then sets three instance attributes, not nine.
+    _state = PENDING
+    _result = None
+    _exception = None
+    _task = None  # the runtime's Future
+    _oom_retry = True
+    _last_oom = None
+
+    def __init__(self, condition):  # no super().__init__: it would make a Condition
+        self._condition = condition
+        self._waiters = []
+        self._done_callbacks = []
+
+    def _wait_settled(self, timeout):
+        if self._state in _DONE:
+            return
+        task = self._task
+        if task is not None and not task.wait(timeout):
+            raise _cf.TimeoutError()
+        # The task is complete. A task that ran settled this future before completing; a
+        # cancelled or failed one settles it from a completion callback, possibly a moment later.
+        with self._condition:
+            while self._state not in _DONE:
+                self._condition.wait(0.001)
+
+    def result(self, timeout=None):
+        if self._state == FINISHED and self._exception is None:
+            return self._result
+        self._wait_settled(timeout)
+        return super().result(0)
+
+    def exception(self, timeout=None):
+        self._wait_settled(timeout)
+        return super().exception(0)
+
+    def cancel(self):
+        """Cancel a task that has not started; False once it runs (or is parked for memory)."""
+        state = self._state
+        if state in (CANCELLED, CANCELLED_AND_NOTIFIED):
+            return True
+        if state != PENDING or self._task is None:
+            return False
+        self._task.cancel()  # a task that had not started is settled at once, through _ab_end
+        return self._state in (CANCELLED, CANCELLED_AND_NOTIFIED)
+
+    # ---- called by the runtime (python/src/module.c), with the GIL held -------------------------
+    def _ab_settle(self, result):
+        cond = self._condition
+        with cond:
+            self._result = result
+            self._state = FINISHED
+            for waiter in self._waiters:
+                waiter.add_result(self)
+            if cond._waiters:
+                cond.notify_all()
+        if self._done_callbacks:
+            self._invoke_callbacks()
+
+    def _ab_raised(self, exc):
+        """fn raised exc: True to be parked and run again (a framework out-of-memory error)."""
+        if self._oom_retry and _oom.is_oom(exc):
+            _oom.clear_cache(exc)
+            self._last_oom = exc
+            return True
+        self.set_exception(exc)
+        return False
+
+    def _ab_end(self, status, message):
+        """The task ended without fn finishing: cancelled, out of memory, shut down."""
+        if self._state in _DONE:
+            return
+        if status == _core.AB_ECANCELED and self._state == PENDING:
+            if _cf.Future.cancel(self):
+                self.set_running_or_notify_cancel()  # tells wait() and as_completed()
+            return
+        if status == _ENOMEM and self._last_oom is not None:
+            exc = _core.OutOfMemoryError(f"out of memory after the runtime's backoff ladder:\n{message}")
+            exc.__cause__ = self._last_oom
+        else:
+            cls = _core.CancelledError if status == _core.AB_ECANCELED else _core.Error
+            exc = cls(f"task ended: {_core.strerror(status)} ({status}) {message}".rstrip())
+        exc.code = status
+        if self._state == PENDING:
+            self.set_running_or_notify_cancel()
+        self.set_exception(exc)
+
+
+_OPTIONS = frozenset({"device", "input_type", "output_type", "oom_retry"})
+
+
+class Executor(_cf.Executor):
+    """A concurrent.futures.Executor over the arraybridge runtime.
+
+    Executor(max_workers=None, *, devices=None, workers_per_device=None, memory_limit=None,
+             logical_split=None, queue_capacity=65536, oom_deadline=None)
+
+    max_workers     host worker threads (ThreadPoolExecutor's meaning); default one per core
+    devices         which kinds to open: "host", "opencl", "cuda", a list of them, or None (all
+                    present). The host is always open.
+    workers_per_device  {"opencl": 2, "cuda": 2, ...} or an int for every GPU kind
+    memory_limit    {"cuda": bytes, ...} or an int for every kind: the runtime's own budget
+    oom_deadline    seconds a task may spend parked waiting for memory (default 10)
+    """
+
+    def __init__(self, max_workers=None, *, devices=None, workers_per_device=None, memory_limit=None,
+                 logical_split=None, queue_capacity=1 << 16, oom_deadline=None, thread_name_prefix=None):
+        if max_workers is not None and max_workers <= 0:
+            raise ValueError("max_workers must be greater than 0")
+        workers = _per_kind(workers_per_device, exclude_host=True)
+        if max_workers is not None:
+            workers["host"] = max_workers
+        disable = _disabled_kinds(devices)
+        self._runtime = _core.Runtime(workers=workers, memory_limit=_per_kind(memory_limit),
+                                      logical_split=_per_kind(logical_split, exclude_host=True),
+                                      disable=disable, queue_capacity=queue_capacity, oom_deadline=oom_deadline)
+        self._condition = _threading.Condition()
+        self._shutdown = False
+        self._shutdown_lock = _threading.Lock()
+        self._plans = {}
+        self._call = self._runtime.call
+
+    @property
+    def runtime(self):
+        return self._runtime
+
+    def devices(self):
+        """[(kind, index), ...] the runtime opened."""
+        return self._runtime.devices()
+
+    def stats(self):
+        return self._runtime.stats()
+
+    def submit(self, fn, /, *args, **kwargs):
+        """submit(fn, *args, device=None, input_type=None, output_type=None, oom_retry=True, **kwargs)
+
+        Run fn(*args, **kwargs) on a worker of `device` ("host", "opencl", "opencl:1", "cuda:0",
+        or None for any host worker) and return a concurrent.futures.Future.
+
+        input_type converts array arguments (positional and keyword) to that memory type on the
+        device before the call; output_type converts the result. On CUDA devices the worker's
+        stream is made current for torch and cupy while fn runs. oom_retry=False lets a
+        framework's out-of-memory error fail the future at once."""
+        if self._shutdown:
+            raise RuntimeError("cannot schedule new futures after shutdown")
+        if kwargs and not _OPTIONS.isdisjoint(kwargs):
+            return self._submit_with_options(fn, args, kwargs)
+        fut = Future(self._condition)
+        try:
+            fut._task = self._call(fut, fn, args, kwargs or None)
+        except _core.ShutdownError:
+            raise RuntimeError("cannot schedule new futures after shutdown") from None
+        return fut
+
+    def _submit_with_options(self, fn, args, kwargs):
+        device = kwargs.pop("device", None)
+        input_type = kwargs.pop("input_type", None)
+        output_type = kwargs.pop("output_type", None)
+        oom_retry = kwargs.pop("oom_retry", True)
+        dev = parse_device(device)
+        if input_type is not None or output_type is not None or dev[0] == _core.CUDA:
+            fn = _functools.partial(self._plan(input_type, output_type).run, fn)
+            args, kwargs = (args, kwargs), None
+        fut = Future(self._condition)
+        if not oom_retry:
+            fut._oom_retry = False
+        policy = _core.PLACE_EXPLICIT if dev[1] >= 0 else _core.PLACE_AUTO
+        try:
+            fut._task = self._call(fut, fn, args, kwargs or None, dev, policy)
+        except _core.ShutdownError:
+            raise RuntimeError("cannot schedule new futures after shutdown") from None
+        return fut
+
+    def _plan(self, input_type, output_type):
+        key = (input_type, output_type)
+        plan = self._plans.get(key)
+        if plan is None:
+            from ._plan import Plan
+            plan = self._plans[key] = Plan(input_type, output_type)
+        return plan
+
+    def map(self, fn, *iterables, timeout=None, chunksize=1, device=None, **options):
+        if device is None and not options:
+            return super().map(fn, *iterables, timeout=timeout, chunksize=chunksize)
+        submit = self.submit
+
+        class _Bound:  # super().map calls self.submit(fn, *args)
+            def submit(self, f, *args):
+                return submit(f, *args, device=device, **options)
+
+        return _cf.Executor.map(_Bound(), fn, *iterables, timeout=timeout, chunksize=chunksize)
+
+    def shutdown(self, wait=True, *, cancel_futures=False):
+        """Stop accepting work. cancel_futures cancels tasks that have not started; wait blocks
+        until every task has completed (the runtime drains or cancels; it never strands one)."""
+        with self._shutdown_lock:
+            if self._shutdown:
+                if wait:
+                    self._runtime.close()
+                return
+            self._shutdown = True
+        if wait:
+            self._runtime.close(cancel=cancel_futures)
+        else:
+            _threading.Thread(target=self._runtime.close, kwargs={"cancel": cancel_futures},
+                              name="arraybridge-shutdown", daemon=True).start()
+
+
+def _per_kind(value, exclude_host=False):
+    if value is None:
+        return {}
+    if isinstance(value, dict):
+        out = {}
+        for k, v in value.items():
+            name = k if k in KINDS else None
+            if name is None:
+                raise ValueError(f"unknown device kind {k!r}")
+            out[{"cpu": "host", "gpu": "cuda"}.get(name, name)] = int(v)
+        return out
+    kinds = ("opencl", "cuda") if exclude_host else ("host", "opencl", "cuda")
+    return {k: int(value) for k in kinds}
+
+
+def _disabled_kinds(devices):
+    if devices is None or devices == "all":
+        return ()
+    wanted = {devices} if isinstance(devices, str) else set(devices)
+    for d in wanted:
+        if d.split(":")[0] not in KINDS:
+            raise ValueError(f"unknown device kind {d!r}")
+    names = {{"cpu": "host", "gpu": "cuda"}.get(d.split(":")[0], d.split(":")[0]) for d in wanted}
+    return tuple(k for k in ("opencl", "cuda") if k not in names)

@@ -1,0 +1,29 @@
+"""Shared test setup: several pocl OpenCL devices (one thread each), a kernel cache outside $HOME."""
+import os
+import tempfile
+
+os.environ.setdefault("POCL_DEVICES", "pthread pthread pthread")
+os.environ.setdefault("POCL_MAX_PTHREAD_COUNT", "1")
+os.environ.setdefault("POCL_CACHE_DIR", os.path.join(tempfile.gettempdir(), "arraybridge-pocl-cache"))
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import pytest  # noqa: E402
+
+import arraybridge as ab  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def rt():
+    """The process-wide runtime the arraybridge API uses."""
+    return ab.runtime()
+
+
+@pytest.fixture(scope="session")
+def opencl_devices(rt):
+    return [d for d in rt.devices() if d[0] == ab._core.OPENCL]
+
+
+def optional(name):
+    """The module, or skip the test when it is not installed."""
+    return pytest.importorskip(name)

@@ -35,3 +35,18 @@ def name(dl):
         return to_numpy(dl).name
     except TypeError:
         return f"dl{dl}"
+
+
+def of(x):
+    """The NumPy dtype of any framework's array (torch.uint16 -> uint16), or None."""
+    dt = getattr(x, "dtype", None)
+    if dt is None:
+        return None
+    try:
+        return _np.dtype(dt)
+    except TypeError:
+        name = getattr(dt, "name", None) or str(dt).rsplit(".", 1)[-1]
+        try:
+            return _np.dtype(name)
+        except TypeError:
+            return None

@@ -4,7 +4,7 @@ import sys
 
 from . import _core
 from .convert import _detect, convert_memory
-from .types import memory_type
+from .types import MemoryType, memory_type
 
 
 class Plan:
@@ -14,14 +14,15 @@ class Plan:
 
     def run(self, fn, args, kwargs=None):
         cur = _core.current()  # (kind, index, worker, stream) of this worker's task
-        gpu_id = cur[1] if cur is not None and cur[0] in (_core.CUDA, _core.OPENCL) else None
         kwargs = kwargs or {}
         if self.input_type is not None:
+            gpu_id = _gpu_id(cur, self.input_type)
             args = tuple(self._convert(a, self.input_type, gpu_id) for a in args)
             kwargs = {k: self._convert(v, self.input_type, gpu_id) for k, v in kwargs.items()}
         with stream_scope(cur):
             r = fn(*args, **kwargs)
         if self.output_type is not None:
+            gpu_id = _gpu_id(cur, self.output_type)
             if isinstance(r, tuple):
                 r = tuple(self._convert(x, self.output_type, gpu_id) for x in r)
             else:
@@ -34,9 +35,22 @@ class Plan:
             src = _detect(x)
         except ValueError:
             return x  # not an array: passed through
-        if gpu_id is not None and target.value in ("numpy",):
-            gpu_id = None
-        return convert_memory(x, src, target, gpu_id if target.value != "numpy" else None)
+        return convert_memory(x, src, target, gpu_id)
+
+
+_CUDA_TYPES = frozenset({MemoryType.TORCH, MemoryType.CUPY, MemoryType.JAX, MemoryType.TENSORFLOW})
+
+
+def _gpu_id(cur, target):
+    """The framework device index for this worker's device: CUDA devices for the CUDA
+    frameworks, OpenCL devices for pyclesperanto; host memory (None) otherwise."""
+    if cur is None:
+        return None
+    if cur[0] == _core.CUDA and target in _CUDA_TYPES:
+        return cur[1]
+    if cur[0] == _core.OPENCL and target is MemoryType.PYCLESPERANTO:
+        return cur[1]
+    return None
 
 
 @contextlib.contextmanager

@@ -17,7 +17,7 @@ import time
 
 import numpy as _np
 
-from . import _oom
+from . import _dtypes, _oom
 from .convert import _detect, convert_memory
 from .stack import cast, stack_slices
 from .types import DtypeConversion, MemoryType, memory_type
@@ -68,20 +68,10 @@ def _dtype_target(mode, input_dtype):
     return mode.numpy_dtype
 
 
-def _np_dtype(x):
-    dt = getattr(x, "dtype", None)
-    if dt is None:
-        return None
-    try:
-        return _np.dtype(dt)
-    except TypeError:
-        return _np.dtype(str(dt).rsplit(".", 1)[-1])  # torch.uint16 -> uint16, tf dtypes -> name
-
-
 def _apply_dtype(result, target):
     if target is None:
         return result
-    have = _np_dtype(result)
+    have = _dtypes.of(result)
     if have is None or have == target:
         return result
     mode = "stretch" if have.kind == "f" and target.kind in "iub" and target.kind != "b" else "saturate"
@@ -100,7 +90,7 @@ def _framework_decorator(mt):
                     src = _detect(image)
                 except ValueError:
                     src = None
-                in_dtype = _np_dtype(image)
+                in_dtype = _dtypes.of(image)
                 x = convert_memory(image, src, it, gpu_id) if src is not None else image
                 call = functools.partial(_call_sliced, f) if slice_by_slice and getattr(x, "ndim", 0) == 3 else f
                 if oom_recovery:

@@ -21,14 +21,14 @@ def _check_slices(slices):
     if len(slices) == 0:
         raise ValueError("stack_slices: no slices")
     first = slices[0]
-    shape, dtype = tuple(first.shape), first.dtype
+    shape, dtype = tuple(first.shape), _dtypes.of(first)
     if len(shape) != 2:
         raise ValueError(f"stack_slices: slice 0 has shape {shape}; slices must be 2-D")
     for i, s in enumerate(slices):
         if tuple(s.shape) != shape:
             raise ValueError(f"stack_slices: slice {i} has shape {tuple(s.shape)}, slice 0 has {shape}")
-        if s.dtype != dtype:
-            raise ValueError(f"stack_slices: slice {i} has dtype {s.dtype}, slice 0 has {dtype}")
+        if _dtypes.of(s) != dtype:
+            raise ValueError(f"stack_slices: slice {i} has dtype {_dtypes.of(s)}, slice 0 has {dtype}")
 
 
 def stack_slices(slices, memory_type_, gpu_id=None, *, rt=None):

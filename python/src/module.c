@@ -211,6 +211,10 @@ static int parse_dtype(PyObject *o, DLDataType *dt) {
     return 0;
   }
   int code, bits, lanes = 1;
+  if (!PyTuple_Check(o)) {
+    PyErr_SetString(PyExc_TypeError, "dtype must be a (code, bits, lanes) tuple");
+    return -1;
+  }
   if (!PyArg_ParseTuple(o, "ii|i;dtype must be a (code, bits, lanes) tuple", &code, &bits, &lanes)) return -1;
   if (code < 0 || code > 255 || bits < 0 || bits > 255 || lanes < 0 || lanes > 65535) {
     PyErr_SetString(InvalidError, "dtype (code, bits, lanes) out of range");
@@ -537,6 +541,10 @@ static PyObject *tensor_dlpack(TensorObject *self, PyObject *args, PyObject *kw)
   int versioned = 0;
   if (max_version != Py_None) {
     unsigned major, minor;
+    if (!PyTuple_Check(max_version)) {
+      PyErr_SetString(PyExc_TypeError, "max_version must be a (major, minor) tuple");
+      return NULL;
+    }
     if (!PyArg_ParseTuple(max_version, "II;max_version must be a (major, minor) tuple", &major, &minor)) return NULL;
     versioned = major >= 1;
   }
@@ -546,6 +554,10 @@ static PyObject *tensor_dlpack(TensorObject *self, PyObject *args, PyObject *kw)
   int other_device = 0;
   if (dl_device != Py_None) {
     int dt, di;
+    if (!PyTuple_Check(dl_device)) {
+      PyErr_SetString(PyExc_TypeError, "dl_device must be a (device_type, device_id) tuple");
+      return NULL;
+    }
     if (!PyArg_ParseTuple(dl_device, "ii;dl_device must be a (device_type, device_id) tuple", &dt, &di)) return NULL;
     int same = dt == (int)dl->device.device_type && di == dl->device.device_id;
     if (!same && dt != kDLCPU) {
@@ -873,8 +885,13 @@ static PyObject *runtime_fault(RuntimeObject *self, PyObject *args) {
 
 static int parse_place(PyObject *dev, int policy, ab_place *p) {
   int kind = AB_HOST, index = AB_ANY;
-  if (dev != NULL && dev != Py_None && !PyArg_ParseTuple(dev, "ii;device must be a (kind, index) tuple", &kind, &index))
-    return -1;
+  if (dev != NULL && dev != Py_None) {
+    if (!PyTuple_Check(dev)) {
+      PyErr_SetString(PyExc_TypeError, "device must be a (kind, index) tuple");
+      return -1;
+    }
+    if (!PyArg_ParseTuple(dev, "ii;device must be a (kind, index) tuple", &kind, &index)) return -1;
+  }
   p->policy = policy;
   p->device = make_device(kind, index);
   p->mode = AB_SUBMIT_TRY; /* first try with the GIL held; see submit_blocking */
@@ -965,8 +982,11 @@ static PyObject *runtime_stack(RuntimeObject *self, PyObject *args, PyObject *kw
     }
     PyObject *w = mod_from_buffer(NULL, it);
     if (w == NULL) {
-      PyErr_Format(PyExc_TypeError, "slice %zd: expected a Tensor or a host array (buffer protocol), got %.100s", i,
-                   Py_TYPE(it)->tp_name);
+      if (PyErr_ExceptionMatches(PyExc_TypeError) && !PyErr_ExceptionMatches(NotSupportedErr)) {
+        PyErr_Clear(); /* no buffer at all; errors in the buffer (byte order, format) stay */
+        PyErr_Format(PyExc_TypeError, "slice %zd: expected a Tensor or a host array (buffer protocol), got %.100s",
+                     i, Py_TYPE(it)->tp_name);
+      }
       goto out;
     }
     ts[i] = ab_tensor_retain(((TensorObject *)w)->t);
@@ -1031,8 +1051,10 @@ static PyObject *runtime_empty(RuntimeObject *self, PyObject *args) {
   int nd, kind, index;
   DLDataType dt;
   if (parse_shape(shape_o, shape, &nd, "shape") || parse_dtype(dtype_o, &dt) ||
-      !PyArg_ParseTuple(device, "ii", &kind, &index))
+      !PyTuple_Check(device) || !PyArg_ParseTuple(device, "ii", &kind, &index)) {
+    if (!PyErr_Occurred()) PyErr_SetString(PyExc_TypeError, "device must be a (kind, index) tuple");
     return NULL;
+  }
   ab_tensor *t;
   int rc;
   Py_BEGIN_ALLOW_THREADS rc = ab_tensor_alloc(self->rt, make_device(kind, index), dt, nd, shape, &t);

@@ -12,6 +12,11 @@ import pytest  # noqa: E402
 
 import arraybridge as ab  # noqa: E402
 
+# pocl (the OpenCL devices here) loads LLVM 15 when it first initialises. If TensorFlow was
+# imported before that, the process crashes in pocl (their LLVM symbols clash); the other order
+# works. So OpenCL is initialised here, before any test imports TensorFlow. README: "Known limits".
+ab.runtime()
+
 
 @pytest.fixture(scope="session")
 def rt():

@@ -1,0 +1,232 @@
+"""arraybridge.Executor: the concurrent.futures contract, devices, conversions, OOM, shutdown."""
+import asyncio
+import concurrent.futures as cf
+import threading
+import time
+import traceback
+
+import numpy as np
+import pytest
+
+import arraybridge as ab
+from arraybridge import _core
+
+
+@pytest.fixture
+def ex():
+    with ab.Executor(2) as e:
+        yield e
+
+
+def test_submit_result_and_args(ex):
+    assert ex.submit(pow, 2, 10).result() == 1024
+    assert ex.submit(lambda a, b=0: a - b, 5, b=3).result() == 2
+    assert ex.submit(lambda **kw: kw, x=1).result() == {"x": 1}
+    f = ex.submit(time.sleep, 0.01)
+    assert f.result(timeout=5) is None and f.done() and not f.cancelled()
+
+
+def test_runs_on_a_worker_thread_of_the_host(ex):
+    main = threading.get_ident()
+    tid, cur = ex.submit(lambda: (threading.get_ident(), _core.current())).result()
+    assert tid != main
+    assert cur[0] == _core.HOST and cur[2] in (0, 1)
+    assert _core.current() is None  # outside a task
+
+
+def test_exceptions_propagate_with_traceback(ex):
+    def boom():
+        raise KeyError("missing")
+
+    f = ex.submit(boom)
+    with pytest.raises(KeyError, match="missing"):
+        f.result()
+    exc = f.exception()
+    assert isinstance(exc, KeyError)
+    assert "boom" in "".join(traceback.format_tb(exc.__traceback__))
+
+
+def test_timeout(ex):
+    f = ex.submit(time.sleep, 0.5)
+    with pytest.raises(cf.TimeoutError):
+        f.result(timeout=0.01)
+    assert f.result(timeout=5) is None
+
+
+def test_map_wait_as_completed(ex):
+    assert list(ex.map(lambda x: x * x, range(20))) == [x * x for x in range(20)]
+    fs = [ex.submit(lambda i=i: i) for i in range(200)]
+    done, pending = cf.wait(fs, timeout=10)
+    assert len(done) == 200 and not pending
+    assert sorted(f.result() for f in cf.as_completed(fs)) == list(range(200))
+    fs = [ex.submit(time.sleep, 0.2), ex.submit(int)]
+    done, _ = cf.wait(fs, return_when=cf.FIRST_COMPLETED, timeout=10)
+    assert fs[1] in done
+
+
+def test_done_callbacks_and_asyncio(ex):
+    got = []
+    f = ex.submit(lambda: 41)
+    f.add_done_callback(lambda fut: got.append(fut.result() + 1))
+    f.result()
+    deadline = time.monotonic() + 5
+    while not got and time.monotonic() < deadline:
+        time.sleep(0.001)
+    assert got == [42]
+
+    async def main():
+        return await asyncio.gather(*(asyncio.wrap_future(ex.submit(lambda i=i: i * 2)) for i in range(10)))
+
+    assert asyncio.run(main()) == [i * 2 for i in range(10)]
+
+
+def test_cancel_queued_tasks():
+    with ab.Executor(1) as ex:
+        gate = threading.Event()
+        blocker = ex.submit(gate.wait, 10)
+        time.sleep(0.05)
+        queued = [ex.submit(int) for _ in range(5)]
+        assert all(f.cancel() for f in queued)
+        assert all(f.cancelled() for f in queued)
+        assert not blocker.cancel()  # running
+        with pytest.raises(cf.CancelledError):
+            queued[0].result()
+        done, _ = cf.wait(queued, timeout=5)
+        assert len(done) == 5
+        gate.set()
+        assert blocker.result(timeout=5) is True
+
+
+def test_shutdown_cancel_futures_settles_everything():
+    ex = ab.Executor(1)
+    gate = threading.Event()
+    running = ex.submit(gate.wait, 10)
+    time.sleep(0.05)
+    queued = [ex.submit(int) for _ in range(50)]
+    threading.Timer(0.1, gate.set).start()
+    ex.shutdown(wait=True, cancel_futures=True)
+    assert running.result(timeout=1) is True
+    assert all(f.done() for f in queued)
+    assert any(f.cancelled() for f in queued)
+    with pytest.raises(RuntimeError, match="after shutdown"):
+        ex.submit(int)
+
+
+def test_shutdown_drains_by_default():
+    ex = ab.Executor(2)
+    fs = [ex.submit(time.sleep, 0.001) for _ in range(100)]
+    ex.shutdown()
+    assert all(f.done() and f.exception() is None for f in fs)
+    ex.shutdown()  # twice is fine
+
+
+def test_shutdown_without_waiting():
+    ex = ab.Executor(1)
+    f = ex.submit(time.sleep, 0.2)
+    t0 = time.monotonic()
+    ex.shutdown(wait=False)
+    assert time.monotonic() - t0 < 0.15
+    assert f.result(timeout=5) is None
+
+
+def test_bad_options():
+    with pytest.raises(ValueError):
+        ab.Executor(0)
+    with ab.Executor(1) as ex:
+        with pytest.raises(ValueError, match="unknown device"):
+            ex.submit(int, device="tpu")
+        with pytest.raises(LookupError):
+            ex.submit(int, device="host:7")
+        with pytest.raises(ValueError, match="input_type"):
+            ex.submit(int, input_type="matlab")
+    with pytest.raises(ValueError):
+        ab.Executor(devices="quantum")
+
+
+def test_opencl_device_and_conversions(opencl_devices):
+    if not opencl_devices:
+        pytest.skip("no OpenCL device")
+    with ab.Executor(1, devices="opencl") as ex:
+        kinds = {ex.submit(lambda: _core.current()[:2], device=f"opencl:{i}").result() for i in range(len(opencl_devices))}
+        assert kinds == {(_core.OPENCL, i) for i in range(len(opencl_devices))}
+        auto = [ex.submit(lambda: _core.current()[0], device="opencl").result() for _ in range(10)]
+        assert set(auto) == {_core.OPENCL}
+        torch = pytest.importorskip("torch")
+        f = ex.submit(lambda x: x * 2, np.arange(4, dtype=np.float32), device="opencl:0", input_type="torch",
+                      output_type="numpy")
+        r = f.result()
+        assert isinstance(r, np.ndarray) and r.tolist() == [0, 2, 4, 6]
+        f = ex.submit(lambda x: type(x).__name__, np.zeros(2), input_type="torch")
+        assert f.result() == "Tensor"
+        assert torch  # used
+
+
+class FakeOOM(RuntimeError):
+    pass
+
+
+def test_framework_oom_is_retried_with_backoff():
+    calls = []
+
+    def flaky():
+        calls.append(time.monotonic())
+        if len(calls) < 4:
+            raise FakeOOM("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return "ok"
+
+    with ab.Executor(1) as ex:
+        assert ex.submit(flaky).result(timeout=20) == "ok"
+        st = ex.stats()[0]
+        assert st["oom_parks"] >= 3 and st["oom_retries"] >= 3
+    assert len(calls) == 4
+    assert calls[-1] - calls[0] >= 0.002  # it waited between attempts
+
+
+def test_oom_forever_fails_after_the_deadline_with_the_cause():
+    def always():
+        raise MemoryError("out of memory")
+
+    with ab.Executor(1, oom_deadline=0.05) as ex:
+        f = ex.submit(always)
+        with pytest.raises(ab.OutOfMemoryError) as ei:
+            f.result(timeout=20)
+        assert isinstance(ei.value.__cause__, MemoryError)
+        assert ei.value.code == _core.AB_ENOMEM
+        f2 = ex.submit(always, oom_retry=False)
+        with pytest.raises(MemoryError):
+            f2.result(timeout=5)
+        assert not isinstance(f2.exception(), ab.OutOfMemoryError)
+
+
+def test_torch_oom_type_is_recognised():
+    torch = pytest.importorskip("torch")
+    from arraybridge import _oom
+    assert _oom.is_oom(torch.OutOfMemoryError("x")) if hasattr(torch, "OutOfMemoryError") else True
+    assert _oom.is_oom(RuntimeError("RESOURCE_EXHAUSTED: OOM when allocating tensor"))
+    assert not _oom.is_oom(RuntimeError("CUDA error: an illegal memory access"))
+
+
+def test_every_future_completes_exactly_once_under_load():
+    results, cancelled = [], []
+    lock = threading.Lock()
+
+    def record(fut):
+        with lock:
+            (cancelled.append(fut) if fut.cancelled() else results.append(fut.result()))
+
+    with ab.Executor(2) as ex:
+        fs = []
+        for i in range(5000):
+            f = ex.submit(lambda i=i: i)
+            f.add_done_callback(record)
+            fs.append(f)
+            if i % 7 == 0:
+                f.cancel()
+        cf.wait(fs)
+    deadline = time.monotonic() + 5
+    while len(results) + len(cancelled) < 5000 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    finished = [f for f in fs if not f.cancelled()]
+    assert sorted(results) == sorted(f.result() for f in finished)  # each callback exactly once
+    assert len(cancelled) == 5000 - len(finished)
+    assert len(set(map(id, cancelled))) == len(cancelled)

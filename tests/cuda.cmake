@@ -1,0 +1,10 @@
+# CUDA tests (label `cuda`). test_cuda_nodriver runs everywhere: without a driver or GPU the
+# runtime must show zero CUDA devices. Every other test skips (exit 77) when the runtime has
+# fewer CUDA devices than it needs, so here they only prove that they build; on a GPU machine
+# scripts/gpu-check.sh runs them (and compute-sanitizer over them).
+foreach(_t nodriver convert stack oom)
+  if(EXISTS ${CMAKE_CURRENT_SOURCE_DIR}/test_cuda_${_t}.c)
+    ab_add_test(test_cuda_${_t} LABELS cuda SOURCES test_cuda_${_t}.c TIMEOUT 300)
+    target_link_libraries(test_cuda_${_t} PRIVATE m)
+  endif()
+endforeach()

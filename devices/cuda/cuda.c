@@ -103,6 +103,19 @@ static int use(int phys) {
   return cu_err(cudaSetDevice(phys));
 }
 
+/* A user's thread (runtime create and destroy, ab_tensor_alloc, the last release of a tensor)
+ * gets its own current device back afterwards: we must not move its CUDA calls elsewhere.
+ * Worker threads are ours; compute tasks get their device back through ab_ctx_stream. */
+static int enter(int phys, int *prev) {
+  *prev = -1;
+  if (ab__current_worker == NULL && cudaGetDevice(prev) != cudaSuccess) *prev = -1;
+  return use(phys);
+}
+
+static void leave(int prev) {
+  if (prev >= 0) cudaSetDevice(prev);
+}
+
 static cu_dev *dev_of(ab__device *d) { return d->backend; }
 static cu_worker *worker_of(ab__worker *w) { return w->backend; }
 static cudaStream_t stream_of(ab__worker *w) { return worker_of(w)->stream; }
@@ -152,12 +165,14 @@ static void enable_peers(cu_dev *c) {
 static void cu_close(ab__device *d) {
   cu_dev *c = d->backend;
   if (c == NULL) return;
-  use(c->phys);
+  int prev;
+  enter(c->phys, &prev);
   if (c->service) {
     cudaStreamSynchronize(c->service);
     cudaStreamDestroy(c->service);
   }
   if (c->pool) cudaMemPoolDestroy(c->pool);
+  leave(prev);
   free(c);
   d->backend = NULL;
 }
@@ -167,7 +182,7 @@ static int cu_open(ab__device *d) {
   if (c == NULL) return AB_ENOMEM;
   d->backend = c;
   c->phys = d->physical;
-  int rc = use(c->phys);
+  int prev, rc = enter(c->phys, &prev);
   struct cudaMemPoolProps props = {.allocType = cudaMemAllocationTypePinned,
                                    .handleTypes = cudaMemHandleTypeNone,
                                    .location = {.type = cudaMemLocationTypeDevice, .id = c->phys}};
@@ -176,6 +191,7 @@ static int cu_open(ab__device *d) {
   if (rc == 0) rc = cu_err(cudaMemPoolSetAttribute(c->pool, cudaMemPoolAttrReleaseThreshold, &keep));
   if (rc == 0) rc = cu_err(cudaStreamCreateWithFlags(&c->service, cudaStreamNonBlocking));
   if (rc == 0) enable_peers(c);
+  leave(prev);
   if (rc != 0) cu_close(d); /* the runtime closes only devices that opened */
   return rc;
 }
@@ -183,7 +199,8 @@ static int cu_open(ab__device *d) {
 static void cu_worker_stop(ab__worker *w) {
   cu_worker *cw = w->backend;
   if (cw == NULL) return;
-  use_w(w);
+  int prev;
+  enter(dev_of(w->dev)->phys, &prev);
   if (cw->stream) cudaStreamSynchronize(cw->stream);
   if (cw->partials) cudaFreeAsync(cw->partials, cw->stream);
   for (int i = 0; i < RING_SLOTS; i++) {
@@ -196,6 +213,7 @@ static void cu_worker_stop(ab__worker *w) {
     cudaStreamSynchronize(cw->stream); /* the partials' free */
     cudaStreamDestroy(cw->stream);
   }
+  leave(prev);
   free(cw);
   w->backend = NULL;
 }
@@ -225,13 +243,14 @@ static int cu_worker_start(ab__worker *w) {
   cu_worker *cw = calloc(1, sizeof *cw);
   if (cw == NULL) return AB_ENOMEM;
   w->backend = cw;
-  int rc = use(c->phys);
+  int prev, rc = enter(c->phys, &prev);
   if (rc == 0) rc = cu_err(cudaStreamCreateWithFlags(&cw->stream, cudaStreamNonBlocking));
   if (rc == 0) rc = cu_err(make_events(cw));
   if (rc == 0) rc = cu_err(make_ring(cw));
   size_t pb = sizeof(double) * 3 * AB__CU_MINMAX_BLOCKS;
   if (rc == 0) rc = cu_err(cudaMallocFromPoolAsync((void **)&cw->partials, pb, c->pool, cw->stream));
   if (rc == 0) rc = cu_err(cudaStreamSynchronize(cw->stream));
+  leave(prev);
   return rc; /* on failure the runtime calls worker_stop, which frees what was made */
 }
 
@@ -240,44 +259,54 @@ static int cu_worker_start(ab__worker *w) {
  * memory on w's stream; any other thread goes through the service stream. */
 static bool on_own_stream(ab__worker *w) { return w->index < 0 || ab__current_worker == w; }
 
-static int cu_alloc(ab__worker *w, size_t bytes, void **ptr) {
-  cu_dev *c = dev_of(w->dev);
-  int rc = use(c->phys);
-  if (rc != 0) return rc;
+static int pool_alloc(cu_dev *c, ab__worker *w, size_t bytes, void **ptr) {
   bool own = on_own_stream(w);
   cudaStream_t s = own ? stream_of(w) : c->service;
-  if ((rc = cu_err(cudaMallocFromPoolAsync(ptr, bytes, c->pool, s))) != 0) return rc;
-  if (own) return 0;
+  int rc = cu_err(cudaMallocFromPoolAsync(ptr, bytes, c->pool, s));
+  if (rc != 0 || own) return rc;
   rc = cu_err(cudaStreamSynchronize(s)); /* usable from any stream once we return */
   if (rc != 0) cudaFreeAsync(*ptr, s);
+  return rc;
+}
+
+static int cu_alloc(ab__worker *w, size_t bytes, void **ptr) {
+  cu_dev *c = dev_of(w->dev);
+  int prev, rc = enter(c->phys, &prev);
+  if (rc == 0) rc = pool_alloc(c, w, bytes, ptr);
+  leave(prev);
   return rc;
 }
 
 static void cu_free(ab__device *d, void *ptr, size_t bytes) {
   (void)bytes;
   cu_dev *c = dev_of(d);
-  use(c->phys);
+  int prev;
+  enter(c->phys, &prev);
   ab__worker *me = ab__current_worker;
   cudaStream_t s = me && me->dev == d ? stream_of(me) : c->service;
   cudaFreeAsync(ptr, s);
+  leave(prev);
 }
 
 static void cu_trim(ab__worker *w) { cudaMemPoolTrimTo(dev_of(w->dev)->pool, 0); }
 
 static int cu_sync(ab__device *d) {
   cu_dev *c = dev_of(d);
-  int rc = use(c->phys);
+  int prev, rc = enter(c->phys, &prev);
   for (int i = 0; i < d->nworkers && rc == 0; i++)
     if (d->workers[i].backend) rc = cu_err(cudaStreamSynchronize(stream_of(&d->workers[i])));
   if (rc == 0 && d->xfer.backend) rc = cu_err(cudaStreamSynchronize(stream_of(&d->xfer)));
   if (rc == 0) rc = cu_err(cudaStreamSynchronize(c->service));
   if (rc == 0) cudaMemPoolTrimTo(c->pool, 0); /* what the frees gave back, for other pools too */
+  leave(prev);
   return rc;
 }
 
 static int cu_host_alloc(ab__device *d, size_t bytes, void **ptr) {
-  int rc = use(dev_of(d)->phys);
-  return rc ? rc : cu_err(cudaMallocHost(ptr, bytes ? bytes : 1));
+  int prev, rc = enter(dev_of(d)->phys, &prev);
+  if (rc == 0) rc = cu_err(cudaMallocHost(ptr, bytes ? bytes : 1));
+  leave(prev);
+  return rc;
 }
 
 static void cu_host_free(ab__device *d, void *ptr) {
@@ -285,7 +314,12 @@ static void cu_host_free(ab__device *d, void *ptr) {
   cudaFreeHost(ptr);
 }
 
-static void *cu_stream(ab__worker *w) { return stream_of(w); }
+/* A compute task launches on this stream next: its device must be the thread's current one
+ * (the worker may have served another GPU's transfer since). */
+static void *cu_stream(ab__worker *w) {
+  use_w(w);
+  return stream_of(w);
+}
 
 /* ---- completion ----------------------------------------------------------------------------- */
 static int cu_finish(ab__worker *w) {

@@ -8,3 +8,10 @@ foreach(_t nodriver convert stack oom)
     target_link_libraries(test_cuda_${_t} PRIVATE m)
   endif()
 endforeach()
+
+# The kernels' per-element logic (devices/cuda/sat.cuh) on the host against the host kernels:
+# runs without a GPU. nvcc builds the reference with the kernels' flags.
+ab_add_test(test_cuda_kernel_logic LABELS cuda SOURCES test_cuda_kernel_logic.c cuda_sat_ref.cu TIMEOUT 120)
+set_target_properties(test_cuda_kernel_logic PROPERTIES CUDA_ARCHITECTURES OFF CUDA_STANDARD 17 CUDA_STANDARD_REQUIRED ON)
+target_compile_options(test_cuda_kernel_logic PRIVATE "$<$<COMPILE_LANGUAGE:CUDA>:--fmad=false>")
+target_link_libraries(test_cuda_kernel_logic PRIVATE m)

@@ -13,56 +13,9 @@
 #include <cuda_runtime.h>
 
 #include "devices/cuda/kernels.h"
+#include "devices/cuda/sat.cuh"
 
-namespace ab__cu { // named, not anonymous: nvcc warns about unused trait members in an anonymous one
-
-/* Dtype traits, indexed like ab__dtype_index: u8 u16 u32 u64 i8 i16 i32 i64 f32 f64 bool. */
-template <int T> struct tr;
-#define AB_TRAIT(I, C, INT, SIGN, BOOL, MN, MX)                                                   \
-  template <> struct tr<I> {                                                                     \
-    typedef C t;                                                                                 \
-    static constexpr bool integer = INT, sign = SIGN, boolean = BOOL;                            \
-    static constexpr long long imin = (long long)(MN);                                           \
-    static constexpr unsigned long long umax = (unsigned long long)(MX);                         \
-  };
-AB_TRAIT(0, uint8_t, true, false, false, 0, UINT8_MAX)
-AB_TRAIT(1, uint16_t, true, false, false, 0, UINT16_MAX)
-AB_TRAIT(2, uint32_t, true, false, false, 0, UINT32_MAX)
-AB_TRAIT(3, uint64_t, true, false, false, 0, UINT64_MAX)
-AB_TRAIT(4, int8_t, true, true, false, INT8_MIN, INT8_MAX)
-AB_TRAIT(5, int16_t, true, true, false, INT16_MIN, INT16_MAX)
-AB_TRAIT(6, int32_t, true, true, false, INT32_MIN, INT32_MAX)
-AB_TRAIT(7, int64_t, true, true, false, INT64_MIN, INT64_MAX)
-AB_TRAIT(8, float, false, true, false, 0, 0)
-AB_TRAIT(9, double, false, true, false, 0, 0)
-AB_TRAIT(10, uint8_t, true, false, true, 0, 1)
-#undef AB_TRAIT
-constexpr int NTYPES = 11;
-
-/* The host's sat_S_D, line for line. */
-template <int S, int D> __device__ __forceinline__ typename tr<D>::t sat(typename tr<S>::t x) {
-  typedef typename tr<D>::t DT;
-  if constexpr (tr<D>::boolean) {
-    return x != 0;
-  } else if constexpr (!tr<D>::integer) {
-    return (DT)x;
-  } else if constexpr (!tr<S>::integer) {
-    if (x != x) return 0;
-    if ((double)x <= (double)tr<D>::imin) return (DT)tr<D>::imin;
-    if ((double)x >= (double)tr<D>::umax) return (DT)tr<D>::umax;
-    return (DT)x;
-  } else {
-    if constexpr (tr<S>::sign) {
-      if (x < 0) {
-        if constexpr (!tr<D>::sign) return 0;
-        if ((long long)x < tr<D>::imin) return (DT)tr<D>::imin;
-        return (DT)x;
-      }
-    }
-    if ((unsigned long long)x > tr<D>::umax) return (DT)tr<D>::umax;
-    return (DT)x;
-  }
-}
+namespace ab__cu { // sat.cuh opens it too
 
 /* Byte offset of element i of the layout (the last dimension is the innermost). */
 __device__ __forceinline__ int64_t offset_of(uint64_t i, const ab__cu_layout &l) {
@@ -94,8 +47,7 @@ __global__ void stretch_kernel(const char *src, ab__cu_layout l, bool dense, typ
                                double span) {
   const double range = (double)tr<D>::umax - (double)tr<D>::imin;
   for (uint64_t i = first(); i < l.numel; i += step()) {
-    double v = (double)load<S>(src, i, l, dense);
-    dst[i] = sat<9, D>((v - lo) / span * range + (double)tr<D>::imin);
+    dst[i] = stretch_value<S, D>(load<S>(src, i, l, dense), lo, span, range);
   }
 }
 

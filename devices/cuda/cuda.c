@@ -33,7 +33,8 @@
  *     ring of its own; its callers hold the device's xfer_lock.
  *   - The OOM ladder: a pool allocation that fails returns AB_ENOMEM to runtime/memory.c; trim
  *     gives the pool's unused memory back (cudaMemPoolTrimTo), sync waits for every stream of the
- *     device so that pending frees land in the pool, and the search starts again.
+ *     device so that pending frees land in the pool, then trims the pools of every logical
+ *     device of the GPU, and the search starts again.
  *   - Fault injection: allocations in the runtime's ladder and ab_tensor_alloc_pinned,
  *     AB_FAULT_COPY before each upload, download and copy, AB_FAULT_LAUNCH before each kernel.
  */
@@ -290,6 +291,17 @@ static void cu_free(ab__device *d, void *ptr, size_t bytes) {
 
 static void cu_trim(ab__worker *w) { cudaMemPoolTrimTo(dev_of(w->dev)->pool, 0); }
 
+/* Every pool on d's GPU gives its unused memory back: the logical devices of one GPU each keep
+ * a pool, and what one of them caches another may need. Pools are thread-safe. */
+static void trim_siblings(ab__device *d) {
+  ab_runtime *rt = d->rt;
+  int phys = dev_of(d)->phys;
+  for (int i = 0; i < rt->ndevices; i++) {
+    ab__device *o = &rt->devices[i];
+    if (o->ops == &ab__cuda_ops && o->backend && dev_of(o)->phys == phys) cudaMemPoolTrimTo(dev_of(o)->pool, 0);
+  }
+}
+
 static int cu_sync(ab__device *d) {
   cu_dev *c = dev_of(d);
   int prev, rc = enter(c->phys, &prev);
@@ -297,7 +309,7 @@ static int cu_sync(ab__device *d) {
     if (d->workers[i].backend) rc = cu_err(cudaStreamSynchronize(stream_of(&d->workers[i])));
   if (rc == 0 && d->xfer.backend) rc = cu_err(cudaStreamSynchronize(stream_of(&d->xfer)));
   if (rc == 0) rc = cu_err(cudaStreamSynchronize(c->service));
-  if (rc == 0) cudaMemPoolTrimTo(c->pool, 0); /* what the frees gave back, for other pools too */
+  if (rc == 0) trim_siblings(d);
   leave(prev);
   return rc;
 }

@@ -10,8 +10,11 @@ foreach(_t nodriver convert stack oom)
 endforeach()
 
 # The kernels' per-element logic (devices/cuda/sat.cuh) on the host against the host kernels:
-# runs without a GPU. nvcc builds the reference with the kernels' flags.
-ab_add_test(test_cuda_kernel_logic LABELS cuda SOURCES test_cuda_kernel_logic.c cuda_sat_ref.cu TIMEOUT 120)
-set_target_properties(test_cuda_kernel_logic PROPERTIES CUDA_ARCHITECTURES OFF CUDA_STANDARD 17 CUDA_STANDARD_REQUIRED ON)
-target_compile_options(test_cuda_kernel_logic PRIVATE "$<$<COMPILE_LANGUAGE:CUDA>:--fmad=false>")
-target_link_libraries(test_cuda_kernel_logic PRIVATE m)
+# runs without a GPU, in trees that have nvcc. nvcc builds the reference with the kernels' flags.
+if(AB_HAVE_CUDA)
+  ab_add_test(test_cuda_kernel_logic LABELS cuda SOURCES test_cuda_kernel_logic.c cuda_sat_ref.cu TIMEOUT 120)
+  set_target_properties(test_cuda_kernel_logic PROPERTIES CUDA_ARCHITECTURES OFF CUDA_STANDARD 17
+    CUDA_STANDARD_REQUIRED ON)
+  target_compile_options(test_cuda_kernel_logic PRIVATE "$<$<COMPILE_LANGUAGE:CUDA>:--fmad=false>")
+  target_link_libraries(test_cuda_kernel_logic PRIVATE m)
+endif()

@@ -22,6 +22,10 @@ set(AB_PC_REQUIRES_PRIVATE "ck")
 if(AB_WITH_JEMALLOC)
   set(AB_PC_REQUIRES_PRIVATE "ck jemalloc")
 endif()
+set(AB_PC_LIBS_PRIVATE "-lpthread")
+if(AB_HAVE_CUDA) # static linking needs cudart_static; the shared library carries it inside
+  set(AB_PC_LIBS_PRIVATE "-L${CUDAToolkit_LIBRARY_DIR} -lcudart_static -ldl -lrt -lpthread")
+endif()
 # Relocatable: the .pc finds the prefix from where it lies, so `cmake --install --prefix` works.
 file(RELATIVE_PATH AB_PC_TO_PREFIX "${CMAKE_INSTALL_FULL_LIBDIR}/pkgconfig" "${CMAKE_INSTALL_PREFIX}")
 string(REGEX REPLACE "/$" "" AB_PC_TO_PREFIX "${AB_PC_TO_PREFIX}")

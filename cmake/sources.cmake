@@ -22,3 +22,8 @@ set(AB_OPENCL_SOURCES
   devices/opencl/opencl.c
   devices/opencl/source.c
 )
+
+set(AB_CUDA_SOURCES
+  devices/cuda/cuda.c
+  devices/cuda/kernels.cu
+)

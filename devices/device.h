@@ -86,6 +86,16 @@ struct ab__device_ops {
                 const size_t *offs);
   /* The smallest and largest non-NaN value of a float tensor; *found false if there is none. */
   int (*minmax)(ab__worker *w, const DLTensor *src, double *lo, double *hi, bool *found);
+
+  /* Direct copies between two devices of this backend, with no host memory on the way (the
+   * same physical GPU, or peers). can_peer: whether copy_from works from s's memory to d's.
+   * copy_from: enqueued on w's stream (w is d's worker), like copy. NULL: host staging only. */
+  bool (*can_peer)(ab__device *d, ab__device *s);
+  int (*copy_from)(ab__worker *w, void *dst, size_t dst_off, ab__device *s, const void *src, size_t src_off,
+                   size_t bytes);
+  /* Page-locked host memory for ab_tensor_alloc_pinned (any thread). NULL: none. */
+  int (*host_alloc)(ab__device *d, size_t bytes, void **ptr);
+  void (*host_free)(ab__device *d, void *ptr);
 };
 
 #define AB__GATHER_MAX 8 /* slices per gather call */

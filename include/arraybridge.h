@@ -230,6 +230,14 @@ AB_API int ab_tensor_export_legacy(ab_tensor *t, DLManagedTensor **out);
 /* A contiguous tensor from device d's arena; counts against d's memory budget. */
 AB_API int ab_tensor_alloc(ab_runtime *rt, ab_device d, DLDataType dt, int ndim, const int64_t *shape,
                            ab_tensor **out);
+/* A contiguous host tensor in page-locked (pinned) memory, which GPUs reach by DMA directly: a
+ * conversion from or to it skips the staging copy. Allocated by the first CUDA device's
+ * backend; its DLPack device is kDLCUDAHost and ab_tensor_device says AB_HOST 0. It counts
+ * against the host's memory budget. Without a CUDA device (no GPU, no driver, or a build
+ * without CUDA) it falls back to ordinary host memory, as ab_tensor_alloc on AB_HOST 0 gives
+ * (device kDLCPU), so code using it runs anywhere. AB_ENOMEM when pinned memory runs out
+ * (no OOM ladder: pinned memory is not cached). */
+AB_API int ab_tensor_alloc_pinned(ab_runtime *rt, DLDataType dt, int ndim, const int64_t *shape, ab_tensor **out);
 /* A view sharing t's memory; shape/strides in elements; must lie inside t's extent. */
 AB_API int ab_tensor_view(ab_tensor *t, int ndim, const int64_t *shape, const int64_t *strides,
                           int64_t offset_elems, ab_tensor **out);

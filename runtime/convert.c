@@ -11,9 +11,11 @@
  *                                       a dtype change runs on the device after the upload
  *   device -> host                      download; a cast on S first when the layout or dtype
  *                                       must change, through S's transfer worker
- *   device -> other device              through host memory in chunks, the download of one
- *                                       chunk overlapping the upload of the one before; refused
- *                                       with AB_EPERM under the strict option
+ *   device -> other device              a direct copy where the backend has one (the same GPU,
+ *                                       or peers: ops->copy_from), else through host memory in
+ *                                       chunks, the download of one chunk overlapping the upload
+ *                                       of the one before; refused with AB_EPERM under the strict
+ *                                       option
  */
 #include <string.h>
 
@@ -172,6 +174,17 @@ static int stream_between(ab__device *s, ab__worker *w, const void *src, size_t 
   return rc;
 }
 
+/* S's memory straight into D's, enqueued on D's worker w, when the backend can. */
+static bool direct(ab__device *s, ab__device *d) {
+  return s->ops == d->ops && d->ops->can_peer && d->ops->can_peer(d, s);
+}
+
+static int between(ab__device *s, ab__worker *w, const void *src, size_t src_off, void *dst, size_t dst_off,
+                   size_t bytes) {
+  if (direct(s, w->dev)) return w->dev->ops->copy_from(w, dst, dst_off, s, src, src_off, bytes);
+  return stream_between(s, w, src, src_off, dst, dst_off, bytes);
+}
+
 static int device_to_device(ab__device *s, ab__worker *w, const ab_tensor *src, void *dst, size_t off, DLDataType dt,
                             const ab__cast_params *p) {
   ab__device *d = w->dev;
@@ -191,11 +204,11 @@ static int device_to_device(ab__device *s, ab__worker *w, const ab_tensor *src, 
   const void *sbase = packed ? packed : from->dl.data;
   size_t soff = packed ? 0 : from->dl.byte_offset;
   if (ab__same_dtype(src->dl.dtype, dt)) {
-    rc = stream_between(s, w, sbase, soff, dst, off, src->nbytes);
+    rc = between(s, w, sbase, soff, dst, off, src->nbytes);
   } else { /* bring the bytes over, then cast on D */
     void *tmp;
     if ((rc = scratch(d, w, src->nbytes, &tmp)) == 0) {
-      rc = stream_between(s, w, sbase, soff, tmp, 0, src->nbytes);
+      rc = between(s, w, sbase, soff, tmp, 0, src->nbytes);
       DLTensor tv = scratch_view(src, tmp, d, src->dl.dtype);
       if (rc == 0) rc = d->ops->cast(w, &tv, dst, off, dt, p);
       int f = d->ops->finish(w);
@@ -204,7 +217,11 @@ static int device_to_device(ab__device *s, ab__worker *w, const ab_tensor *src, 
     }
   }
 out:
-  if (packed) scratch_free(s, packed, src->nbytes);
+  if (packed) {
+    int f = d->ops->finish(w); /* a direct copy on w's stream may still read it */
+    if (rc == 0) rc = f;
+    scratch_free(s, packed, src->nbytes);
+  }
   return rc;
 }
 
@@ -217,7 +234,7 @@ static int put(ab_ctx *c, const ab_tensor *src, void *dst, size_t off, DLDataTyp
   if (s == NULL) return rc;
   bool s_host = s->id.kind == AB_HOST, d_host = d->id.kind == AB_HOST;
   if ((s_host && d_host) || s == d) return local(w, src, dst, off, dt, p);
-  if (c->task->copt.strict && !s_host && !d_host) return AB_EPERM; /* would stage through the host */
+  if (c->task->copt.strict && !s_host && !d_host && !direct(s, d)) return AB_EPERM; /* would stage through the host */
   if (s_host) return host_to_device(w, src, dst, off, dt, p);
   if (d_host) return device_to_host(s, src, (char *)dst + off, dt, p);
   return device_to_device(s, w, src, dst, off, dt, p);

@@ -199,7 +199,7 @@ ab__device *ab__place(ab_runtime *rt, const ab_place *p, ab_tensor *const *input
                       uint64_t exclude, int *err);
 
 /* ---- tensors ------------------------------------------------------------------------------ */
-enum { AB__OWN_VERSIONED, AB__OWN_LEGACY, AB__OWN_WRAP, AB__OWN_ARENA, AB__OWN_VIEW };
+enum { AB__OWN_VERSIONED, AB__OWN_LEGACY, AB__OWN_WRAP, AB__OWN_ARENA, AB__OWN_VIEW, AB__OWN_PINNED };
 
 struct ab_tensor {
   DLTensor dl;                    /* shape and strides point into the arrays below */
@@ -210,7 +210,7 @@ struct ab_tensor {
   uint8_t owner;
   ab_device home;                 /* the logical device the data lives on */
   ab_runtime *rt;                 /* set: the struct came from rt's pool */
-  ab__device *dev;                /* ARENA: whose budget holds the memory */
+  ab__device *dev;                /* ARENA, PINNED: whose budget holds the memory */
   size_t nbytes;                  /* elements x element size */
   size_t alloc_bytes;             /* ARENA: bytes reserved */
   union {
@@ -218,6 +218,7 @@ struct ab_tensor {
     DLManagedTensor *legacy;
     struct { void (*fn)(void *); void *ctx; } wrap;
     ab_tensor *base;
+    ab__device *pinner;           /* PINNED: the GPU device whose backend allocated it */
   } u;
 };
 

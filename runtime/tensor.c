@@ -132,9 +132,8 @@ DLDevice ab__dl_device(const ab__device *d) {
   return dev;
 }
 
-int ab__tensor_alloc_on(ab__device *d, ab__worker *w, DLDataType dt, int ndim, const int64_t *shape,
-                        ab_tensor **out) {
-  *out = NULL;
+/* The bytes a contiguous dt tensor of this shape holds, rounded up to 64 (at least 64). */
+static int alloc_size(DLDataType dt, int ndim, const int64_t *shape, size_t *alloc) {
   size_t es = ab__dtype_size(dt);
   if (es == 0) return AB_EDTYPE;
   if (ndim < 0 || ndim > AB_MAX_NDIM || (ndim > 0 && shape == NULL)) return AB_EINVAL;
@@ -144,25 +143,80 @@ int ab__tensor_alloc_on(ab__device *d, ab__worker *w, DLDataType dt, int ndim, c
     if (shape[i] > 0 && bytes > SIZE_MAX / 2 / (size_t)shape[i]) return AB_EOVERFLOW;
     bytes *= (size_t)shape[i];
   }
+  *alloc = bytes ? (bytes + 63) & ~(size_t)63 : 64;
+  return 0;
+}
+
+/* t describes ptr as a contiguous tensor on dev (as DLPack names it) and owns it. */
+static void own(ab_tensor *t, void *ptr, DLDevice dev, DLDataType dt, int ndim, const int64_t *shape) {
+  int64_t strides[AB_MAX_NDIM];
+  compact_strides(ndim, shape, strides);
+  DLTensor dl = {.data = ptr, .device = dev, .ndim = ndim, .dtype = dt, .shape = (int64_t *)shape};
+  ab__tensor_fill(t, &dl, strides);
+}
+
+int ab__tensor_alloc_on(ab__device *d, ab__worker *w, DLDataType dt, int ndim, const int64_t *shape,
+                        ab_tensor **out) {
+  *out = NULL;
+  size_t alloc;
+  int rc = alloc_size(dt, ndim, shape, &alloc);
+  if (rc != 0) return rc;
   ab_tensor *t = ab__tensor_new(d->rt);
   if (t == NULL) return AB_ENOMEM;
-  size_t alloc = bytes ? (bytes + 63) & ~(size_t)63 : 64;
   void *ptr;
-  int rc = ab__mem_alloc(d, w, alloc, &ptr);
-  if (rc != 0) {
+  if ((rc = ab__mem_alloc(d, w, alloc, &ptr)) != 0) {
     tensor_free_struct(t);
     return rc;
   }
-  int64_t strides[AB_MAX_NDIM];
-  compact_strides(ndim, shape, strides);
-  DLTensor dl = {.data = ptr, .device = ab__dl_device(d), .ndim = ndim, .dtype = dt, .shape = (int64_t *)shape};
-  ab__tensor_fill(t, &dl, strides);
+  own(t, ptr, ab__dl_device(d), dt, ndim, shape);
   t->owner = AB__OWN_ARENA;
   t->dev = d;
   t->alloc_bytes = alloc;
   t->home = d->id;
   *out = t;
   return 0;
+}
+
+/* The device whose backend makes pinned host memory: the first one that can (CUDA's). */
+static ab__device *pinner(ab_runtime *rt) {
+  for (int i = 0; i < rt->ndevices; i++)
+    if (rt->devices[i].ops->host_alloc) return &rt->devices[i];
+  return NULL;
+}
+
+static int pinned_on(ab__device *p, ab__device *host, DLDataType dt, int ndim, const int64_t *shape, ab_tensor **out) {
+  size_t alloc;
+  int rc = alloc_size(dt, ndim, shape, &alloc);
+  if (rc != 0) return rc;
+  if (ab__fault_hit(host, AB_FAULT_ALLOC)) return AB_ENOMEM;
+  if ((rc = ab__mem_reserve(host, alloc)) != 0) return rc;
+  ab_tensor *t = ab__tensor_new(host->rt);
+  void *ptr = NULL;
+  rc = t ? p->ops->host_alloc(p, alloc, &ptr) : AB_ENOMEM;
+  if (rc != 0) {
+    if (t) tensor_free_struct(t);
+    ab__mem_unreserve(host, alloc);
+    return rc;
+  }
+  own(t, ptr, (DLDevice){kDLCUDAHost, 0}, dt, ndim, shape);
+  t->owner = AB__OWN_PINNED;
+  t->dev = host;
+  t->alloc_bytes = alloc;
+  t->home = host->id;
+  t->u.pinner = p;
+  *out = t;
+  return 0;
+}
+
+int ab_tensor_alloc_pinned(ab_runtime *rt, DLDataType dt, int ndim, const int64_t *shape, ab_tensor **out) {
+  if (out == NULL) return AB_EINVAL;
+  *out = NULL;
+  if (rt == NULL) return AB_EINVAL;
+  ab__device *host = ab__device_of(rt, (ab_device){AB_HOST, 0});
+  if (host == NULL) return AB_ENODEV;
+  ab__device *p = pinner(rt);
+  if (p == NULL) return ab__tensor_alloc_on(host, &host->workers[0], dt, ndim, shape, out); /* documented fallback */
+  return pinned_on(p, host, dt, ndim, shape, out);
 }
 
 int ab_tensor_alloc(ab_runtime *rt, ab_device d, DLDataType dt, int ndim, const int64_t *shape, ab_tensor **out) {
@@ -195,6 +249,10 @@ static void release_memory(ab_tensor *t) {
     break;
   case AB__OWN_VIEW:
     ab_tensor_release(t->u.base);
+    break;
+  case AB__OWN_PINNED:
+    t->u.pinner->ops->host_free(t->u.pinner, t->dl.data);
+    ab__mem_unreserve(t->dev, t->alloc_bytes);
     break;
   }
 }

@@ -336,7 +336,7 @@ typedef struct {
 static void copy_slices(const copy_job *j) {
   for (int i = j->from; i < j->to; i++) {
     const ab_tensor *sl = j->task->in[i].tensor;
-    if (plain_host(sl, j->dt)) memcpy(j->mapped + j->slice * (size_t)i, host_ptr(sl), j->slice);
+    if (plain_host(sl, j->dt)) ab__copy_stream(j->mapped + j->slice * (size_t)i, host_ptr(sl), j->slice);
   }
 }
 

@@ -58,6 +58,7 @@ void *ab__calloc(const ab_allocator *a, size_t n);
 void ab__free(const ab_allocator *a, void *p);
 int ab__ncpu(void);
 uint64_t ab__host_memory(void);
+void ab__copy_stream(void *dst, const void *src, size_t n); /* memcpy, bypassing the cache */
 
 /* ---- pool.c: fixed-size objects, never returned to the system before the pool dies ------- */
 #define AB__POOL_SLAB 256

@@ -1,10 +1,18 @@
 #!/usr/bin/env bash
-# scripts/setup.sh: install what the build, the tests and the benchmarks need, from Debian's
-# packages. Idempotent: when dpkg already lists every package as installed it does nothing (no
-# apt-get update), so reruns take well under a second.
+# scripts/setup.sh: install what the build, the tests and the benchmarks need: Debian's packages,
+# then the Python side in two virtual environments (PyPI's frameworks are newer than Debian's):
+#   .venv       numpy, torch (CPU), jax, tensorflow-cpu, pyopencl, pyclesperanto, dask, pytest
+#               (python/requirements.txt)
+#   .venv-peer  arraybridge from PyPI, the benchmark peer, which has our import name
+#               (python/requirements-peer.txt)
+# Idempotent: when dpkg lists every package and each venv's requirements are unchanged since its
+# last install, it does nothing, so reruns take about a second.
 #
 # Runs apt-get as root, through sudo when not root. AB_SETUP_DRY_RUN=1 only says what is missing.
+# AB_SETUP_NO_PYTHON=1 skips the virtual environments.
 set -euo pipefail
+
+ROOT="$(cd "$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")/.." && pwd)"
 
 PACKAGES=(
   cmake pkg-config ninja-build gcc clang
@@ -28,8 +36,31 @@ for p in "${PACKAGES[@]}"; do
   installed "$p" || missing+=("$p")
 done
 
+# venv DIR REQUIREMENTS: create DIR and install REQUIREMENTS unless they are what it last got.
+venv() {
+  local dir=$1 reqs=$2 stamp=$1/.ab-requirements
+  if [[ ! -x $dir/bin/python ]]; then
+    log "creating $dir"
+    python3 -m venv "$dir"
+  fi
+  if cmp -s "$reqs" "$stamp"; then
+    return 0
+  fi
+  log "installing $(basename "$reqs") into $dir"
+  "$dir/bin/pip" install -q --disable-pip-version-check -r "$reqs" >&2
+  cp "$reqs" "$stamp"
+}
+
+python_side() {
+  [[ "${AB_SETUP_NO_PYTHON:-0}" == 1 ]] && return 0
+  venv "$ROOT/.venv" "$ROOT/python/requirements.txt"
+  venv "$ROOT/.venv-peer" "$ROOT/python/requirements-peer.txt"
+  log "python: $ROOT/.venv and $ROOT/.venv-peer ready"
+}
+
 if ((${#missing[@]} == 0)); then
   log "all ${#PACKAGES[@]} packages installed"
+  python_side
   exit 0
 fi
 log "missing: ${missing[*]}"
@@ -60,3 +91,4 @@ if ((${#still[@]})); then
   exit 1
 fi
 log "installed: ${missing[*]}"
+python_side

@@ -11,6 +11,10 @@
 #             programs once at toy sizes (a smoke run: no time is checked)
 #   tsan      build/tsan   -DAB_SANITIZE=thread, AB_TEST_SCALE=0.1, tests/tsan.supp
 #   fuzz      build/fuzz   clang, -DAB_SANITIZE=address -DAB_BUILD_FUZZ=ON; ctest -R fuzz
+#   python    build/python the extension (-DAB_WITH_JEMALLOC=OFF -DAB_BUILD_PYTHON=ON) against
+#             .venv's interpreter; ctest -L python (pytest over python/tests, real frameworks)
+#   pip       pip wheel ./python, installed into a fresh venv, imported by a plain interpreter
+#             with no environment variables, and used once
 #
 # No argument runs them all. Every step runs even when an earlier one failed (symbols and consumer
 # use build/test, so they fail too when it did not build); the exit status is non-zero if any step
@@ -30,7 +34,8 @@ B="$ROOT/build"
 JOBS="${AB_JOBS:-$(nproc 2>/dev/null || echo 2)}"
 read -r -a EXTRA_CMAKE <<<"${AB_CMAKE_ARGS:-}"
 read -r -a EXTRA_CTEST <<<"${AB_CTEST_ARGS:-}"
-ALL_STEPS=(plain symbols consumer asan tsan fuzz)
+ALL_STEPS=(plain symbols consumer asan tsan fuzz python pip)
+VENV="${AB_VENV:-$ROOT/.venv}"
 
 mkdir -p "$B/logs" "$B/pocl-cache"
 
@@ -187,6 +192,36 @@ step_fuzz() {
   CC=clang configure_build "$B/fuzz" -DCMAKE_C_COMPILER=clang -DAB_SANITIZE=address -DAB_WITH_CUDA=OFF \
     -DAB_BUILD_FUZZ=ON -DAB_BUILD_BENCH=OFF -DAB_BUILD_TESTS=ON
   run_ctest "$B/fuzz" -R fuzz
+}
+
+need_venv() {
+  [[ -x $VENV/bin/python ]] || { echo "no $VENV/bin/python: run scripts/setup.sh first"; return 1; }
+}
+
+step_python() {
+  need_venv || return 1
+  cmake -S "$ROOT" -B "$B/python" -DAB_SANITIZE= -DAB_WITH_JEMALLOC=OFF -DAB_BUILD_PYTHON=ON \
+    -DAB_BUILD_TESTS=ON -DAB_BUILD_BENCH=OFF -DPython3_EXECUTABLE="$VENV/bin/python" "${EXTRA_CMAKE[@]}"
+  cmake --build "$B/python" -j "$JOBS" --target ab_python
+  run_ctest "$B/python" -L python
+}
+
+step_pip() {
+  need_venv || return 1
+  local wheels="$B/wheels" venv="$B/pip-venv"
+  rm -rf "$wheels" "$venv"
+  "$VENV/bin/pip" wheel -q --no-deps --no-build-isolation -w "$wheels" "$ROOT/python" || return 1
+  python3 -m venv "$venv" || return 1
+  "$venv/bin/pip" install -q --disable-pip-version-check "$wheels"/arraybridge-*.whl || return 1
+  # A plain interpreter, no PYTHONPATH, no LD_PRELOAD or GLIBC_TUNABLES, outside the source tree.
+  (cd / && env -i PATH=/usr/bin:/bin HOME="$HOME" "$venv/bin/python" -c '
+import numpy as np, arraybridge as ab
+print("arraybridge", ab.__version__, "from", ab.__file__)
+v = ab.stack_slices([np.full((4, 4), i, np.uint16) for i in range(3)], "numpy")
+assert v.shape == (3, 4, 4) and v[2].max() == 2
+with ab.Executor(2, devices="host") as ex:
+    assert ex.submit(sum, [1, 2, 3]).result() == 6
+print("ok")')
 }
 
 # ---------------------------------------------------------------------------------------------

@@ -4,7 +4,8 @@
  * Each worker gets its own explicit jemalloc arena (arenas.create), so workers allocating
  * volumes at once do not contend on one arena's locks, and a worker's trim purges only its own
  * pages. Frees may come from any thread: dallocx finds the owning arena from the pointer.
- * Without jemalloc (sanitizer builds, the Python module) memory comes from aligned_alloc.
+ * Without jemalloc (the Python module) large blocks are mapped and cached per device (below);
+ * sanitizer builds use aligned_alloc for everything.
  */
 #include <string.h>
 
@@ -88,6 +89,114 @@ static void host_trim(ab__worker *w) {
   snprintf(cmd, sizeof cmd, "arena.%u.purge", large_arena_of(w->dev));
   mallctl(cmd, NULL, NULL, NULL, 0);
 }
+#elif defined(AB_HOST_BLOCK_CACHE)
+/* Without jemalloc (the Python module: Debian's jemalloc cannot be dlopened) large blocks are
+ * mapped directly, with transparent huge pages asked for, and a freed block is kept in a small
+ * per-device cache for the next allocation of about its size. A pipeline reallocates the same
+ * volume sizes over and over; fresh 4 KiB pages cost a fault and a zeroing each (512 MiB of
+ * them take longer than copying the data in). The OOM ladder's trim step unmaps the cache.
+ * Sanitizer builds leave this off, so that ASan sees every block. */
+#include <pthread.h>
+#include <sys/mman.h>
+
+#define LARGE_BLOCK ((size_t)1 << 20)
+#define CACHE_SLOTS 8
+#define HUGE_PAGE ((size_t)2 << 20)
+
+typedef struct {
+  pthread_mutex_t lock;
+  void *ptr[CACHE_SLOTS];
+  size_t len[CACHE_SLOTS];   /* mapped length; 0: empty slot */
+  size_t cached, cap;        /* bytes held, and the most it may hold */
+} block_cache;
+
+static size_t mapped_len(size_t bytes) { return (bytes + HUGE_PAGE - 1) & ~(HUGE_PAGE - 1); }
+
+static int host_open(ab__device *d) {
+  block_cache *c = calloc(1, sizeof *c);
+  if (c == NULL) return AB_ENOMEM;
+  pthread_mutex_init(&c->lock, NULL);
+  c->cap = ab__host_memory() / 8; /* never sit on more than an eighth of the machine */
+  d->backend = c;
+  return 0;
+}
+
+static void cache_drop_all(block_cache *c) {
+  pthread_mutex_lock(&c->lock);
+  for (int i = 0; i < CACHE_SLOTS; i++)
+    if (c->len[i]) munmap(c->ptr[i], c->len[i]), c->len[i] = 0;
+  c->cached = 0;
+  pthread_mutex_unlock(&c->lock);
+}
+
+static void host_close(ab__device *d) {
+  block_cache *c = d->backend;
+  if (c == NULL) return;
+  cache_drop_all(c);
+  pthread_mutex_destroy(&c->lock);
+  free(c);
+  d->backend = NULL;
+}
+
+static int host_worker_start(ab__worker *w) {
+  (void)w;
+  return 0;
+}
+
+static void host_worker_stop(ab__worker *w) { (void)w; }
+
+/* The smallest cached block that fits without wasting more than an eighth of it. */
+static void *cache_take(block_cache *c, size_t len) {
+  void *p = NULL;
+  int best = -1;
+  pthread_mutex_lock(&c->lock);
+  for (int i = 0; i < CACHE_SLOTS; i++)
+    if (c->len[i] >= len && c->len[i] - len <= c->len[i] / 8 && (best < 0 || c->len[i] < c->len[best])) best = i;
+  if (best >= 0) {
+    p = c->ptr[best];
+    c->cached -= c->len[best];
+    c->len[best] = 0;
+  }
+  pthread_mutex_unlock(&c->lock);
+  return p;
+}
+
+static int host_alloc(ab__worker *w, size_t bytes, void **ptr) {
+  if (bytes < LARGE_BLOCK) {
+    *ptr = aligned_alloc(64, (bytes + 63) & ~(size_t)63);
+    return *ptr ? 0 : AB_ENOMEM;
+  }
+  size_t len = mapped_len(bytes);
+  void *p = cache_take(w->dev->backend, len);
+  if (p == NULL) {
+    p = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED) return AB_ENOMEM;
+    madvise(p, len, MADV_HUGEPAGE); /* a hint: fewer faults and TLB misses when THP is on */
+  }
+  *ptr = p;
+  return 0;
+}
+
+static void host_free(ab__device *d, void *ptr, size_t bytes) {
+  if (bytes < LARGE_BLOCK) {
+    free(ptr);
+    return;
+  }
+  block_cache *c = d->backend;
+  size_t len = mapped_len(bytes);
+  pthread_mutex_lock(&c->lock);
+  for (int i = 0; i < CACHE_SLOTS && c->cached + len <= c->cap; i++) {
+    if (c->len[i] == 0) {
+      c->ptr[i] = ptr, c->len[i] = len, c->cached += len;
+      ptr = NULL;
+      break;
+    }
+  }
+  pthread_mutex_unlock(&c->lock);
+  if (ptr != NULL) munmap(ptr, len); /* cache full */
+}
+
+static void host_trim(ab__worker *w) { cache_drop_all(w->dev->backend); }
 #else
 static int host_open(ab__device *d) {
   (void)d;

@@ -113,6 +113,10 @@ def device_of(data, mt=None):
 
 # ---- to and from host NumPy -------------------------------------------------------------------
 def _torch_to_numpy(x):
+    try:
+        return x.detach().numpy()  # host, no conjugate or negative bit: a view
+    except (RuntimeError, TypeError):
+        pass
     x = x.detach()
     if x.device.type != "cpu":
         x = x.cpu()
@@ -135,10 +139,9 @@ _TO_NUMPY = {
 
 def _numpy_to_torch(a, gpu_id):
     torch = _mod(_M.TORCH)
-    if not a.flags.writeable or not a.flags.aligned or a.dtype.byteorder == ">":
-        a = _np.ascontiguousarray(a, dtype=a.dtype.newbyteorder("="))
-        if not a.flags.writeable:
-            a = a.copy()
+    flags = a.flags
+    if not (flags.writeable and flags.aligned) or a.dtype.byteorder == ">":
+        a = _np.array(a, dtype=a.dtype.newbyteorder("="), copy=True)  # never share read-only memory
     t = torch.from_numpy(a)
     return t if gpu_id is None else t.to(f"cuda:{gpu_id}", non_blocking=False)
 

@@ -1078,23 +1078,25 @@ typedef struct {
 } py_task;
 
 static PyObject *s_state, *s_pending, *s_running, *s_settle, *s_raised, *s_end, *s_finished, *s_result,
-    *s_condition, *s_lock, *s_waiters, *s_callbacks, *s_acquire, *s_release;
+    *s_condition, *s_lock, *s_waiters, *s_w, *s_cb, *s_acquire, *s_release;
 
 /* The common case of fut._ab_settle(result), without running Python code: nobody waits on the
  * future's condition and no callback is registered, so settling is two attribute writes under
  * the condition's lock (taken without blocking; any doubt falls back to _ab_settle). The lock
  * matters: concurrent.futures.wait() checks states and installs waiters while holding it. */
+static int empty_or_none(PyObject *o) { return o == Py_None || (PyList_Check(o) && PyList_GET_SIZE(o) == 0); }
+
 static int settle_fast(PyObject *fut, PyObject *result) {
   int done = 0;
   PyObject *cond = PyObject_GetAttr(fut, s_condition);
   PyObject *lock = cond ? PyObject_GetAttr(cond, s_lock) : NULL;
   PyObject *got = lock ? PyObject_CallMethodOneArg(lock, s_acquire, Py_False) : NULL;
   if (got == Py_True) {
-    PyObject *w = PyObject_GetAttr(fut, s_waiters), *cw = PyObject_GetAttr(cond, s_waiters),
-             *cb = PyObject_GetAttr(fut, s_callbacks);
-    if (w && cw && cb && PyList_Check(w) && PyList_GET_SIZE(w) == 0 && PyObject_Length(cw) == 0 && PyList_Check(cb) &&
-        PyList_GET_SIZE(cb) == 0 && PyObject_SetAttr(fut, s_result, result) == 0 &&
-        PyObject_SetAttr(fut, s_state, s_finished) == 0)
+    /* fut._w and fut._cb: None until someone waits or adds a callback (executor.py) */
+    PyObject *w = PyObject_GetAttr(fut, s_w), *cw = PyObject_GetAttr(cond, s_waiters),
+             *cb = PyObject_GetAttr(fut, s_cb);
+    if (w && cw && cb && empty_or_none(w) && PyObject_Length(cw) == 0 && empty_or_none(cb) &&
+        PyObject_SetAttr(fut, s_result, result) == 0 && PyObject_SetAttr(fut, s_state, s_finished) == 0)
       done = 1;
     Py_XDECREF(w);
     Py_XDECREF(cw);
@@ -1333,7 +1335,7 @@ PyMODINIT_FUNC PyInit__core(void) {
       !(s_finished = PyUnicode_InternFromString("FINISHED")) || !(s_result = PyUnicode_InternFromString("_result")) ||
       !(s_condition = PyUnicode_InternFromString("_condition")) || !(s_lock = PyUnicode_InternFromString("_lock")) ||
       !(s_waiters = PyUnicode_InternFromString("_waiters")) ||
-      !(s_callbacks = PyUnicode_InternFromString("_done_callbacks")) ||
+      !(s_w = PyUnicode_InternFromString("_w")) || !(s_cb = PyUnicode_InternFromString("_cb")) ||
       !(s_acquire = PyUnicode_InternFromString("acquire")) || !(s_release = PyUnicode_InternFromString("release")))
     return NULL;
   PyObject *m = PyModule_Create(&module_def);

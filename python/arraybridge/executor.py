@@ -149,10 +149,12 @@ class Executor(_cf.Executor):
     workers_per_device  {"opencl": 2, "cuda": 2, ...} or an int for every GPU kind
     memory_limit    {"cuda": bytes, ...} or an int for every kind: the runtime's own budget
     oom_deadline    seconds a task may spend parked waiting for memory (default 10)
+    default_device  where submit runs tasks that name no device (default: the host)
     """
 
     def __init__(self, max_workers=None, *, devices=None, workers_per_device=None, memory_limit=None,
-                 logical_split=None, queue_capacity=1 << 16, oom_deadline=None, thread_name_prefix=None):
+                 logical_split=None, queue_capacity=1 << 16, oom_deadline=None, default_device=None,
+                 thread_name_prefix=None):
         if max_workers is not None and max_workers <= 0:
             raise ValueError("max_workers must be greater than 0")
         workers = _per_kind(workers_per_device, exclude_host=True)
@@ -167,6 +169,11 @@ class Executor(_cf.Executor):
         self._shutdown_lock = _threading.Lock()
         self._plans = {}
         self._call = self._runtime.call
+        self._default_device = None
+        if default_device is not None:
+            self._default_device = parse_device(default_device)
+            if not any(k == self._default_device[0] for k, _ in self._runtime.devices()):
+                raise _core.DeviceError(f"default_device {default_device!r}: the runtime has no such device")
 
     @property
     def runtime(self):
@@ -191,7 +198,7 @@ class Executor(_cf.Executor):
         framework's out-of-memory error fail the future at once."""
         if self._shutdown:
             raise RuntimeError("cannot schedule new futures after shutdown")
-        if kwargs and not _OPTIONS.isdisjoint(kwargs):
+        if (kwargs and not _OPTIONS.isdisjoint(kwargs)) or self._default_device is not None:
             return self._submit_with_options(fn, args, kwargs)
         fut = Future(self._condition)
         try:
@@ -201,7 +208,7 @@ class Executor(_cf.Executor):
         return fut
 
     def _submit_with_options(self, fn, args, kwargs):
-        device = kwargs.pop("device", None)
+        device = kwargs.pop("device", None) or self._default_device
         input_type = kwargs.pop("input_type", None)
         output_type = kwargs.pop("output_type", None)
         oom_retry = kwargs.pop("oom_retry", True)

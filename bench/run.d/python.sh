@@ -3,6 +3,7 @@
 #                count, same process): submit -> result round trip, and 100k-task throughput
 #   py_convert   convert_memory numpy -> torch -> numpy on a 64x64 array, vs arraybridge from PyPI
 #   py_stack     stack_slices of 1000 slices of 512x512 uint16, vs arraybridge from PyPI
+#   py_screen    the Python screening pipeline, vs arraybridge from PyPI + ThreadPoolExecutor
 # PyPI's arraybridge has our import name, so it runs in its own venv (.venv-peer) in its own
 # process; rounds alternate ours and peer. The venvs come from scripts/setup.sh.
 AB_BENCH_DEFAULT+=(py_executor py_convert py_stack)
@@ -67,4 +68,23 @@ bench_py_stack() {
   log "ours: ms $(raw_all "$TMP/py_cs" ours_stack_ms); peer: ms $(raw_all "$TMP/py_cs" peer_stack_ms)"
   emit_json py_stack stack_ms "$(raw_median "$TMP/py_cs" ours_stack_ms)" "$(peer_name)" \
     "$(raw_median "$TMP/py_cs" peer_stack_ms)" lower
+}
+
+# py_screen: the Python screening pipeline (examples/screen_pipeline.py) on arraybridge.Executor
+# against arraybridge from PyPI plus ThreadPoolExecutor doing the same work; rounds alternate.
+AB_BENCH_DEFAULT+=(py_screen)
+
+bench_py_screen() {
+  python_build
+  [[ -x $PY_PEER_VENV/bin/python ]] || die "no $PY_PEER_VENV: run scripts/setup.sh"
+  local r rounds=${BENCH_ROUNDS:-3}
+  for ((r = 1; r <= rounds; r++)); do
+    log "py_screen: round $r of $rounds"
+    BENCH_ROUNDS=1 run_raw "$TMP/py_screen" env PYTHONPATH="$PY_BUILD/python" \
+      "$PY_VENV/bin/python" "$ROOT/bench/py/screen.py" ours
+    BENCH_ROUNDS=1 run_raw "$TMP/py_screen" env -u PYTHONPATH "$PY_PEER_VENV/bin/python" "$ROOT/bench/py/screen.py" peer
+  done
+  log "ours: images/s $(raw_all "$TMP/py_screen" ours_images_per_s); peer: $(raw_all "$TMP/py_screen" peer_images_per_s)"
+  emit_json py_screen images_per_s "$(raw_median "$TMP/py_screen" ours_images_per_s)" \
+    "$(peer_name) + ThreadPoolExecutor" "$(raw_median "$TMP/py_screen" peer_images_per_s)" higher
 }

@@ -6,12 +6,17 @@ count, same process, alternating rounds. Prints "metric value" lines for bench/r
 Environment: BENCH_PY_WORKERS (2), BENCH_PY_TASKS (100000), BENCH_PY_RT_ITERS (20000),
 BENCH_ROUNDS (5).
 """
-import concurrent.futures as cf
-import gc
 import os
-import time
 
-import arraybridge as ab
+# NumPy's OpenBLAS threads poll for work for a while after start-up, on this 2-core machine
+# stealing a core from whichever executor runs then; no task here uses BLAS. Both sides share it.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+import concurrent.futures as cf  # noqa: E402
+import gc  # noqa: E402
+import time  # noqa: E402
+
+import arraybridge as ab  # noqa: E402
 
 WORKERS = int(os.environ.get("BENCH_PY_WORKERS", 2))
 TASKS = int(os.environ.get("BENCH_PY_TASKS", 100000))

@@ -88,8 +88,13 @@ class Future(_cf.Future):
             return True
         if state != PENDING or self._task is None:
             return False
-        self._task.cancel()  # a task that had not started is settled at once, through _ab_end
+        if self._task.cancel() == 0:  # claimed before anyone ran it: it never will
+            self._cancel_now()
         return self._state in (CANCELLED, CANCELLED_AND_NOTIFIED)
+
+    def _cancel_now(self):
+        if _cf.Future.cancel(self):
+            self.set_running_or_notify_cancel()  # tells wait() and as_completed()
 
     # ---- called by the runtime (python/src/module.c), with the GIL held -------------------------
     def _ab_settle(self, result):
@@ -119,8 +124,7 @@ class Future(_cf.Future):
         if self._state in _DONE:
             return
         if status == _core.AB_ECANCELED and self._state == PENDING:
-            if _cf.Future.cancel(self):
-                self.set_running_or_notify_cancel()  # tells wait() and as_completed()
+            self._cancel_now()
             return
         if status == _ENOMEM and self._last_oom is not None:
             exc = _core.OutOfMemoryError(f"out of memory after the runtime's backoff ladder:\n{message}")

@@ -152,9 +152,13 @@ static PyObject *raise_ab(int code, const char *what, const char *detail) {
 }
 
 /* ---- object types ---------------------------------------------------------------------------- */
+struct py_task;
+
 typedef struct {
   PyObject_HEAD
   ab_runtime *rt;
+  struct py_task *inl_head, *inl_tail; /* host Python tasks any host worker may run (the GIL guards it) */
+  int closing;                         /* close() is under way: refuse new work */
 } RuntimeObject;
 
 typedef struct {
@@ -167,7 +171,11 @@ typedef struct {
   PyObject_HEAD
   ab_future *f;
   PyObject *rt; /* RuntimeObject or NULL */
+  struct py_task *task; /* a Python task's record (a reference), for cancel; or NULL */
 } FutureObject;
+
+static void py_task_unref(struct py_task *p);
+static int py_task_cancel(struct py_task *p);
 
 static PyTypeObject RuntimeType, TensorType, FutureType;
 
@@ -192,12 +200,13 @@ static PyObject *future_new_from(ab_future *f, PyObject *rt) {
   }
   o->f = f;
   o->rt = rt;
+  o->task = NULL;
   Py_XINCREF(rt);
   return (PyObject *)o;
 }
 
 static int check_runtime(RuntimeObject *self) {
-  if (self->rt == NULL) {
+  if (self->rt == NULL || self->closing) {
     raise_ab(AB_ESHUTDOWN, "runtime is closed", NULL);
     return -1;
   }
@@ -657,6 +666,7 @@ static PyTypeObject TensorType = {
 
 /* ---- Future ---------------------------------------------------------------------------------- */
 static void future_dealloc(FutureObject *self) {
+  if (self->task) py_task_unref(self->task);
   ab_future_release(self->f);
   Py_XDECREF(self->rt);
   PyObject_Free(self);
@@ -713,7 +723,17 @@ static PyObject *future_result(FutureObject *self, PyObject *args) {
   return tensor_new_from(t, self->rt);
 }
 
-static PyObject *future_cancel(FutureObject *self, PyObject *u) { return PyLong_FromLong(ab_future_cancel(self->f)); }
+/* 0: it will never run (a Python task: its Python future is for the caller to settle);
+ * AB_EBUSY: running; AB_EALREADY: complete. */
+static PyObject *future_cancel(FutureObject *self, PyObject *u) {
+  if (self->task != NULL) {
+    int rc = py_task_cancel(self->task);
+    if (rc != 0) return PyLong_FromLong(rc);
+    ab_future_cancel(self->f); /* best effort: a task that starts anyway finds nothing to run */
+    return PyLong_FromLong(0);
+  }
+  return PyLong_FromLong(ab_future_cancel(self->f));
+}
 
 static PyMethodDef future_methods[] = {
     {"wait", (PyCFunction)future_wait, METH_VARARGS, "wait(timeout=None) -> bool, the GIL released"},
@@ -797,13 +817,18 @@ static int runtime_init(RuntimeObject *self, PyObject *args, PyObject *kw) {
   return 0;
 }
 
+static void inline_list_drop(RuntimeObject *self);
+
 static int runtime_close_rt(RuntimeObject *self, int how) {
   ab_runtime *rt = self->rt;
-  self->rt = NULL;
-  if (rt == NULL) return 0;
+  if (rt == NULL || self->closing) return 0;
+  self->closing = 1; /* the C API must not be used while destroy runs */
   int rc;
   Py_BEGIN_ALLOW_THREADS rc = ab_runtime_destroy(rt, how);
   Py_END_ALLOW_THREADS
+  self->rt = NULL; /* after destroy: workers running batches use the list until they exit */
+  self->closing = 0;
+  inline_list_drop(self);
   return rc;
 }
 
@@ -821,7 +846,7 @@ static PyObject *runtime_close(RuntimeObject *self, PyObject *args, PyObject *kw
   Py_RETURN_NONE;
 }
 
-static PyObject *runtime_closed(RuntimeObject *self, void *c) { return PyBool_FromLong(self->rt == NULL); }
+static PyObject *runtime_closed(RuntimeObject *self, void *c) { return PyBool_FromLong(self->rt == NULL || self->closing); }
 
 static PyObject *runtime_devices(RuntimeObject *self, PyObject *u) {
   if (check_runtime(self)) return NULL;
@@ -1072,9 +1097,30 @@ static PyObject *runtime_empty(RuntimeObject *self, PyObject *args) {
  *                                    (cancelled, out of memory at the ladder's end, shut down)
  * Before the first call fut._state must still be "PENDING" (it becomes "RUNNING"); anything
  * else means Python cancelled it first and fn is not called. */
-typedef struct {
-  PyObject *fut, *fn, *args, *kwargs; /* fut is NULL once settled from inside the task */
-  int started;
+/* Host Python tasks run in batches. A worker that holds the GIL for one host task goes on with
+ * the host tasks queued behind it (up to INLINE_BATCH of them, or INLINE_NS), in submit order,
+ * from a list the GIL guards: taking the GIL once per task, with the submitting thread and the
+ * other workers contending for it, cost more than the tasks themselves. Each task still is its
+ * own runtime task, with its own future, placement and OOM ladder: whoever claims a record
+ * first (its own task or a batch) runs it; the other finds it claimed and does nothing. A task
+ * run in a batch that hits out-of-memory is submitted again on its own, to walk the ladder.
+ *
+ * States (atomic: py_task_done reads them without the GIL):
+ *   QUEUED -> OWN (its task runs it; stays OWN while parked for memory) -> DONE
+ *   QUEUED -> INLINE (a batch runs it) -> DONE
+ *   QUEUED -> CANCELLED (Future.cancel, or the runtime ended the task before it ran) */
+enum { PT_QUEUED, PT_OWN, PT_INLINE, PT_DONE, PT_CANCELLED };
+#define INLINE_BATCH 256
+#define INLINE_NS 1000000
+
+typedef struct py_task {
+  PyObject *fut, *fn, *args, *kwargs; /* cleared (under the GIL) once fut is settled */
+  _Atomic int state;
+  _Atomic int refs;                   /* its runtime task, the inline list, its FutureObject */
+  int started;                        /* fut marked RUNNING already */
+  int host;                           /* on the host: may run in a batch */
+  RuntimeObject *owner;               /* whose inline list */
+  struct py_task *next;
 } py_task;
 
 static PyObject *s_state, *s_pending, *s_running, *s_settle, *s_raised, *s_end, *s_finished, *s_result,
@@ -1116,6 +1162,26 @@ static void py_task_clear(py_task *p) {
   Py_CLEAR(p->fn);
   Py_CLEAR(p->args);
   Py_CLEAR(p->kwargs);
+}
+
+static void py_task_unref(py_task *p) {
+  /* acq_rel: the last owner sees every write the others made before letting go */
+  if (atomic_fetch_sub_explicit(&p->refs, 1, memory_order_acq_rel) == 1) PyMem_RawFree(p);
+}
+
+/* Claims a queued record for `to`; false if someone else did first. */
+static bool py_task_claim(py_task *p, int to) {
+  int expect = PT_QUEUED;
+  return atomic_compare_exchange_strong(&p->state, &expect, to);
+}
+
+/* With the GIL: a task that will never run. Its Python future is the caller's to settle. */
+static int py_task_cancel(py_task *p) {
+  if (py_task_claim(p, PT_CANCELLED)) {
+    py_task_clear(p);
+    return 0;
+  }
+  return atomic_load(&p->state) == PT_DONE ? AB_EALREADY : AB_EBUSY;
 }
 
 /* Marks fut running; 0 if it was no longer pending (cancelled from Python). */
@@ -1167,34 +1233,172 @@ static int py_task_call(py_task *p) {
   return again == 1 ? AB_ENOMEM : 0;
 }
 
+static PyObject *future_for_task(ab_future *f, RuntimeObject *rt, py_task *p);
+static int py_task_submit(RuntimeObject *self, py_task *p, ab_place *place, int try_only, ab_future **out);
+
+/* A batch-run task asked for memory: its own runtime task has ended (or will find the record
+ * claimed), so it goes back to the runtime as a new task, which parks it in the OOM ladder.
+ * With the GIL. */
+static void py_task_resubmit(py_task *p) {
+  py_task *q = PyMem_RawMalloc(sizeof *q);
+  ab_future *f = NULL;
+  int rc = AB_ENOMEM;
+  if (q != NULL) {
+    *q = (py_task){.fut = p->fut, .fn = p->fn, .args = p->args, .kwargs = p->kwargs, .started = 1,
+                   .owner = p->owner};
+    atomic_init(&q->state, PT_OWN);
+    atomic_init(&q->refs, 0);
+    q->host = 0; /* it walks the ladder as its own task; never batched again */
+    p->fut = p->fn = p->args = p->kwargs = NULL; /* moved */
+    ab_place place = {.policy = AB_PLACE_AUTO, .device = {AB_HOST, AB_ANY}};
+    rc = p->owner->rt ? py_task_submit(p->owner, q, &place, 1, &f) : AB_ESHUTDOWN;
+  }
+  if (rc == 0) {
+    PyObject *fo = future_for_task(f, p->owner, q);
+    if (fo != NULL && PyObject_SetAttrString(q->fut, "_task", fo) == 0) {
+      Py_DECREF(fo);
+      return;
+    }
+    Py_XDECREF(fo);
+    PyErr_WriteUnraisable(NULL); /* the task runs; only result()'s wait on it is lost */
+    return;
+  }
+  PyErr_Clear();
+  PyObject *fut = q ? q->fut : p->fut;
+  PyObject *r = PyObject_CallMethod(fut, "_ab_end", "is", AB_ENOMEM, "out of memory; the queue had no room to retry");
+  if (r == NULL) PyErr_WriteUnraisable(fut);
+  Py_XDECREF(r);
+  if (q && atomic_load(&q->refs) == 0) { /* not submitted */
+    py_task_clear(q);
+    PyMem_RawFree(q);
+  } else if (!q) {
+    py_task_clear(p);
+  }
+}
+
+/* With the GIL: the queued host tasks, in submit order, until the batch's budget is spent. */
+static void run_inline(RuntimeObject *rt, ab_ctx *ctx) {
+  int64_t start = mono_ns();
+  for (int n = 0; n < INLINE_BATCH && rt->inl_head != NULL; n++) {
+    if ((n & 15) == 15 && mono_ns() - start > INLINE_NS) break;
+    if (ab_ctx_cancelled(ctx)) break;
+    py_task *p = rt->inl_head;
+    rt->inl_head = p->next;
+    if (rt->inl_head == NULL) rt->inl_tail = NULL;
+    if (py_task_claim(p, PT_INLINE)) {
+      int rc = py_task_call(p);
+      if (rc == AB_EINVAL) PyErr_WriteUnraisable(p->fut);
+      if (rc == AB_ENOMEM) py_task_resubmit(p);
+      else py_task_clear(p);
+      atomic_store(&p->state, PT_DONE);
+    }
+    py_task_unref(p); /* the list's reference */
+  }
+}
+
 static int py_task_run(ab_ctx *ctx, void *arg) {
   py_task *p = arg;
   spin_for_gil_handoff();
   enter_python();
   tls_ctx = ctx;
-  int rc = py_task_call(p);
+  int rc = 0;
+  if (py_task_claim(p, PT_OWN) || atomic_load(&p->state) == PT_OWN) { /* first run, or a retry */
+    rc = py_task_call(p);
+    if (rc == AB_EINVAL) PyErr_WriteUnraisable(p->fut); /* the future's own methods failed: a bug */
+    if (rc != AB_ENOMEM) {
+      py_task_clear(p);
+      atomic_store(&p->state, PT_DONE);
+    }
+  }
+  if (rc != AB_ENOMEM && p->host && ab_ctx_device(ctx).kind == AB_HOST) run_inline(p->owner, ctx);
   tls_ctx = NULL;
-  if (rc == AB_EINVAL) PyErr_WriteUnraisable(p->fut); /* the future's own methods failed: a bug */
-  if (rc != AB_ENOMEM) py_task_clear(p); /* ran to its end: fut is settled */
   leave_python();
   return rc;
 }
 
-/* Runs exactly once per task, after it completes (contract point 5). */
+/* Runs exactly once per task, after it completes (contract point 5). A task that ended without
+ * running its function (cancelled by the runtime, out of memory at the ladder's end, shut
+ * down) settles its Python future here; one that ran it, here or in a batch, already did. */
 static void py_task_done(ab_future *f, void *arg) {
   py_task *p = arg;
-  /* fut is read without the GIL: it was cleared on the thread that ran the task, before the
-   * future completed, and completion orders that write before this callback (its acquire). */
-  if (p->fut != NULL) {
+  bool never_ran = py_task_claim(p, PT_CANCELLED);
+  /* OWN after completion: the ladder gave up on it (a retry would have left it running) */
+  if (never_ran || atomic_load(&p->state) == PT_OWN) {
     PyGILState_STATE g = PyGILState_Ensure();
     const char *msg = ab_future_message(f);
-    PyObject *r = PyObject_CallMethod(p->fut, "_ab_end", "is", ab_future_status(f), msg ? msg : "");
-    if (r == NULL) PyErr_WriteUnraisable(p->fut);
-    Py_XDECREF(r);
+    int status = ab_future_status(f);
+    if (p->fut != NULL) {
+      PyObject *r = PyObject_CallMethod(p->fut, "_ab_end", "is", status ? status : AB_ECANCELED, msg ? msg : "");
+      if (r == NULL) PyErr_WriteUnraisable(p->fut);
+      Py_XDECREF(r);
+    }
     py_task_clear(p);
+    if (!never_ran) atomic_store(&p->state, PT_DONE);
     PyGILState_Release(g);
   }
-  PyMem_RawFree(p);
+  py_task_unref(p);
+}
+
+/* After destroy every task has completed: what is left in the inline list ran or was cancelled. */
+static void inline_list_drop(RuntimeObject *self) {
+  while (self->inl_head) {
+    py_task *p = self->inl_head;
+    self->inl_head = p->next;
+    py_task_unref(p);
+  }
+  self->inl_tail = NULL;
+}
+
+/* The FutureObject for a submitted record; it takes the reference py_task_submit made for it. */
+static PyObject *future_for_task(ab_future *f, RuntimeObject *rt, py_task *p) {
+  PyObject *o = future_new_from(f, (PyObject *)rt);
+  if (o == NULL) {
+    py_task_unref(p);
+    return NULL;
+  }
+  ((FutureObject *)o)->task = p;
+  return o;
+}
+
+/* Submits p's runtime task. p's references, all taken before the task can complete: its task's
+ * (released by py_task_done), the inline list's for host tasks, and one for the caller's
+ * FutureObject (future_for_task). With the GIL. */
+static int py_task_submit(RuntimeObject *self, py_task *p, ab_place *place, int try_only, ab_future **out) {
+  ab_task_desc d = AB_TASK_DESC_INIT;
+  d.place = *place;
+  d.fn = py_task_run;
+  d.arg = p;
+  atomic_store_explicit(&p->refs, 2, memory_order_relaxed); /* nobody else sees p yet */
+  int rc;
+  SUBMIT_BLOCKING(d.place, ab_submit(self->rt, &d, out));
+  if (rc != 0) {
+    atomic_store_explicit(&p->refs, 0, memory_order_relaxed); /* never seen: the caller frees it */
+    return rc;
+  }
+  if (p->host && atomic_load(&p->state) == PT_QUEUED) { /* the GIL guards the list */
+    atomic_fetch_add_explicit(&p->refs, 1, memory_order_relaxed); /* p is live: we hold two */
+    p->next = NULL;
+    if (self->inl_tail) self->inl_tail->next = p;
+    else self->inl_head = p;
+    self->inl_tail = p;
+  }
+  rc = ab_future_then(*out, py_task_done, p);
+  if (rc != 0) {
+    /* Only the allocator can fail here. The task is queued and must not end without anyone
+     * settling its future: claim it, cancel it, wait for it (it may have started), report. */
+    bool mine = py_task_claim(p, PT_CANCELLED);
+    ab_future_cancel(*out);
+    Py_BEGIN_ALLOW_THREADS ab_future_wait(*out, -1);
+    Py_END_ALLOW_THREADS
+    py_task_unref(p); /* the task's: py_task_done will not run */
+    if (!mine) return 0; /* it ran (here or in a batch) and settled its Python future */
+    py_task_clear(p);
+    ab_future_release(*out);
+    *out = NULL;
+    py_task_unref(p); /* the FutureObject's, never made */
+    return rc;
+  }
+  return 0;
 }
 
 /* call(fut, fn, args, kwargs=None, device=None, policy=AUTO, try_only=False) -> Future */
@@ -1208,38 +1412,25 @@ static PyObject *runtime_call(RuntimeObject *self, PyObject *const *argv, Py_ssi
   if (nargs > 6) try_only = PyObject_IsTrue(argv[6]);
   if (!PyTuple_Check(args) || (kwargs != Py_None && !PyDict_Check(kwargs)))
     return PyErr_Format(PyExc_TypeError, "call(): args must be a tuple and kwargs a dict or None");
-  ab_task_desc d = AB_TASK_DESC_INIT;
-  if (parse_place(device, policy, &d.place) != 0) return NULL;
+  ab_place place = {0};
+  if (parse_place(device, policy, &place) != 0) return NULL;
   py_task *p = PyMem_RawMalloc(sizeof *p);
   if (p == NULL) return PyErr_NoMemory();
-  p->fut = Py_NewRef(fut);
-  p->fn = Py_NewRef(fn);
-  p->args = Py_NewRef(args);
-  p->kwargs = kwargs == Py_None ? NULL : Py_NewRef(kwargs);
-  p->started = 0;
-  d.fn = py_task_run;
-  d.arg = p;
+  *p = (py_task){.fut = Py_NewRef(fut), .fn = Py_NewRef(fn), .args = Py_NewRef(args),
+                 .kwargs = kwargs == Py_None ? NULL : Py_NewRef(kwargs), .owner = self,
+                 .host = place.device.kind == AB_HOST};
+  atomic_init(&p->state, PT_QUEUED);
+  atomic_init(&p->refs, 0);
   ab_future *f;
-  int rc;
-  SUBMIT_BLOCKING(d.place, ab_submit(self->rt, &d, &f));
+  int rc = py_task_submit(self, p, &place, try_only, &f);
   if (rc != 0) {
-    py_task_clear(p);
-    PyMem_RawFree(p);
-    return raise_ab(rc, "submit", NULL);
+    if (atomic_load(&p->refs) == 0) { /* never submitted: nobody else has it */
+      py_task_clear(p);
+      PyMem_RawFree(p);
+    }
+    return PyErr_Occurred() ? NULL : raise_ab(rc, "submit", NULL);
   }
-  rc = ab_future_then(f, py_task_done, p);
-  if (rc != 0) {
-    /* Only the allocator can fail here. The task is queued and must not end without anyone
-     * settling its future: cancel it, wait for it (it may have started), report. */
-    ab_future_cancel(f);
-    Py_BEGIN_ALLOW_THREADS ab_future_wait(f, -1);
-    Py_END_ALLOW_THREADS
-    py_task_clear(p);
-    PyMem_RawFree(p);
-    ab_future_release(f);
-    return raise_ab(rc, "submit", NULL);
-  }
-  return future_new_from(f, (PyObject *)self);
+  return future_for_task(f, self, p);
 }
 
 static PyMethodDef runtime_methods[] = {

@@ -230,3 +230,73 @@ def test_every_future_completes_exactly_once_under_load():
     assert sorted(results) == sorted(f.result() for f in finished)  # each callback exactly once
     assert len(cancelled) == 5000 - len(finished)
     assert len(set(map(id, cancelled))) == len(cancelled)
+
+
+def test_cancelled_tasks_never_run_even_in_batches():
+    ran = set()
+    lock = threading.Lock()
+
+    def job(i):
+        with lock:
+            ran.add(i)
+        return i
+
+    with ab.Executor(2) as ex:
+        fs = [ex.submit(job, i) for i in range(20000)]
+        cancelled = {i for i, f in enumerate(fs) if i % 3 == 0 and f.cancel()}
+        cf.wait(fs, timeout=60)
+    assert all(f.done() for f in fs)
+    assert not (cancelled & ran)  # a successful cancel means it never ran
+    for i, f in enumerate(fs):
+        if i in cancelled:
+            assert f.cancelled()
+        else:
+            assert f.result() == i and i in ran
+
+
+def test_cancelling_from_another_thread_while_batches_run():
+    ran = set()
+
+    def job(i):
+        ran.add(i)
+        return i
+
+    with ab.Executor(2) as ex:
+        fs = [ex.submit(job, i) for i in range(20000)]
+        got = []
+        t = threading.Thread(target=lambda: got.extend(i for i, f in enumerate(fs) if f.cancel()))
+        t.start()
+        t.join()
+        cf.wait(fs, timeout=60)
+    assert not (set(got) & ran)
+    assert all(f.cancelled() == (i in set(got)) for i, f in enumerate(fs))
+
+
+def test_oom_inside_a_batch_walks_the_ladder():
+    attempts = {}
+
+    def job(i):
+        attempts[i] = attempts.get(i, 0) + 1
+        if i % 50 == 0 and attempts[i] < 3:
+            raise MemoryError("out of memory")
+        return i
+
+    with ab.Executor(2) as ex:
+        fs = [ex.submit(job, i) for i in range(2000)]
+        assert [f.result(timeout=60) for f in fs] == list(range(2000))
+        st = ex.stats()[0]
+    assert all(attempts[i] == 3 for i in range(0, 2000, 50))
+    assert st["oom_parks"] >= 40
+
+
+def test_shutdown_cancel_while_batches_run():
+    ex = ab.Executor(2)
+    ran = set()
+    fs = [ex.submit(lambda i=i: ran.add(i) or i) for i in range(30000)]
+    ex.shutdown(wait=True, cancel_futures=True)
+    assert all(f.done() for f in fs)
+    for i, f in enumerate(fs):
+        if f.cancelled():
+            assert i not in ran
+        else:
+            assert f.result() == i

@@ -109,6 +109,7 @@ typedef struct {
   ab_tensor *output;
   ab__scratch scratch;
   void *event;
+  int64_t trace_t0, trace_t1;     /* body start and end when tracing, else 0 */
 } ab__pending;
 
 #define AB__PENDING_MAX 8
@@ -121,6 +122,11 @@ struct ab__worker {
   void *backend;                  /* the backend's per-worker state: stream, arena */
   int npending, pending_head;     /* a ring, touched only by the worker's own thread */
   ab__pending pending[AB__PENDING_MAX];
+  /* trace.c: this worker's event ring; written by its thread only, read after ab_trace_stop */
+  struct ab__trace_rec *trace;
+  uint32_t trace_mask;            /* capacity - 1 (a power of two) */
+  uint64_t trace_head;            /* events ever written since start */
+  _Atomic int trace_busy;         /* the thread is writing a record (stop waits for 0) */
 };
 
 struct ab__device {
@@ -173,6 +179,7 @@ struct ab_runtime {
   _Atomic int64_t inflight;       /* accepted tasks not yet complete */
   _Atomic int closing;            /* no new submissions */
   _Alignas(64) ab_runtime_options opt;
+  _Atomic int trace_on;           /* read by every task: beside the read-mostly options */
   ab_allocator alloc;
   int ndevices;
   ab__device *devices;            /* grouped by kind, in ab_kind order */
@@ -184,6 +191,8 @@ struct ab_runtime {
   _Atomic int stopping;           /* workers exit */
   _Atomic uint32_t idle_word;     /* destroy sleeps here until inflight reaches 0 */
   _Atomic int64_t refs;           /* 1 for the owner + one per live future and pooled tensor */
+  pthread_mutex_t trace_lock;     /* serialises ab_trace_start, stop and write */
+  int64_t trace_t0;               /* when the last trace run started */
 };
 
 void ab__runtime_unref(ab_runtime *rt);
@@ -306,6 +315,7 @@ struct ab_future {
   uint32_t parks;
   ab_future *park_next;
   ab__qnode qlink;                /* overflow list link in the device queue */
+  const char *name;               /* compute tasks: the trace label (NULL: "task") */
 };
 
 ab_future *ab__future_new(ab_runtime *rt);      /* refs = 1; NULL on ENOMEM */
@@ -322,6 +332,15 @@ void ab__task_unaccount(ab__device *d, ab_future *t); /* the task left the devic
 void ab__device_unaccount(ab__device *d, uint64_t bytes); /* the same, for a task given away */
 void ab__task_release_inputs(ab_future *t);
 void ab__inflight_done(ab_runtime *rt);
+
+/* trace.c: recording is one relaxed load when off (see trace.c's design notes) */
+static inline bool ab__tracing(ab_runtime *rt) {
+  return atomic_load_explicit(&rt->trace_on, memory_order_relaxed); /* a hint; re-checked */
+}
+void ab__trace_task(ab__worker *w, ab_future *t, int64_t t0, int64_t t1, int status);
+void ab__trace_mem(ab__device *d, uint64_t used);
+void ab__trace_init(ab_runtime *rt);
+void ab__trace_fini(ab_runtime *rt);
 
 /* worker.c */
 extern _Thread_local ab__worker *ab__current_worker; /* the worker this thread is, or NULL */

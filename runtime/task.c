@@ -184,7 +184,10 @@ void ab__task_ready(ab_future *t) {
     goto drop;
   }
   if (t->bytes == 0) t->bytes = input_bytes(t);
-  if (zero_copy(t)) goto drop;
+  if (zero_copy(t)) { /* completed without running: give back its inflight count */
+    ab__inflight_done(t->rt);
+    goto drop;
+  }
   int err = 0;
   ab__device *d = place_task(t, &err);
   if (d == NULL) {

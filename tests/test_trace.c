@@ -198,22 +198,23 @@ static int test_overflow_keeps_newest(void) {
  * under TSan, and every run's file still parses. */
 typedef struct {
   ab_runtime *rt;
-  atomic_int stop;
-  int rc;
+  atomic_int *stop;
+  int rc;                         /* this thread's own */
 } churn_arg;
 
 static void *churn(void *p) {
   churn_arg *a = p;
-  while (!atomic_load(&a->stop) && a->rc == 0) a->rc = run_named(a->rt, th_host(0), "c", 1);
+  while (!atomic_load(a->stop) && a->rc == 0) a->rc = run_named(a->rt, th_host(0), "c", 1);
   return NULL;
 }
 
 static int test_start_stop_under_load(void) {
   ab_runtime *rt;
   CHECK_OK(th_runtime(&rt, 2, 1));
-  churn_arg a = {.rt = rt};
+  atomic_int stop = 0;
+  churn_arg a[2] = {{.rt = rt, .stop = &stop}, {.rt = rt, .stop = &stop}};
   pthread_t th[2];
-  for (int i = 0; i < 2; i++) CHECK_OK(pthread_create(&th[i], NULL, churn, &a));
+  for (int i = 0; i < 2; i++) CHECK_OK(pthread_create(&th[i], NULL, churn, &a[i]));
   char path[256];
   temp_path(path, sizeof path, "load");
   int rounds = (int)th_scaled(20);
@@ -226,10 +227,11 @@ static int test_start_stop_under_load(void) {
     if (rc == 0) rc = ab_trace_stop(rt);
     if (rc == 0 && r % 5 == 0) rc = ab_trace_write(rt, path);
   }
-  atomic_store(&a.stop, 1);
+  atomic_store(&stop, 1);
   for (int i = 0; i < 2; i++) pthread_join(th[i], NULL);
   CHECK_OK(rc);
-  CHECK_OK(a.rc);
+  CHECK_OK(a[0].rc);
+  CHECK_OK(a[1].rc);
   trace_summary s;
   CHECK_OK(summarise(path, "c", &s));
   CHECK_EQ_INT(s.bad, 0);

@@ -337,7 +337,8 @@ void ab__inflight_done(ab_runtime *rt);
 static inline bool ab__tracing(ab_runtime *rt) {
   return atomic_load_explicit(&rt->trace_on, memory_order_relaxed); /* a hint; re-checked */
 }
-void ab__trace_task(ab__worker *w, ab_future *t, int64_t t0, int64_t t1, int status);
+/* t0, t1: the body's start and end; t2: completion (t1 when the body did the work) */
+void ab__trace_task(ab__worker *w, ab_future *t, int64_t t0, int64_t t1, int64_t t2, int status);
 void ab__trace_mem(ab__device *d, uint64_t used);
 void ab__trace_init(ab_runtime *rt);
 void ab__trace_fini(ab_runtime *rt);

@@ -88,8 +88,7 @@ static const char *task_name(const ab_future *t) {
   }
 }
 
-void ab__trace_task(ab__worker *w, ab_future *t, int64_t t0, int64_t t1, int status) {
-  int64_t t2 = ab__now_ns();
+void ab__trace_task(ab__worker *w, ab_future *t, int64_t t0, int64_t t1, int64_t t2, int status) {
   ab__trace_rec *r = begin(w);
   if (r == NULL) return;
   ab__device *d = w->dev;

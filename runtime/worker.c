@@ -166,9 +166,9 @@ static bool cancel_asked(ab__worker *w, ab_future *t) {
 /* The end of a task whose body ran and whose stream work is done: out-of-memory goes to the
  * ladder, anything else completes the future. */
 static void finish_task(ab__worker *w, ab_future *t, int rc, ab_tensor *output, ab__scratch *scratch,
-                        int64_t trace_t0, int64_t trace_t1) {
+                        int64_t trace_t0, int64_t trace_t1, int64_t trace_t2) {
   ab__device *d = w->dev;
-  if (trace_t0) ab__trace_task(w, t, trace_t0, trace_t1, rc); /* before t can be handed on */
+  if (trace_t0) ab__trace_task(w, t, trace_t0, trace_t1, trace_t2, rc); /* before t is handed on */
   free_scratch(w, scratch);
   if (rc != 0) {
     ab_tensor_release(output);
@@ -204,7 +204,8 @@ static void reap(ab__worker *w, bool block) {
     ab__pending done = *p;
     w->pending_head = (w->pending_head + 1) % AB__PENDING_MAX;
     w->npending--;
-    finish_task(w, done.task, st < 0 ? st : 0, done.output, &done.scratch, done.trace_t0, done.trace_t1);
+    finish_task(w, done.task, st < 0 ? st : 0, done.output, &done.scratch, done.trace_t0, done.trace_t1,
+                done.trace_t0 ? ab__now_ns() : 0);
     block = false;
   }
 }
@@ -232,7 +233,9 @@ static void run_one(ab__worker *w, ab_future *t) {
   }
   int done = d->ops->finish(w); /* the future completes when its stream has */
   if (rc == 0) rc = done;
-  finish_task(w, t, rc, c.output, &c.scratch, t0, t1);
+  /* without a stream, the task was done when its body returned: no third clock read */
+  int64_t t2 = t0 && d->ops->stream ? ab__now_ns() : t1;
+  finish_task(w, t, rc, c.output, &c.scratch, t0, t1, t2);
   return;
 drop:
   ab__task_unaccount(d, t);

@@ -105,7 +105,7 @@ static int check_named(ab_runtime *rt, const device_list *l) {
   return 0;
 }
 
-static int pick(ab_runtime *rt, const device_list *l, ab_device *devs, int *ndevs) {
+static int pick(ab_runtime *rt, const char *list, const device_list *l, ab_device *devs, int *ndevs) {
   ab_device all[64];
   int n = ab_runtime_devices(rt, all, 64);
   bool warned[AB_KIND_COUNT] = {false};
@@ -122,7 +122,7 @@ static int pick(ab_runtime *rt, const device_list *l, ab_device *devs, int *ndev
     devs[(*ndevs)++] = all[i];
   }
   if (*ndevs > 0) return 0;
-  fprintf(stderr, "arraybridge: none of the devices '%s' is here (see `arraybridge devices`)\n", "asked for");
+  fprintf(stderr, "arraybridge: no device with screening steps among '%s' (see `arraybridge devices`)\n", list);
   return EXIT_FATAL;
 }
 
@@ -143,7 +143,7 @@ int screen_runtime(const char *list, uint64_t memory_limit, ab_runtime **rt, ab_
     return EXIT_FATAL;
   }
   status = check_named(*rt, &l);
-  if (status == 0) status = pick(*rt, &l, devs, ndevs);
+  if (status == 0) status = pick(*rt, list, &l, devs, ndevs);
   if (status != 0) ab_runtime_destroy(*rt, AB_DRAIN);
   return status;
 }

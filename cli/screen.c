@@ -245,20 +245,25 @@ static void start_image(run *r, int i) {
   uint16_t **s;
   int z, h, w;
   char err[200];
-  if (plate_load(&r->plate, i, &s, &z, &h, &w, err, sizeof err) != 0) return fail_image(r, i, AB_EINVAL, err);
+  if (plate_load(&r->plate, i, &s, &z, &h, &w, err, sizeof err) != 0) {
+    fail_image(r, i, AB_EINVAL, err);
+    return;
+  }
   if (r->pz == 0) r->pz = z, r->ph = h, r->pw = w;
   if (z != r->pz || h != r->ph || w != r->pw) {
     snprintf(err, sizeof err, "stack is %dx%dx%d (z x h x w), the plate's first is %dx%dx%d", z, h, w, r->pz,
              r->ph, r->pw);
     plate_free_slices(s, z);
-    return fail_image(r, i, AB_ESHAPE, err);
+    fail_image(r, i, AB_ESHAPE, err);
+    return;
   }
   ab_tensor **t = calloc((size_t)z, sizeof *t);
   int rc = t ? wrap_slices(s, z, h, w, t) : AB_ENOMEM;
   if (rc != 0) {
     plate_free_slices(s, z);
     free(t);
-    return fail_image(r, i, rc, "cannot wrap the slices");
+    fail_image(r, i, rc, "cannot wrap the slices");
+    return;
   }
   free(s); /* the tensors own the slices now */
   job *j = &r->jobs[r->njobs];
@@ -270,7 +275,8 @@ static void start_image(run *r, int i) {
   if (rc != 0) {
     release_chain(j, true);
     snprintf(err, sizeof err, "submit failed: %s", ab_strerror(rc));
-    return fail_image(r, i, rc, err);
+    fail_image(r, i, rc, err);
+    return;
   }
   r->inflight[j->slot]++;
   r->stacks[j->slot]++;
@@ -286,7 +292,11 @@ static int write_csv(run *r, FILE *f) {
     const result *x = &r->results[i];
     char dev[32] = "";
     if (x->slot >= 0) device_label(r->devs[x->slot], dev, sizeof dev);
-    fprintf(f, "%s,%d,%s,%s,", r->plate.images[i].well, r->plate.images[i].site, dev,
+    char well[sizeof r->plate.images[i].well];
+    snprintf(well, sizeof well, "%s", r->plate.images[i].well);
+    for (char *p = well; *p; p++)
+      if (*p == ',' || *p == '"') *p = '_'; /* a file name's well: keep the row's columns */
+    fprintf(f, "%s,%d,%s,%s,", well, r->plate.images[i].site, dev,
             x->status == 0 ? "ok" : ab_err_name(x->status));
     if (x->status == 0)
       fprintf(f, "%" PRId64 ",%.2f,%" PRId64 ",%.3f,\n", x->objects,
@@ -296,7 +306,7 @@ static int write_csv(run *r, FILE *f) {
       char e[sizeof x->error];
       snprintf(e, sizeof e, "%s", x->error);
       for (char *p = e; *p; p++)
-        if (*p == '"') *p = '\''; /* quoted field: no double quotes inside */
+        if (*p == '"' || *p == '\n' || *p == '\r') *p = *p == '"' ? '\'' : ' '; /* one quoted line */
       fprintf(f, ",,,,\"%s\"\n", e);
     }
   }

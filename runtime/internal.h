@@ -192,7 +192,9 @@ struct ab_runtime {
   _Atomic uint32_t idle_word;     /* destroy sleeps here until inflight reaches 0 */
   _Atomic int64_t refs;           /* 1 for the owner + one per live future and pooled tensor */
   pthread_mutex_t trace_lock;     /* serialises ab_trace_start, stop and write */
-  int64_t trace_t0;               /* when the last trace run started */
+  int64_t trace_t0;               /* when the last trace run started (CLOCK_MONOTONIC ns) */
+  bool trace_tsc;                 /* records hold TSC ticks, mapped by the pairs below */
+  int64_t trace_tsc0, trace_tsc1, trace_ns1; /* (tsc, ns) at start (ns: trace_t0) and stop */
 };
 
 void ab__runtime_unref(ab_runtime *rt);
@@ -338,6 +340,14 @@ static inline bool ab__tracing(ab_runtime *rt) {
   return atomic_load_explicit(&rt->trace_on, memory_order_relaxed); /* a hint; re-checked */
 }
 /* t0, t1: the body's start and end; t2: completion (t1 when the body did the work) */
+/* The trace's clock: the TSC where it is invariant (a few ns, against 30-60 for clock_gettime on
+ * a VM), mapped onto CLOCK_MONOTONIC when the trace is written; else CLOCK_MONOTONIC itself. */
+static inline int64_t ab__trace_now(const ab_runtime *rt) {
+#if defined(__x86_64__)
+  if (rt->trace_tsc) return (int64_t)__builtin_ia32_rdtsc();
+#endif
+  return ab__now_ns();
+}
 void ab__trace_task(ab__worker *w, ab_future *t, int64_t t0, int64_t t1, int64_t t2, int status);
 void ab__trace_mem(ab__device *d, uint64_t used);
 void ab__trace_init(ab_runtime *rt);

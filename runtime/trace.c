@@ -19,12 +19,19 @@
  *   - Memory samples come from the thread that changes a device's budget. Only workers have a
  *     ring, so changes made by other threads (a caller releasing its last tensor) show up at
  *     the next sample a worker takes; every task's record also carries its device's usage.
- *   - Timestamps are CLOCK_MONOTONIC (ab__now_ns); the JSON gives microseconds since start.
+ *   - Timestamps: two per task, so their cost is most of what tracing costs. Where the TSC is
+ *     invariant (constant and non-stop: CPUID 0x80000007 EDX bit 8) records hold TSC ticks,
+ *     and start and stop each take a (TSC, CLOCK_MONOTONIC) pair that maps them linearly onto
+ *     CLOCK_MONOTONIC when the trace is written; elsewhere they are CLOCK_MONOTONIC itself. The
+ *     JSON gives microseconds since start either way.
  *   - trace_lock serialises start, stop and write with each other; it is never taken by a
  *     worker, and nothing else is taken under it.
  */
 #include <inttypes.h>
 #include <sched.h>
+#if defined(__x86_64__)
+#include <cpuid.h>
+#endif
 #include <string.h>
 
 #include "runtime/internal.h"
@@ -101,7 +108,7 @@ void ab__trace_task(ab__worker *w, ab_future *t, int64_t t0, int64_t t1, int64_t
 void ab__trace_mem(ab__device *d, uint64_t used) {
   ab__worker *w = ab__current_worker;
   if (w == NULL || w->dev->rt != d->rt) return; /* only workers have rings (design notes) */
-  int64_t now = ab__now_ns();
+  int64_t now = ab__trace_now(d->rt);
   ab__trace_rec *r = begin(w);
   if (r == NULL) return;
   *r = (ab__trace_rec){.t0 = now, .mem = used, .dev = (int16_t)(d - d->rt->devices), .type = REC_MEM};
@@ -109,6 +116,27 @@ void ab__trace_mem(ab__device *d, uint64_t used) {
 }
 
 /* ---- start and stop ----------------------------------------------------------------------- */
+static bool invariant_tsc(void) {
+#if defined(__x86_64__)
+  unsigned a, b, c, d;
+  return __get_cpuid(0x80000007, &a, &b, &c, &d) && (d & (1u << 8));
+#else
+  return false;
+#endif
+}
+
+/* A (TSC, CLOCK_MONOTONIC) pair, the TSC read halfway through the clock read. */
+static void clock_pair(int64_t *tsc, int64_t *ns) {
+#if defined(__x86_64__)
+  int64_t a = (int64_t)__builtin_ia32_rdtsc();
+  *ns = ab__now_ns();
+  *tsc = a + ((int64_t)__builtin_ia32_rdtsc() - a) / 2;
+#else
+  *ns = ab__now_ns();
+  *tsc = *ns;
+#endif
+}
+
 static uint32_t ring_size(const ab_trace_options *o) {
   uint32_t n = o && o->events_per_worker ? o->events_per_worker : DEFAULT_EVENTS;
   if (n > MAX_EVENTS) n = MAX_EVENTS;
@@ -145,7 +173,9 @@ int ab_trace_start(ab_runtime *rt, const ab_trace_options *o) {
     if (rc != 0) free_rings(rt);
   }
   if (rc == 0) {
-    rt->trace_t0 = ab__now_ns();
+    rt->trace_tsc = invariant_tsc();
+    clock_pair(&rt->trace_tsc0, &rt->trace_t0);
+    rt->trace_tsc1 = rt->trace_tsc0, rt->trace_ns1 = rt->trace_t0; /* until stop */
     atomic_store(&rt->trace_on, 1); /* seq_cst: publishes the rings (design notes) */
   }
   pthread_mutex_unlock(&rt->trace_lock);
@@ -155,7 +185,9 @@ int ab_trace_start(ab_runtime *rt, const ab_trace_options *o) {
 int ab_trace_stop(ab_runtime *rt) {
   if (rt == NULL) return AB_EINVAL;
   pthread_mutex_lock(&rt->trace_lock);
+  bool was_on = atomic_load_explicit(&rt->trace_on, memory_order_relaxed); /* written under the lock */
   atomic_store(&rt->trace_on, 0); /* seq_cst: Dekker with begin() */
+  if (was_on) clock_pair(&rt->trace_tsc1, &rt->trace_ns1);
   for (int i = 0; i < rt->ndevices; i++) {
     ab__device *d = &rt->devices[i];
     for (int j = 0; j < d->nworkers; j++)
@@ -208,7 +240,19 @@ static void put_metadata(FILE *f, ab_runtime *rt, const char **sep) {
   }
 }
 
-static double us(const ab_runtime *rt, int64_t t) { return (double)(t - rt->trace_t0) / 1e3; }
+/* A record's time in microseconds since start. A task that began before a restart reads as
+ * beginning at it. */
+static double us(const ab_runtime *rt, int64_t t) {
+  double v;
+  if (!rt->trace_tsc) {
+    v = (double)(t - rt->trace_t0) / 1e3;
+  } else {
+    int64_t ticks = rt->trace_tsc1 - rt->trace_tsc0;
+    double ns_per_tick = ticks > 0 ? (double)(rt->trace_ns1 - rt->trace_t0) / (double)ticks : 0;
+    v = (double)(t - rt->trace_tsc0) * ns_per_tick / 1e3;
+  }
+  return v < 0 ? 0 : v;
+}
 
 static void put_counter(FILE *f, ab_runtime *rt, const char *sep, int dev, int64_t t, uint64_t mem) {
   fprintf(f, "%s{\"ph\":\"C\",\"name\":\"memory\",\"pid\":%d,\"tid\":0,\"ts\":%.3f,\"args\":{\"used\":%" PRIu64 "}}",
@@ -223,12 +267,12 @@ static void put_task(FILE *f, ab_runtime *rt, const char *sep, const ab__trace_r
   fprintf(f, "%s{\"ph\":\"X\",\"name\":", sep);
   put_str(f, r->name);
   fprintf(f, ",\"cat\":\"task\",\"pid\":%d,\"tid\":%d,\"ts\":%.3f,\"dur\":%.3f,\"args\":{\"status\":%d}}",
-          r->dev + 1, worker + 1, us(rt, r->t0), (double)(body_end - r->t0) / 1e3, (int)r->status);
+          r->dev + 1, worker + 1, us(rt, r->t0), us(rt, body_end) - us(rt, r->t0), (int)r->status);
   if (stream) {
     fprintf(f, "%s{\"ph\":\"X\",\"name\":", sep);
     put_str(f, r->name);
     fprintf(f, ",\"cat\":\"stream\",\"pid\":%d,\"tid\":%d,\"ts\":%.3f,\"dur\":%.3f,\"args\":{\"status\":%d}}",
-            r->dev + 1, 1001 + worker, us(rt, r->t1), (double)(r->t2 - r->t1) / 1e3, (int)r->status);
+            r->dev + 1, 1001 + worker, us(rt, r->t1), us(rt, r->t2) - us(rt, r->t1), (int)r->status);
   }
   put_counter(f, rt, sep, r->dev, r->t2, r->mem);
 }

@@ -205,7 +205,7 @@ static void reap(ab__worker *w, bool block) {
     w->pending_head = (w->pending_head + 1) % AB__PENDING_MAX;
     w->npending--;
     finish_task(w, done.task, st < 0 ? st : 0, done.output, &done.scratch, done.trace_t0, done.trace_t1,
-                done.trace_t0 ? ab__now_ns() : 0);
+                done.trace_t0 ? ab__trace_now(w->dev->rt) : 0);
     block = false;
   }
 }
@@ -220,9 +220,9 @@ static void run_one(ab__worker *w, ab_future *t) {
   }
   if (w->npending == AB__PENDING_MAX) reap(w, true); /* room for this one */
   ab_ctx c = {.w = w, .task = t};
-  int64_t t0 = ab__tracing(rt) ? ab__now_ns() : 0; /* the one branch tracing costs when off */
+  int64_t t0 = ab__tracing(rt) ? ab__trace_now(rt) : 0; /* the one branch tracing costs when off */
   int rc = run_body(&c);
-  int64_t t1 = t0 ? ab__now_ns() : 0;
+  int64_t t1 = t0 ? ab__trace_now(rt) : 0;
   void *event = NULL;
   if (rc == 0 && d->ops->record) rc = d->ops->record(w, &event);
   if (event) { /* enqueued: it completes when its event does, while we go on */
@@ -234,7 +234,7 @@ static void run_one(ab__worker *w, ab_future *t) {
   int done = d->ops->finish(w); /* the future completes when its stream has */
   if (rc == 0) rc = done;
   /* without a stream, the task was done when its body returned: no third clock read */
-  int64_t t2 = t0 && d->ops->stream ? ab__now_ns() : t1;
+  int64_t t2 = t0 && d->ops->stream ? ab__trace_now(rt) : t1;
   finish_task(w, t, rc, c.output, &c.scratch, t0, t1, t2);
   return;
 drop:

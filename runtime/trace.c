@@ -50,7 +50,6 @@ typedef struct ab__trace_rec {
   uint8_t type;
 } ab__trace_rec;
 
-void ab__trace_init(ab_runtime *rt) { pthread_mutex_init(&rt->trace_lock, NULL); }
 
 static void free_rings(ab_runtime *rt) {
   for (int i = 0; rt->devices && i < rt->ndevices; i++) {
@@ -125,6 +124,13 @@ static bool invariant_tsc(void) {
 #endif
 }
 
+/* Before the workers start: trace_tsc is read by them without synchronisation, so it is set
+ * once, for the runtime's life. */
+void ab__trace_init(ab_runtime *rt) {
+  pthread_mutex_init(&rt->trace_lock, NULL);
+  rt->trace_tsc = invariant_tsc();
+}
+
 /* A (TSC, CLOCK_MONOTONIC) pair, the TSC read halfway through the clock read. */
 static void clock_pair(int64_t *tsc, int64_t *ns) {
 #if defined(__x86_64__)
@@ -173,7 +179,6 @@ int ab_trace_start(ab_runtime *rt, const ab_trace_options *o) {
     if (rc != 0) free_rings(rt);
   }
   if (rc == 0) {
-    rt->trace_tsc = invariant_tsc();
     clock_pair(&rt->trace_tsc0, &rt->trace_t0);
     rt->trace_tsc1 = rt->trace_tsc0, rt->trace_ns1 = rt->trace_t0; /* until stop */
     atomic_store(&rt->trace_on, 1); /* seq_cst: publishes the rings (design notes) */

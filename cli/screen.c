@@ -177,6 +177,7 @@ typedef struct {
   ab_device devs[MAX_SCREEN_DEVICES];
   int ndevs, rr;
   int inflight[MAX_SCREEN_DEVICES], stacks[MAX_SCREEN_DEVICES];
+  int cap[MAX_SCREEN_DEVICES];    /* stacks in flight the device's budget holds (see set_caps) */
   plate plate;
   result *results;
   job *jobs;                      /* njobs in flight */
@@ -186,14 +187,42 @@ typedef struct {
   bool bar;
 } run;
 
+/* The device with room and the fewest stacks in flight (ties: round robin); -1 if none has room. */
 static int pick_device(run *r) {
   int best = -1;
   for (int k = 0; k < r->ndevs; k++) {
     int s = (r->rr + k) % r->ndevs;
-    if (best < 0 || r->inflight[s] < r->inflight[best]) best = s;
+    if (r->inflight[s] < r->cap[s] && (best < 0 || r->inflight[s] < r->inflight[best])) best = s;
   }
-  r->rr = (best + 1) % r->ndevs;
+  if (best >= 0) r->rr = (best + 1) % r->ndevs;
   return best;
+}
+
+/* Once the stack size is known: a chain holds about three stacks on its device until it ends
+ * (the stack, normalised and filtered volumes, which its futures keep) plus the histogram and
+ * the 2D results, so a budget of B holds B / that many chains. Fewer in flight beats chains
+ * that each hold a part of the budget and wait on the OOM ladder for the rest. */
+static void set_caps(run *r) {
+  uint64_t stack = (uint64_t)r->pz * r->ph * r->pw * 2, per = 3 * stack + 6ull * r->ph * r->pw + (65538 * 4);
+  for (int k = 0; k < r->ndevs; k++) {
+    ab_device_info info;
+    r->cap[k] = r->o->inflight;
+    if (ab_device_info_get(r->rt, r->devs[k], &info) != 0 || info.budget == UINT64_MAX) continue;
+    uint64_t fit = info.budget / per;
+    if (fit == 0) { /* left out: its stacks would only wait out the OOM ladder's deadline */
+      char need[32], have[32];
+      fprintf(stderr, "arraybridge: a %dx%dx%d stack needs about %s on %s:%d, whose budget is %s: left out\n",
+              r->pz, r->ph, r->pw, human_bytes(per, need, sizeof need), kind_name(r->devs[k].kind),
+              r->devs[k].index, human_bytes(info.budget, have, sizeof have));
+    }
+    if (fit < (uint64_t)r->cap[k]) r->cap[k] = (int)fit;
+  }
+}
+
+static bool has_room(run *r) {
+  for (int k = 0; k < r->ndevs; k++)
+    if (r->inflight[k] < r->cap[k]) return true;
+  return false;
 }
 
 static void progress(run *r, bool force) {
@@ -249,7 +278,10 @@ static void start_image(run *r, int i) {
     fail_image(r, i, AB_EINVAL, err);
     return;
   }
-  if (r->pz == 0) r->pz = z, r->ph = h, r->pw = w;
+  if (r->pz == 0) {
+    r->pz = z, r->ph = h, r->pw = w;
+    set_caps(r); /* nothing is in flight yet: every device keeps room for one */
+  }
   if (z != r->pz || h != r->ph || w != r->pw) {
     snprintf(err, sizeof err, "stack is %dx%dx%d (z x h x w), the plate's first is %dx%dx%d", z, h, w, r->pz,
              r->ph, r->pw);
@@ -266,8 +298,15 @@ static void start_image(run *r, int i) {
     return;
   }
   free(s); /* the tensors own the slices now */
+  int slot = pick_device(r);
+  if (slot < 0) { /* every device was left out by set_caps */
+    for (int k = 0; k < z; k++) ab_tensor_release(t[k]);
+    free(t);
+    fail_image(r, i, AB_ENOMEM, "no device's budget holds a stack (see --memory-limit)");
+    return;
+  }
   job *j = &r->jobs[r->njobs];
-  *j = (job){.image = i, .slot = pick_device(r)};
+  *j = (job){.image = i, .slot = slot};
   r->results[i].slot = j->slot;
   rc = submit_chain(r->rt, r->devs[j->slot], t, z, j, &r->results[i]);
   for (int k = 0; k < z; k++) ab_tensor_release(t[k]);
@@ -352,7 +391,7 @@ static int open_plate(run *r) {
 static int screen_plate(run *r) {
   r->t0 = now_s();
   for (int i = 0; i < r->plate.n; i++) {
-    while (r->njobs >= r->o->inflight * r->ndevs) harvest_one(r);
+    while (!has_room(r) && r->njobs > 0) harvest_one(r); /* no room and none in flight: see start_image */
     start_image(r, i);
   }
   while (r->njobs > 0) harvest_one(r);
@@ -400,6 +439,7 @@ int screen_run(const screen_options *o) {
   r->jobs = status ? NULL : calloc((size_t)(o->inflight * r->ndevs), sizeof *r->jobs);
   if (status == 0 && (r->results == NULL || r->jobs == NULL)) status = EXIT_FATAL;
   for (int i = 0; status == 0 && i < r->plate.n; i++) r->results[i] = (result){.status = 1, .slot = -1};
+  for (int k = 0; k < r->ndevs; k++) r->cap[k] = o->inflight; /* until the first stack is read */
   if (status == 0 && o->trace && ab_trace_start(r->rt, NULL) != 0) {
     fprintf(stderr, "arraybridge: cannot start tracing\n");
     status = EXIT_FATAL;

@@ -95,6 +95,21 @@ case_bad_inputs() {
   ((rc == 2)) || fail "unknown device: exit $rc, want 2"
 }
 
+# A budget that holds one small chain per device: fewer stacks in flight, the same results.
+case_memory_limit() {
+  "$CLI" screen "${SMALL[@]}" --devices host --out "$W/free.csv" --quiet
+  "$CLI" screen "${SMALL[@]}" --memory-limit 600K --inflight 8 --out "$W/tight.csv" --quiet
+  cut -d, -f1,2,4- "$W/free.csv" >"$W/free.cut"
+  cut -d, -f1,2,4- "$W/tight.csv" >"$W/tight.cut"
+  cmp -s "$W/free.cut" "$W/tight.cut" || { diff "$W/free.cut" "$W/tight.cut" || true; fail "results differ"; }
+  local rc=0
+  "$CLI" screen "${SMALL[@]}" --memory-limit 64K --devices host --out "$W/none.csv" --quiet 2>"$W/err" || rc=$?
+  cat "$W/err"
+  ((rc == 3)) || fail "a budget below one stack: exit $rc, want 3"
+  grep -q 'needs about' "$W/err" || fail "no warning that a stack cannot fit"
+  (($(grep -c ',AB_ENOMEM,' "$W/none.csv") == 8)) || fail "want 8 AB_ENOMEM rows"
+}
+
 # --trace: valid JSON, one track per worker (and per stream on OpenCL devices), every step.
 case_trace() {
   "$CLI" screen "${SMALL[@]}" --out "$W/r.csv" --trace "$W/t.json" --quiet

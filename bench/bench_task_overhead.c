@@ -12,7 +12,8 @@
  * their own on the same two cores, and StarPU's peer runs with STARPU_NOPENCL=0 as well.
  *
  * BENCH_TASKS, BENCH_REPS, BENCH_RT_ITERS, BENCH_RT_REPS and BENCH_QUEUE_CAPACITY (default: the
- * runtime's) change the sizes.
+ * runtime's) change the sizes. BENCH_TRACE=1 records a trace (ab_trace_start, default rings)
+ * throughout: bench/run's trace_overhead compares the two.
  *
  * Output on stdout, one line per repetition: "tasks_per_s <v>", "roundtrip_us <v>" and
  * "roundtrip_mean_us <v>", plus "cold_tasks_per_s <v>" for the warm-up batch; bench/run takes
@@ -156,6 +157,8 @@ int main(void) {
   if (rc != 0)
     return fail("ab_runtime_create", rc);
   describe(rt, bench_now() - t0);
+  if (bench_env_long("BENCH_TRACE", 0) == 1 && (rc = ab_trace_start(rt, NULL)) != 0)
+    return fail("ab_trace_start", rc);
 
   int bad = throughput(rt, ntasks, reps) || roundtrip(rt, iters, rt_reps);
   rc = ab_runtime_destroy(rt, AB_DRAIN);

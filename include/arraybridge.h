@@ -332,6 +332,8 @@ typedef struct {
   int ninputs;
   ab_place place;
   uint64_t bytes_hint;       /* bytes the task moves, for backpressure (default: input bytes) */
+  const char *name;          /* a static label for traces (must outlive the runtime); NULL:
+                                "task". Older callers whose size ends before it are accepted. */
 } ab_task_desc;
 
 #define AB_TASK_DESC_INIT {.size = sizeof(ab_task_desc)}
@@ -377,6 +379,30 @@ AB_API int ab_future_wait_all(ab_future *const *fs, size_t n, int64_t timeout_ns
 AB_API int ab_future_wait_any(ab_future *const *fs, size_t n, int64_t timeout_ns, size_t *which);
 AB_API ab_future *ab_future_retain(ab_future *f);
 AB_API void ab_future_release(ab_future *f);   /* NULL is accepted */
+
+/* ---------------------------------------------------------------------------------------------
+ * Tracing: a timeline of every task on every worker and stream, and of device memory, written
+ * as Chrome trace JSON (open it in Perfetto or chrome://tracing). Each worker records into a
+ * ring of its own, so recording takes no lock and allocates nothing; a full ring overwrites its
+ * oldest events (the JSON says how many were dropped). Off, it costs one branch per task.
+ */
+typedef struct {
+  size_t size;               /* sizeof(ab_trace_options); AB_TRACE_OPTIONS_INIT sets it */
+  uint32_t events_per_worker;/* ring capacity, rounded up to a power of two (default 1 << 16) */
+} ab_trace_options;
+
+#define AB_TRACE_OPTIONS_INIT {.size = sizeof(ab_trace_options)}
+
+/* Starts recording (o NULL: defaults), discarding what an earlier run recorded.
+ * AB_EALREADY: already recording. AB_ENOMEM: the rings could not be allocated. */
+AB_API int ab_trace_start(ab_runtime *rt, const ab_trace_options *o);
+/* Stops recording; what was recorded stays until the next start. 0 if it was not recording. */
+AB_API int ab_trace_stop(ab_runtime *rt);
+/* Writes what the last run recorded to path: "traceEvents" with a process per device, a thread
+ * per worker (and per stream on devices that have them), an "X" event per task named by its
+ * ab_task_desc.name or kind ("convert", "stack"), and "C" events for device memory in use.
+ * AB_EBUSY while recording (stop first); AB_EINVAL if path cannot be written. */
+AB_API int ab_trace_write(ab_runtime *rt, const char *path);
 
 #ifdef __cplusplus
 }

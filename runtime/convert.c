@@ -356,6 +356,7 @@ static void copy_parallel(ab_runtime *rt, copy_job *all) {
   ab_task_desc d = AB_TASK_DESC_INIT;
   d.fn = copy_task;
   d.arg = &theirs;
+  d.name = "stack copy"; /* the helper half, in traces */
   d.place.mode = AB_SUBMIT_TRY;
   ab_future *f = NULL;
   if (rt->kind_count[AB_HOST] == 0 || theirs.to - theirs.from < 8 || ab_submit(rt, &d, &f) != 0) {

@@ -110,6 +110,7 @@ typedef struct {
   ab_tensor *output;
   ab__scratch scratch;
   void *event;
+  int64_t trace_t0, trace_t1;     /* body start and end when tracing, else 0 */
 } ab__pending;
 
 #define AB__PENDING_MAX 8
@@ -122,6 +123,11 @@ struct ab__worker {
   void *backend;                  /* the backend's per-worker state: stream, arena */
   int npending, pending_head;     /* a ring, touched only by the worker's own thread */
   ab__pending pending[AB__PENDING_MAX];
+  /* trace.c: this worker's event ring; written by its thread only, read after ab_trace_stop */
+  struct ab__trace_rec *trace;
+  uint32_t trace_mask;            /* capacity - 1 (a power of two) */
+  uint64_t trace_head;            /* events ever written since start */
+  _Atomic int trace_busy;         /* the thread is writing a record (stop waits for 0) */
 };
 
 struct ab__device {
@@ -174,6 +180,7 @@ struct ab_runtime {
   _Atomic int64_t inflight;       /* accepted tasks not yet complete */
   _Atomic int closing;            /* no new submissions */
   _Alignas(64) ab_runtime_options opt;
+  _Atomic int trace_on;           /* read by every task: beside the read-mostly options */
   ab_allocator alloc;
   int ndevices;
   ab__device *devices;            /* grouped by kind, in ab_kind order */
@@ -185,6 +192,10 @@ struct ab_runtime {
   _Atomic int stopping;           /* workers exit */
   _Atomic uint32_t idle_word;     /* destroy sleeps here until inflight reaches 0 */
   _Atomic int64_t refs;           /* 1 for the owner + one per live future and pooled tensor */
+  pthread_mutex_t trace_lock;     /* serialises ab_trace_start, stop and write */
+  int64_t trace_t0;               /* when the last trace run started (CLOCK_MONOTONIC ns) */
+  bool trace_tsc;                 /* records hold TSC ticks, mapped by the pairs below */
+  int64_t trace_tsc0, trace_tsc1, trace_ns1; /* (tsc, ns) at start (ns: trace_t0) and stop */
 };
 
 void ab__runtime_unref(ab_runtime *rt);
@@ -308,6 +319,7 @@ struct ab_future {
   uint32_t parks;
   ab_future *park_next;
   ab__qnode qlink;                /* overflow list link in the device queue */
+  const char *name;               /* compute tasks: the trace label (NULL: "task") */
 };
 
 ab_future *ab__future_new(ab_runtime *rt);      /* refs = 1; NULL on ENOMEM */
@@ -324,6 +336,24 @@ void ab__task_unaccount(ab__device *d, ab_future *t); /* the task left the devic
 void ab__device_unaccount(ab__device *d, uint64_t bytes); /* the same, for a task given away */
 void ab__task_release_inputs(ab_future *t);
 void ab__inflight_done(ab_runtime *rt);
+
+/* trace.c: recording is one relaxed load when off (see trace.c's design notes) */
+static inline bool ab__tracing(ab_runtime *rt) {
+  return atomic_load_explicit(&rt->trace_on, memory_order_relaxed); /* a hint; re-checked */
+}
+/* t0, t1: the body's start and end; t2: completion (t1 when the body did the work) */
+/* The trace's clock: the TSC where it is invariant (a few ns, against 30-60 for clock_gettime on
+ * a VM), mapped onto CLOCK_MONOTONIC when the trace is written; else CLOCK_MONOTONIC itself. */
+static inline int64_t ab__trace_now(const ab_runtime *rt) {
+#if defined(__x86_64__)
+  if (rt->trace_tsc) return (int64_t)__builtin_ia32_rdtsc();
+#endif
+  return ab__now_ns();
+}
+void ab__trace_task(ab__worker *w, ab_future *t, int64_t t0, int64_t t1, int64_t t2, int status);
+void ab__trace_mem(ab__device *d, uint64_t used);
+void ab__trace_init(ab_runtime *rt);
+void ab__trace_fini(ab_runtime *rt);
 
 /* worker.c */
 extern _Thread_local ab__worker *ab__current_worker; /* the worker this thread is, or NULL */

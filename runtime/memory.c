@@ -32,11 +32,13 @@ int ab__mem_reserve(ab__device *d, size_t bytes) {
   } while (!atomic_compare_exchange_weak_explicit(&d->used, &u, u + bytes, memory_order_relaxed,
                                                   memory_order_relaxed));
   raise_peak(d, u + bytes);
+  if (ab__tracing(d->rt)) ab__trace_mem(d, u + bytes);
   return 0;
 }
 
 void ab__mem_unreserve(ab__device *d, size_t bytes) {
-  atomic_fetch_sub_explicit(&d->used, bytes, memory_order_relaxed); /* a counter */
+  uint64_t u = atomic_fetch_sub_explicit(&d->used, bytes, memory_order_relaxed); /* a counter */
+  if (ab__tracing(d->rt)) ab__trace_mem(d, u - bytes);
 }
 
 bool ab__fault_hit(ab__device *d, int op) {

@@ -153,6 +153,7 @@ static void drop_leftovers(ab_runtime *rt) {
 }
 
 static void runtime_free(ab_runtime *rt) {
+  ab__trace_fini(rt); /* the rings hang off the workers: free them first */
   for (int i = 0; rt->devices && i < rt->ndevices; i++) device_fini(rt, &rt->devices[i]);
   ab__free(&rt->alloc, rt->devices);
   ab__pool_fini(&rt->futures);
@@ -184,6 +185,7 @@ int ab_runtime_create(const ab_runtime_options *opt, ab_runtime **out) {
   rt->opt.allocator = NULL;
   rt->alloc = a;
   atomic_init(&rt->refs, 1);
+  ab__trace_init(rt);
   if (ab__pool_init(&rt->futures, sizeof(ab_future), &rt->alloc) != 0) {
     ab__free(&a, rt);
     return AB_ENOMEM;

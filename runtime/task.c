@@ -184,7 +184,10 @@ void ab__task_ready(ab_future *t) {
     goto drop;
   }
   if (t->bytes == 0) t->bytes = input_bytes(t);
-  if (zero_copy(t)) goto drop;
+  if (zero_copy(t)) { /* completed without running: give back its inflight count */
+    ab__inflight_done(t->rt);
+    goto drop;
+  }
   int err = 0;
   ab__device *d = place_task(t, &err);
   if (d == NULL) {
@@ -281,7 +284,9 @@ static int check_inputs(const ab_input *in, int n) {
 int ab_submit(ab_runtime *rt, const ab_task_desc *d, ab_future **out) {
   if (out == NULL) return AB_EINVAL;
   *out = NULL;
-  if (rt == NULL || d == NULL || d->size != sizeof(ab_task_desc) || d->fn == NULL) return AB_EINVAL;
+  /* sizes from before `name` was appended are still ab_task_descs */
+  if (rt == NULL || d == NULL || d->fn == NULL) return AB_EINVAL;
+  if (d->size != sizeof(ab_task_desc) && d->size != offsetof(ab_task_desc, name)) return AB_EINVAL;
   int rc = check_inputs(d->inputs, d->ninputs);
   if (rc == 0) rc = check_place(rt, &d->place);
   if (rc != 0) return rc;
@@ -290,6 +295,7 @@ int ab_submit(ab_runtime *rt, const ab_task_desc *d, ab_future **out) {
   t->fn = d->fn;
   t->arg = d->arg;
   t->bytes = d->bytes_hint;
+  t->name = d->size == sizeof(ab_task_desc) ? d->name : NULL;
   for (int i = 0; i < d->ninputs; i++) {
     if (d->inputs[i].tensor) t->in[i].tensor = ab_tensor_retain(d->inputs[i].tensor);
     else t->in[i].future = ab_future_retain(d->inputs[i].future);

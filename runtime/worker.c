@@ -165,8 +165,10 @@ static bool cancel_asked(ab__worker *w, ab_future *t) {
 
 /* The end of a task whose body ran and whose stream work is done: out-of-memory goes to the
  * ladder, anything else completes the future. */
-static void finish_task(ab__worker *w, ab_future *t, int rc, ab_tensor *output, ab__scratch *scratch) {
+static void finish_task(ab__worker *w, ab_future *t, int rc, ab_tensor *output, ab__scratch *scratch,
+                        int64_t trace_t0, int64_t trace_t1, int64_t trace_t2) {
   ab__device *d = w->dev;
+  if (trace_t0) ab__trace_task(w, t, trace_t0, trace_t1, trace_t2, rc); /* before t is handed on */
   free_scratch(w, scratch);
   if (rc != 0) {
     ab_tensor_release(output);
@@ -202,7 +204,8 @@ static void reap(ab__worker *w, bool block) {
     ab__pending done = *p;
     w->pending_head = (w->pending_head + 1) % AB__PENDING_MAX;
     w->npending--;
-    finish_task(w, done.task, st < 0 ? st : 0, done.output, &done.scratch);
+    finish_task(w, done.task, st < 0 ? st : 0, done.output, &done.scratch, done.trace_t0, done.trace_t1,
+                done.trace_t0 ? ab__trace_now(w->dev->rt) : 0);
     block = false;
   }
 }
@@ -217,18 +220,22 @@ static void run_one(ab__worker *w, ab_future *t) {
   }
   if (w->npending == AB__PENDING_MAX) reap(w, true); /* room for this one */
   ab_ctx c = {.w = w, .task = t};
+  int64_t t0 = ab__tracing(rt) ? ab__trace_now(rt) : 0; /* the one branch tracing costs when off */
   int rc = run_body(&c);
+  int64_t t1 = t0 ? ab__trace_now(rt) : 0;
   void *event = NULL;
   if (rc == 0 && d->ops->record) rc = d->ops->record(w, &event);
   if (event) { /* enqueued: it completes when its event does, while we go on */
     int slot = (w->pending_head + w->npending) % AB__PENDING_MAX;
-    w->pending[slot] = (ab__pending){t, c.output, c.scratch, event};
+    w->pending[slot] = (ab__pending){t, c.output, c.scratch, event, t0, t1};
     w->npending++;
     return;
   }
   int done = d->ops->finish(w); /* the future completes when its stream has */
   if (rc == 0) rc = done;
-  finish_task(w, t, rc, c.output, &c.scratch);
+  /* without a stream, the task was done when its body returned: no third clock read */
+  int64_t t2 = t0 && d->ops->stream ? ab__trace_now(rt) : t1;
+  finish_task(w, t, rc, c.output, &c.scratch, t0, t1, t2);
   return;
 drop:
   ab__task_unaccount(d, t);

@@ -742,12 +742,40 @@ static int test_bad_args(void) {
   return 0;
 }
 
+/* A conversion whose input is a future, and which turns out zero-copy once that completes,
+ * still gives back its inflight count: destroy used to wait for it for ever. */
+static int test_zero_copy_after_future(void) {
+  ab_runtime *rt;
+  CHECK_OK(th_runtime(&rt, 2, 1));
+  int64_t shape[1] = {64};
+  ab_tensor *src, *res;
+  CHECK_OK(ab_tensor_alloc(rt, th_host(0), TH_U16, 1, shape, &src));
+  ab_convert_options o = AB_CONVERT_OPTIONS_INIT;
+  o.force_copy = true;
+  ab_future *copy, *after;
+  CHECK_OK(ab_convert(rt, src, th_host(0), &o, &copy));
+  CHECK_OK(ab_convert_after(rt, copy, th_host(0), NULL, &after));
+  CHECK_OK(ab_future_wait(after, -1));
+  CHECK_OK(ab_future_result(after, &res));
+  ab_tensor *copied;
+  CHECK_OK(ab_future_result(copy, &copied));
+  CHECK_EQ_PTR(res, copied); /* zero-copy: the same tensor */
+  ab_tensor_release(res);
+  ab_tensor_release(copied);
+  ab_tensor_release(src);
+  ab_future_release(copy);
+  ab_future_release(after);
+  CHECK_OK(ab_runtime_destroy(rt, AB_DRAIN)); /* returns: nothing is left in flight */
+  return 0;
+}
+
 static const ab_test_entry tests[] = {TEST_ENTRY(saturate_all_pairs),
                                       TEST_ENTRY(stretch_all_pairs),
                                       TEST_ENTRY(stretch_known_values),
                                       TEST_ENTRY(strided_sources),
                                       TEST_ENTRY(imported_byte_offset),
                                       TEST_ENTRY(zero_copy),
+                                      TEST_ENTRY_T(zero_copy_after_future, 10),
                                       TEST_ENTRY(read_only_source),
                                       TEST_ENTRY(0d_and_empty),
                                       TEST_ENTRY(to_other_logical_device),

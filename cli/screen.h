@@ -1,0 +1,37 @@
+/* cli/screen.h: the screening job and the pieces main.c shares with it. */
+#ifndef AB_CLI_SCREEN_H
+#define AB_CLI_SCREEN_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include <arraybridge.h>
+
+/* Exit statuses (documented in `arraybridge --help` and the README). */
+enum { EXIT_OK = 0, EXIT_FATAL = 1, EXIT_USAGE = 2, EXIT_SOME_FAILED = 3 };
+
+#define MAX_SCREEN_DEVICES 32
+
+typedef struct {
+  const char *plate_dir;          /* NULL: synthetic */
+  const char *out_csv;
+  const char *trace;              /* NULL: no trace */
+  int wells, sites, z, h, w;
+  uint64_t seed;
+  const char *devices;            /* "all", or a list of kinds and kind:index */
+  uint64_t memory_limit;          /* 0: none */
+  int inflight;                   /* stacks in flight per device */
+  bool quiet;
+} screen_options;
+
+int screen_run(const screen_options *o);
+
+/* A runtime for the device list ("all", "host,opencl", "opencl:1"): the kinds it names are
+ * opened (the host always: counting runs there); *devs gets the devices to screen on.
+ * 0, or an exit status after printing why. */
+int screen_runtime(const char *list, uint64_t memory_limit, ab_runtime **rt, ab_device *devs, int *ndevs);
+const char *kind_name(int kind);
+/* "1.5 GiB" */
+const char *human_bytes(uint64_t b, char *buf, size_t n);
+
+#endif

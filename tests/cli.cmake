@@ -1,0 +1,18 @@
+# The `arraybridge` command (label `cli`): tests/cli_test.sh CASE, one CTest entry per case.
+# Three pocl devices, as for the OpenCL tests (opencl.cmake is read after this file).
+if(TARGET arraybridge_cli)
+  set(_ab_cli_env
+    "POCL_DEVICES=pthread pthread pthread"
+    "POCL_MAX_PTHREAD_COUNT=1"
+    "POCL_CACHE_DIR=${CMAKE_BINARY_DIR}/pocl-cache"
+    "ASAN_OPTIONS=detect_leaks=0")
+  set(_ab_cli_opencl 0)
+  if(AB_HAVE_OPENCL)
+    set(_ab_cli_opencl 1)
+  endif()
+  foreach(_c devices screen_small same_everywhere bad_inputs memory_limit trace)
+    add_test(NAME cli_${_c}
+             COMMAND bash ${CMAKE_CURRENT_SOURCE_DIR}/cli_test.sh ${_c} $<TARGET_FILE:arraybridge_cli> ${_ab_cli_opencl})
+    set_tests_properties(cli_${_c} PROPERTIES LABELS cli TIMEOUT 120 SKIP_RETURN_CODE 77 ENVIRONMENT "${_ab_cli_env}")
+  endforeach()
+endif()

@@ -128,6 +128,9 @@ struct ab__worker {
   uint32_t trace_mask;            /* capacity - 1 (a power of two) */
   uint64_t trace_head;            /* events ever written since start */
   _Atomic int trace_busy;         /* the thread is writing a record (stop waits for 0) */
+  /* memory.c: bytes of the last allocation the ladder gave up on (0: none). A hint for parking;
+   * atomic because user threads allocate through workers[0] too. */
+  _Atomic size_t oom_need;
 };
 
 struct ab__device {
@@ -315,6 +318,7 @@ struct ab_future {
   /* the OOM ladder's memory of this task */
   int64_t park_until, park_deadline, backoff;
   uint32_t park_gen;
+  uint64_t park_need;             /* bytes it could not get (0: unknown) */
   uint64_t tried;                 /* device slots tried by re-routing */
   uint32_t parks;
   ab_future *park_next;

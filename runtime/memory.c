@@ -85,6 +85,7 @@ int ab__mem_alloc(ab__device *d, ab__worker *w, size_t bytes, void **ptr) {
     if (!rt->opt.spill(bytes, d->id, rt->opt.spill_arg)) break;
     if ((rc = try_alloc(d, w, bytes, ptr)) != AB_ENOMEM) return rc;
   }
+  if (w) atomic_store_explicit(&w->oom_need, bytes, memory_order_relaxed); /* a hint (worker.c) */
   return AB_ENOMEM;
 }
 

@@ -59,6 +59,16 @@ static void park(ab__device *d, ab_future *t) {
   atomic_fetch_add_explicit(&d->stats.oom_parks, 1, memory_order_relaxed); /* stat */
 }
 
+/* Whether a task short of `need` bytes may succeed now. A free wakes the parked tasks early only
+ * when the budget has room for them: otherwise tasks whose failed attempts free memory (a
+ * partial stack, scratch) would wake one another for ever, thousands of retries a millisecond.
+ * need 0 (unknown, or the backend's own OOM below the budget): any free may help. */
+static bool could_fit(ab__device *d, uint64_t need) {
+  if (need == 0 || d->budget == UINT64_MAX) return true;
+  uint64_t used = atomic_load_explicit(&d->used, memory_order_relaxed); /* a gauge */
+  return used <= d->budget && d->budget - used >= need;
+}
+
 /* Sends due tasks back to the queue; returns the earliest retry time left (-1: none). */
 static int64_t park_poll(ab__device *d) {
   if (atomic_load_explicit(&d->nparked, memory_order_acquire) == 0) return -1;
@@ -68,7 +78,7 @@ static int64_t park_poll(ab__device *d) {
   ab_future **pp = &d->parked;
   while (*pp) {
     ab_future *t = *pp;
-    if (t->park_until <= now || t->park_gen != gen) {
+    if (t->park_until <= now || (t->park_gen != gen && could_fit(d, t->park_need))) {
       *pp = t->park_next;
       atomic_fetch_sub_explicit(&d->nparked, 1, memory_order_relaxed); /* under the lock */
       atomic_fetch_add_explicit(&d->stats.oom_retries, 1, memory_order_relaxed); /* stat */
@@ -124,8 +134,9 @@ static bool try_reroute(ab__device *d, ab_future *t) {
 }
 
 /* Steps 5-7 of the ladder. True: the task lives on (parked or re-routed). */
-static bool on_enomem(ab__device *d, ab_future *t) {
+static bool on_enomem(ab__device *d, ab_future *t, uint64_t need) {
   if (atomic_load_explicit(&d->rt->cancelling, memory_order_relaxed)) return false;
+  t->park_need = need;
   int64_t now = ab__now_ns();
   if (!t->oom.no_wait) {
     if (t->parks == 0) {
@@ -175,7 +186,8 @@ static void finish_task(ab__worker *w, ab_future *t, int rc, ab_tensor *output, 
     output = NULL;
   }
   uint64_t bytes = t->bytes; /* once t is parked or re-routed, another worker may own it */
-  if (rc == AB_ENOMEM && on_enomem(d, t)) {
+  uint64_t need = rc == AB_ENOMEM ? atomic_exchange_explicit(&w->oom_need, 0, memory_order_relaxed) : 0;
+  if (rc == AB_ENOMEM && on_enomem(d, t, need)) {
     ab__device_unaccount(d, bytes);
     return; /* parked or re-routed: the system's reference travels with it */
   }

@@ -121,6 +121,52 @@ static int test_park_until_memory_frees(void) {
   return 0;
 }
 
+/* ---- frees that cannot help do not wake parked tasks ------------------------------------------ */
+/* Each attempt takes a small scratch block, then fails on a big one and frees the scratch: a
+ * free on the device. While another tensor holds the budget, those frees cannot make room; if
+ * they woke the parked tasks, the tasks would wake each other for ever (a retry storm: millions
+ * of retries a second). Parked tasks must wait for their backoff or for a free that can fit. */
+static int small_then_big(ab_ctx *c, void *arg) {
+  (void)arg;
+  void *small, *big;
+  int r = ab_ctx_alloc(c, 64 * 1024, &small); /* freed when the task ends, success or not */
+  if (r) return r;
+  return ab_ctx_alloc(c, TASK_BYTES, &big);
+}
+
+static int test_useless_frees_do_not_cause_a_retry_storm(void) {
+  ab_runtime_options o;
+  oom_options(&o, 2, 1);
+  o.oom.backoff_initial_ns = 1000000;  /* 1 ms */
+  o.oom.backoff_max_ns = 8000000;      /* 8 ms */
+  ab_runtime *rt;
+  CHECK_OK(ab_runtime_create(&o, &rt));
+  ab_tensor *hold;
+  CHECK_OK(alloc_bytes(rt, th_host(0), HOLD_BYTES, &hold)); /* HOLD + TASK > LIMIT */
+  enum { N = 4 };
+  ab_future *fs[N];
+  for (int i = 0; i < N; i++) {
+    ab_task_desc d = AB_TASK_DESC_INIT;
+    d.fn = small_then_big;
+    d.place.policy = AB_PLACE_EXPLICIT;
+    d.place.device = th_host(0);
+    CHECK_OK(ab_submit(rt, &d, &fs[i]));
+  }
+  th_sleep_ns(100000000); /* 100 ms parked: at most ~100/8 + 4 timed retries each */
+  ab_device_stats st;
+  CHECK_OK(th_stats(rt, th_host(0), &st));
+  CHECK_MSG(st.oom_retries < 50 * N, "%" PRIu64 " retries in 100 ms: frees that cannot fit woke parked tasks",
+            st.oom_retries);
+  ab_tensor_release(hold); /* a free that fits: they complete */
+  CHECK_OK(ab_future_wait_all(fs, N, -1));
+  for (int i = 0; i < N; i++) {
+    CHECK_EQ_INT(ab_future_status(fs[i]), 0);
+    ab_future_release(fs[i]);
+  }
+  CHECK_OK(ab_runtime_destroy(rt, AB_DRAIN));
+  return 0;
+}
+
 /* ---- no_wait: a clean AB_ENOMEM with a message ------------------------------------------------ */
 static int test_no_wait_fails_cleanly(void) {
   ab_runtime_options o;
@@ -586,5 +632,6 @@ static const ab_test_entry tests[] = {TEST_ENTRY(park_until_memory_frees),
                                       TEST_ENTRY(reroute),
                                       TEST_ENTRY(scratch_freed_at_task_end),
                                       TEST_ENTRY(mem_used_returns_to_zero),
+                                      TEST_ENTRY(useless_frees_do_not_cause_a_retry_storm),
                                       TEST_END};
 AB_TEST_MAIN(tests)

@@ -65,12 +65,17 @@ def main(argv=None):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workers", type=int, default=None, help="host workers (default: one per core)")
     p.add_argument("--out", default=None, help="CSV of per-image results")
+    p.add_argument("--trace", default=None, help="write a Chrome trace (Perfetto) of the run here")
     a = p.parse_args(argv)
     plate = sp.make_plate(a.wells, a.sites, a.z, (a.size, a.size), a.seed)
     with ab.Executor(a.workers) as ex:
         device = "cuda" if any(k == ab._core.CUDA for k, _ in ex.devices()) else None
         t0 = time.perf_counter()
-        results = screen(ex, plate, device)
+        if a.trace:
+            with ex.trace(a.trace):
+                results = screen(ex, plate, device)
+        else:
+            results = screen(ex, plate, device)
         dt = time.perf_counter() - t0
     if a.out:
         with open(a.out, "w", newline="") as f:

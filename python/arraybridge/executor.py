@@ -190,6 +190,11 @@ class Executor(_cf.Executor):
     def stats(self):
         return self._runtime.stats()
 
+    def trace(self, path, events_per_worker=0):
+        """A context manager recording a Chrome trace of every task and device memory while its
+        block runs, written to `path` (open it in https://ui.perfetto.dev)."""
+        return _Trace(self._runtime, path, events_per_worker)
+
     def submit(self, fn, /, *args, **kwargs):
         """submit(fn, *args, device=None, input_type=None, output_type=None, oom_retry=True, **kwargs)
 
@@ -263,6 +268,20 @@ class Executor(_cf.Executor):
         else:
             _threading.Thread(target=self._runtime.close, kwargs={"cancel": cancel_futures},
                               name="arraybridge-shutdown", daemon=True).start()
+
+
+class _Trace:
+    def __init__(self, rt, path, events):
+        self.rt, self.path, self.events = rt, path, events
+
+    def __enter__(self):
+        self.rt.trace_start(self.events)
+        return self
+
+    def __exit__(self, *exc):
+        self.rt.trace_stop()
+        self.rt.trace_write(self.path)
+        return False
 
 
 def _per_kind(value, exclude_host=False):

@@ -1368,6 +1368,7 @@ static int py_task_submit(RuntimeObject *self, py_task *p, ab_place *place, int 
   d.place = *place;
   d.fn = py_task_run;
   d.arg = p;
+  d.name = "python"; /* traces show Python tasks under one label (names must be static) */
   atomic_store_explicit(&p->refs, 2, memory_order_relaxed); /* nobody else sees p yet */
   int rc;
   SUBMIT_BLOCKING(d.place, ab_submit(self->rt, &d, out));
@@ -1433,7 +1434,40 @@ static PyObject *runtime_call(RuntimeObject *self, PyObject *const *argv, Py_ssi
   return future_for_task(f, self, p);
 }
 
+/* trace_start(events_per_worker=0): record every task and device memory (the runtime's tracing) */
+static PyObject *runtime_trace_start(RuntimeObject *self, PyObject *args) {
+  unsigned int events = 0;
+  if (!PyArg_ParseTuple(args, "|I", &events) || check_runtime(self)) return NULL;
+  ab_trace_options o = AB_TRACE_OPTIONS_INIT;
+  o.events_per_worker = events;
+  int rc = ab_trace_start(self->rt, &o);
+  if (rc != 0) return raise_ab(rc, "trace_start", NULL);
+  Py_RETURN_NONE;
+}
+
+static PyObject *runtime_trace_stop(RuntimeObject *self, PyObject *u) {
+  if (check_runtime(self)) return NULL;
+  int rc = ab_trace_stop(self->rt);
+  if (rc != 0) return raise_ab(rc, "trace_stop", NULL);
+  Py_RETURN_NONE;
+}
+
+/* trace_write(path): the recording as Chrome trace JSON (open it in Perfetto) */
+static PyObject *runtime_trace_write(RuntimeObject *self, PyObject *arg) {
+  PyObject *bytes;
+  if (check_runtime(self) || !PyUnicode_FSConverter(arg, &bytes)) return NULL;
+  int rc;
+  Py_BEGIN_ALLOW_THREADS rc = ab_trace_write(self->rt, PyBytes_AS_STRING(bytes));
+  Py_END_ALLOW_THREADS
+  Py_DECREF(bytes);
+  if (rc != 0) return raise_ab(rc, "trace_write", NULL);
+  Py_RETURN_NONE;
+}
+
 static PyMethodDef runtime_methods[] = {
+    {"trace_start", (PyCFunction)runtime_trace_start, METH_VARARGS, "trace_start(events_per_worker=0)"},
+    {"trace_stop", (PyCFunction)runtime_trace_stop, METH_NOARGS, NULL},
+    {"trace_write", (PyCFunction)runtime_trace_write, METH_O, "trace_write(path): Chrome trace JSON"},
     {"close", (PyCFunction)(void (*)(void))runtime_close, METH_VARARGS | METH_KEYWORDS,
      "close(cancel=False): drain (or cancel) and stop; every future completes first"},
     {"devices", (PyCFunction)runtime_devices, METH_NOARGS, "[(kind, index), ...]"},

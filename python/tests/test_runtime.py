@@ -85,3 +85,18 @@ def test_opencl_round_trip_all_dtypes(rt, opencl_devices):
         d = rt.convert(ab.asdlpack(a), opencl_devices[0]).result()
         back = rt.convert(d, (0, 0)).result()
         np.testing.assert_array_equal(np.asarray(back), a)
+
+
+def test_trace_from_python(tmp_path):
+    import json
+    path = tmp_path / "trace.json"
+    with ab.Executor(2, devices="host") as ex:
+        with ex.trace(str(path)):
+            fs = [ex.submit(sum, [i, 1]) for i in range(50)]
+            assert [f.result() for f in fs] == [i + 1 for i in range(50)]
+        with pytest.raises(ab.Error):
+            ex.runtime.trace_write(str(tmp_path / "no" / "such" / "dir.json"))
+    data = json.loads(path.read_text())
+    events = data["traceEvents"]
+    assert any(e.get("ph") == "X" and e.get("name") == "python" for e in events)
+    assert any(e.get("ph") == "M" for e in events)  # process and thread names

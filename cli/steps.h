@@ -39,6 +39,17 @@ extern const screen_steps screen_steps_host;
 extern const screen_steps screen_steps_opencl;
 #endif
 
+/* Shared by every kind: the task's input 0, checked (contiguous, uint16, ndim dimensions). */
+static inline int steps_input_u16(ab_ctx *c, int ndim, const DLTensor **out) {
+  ab_tensor *t = ab_ctx_input(c, 0);
+  if (t == NULL) return AB_EINVAL;
+  const DLTensor *x = ab_tensor_dl(t);
+  if (x->ndim != ndim || !ab_tensor_is_contiguous(t)) return AB_ESHAPE;
+  if (x->dtype.code != kDLUInt || x->dtype.bits != 16) return AB_EDTYPE;
+  *out = x;
+  return 0;
+}
+
 /* Shared by every kind: the percentile rule, on a histogram (host memory). */
 static inline void steps_percentiles(const uint32_t *hist, uint64_t n, uint32_t *lo, uint32_t *hi) {
   uint64_t rank_lo = n * SCREEN_P_LO / 1000, rank_hi = n * SCREEN_P_HI / 1000, cum = 0;

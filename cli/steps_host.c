@@ -6,16 +6,7 @@
 
 static const DLDataType U16 = {kDLUInt, 16, 1}, U8 = {kDLUInt, 8, 1};
 
-/* Input 0, checked: contiguous, uint16, ndim dims. */
-static int input(ab_ctx *c, int ndim, const DLTensor **out) {
-  ab_tensor *t = ab_ctx_input(c, 0);
-  if (t == NULL) return AB_EINVAL;
-  const DLTensor *x = ab_tensor_dl(t);
-  if (x->ndim != ndim || !ab_tensor_is_contiguous(t)) return AB_ESHAPE;
-  if (x->dtype.code != kDLUInt || x->dtype.bits != 16) return AB_EDTYPE;
-  *out = x;
-  return 0;
-}
+static int input(ab_ctx *c, int ndim, const DLTensor **out) { return steps_input_u16(c, ndim, out); }
 
 static const uint16_t *u16_in(const DLTensor *x) {
   return (const uint16_t *)((const char *)x->data + x->byte_offset);

@@ -156,12 +156,9 @@ static const DLDataType U16 = {kDLUInt, 16, 1}, U8 = {kDLUInt, 8, 1};
 
 /* Input 0 as a buffer and an element offset, checked like the host's. */
 static int input(ab_ctx *c, int ndim, const DLTensor **out, cl_mem *mem, cl_ulong *off) {
-  ab_tensor *t = ab_ctx_input(c, 0);
-  if (t == NULL) return AB_EINVAL;
-  const DLTensor *x = ab_tensor_dl(t);
-  if (x->ndim != ndim || !ab_tensor_is_contiguous(t)) return AB_ESHAPE;
-  if (x->dtype.code != kDLUInt || x->dtype.bits != 16) return AB_EDTYPE;
-  *out = x;
+  int rc = steps_input_u16(c, ndim, out);
+  if (rc != 0) return rc;
+  const DLTensor *x = *out;
   *mem = x->data;
   *off = x->byte_offset / sizeof(uint16_t);
   return 0;

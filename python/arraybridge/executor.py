@@ -12,8 +12,10 @@ that framework's cache and enter the runtime's OOM ladder: the task is parked an
 exponential backoff until its deadline, then fails with arraybridge.OutOfMemoryError, chained to
 the framework's own exception.
 """
+import atexit as _atexit
 import concurrent.futures as _cf
 import functools as _functools
+import weakref as _weakref
 import threading as _threading
 from concurrent.futures._base import CANCELLED, CANCELLED_AND_NOTIFIED, FINISHED, PENDING
 
@@ -173,6 +175,7 @@ class Executor(_cf.Executor):
         self._shutdown_lock = _threading.Lock()
         self._plans = {}
         self._call = self._runtime.call
+        _live.add(self)
         self._default_device = None
         if default_device is not None:
             self._default_device = parse_device(default_device)
@@ -268,6 +271,18 @@ class Executor(_cf.Executor):
         else:
             _threading.Thread(target=self._runtime.close, kwargs={"cancel": cancel_futures},
                               name="arraybridge-shutdown", daemon=True).start()
+
+
+# Executors still open at exit are drained before the interpreter finalises: after that, a worker
+# that needs the GIL to finish a Python task could never get it, and the runtime's destroy (run
+# when the object is collected) would wait for it for ever. concurrent.futures does the same.
+_live = _weakref.WeakSet()
+
+
+@_atexit.register
+def _drain_at_exit():
+    for ex in list(_live):
+        ex.shutdown(wait=True)
 
 
 class _Trace:

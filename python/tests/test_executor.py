@@ -300,3 +300,16 @@ def test_shutdown_cancel_while_batches_run():
             assert i not in ran
         else:
             assert f.result() == i
+
+
+def test_interpreter_exit_without_shutdown_drains(tmp_path):
+    import subprocess
+    import sys
+    script = tmp_path / "leave.py"
+    script.write_text("import arraybridge as ab, time\n"
+                      "ex = ab.Executor(2)\n"
+                      "fs = [ex.submit(time.sleep, 0.001) for _ in range(200)]\n"
+                      "fs[-1].add_done_callback(lambda f: print('last done', flush=True))\n")
+    r = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert "last done" in r.stdout  # drained, not cut off

@@ -173,6 +173,7 @@ class Executor(_cf.Executor):
         self._condition = _threading.Condition()
         self._shutdown = False
         self._shutdown_lock = _threading.Lock()
+        self._closer = None
         self._plans = {}
         self._call = self._runtime.call
         _live.add(self)
@@ -259,18 +260,16 @@ class Executor(_cf.Executor):
 
     def shutdown(self, wait=True, *, cancel_futures=False):
         """Stop accepting work. cancel_futures cancels tasks that have not started; wait blocks
-        until every task has completed (the runtime drains or cancels; it never strands one)."""
+        until every task has completed (the runtime drains or cancels; it never strands one).
+        A later shutdown(wait=True) waits for an earlier shutdown(wait=False) to finish."""
         with self._shutdown_lock:
-            if self._shutdown:
-                if wait:
-                    self._runtime.close()
-                return
-            self._shutdown = True
+            if not self._shutdown:
+                self._shutdown = True
+                self._closer = _threading.Thread(target=self._runtime.close, kwargs={"cancel": cancel_futures},
+                                                 name="arraybridge-shutdown", daemon=True)
+                self._closer.start()
         if wait:
-            self._runtime.close(cancel=cancel_futures)
-        else:
-            _threading.Thread(target=self._runtime.close, kwargs={"cancel": cancel_futures},
-                              name="arraybridge-shutdown", daemon=True).start()
+            self._closer.join()
 
 
 # Executors still open at exit are drained before the interpreter finalises: after that, a worker

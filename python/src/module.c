@@ -62,7 +62,10 @@ static void tstate_destroy(void *p) {
   PyThreadState_DeleteCurrent();
 }
 
+static _Thread_local int on_worker; /* this thread is a runtime worker (it ran Python tasks) */
+
 static PyThreadState *enter_python(void) {
+  on_worker = 1;
   PyThreadState *ts = pthread_getspecific(tstate_key);
   if (ts != NULL) {
     PyEval_RestoreThread(ts);
@@ -818,6 +821,7 @@ static int runtime_init(RuntimeObject *self, PyObject *args, PyObject *kw) {
 }
 
 static void inline_list_drop(RuntimeObject *self);
+static void inline_list_free(struct py_task *list);
 
 static int runtime_close_rt(RuntimeObject *self, int how) {
   ab_runtime *rt = self->rt;
@@ -832,8 +836,39 @@ static int runtime_close_rt(RuntimeObject *self, int how) {
   return rc;
 }
 
+/* The last reference to a Runtime can go on one of its own workers (a task drops the last
+ * future that pointed at it). Destroy waits for every worker, that one included, so there it
+ * runs on a thread of its own, which then drops what the inline list still holds. */
+typedef struct {
+  ab_runtime *rt;
+  struct py_task *list;
+} detached_close;
+
+static void *close_detached(void *arg) {
+  detached_close *c = arg;
+  ab_runtime_destroy(c->rt, AB_DRAIN);
+  inline_list_free(c->list);
+  free(c);
+  return NULL;
+}
+
 static void runtime_dealloc(RuntimeObject *self) {
-  runtime_close_rt(self, AB_DRAIN);
+  detached_close *c;
+  pthread_t th;
+  pthread_attr_t attr;
+  if (self->rt && on_worker && (c = malloc(sizeof *c)) != NULL) {
+    *c = (detached_close){self->rt, self->inl_head};
+    pthread_attr_init(&attr);
+    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+    if (pthread_create(&th, &attr, close_detached, c) == 0) {
+      self->rt = NULL;
+      self->inl_head = self->inl_tail = NULL;
+    } else {
+      free(c);
+    }
+    pthread_attr_destroy(&attr);
+  }
+  runtime_close_rt(self, AB_DRAIN); /* not on a worker (or the thread could not start) */
   Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
@@ -1205,6 +1240,15 @@ static PyObject *fetch_exception(void) {
   return value;
 }
 
+/* The future's own methods failed (a bug, or MemoryError in them): report it, and still settle
+ * the future, or its waiters would wait for ever. */
+static void py_task_broken(py_task *p) {
+  PyErr_WriteUnraisable(p->fut);
+  PyObject *r = PyObject_CallMethod(p->fut, "_ab_end", "is", AB_EINVAL, "arraybridge could not settle this future");
+  if (r == NULL) PyErr_WriteUnraisable(p->fut);
+  Py_XDECREF(r);
+}
+
 /* Calls fn and settles fut; returns 0, or AB_ENOMEM to be parked and called again. */
 static int py_task_call(py_task *p) {
   if (!p->started) {
@@ -1240,6 +1284,7 @@ static int py_task_submit(RuntimeObject *self, py_task *p, ab_place *place, int 
  * claimed), so it goes back to the runtime as a new task, which parks it in the OOM ladder.
  * With the GIL. */
 static void py_task_resubmit(py_task *p) {
+  PyObject *fut = Py_NewRef(p->fut); /* ours: q's may be cleared once q runs */
   py_task *q = PyMem_RawMalloc(sizeof *q);
   ab_future *f = NULL;
   int rc = AB_ENOMEM;
@@ -1250,24 +1295,26 @@ static void py_task_resubmit(py_task *p) {
     atomic_init(&q->refs, 0);
     q->host = 0; /* it walks the ladder as its own task; never batched again */
     p->fut = p->fn = p->args = p->kwargs = NULL; /* moved */
-    ab_place place = {.policy = AB_PLACE_AUTO, .device = {AB_HOST, AB_ANY}};
-    rc = p->owner->rt ? py_task_submit(p->owner, q, &place, 1, &f) : AB_ESHUTDOWN;
+    /* TRY: this worker holds the GIL; blocking on a full queue would stop the workers that
+     * drain it (they need the GIL). A full queue fails the task instead (below). */
+    ab_place place = {.policy = AB_PLACE_AUTO, .device = {AB_HOST, AB_ANY}, .mode = AB_SUBMIT_TRY};
+    rc = p->owner->rt && !p->owner->closing ? py_task_submit(p->owner, q, &place, 1, &f) : AB_ESHUTDOWN;
   }
   if (rc == 0) {
     PyObject *fo = future_for_task(f, p->owner, q);
-    if (fo != NULL && PyObject_SetAttrString(q->fut, "_task", fo) == 0) {
-      Py_DECREF(fo);
-      return;
-    }
+    if (fo == NULL || PyObject_SetAttrString(fut, "_task", fo) != 0)
+      PyErr_WriteUnraisable(fut); /* the task runs; only result()'s wait on it is lost */
     Py_XDECREF(fo);
-    PyErr_WriteUnraisable(NULL); /* the task runs; only result()'s wait on it is lost */
+    Py_DECREF(fut);
     return;
   }
   PyErr_Clear();
-  PyObject *fut = q ? q->fut : p->fut;
-  PyObject *r = PyObject_CallMethod(fut, "_ab_end", "is", AB_ENOMEM, "out of memory; the queue had no room to retry");
+  PyObject *r = PyObject_CallMethod(fut, "_ab_end", "is", AB_ENOMEM,
+                                    rc == AB_ENOMEM ? "out of memory; the queue had no room to retry"
+                                                    : "out of memory while the runtime shuts down");
   if (r == NULL) PyErr_WriteUnraisable(fut);
   Py_XDECREF(r);
+  Py_DECREF(fut);
   if (q && atomic_load(&q->refs) == 0) { /* not submitted */
     py_task_clear(q);
     PyMem_RawFree(q);
@@ -1287,7 +1334,7 @@ static void run_inline(RuntimeObject *rt, ab_ctx *ctx) {
     if (rt->inl_head == NULL) rt->inl_tail = NULL;
     if (py_task_claim(p, PT_INLINE)) {
       int rc = py_task_call(p);
-      if (rc == AB_EINVAL) PyErr_WriteUnraisable(p->fut);
+      if (rc == AB_EINVAL) py_task_broken(p);
       if (rc == AB_ENOMEM) py_task_resubmit(p);
       else py_task_clear(p);
       atomic_store(&p->state, PT_DONE);
@@ -1300,18 +1347,21 @@ static int py_task_run(ab_ctx *ctx, void *arg) {
   py_task *p = arg;
   spin_for_gil_handoff();
   enter_python();
+  RuntimeObject *owner = p->owner;
+  Py_INCREF(owner); /* whatever the task drops, the list and the object stay until we are done */
   tls_ctx = ctx;
   int rc = 0;
   if (py_task_claim(p, PT_OWN) || atomic_load(&p->state) == PT_OWN) { /* first run, or a retry */
     rc = py_task_call(p);
-    if (rc == AB_EINVAL) PyErr_WriteUnraisable(p->fut); /* the future's own methods failed: a bug */
+    if (rc == AB_EINVAL) py_task_broken(p);
     if (rc != AB_ENOMEM) {
       py_task_clear(p);
       atomic_store(&p->state, PT_DONE);
     }
   }
-  if (rc != AB_ENOMEM && p->host && ab_ctx_device(ctx).kind == AB_HOST) run_inline(p->owner, ctx);
+  if (rc != AB_ENOMEM && p->host && ab_ctx_device(ctx).kind == AB_HOST) run_inline(owner, ctx);
   tls_ctx = NULL;
+  Py_DECREF(owner); /* may be the last reference: runtime_dealloc knows it runs on a worker */
   leave_python();
   return rc;
 }
@@ -1323,7 +1373,7 @@ static void py_task_done(ab_future *f, void *arg) {
   py_task *p = arg;
   bool never_ran = py_task_claim(p, PT_CANCELLED);
   /* OWN after completion: the ladder gave up on it (a retry would have left it running) */
-  if (never_ran || atomic_load(&p->state) == PT_OWN) {
+  if ((never_ran || atomic_load(&p->state) == PT_OWN) && Py_IsInitialized() && !_Py_IsFinalizing()) {
     PyGILState_STATE g = PyGILState_Ensure();
     const char *msg = ab_future_message(f);
     int status = ab_future_status(f);
@@ -1339,14 +1389,19 @@ static void py_task_done(ab_future *f, void *arg) {
   py_task_unref(p);
 }
 
-/* After destroy every task has completed: what is left in the inline list ran or was cancelled. */
-static void inline_list_drop(RuntimeObject *self) {
-  while (self->inl_head) {
-    py_task *p = self->inl_head;
-    self->inl_head = p->next;
+/* After destroy every task has completed: what is left in the inline list ran or was cancelled,
+ * and holds no Python references (no GIL needed). */
+static void inline_list_free(py_task *list) {
+  while (list) {
+    py_task *p = list;
+    list = p->next;
     py_task_unref(p);
   }
-  self->inl_tail = NULL;
+}
+
+static void inline_list_drop(RuntimeObject *self) {
+  inline_list_free(self->inl_head);
+  self->inl_head = self->inl_tail = NULL;
 }
 
 /* The FutureObject for a submitted record; it takes the reference py_task_submit made for it. */
@@ -1386,18 +1441,13 @@ static int py_task_submit(RuntimeObject *self, py_task *p, ab_place *place, int 
   rc = ab_future_then(*out, py_task_done, p);
   if (rc != 0) {
     /* Only the allocator can fail here. The task is queued and must not end without anyone
-     * settling its future: claim it, cancel it, wait for it (it may have started), report. */
-    bool mine = py_task_claim(p, PT_CANCELLED);
+     * settling its future: cancel it, wait for it (it may have started), then do what its
+     * completion callback would have done (settle the future if it never ran, drop the task's
+     * reference). The caller still gets its future. */
     ab_future_cancel(*out);
     Py_BEGIN_ALLOW_THREADS ab_future_wait(*out, -1);
     Py_END_ALLOW_THREADS
-    py_task_unref(p); /* the task's: py_task_done will not run */
-    if (!mine) return 0; /* it ran (here or in a batch) and settled its Python future */
-    py_task_clear(p);
-    ab_future_release(*out);
-    *out = NULL;
-    py_task_unref(p); /* the FutureObject's, never made */
-    return rc;
+    py_task_done(*out, p);
   }
   return 0;
 }
@@ -1419,7 +1469,7 @@ static PyObject *runtime_call(RuntimeObject *self, PyObject *const *argv, Py_ssi
   if (p == NULL) return PyErr_NoMemory();
   *p = (py_task){.fut = Py_NewRef(fut), .fn = Py_NewRef(fn), .args = Py_NewRef(args),
                  .kwargs = kwargs == Py_None ? NULL : Py_NewRef(kwargs), .owner = self,
-                 .host = place.device.kind == AB_HOST};
+                 .host = place.device.kind == AB_HOST && place.policy != AB_PLACE_EXPLICIT};
   atomic_init(&p->state, PT_QUEUED);
   atomic_init(&p->refs, 0);
   ab_future *f;

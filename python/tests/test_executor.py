@@ -313,3 +313,39 @@ def test_interpreter_exit_without_shutdown_drains(tmp_path):
     r = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
     assert "last done" in r.stdout  # drained, not cut off
+
+
+def test_runtime_released_by_its_own_worker(tmp_path):
+    # The last reference to the runtime goes when a worker drops a finished task's future: the
+    # runtime must be destroyed elsewhere (destroy waits for that very worker).
+    import subprocess
+    import sys
+    script = tmp_path / "drop.py"
+    script.write_text("import arraybridge as ab, threading, time, gc\n"
+                      "go = threading.Event()\n"
+                      "ex = ab.Executor(1)\n"
+                      "for _ in range(3): ex.submit(go.wait, 5)\n"
+                      "ab.executor._live.discard(ex)\n"
+                      "del ex\n"
+                      "gc.collect()\n"
+                      "go.set()\n"
+                      "time.sleep(0.5)\n"
+                      "print('alive', flush=True)\n")
+    r = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert "alive" in r.stdout
+
+
+def test_shutdown_without_wait_then_with_wait():
+    ex = ab.Executor(1)
+    f = ex.submit(time.sleep, 0.2)
+    ex.shutdown(wait=False)
+    ex.shutdown(wait=True)  # waits for the first one
+    assert f.done() and ex.runtime.closed
+
+
+def test_explicit_host_placement_is_honoured():
+    with ab.Executor(2) as ex:
+        devs = [d for d in ex.devices() if d[0] == _core.HOST]
+        got = {ex.submit(lambda: _core.current()[:2], device=f"host:{d[1]}").result() for d in devs}
+        assert got == set(devs)

@@ -7,6 +7,8 @@
 #              runtime saw no GPU)
 #   sanitizer  compute-sanitizer memcheck and racecheck over each CUDA test, when it exists
 #   bench      bench/run cuda_h2d cuda_d2h cuda_stack cuda_convert (JSON lines on stdout)
+#   python     when $AB_VENV (default .venv) has torch with CUDA: the extension built with CUDA,
+#              then pytest python/tests/test_gpu.py (torch CUDA, cupy if installed), skips shown
 #
 # Environment: AB_JOBS (default: the number of cores), AB_GPU_BUILD (default build/gpu),
 # AB_CUDA_ARCHITECTURES (default: the build's own list; "native" is quicker on one machine).
@@ -55,6 +57,18 @@ fi
 
 log "bench"
 if ! bench/run cuda_h2d cuda_d2h cuda_stack cuda_convert; then failed=1; fi
+
+VENV="${AB_VENV:-$ROOT/.venv}"
+if [[ -x $VENV/bin/python ]] && "$VENV/bin/python" -c 'import torch, sys; sys.exit(not torch.cuda.is_available())' 2>/dev/null; then
+  log "python (GPU tests)"
+  cmake -S "$ROOT" -B "$B-python" -DAB_WITH_JEMALLOC=OFF -DAB_BUILD_PYTHON=ON -DAB_WITH_CUDA=ON \
+    -DAB_BUILD_TESTS=OFF -DAB_BUILD_BENCH=OFF -DPython3_EXECUTABLE="$VENV/bin/python" "${arch[@]}"
+  cmake --build "$B-python" -j "$JOBS" --target ab_python
+  PYTHONPATH="$B-python/python" "$VENV/bin/python" -m pytest -q -rs -p no:cacheprovider \
+    "$ROOT/python/tests/test_gpu.py" || failed=1
+else
+  log "python: no venv with CUDA torch at $VENV: GPU tests of the Python package not run"
+fi
 
 if ((failed)); then
   log "FAILED"

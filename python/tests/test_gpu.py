@@ -1,0 +1,89 @@
+"""The GPU paths: torch CUDA, cupy and jax on CUDA devices, through the runtime's CUDA backend.
+They skip where there is no GPU (this project's development and CI machines); on a GPU machine
+they are the Python half of scripts/gpu-check.sh."""
+import numpy as np
+import pytest
+
+import arraybridge as ab
+from arraybridge import _core
+
+torch = pytest.importorskip("torch")
+needs_torch_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device for torch")
+
+
+@pytest.fixture(scope="module")
+def cuda_rt():
+    rt = ab.runtime()
+    if not any(k == _core.CUDA for k, _ in rt.devices()):
+        pytest.skip("the runtime has no CUDA device")
+    return rt
+
+
+@needs_torch_cuda
+def test_convert_numpy_torch_cuda_honours_gpu_id():
+    for gpu in ab.available_device_ids("torch"):
+        t = ab.convert_memory(np.arange(6, dtype=np.float32), "numpy", "torch", gpu)
+        assert t.is_cuda and t.device.index == gpu
+        back = ab.convert_memory(t, "torch", "numpy")
+        assert back.tolist() == list(range(6))
+
+
+@needs_torch_cuda
+def test_dlpack_round_trip_on_the_gpu(cuda_rt):
+    x = torch.arange(12, dtype=torch.int32, device="cuda:0").reshape(3, 4)
+    t = ab.asdlpack(x)
+    assert t.dl_device == (2, 0) and t.device[0] == _core.CUDA
+    y = torch.from_dlpack(t)
+    assert y.data_ptr() == x.data_ptr()
+    host = cuda_rt.convert(t, (_core.HOST, 0)).result()
+    assert np.asarray(host).tolist() == x.cpu().tolist()
+
+
+@needs_torch_cuda
+def test_stack_slices_onto_the_gpu(cuda_rt):
+    s = [np.full((64, 64), i, np.uint16) for i in range(20)]
+    v = ab.stack_slices(s, "torch", 0)
+    assert v.is_cuda and tuple(v.shape) == (20, 64, 64)
+    assert v.cpu().numpy().tolist() == np.stack(s).tolist()
+
+
+@needs_torch_cuda
+def test_executor_makes_the_worker_stream_current(cuda_rt):
+    with ab.Executor(1, devices="cuda") as ex:
+        def probe(x):
+            cur = _core.current()
+            return cur[0], cur[3], torch.cuda.current_stream().cuda_stream, x.is_cuda, x.device.index
+
+        kind, stream, torch_stream, is_cuda, index = ex.submit(probe, np.ones(4, np.float32), device="cuda:0",
+                                                                input_type="torch").result()
+        assert kind == _core.CUDA and stream == torch_stream and is_cuda and index == 0
+
+
+@needs_torch_cuda
+def test_torch_cuda_oom_enters_the_ladder(cuda_rt):
+    calls = []
+
+    def flaky():
+        calls.append(1)
+        if len(calls) < 3:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 1 GiB")
+        return "ok"
+
+    with ab.Executor(1, devices="cuda") as ex:
+        assert ex.submit(flaky, device="cuda:0").result(timeout=30) == "ok"
+    assert len(calls) == 3
+
+
+def test_cupy_paths():
+    cupy = pytest.importorskip("cupy")
+    try:
+        n = cupy.cuda.runtime.getDeviceCount()
+    except Exception:  # noqa: BLE001
+        n = 0
+    if n == 0:
+        pytest.skip("no CUDA device for cupy")
+    c = ab.convert_memory(np.arange(5, dtype=np.float32), "numpy", "cupy", n - 1)
+    assert c.device.id == n - 1  # arraybridge 0.2.9 put it on the current device instead
+    t = ab.convert_memory(c, "cupy", "torch", n - 1)
+    assert t.device.index == n - 1
+    np.testing.assert_array_equal(ab.convert_memory(t, "torch", "numpy"), np.arange(5))

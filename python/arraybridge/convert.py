@@ -192,8 +192,8 @@ def _via_dlpack(target):
             r = m.from_dlpack(x)
             return r if gpu_id is None or r.device.index == gpu_id else r.to(f"cuda:{gpu_id}")
         if target is _M.CUPY:
-            with m.cuda.Device(gpu_id if gpu_id is not None else device_of(x)):
-                return m.from_dlpack(x)
+            r = m.from_dlpack(x)  # zero-copy, on the source's device
+            return r if gpu_id is None else _cupy_on(r, gpu_id)
         if target is _M.JAX:
             return m.dlpack.from_dlpack(x)
         raise TypeError(target)
@@ -205,12 +205,29 @@ def _same(x, gpu_id):
 
 
 def _move_same_type(mt):
+    """Same memory type, another device: the framework's own device move (a peer copy between
+    GPUs where the hardware allows)."""
     def convert(x, gpu_id):
         if gpu_id is None or device_of(x, mt) == gpu_id:
             return x
-        return _FROM_NUMPY[mt](_TO_NUMPY[mt](x), gpu_id) if mt in (_M.TENSORFLOW, _M.PYCLESPERANTO) else \
-            _via_dlpack(mt)(x, gpu_id) if mt is not _M.JAX else _numpy_to_jax(_np.asarray(x), gpu_id)
+        if mt is _M.TORCH:
+            return x.to(f"cuda:{gpu_id}")
+        if mt is _M.CUPY:
+            return _cupy_on(x, gpu_id)
+        if mt is _M.JAX:
+            jax = _mod(mt)
+            return jax.device_put(x, [d for d in jax.devices() if d.platform == "gpu"][gpu_id])
+        return _FROM_NUMPY[mt](_TO_NUMPY[mt](x), gpu_id)  # tensorflow, pyclesperanto: via the host
     return convert
+
+
+def _cupy_on(x, gpu_id):
+    """A cupy array on device gpu_id: x itself, or a copy made there."""
+    cupy = _mod(_M.CUPY)
+    if x.device.id == gpu_id:
+        return x
+    with cupy.cuda.Device(gpu_id):
+        return cupy.array(x, copy=True)
 
 
 def _direct(src, tgt):

@@ -15,6 +15,10 @@
 #             .venv's interpreter; ctest -L python (pytest over python/tests, real frameworks)
 #   pip       pip wheel ./python, installed into a fresh venv, imported by a plain interpreter
 #             with no environment variables, and used once
+#   pytsan    build/pytsan the extension built with -fsanitize=thread, loaded into the venv's
+#             (uninstrumented) interpreter with libtsan preloaded; the executor, runtime and
+#             DLPack tests. TSan sees the GIL's mutexes through its interceptors, so the Python
+#             task batching, cancels and settling are checked like the C code
 #
 # No argument runs them all. Every step runs even when an earlier one failed (symbols and consumer
 # use build/test, so they fail too when it did not build); the exit status is non-zero if any step
@@ -34,7 +38,7 @@ B="$ROOT/build"
 JOBS="${AB_JOBS:-$(nproc 2>/dev/null || echo 2)}"
 read -r -a EXTRA_CMAKE <<<"${AB_CMAKE_ARGS:-}"
 read -r -a EXTRA_CTEST <<<"${AB_CTEST_ARGS:-}"
-ALL_STEPS=(plain symbols consumer asan tsan fuzz python pip)
+ALL_STEPS=(plain symbols consumer asan tsan fuzz python pip pytsan)
 VENV="${AB_VENV:-$ROOT/.venv}"
 
 mkdir -p "$B/logs" "$B/pocl-cache"
@@ -222,6 +226,24 @@ assert v.shape == (3, 4, 4) and v[2].max() == 2
 with ab.Executor(2, devices="host") as ex:
     assert ex.submit(sum, [1, 2, 3]).result() == 6
 print("ok")')
+}
+
+step_pytsan() {
+  need_venv || return 1
+  local tsan
+  tsan=$(gcc -print-file-name=libtsan.so)
+  tsan=$(readlink -f "$tsan")
+  [[ -f $tsan ]] || { echo "no libtsan for gcc"; return 1; }
+  cmake -S "$ROOT" -B "$B/pytsan" -DAB_SANITIZE=thread -DAB_WITH_JEMALLOC=OFF -DAB_WITH_CUDA=OFF \
+    -DAB_BUILD_PYTHON=ON -DAB_BUILD_TESTS=OFF -DAB_BUILD_BENCH=OFF -DAB_BUILD_CLI=OFF \
+    -DPython3_EXECUTABLE="$VENV/bin/python" "${EXTRA_CMAKE[@]}"
+  cmake --build "$B/pytsan" -j "$JOBS" --target ab_python
+  # exitcode=66: any report fails the run even when every test passed
+  TSAN_OPTIONS="suppressions=$ROOT/tests/tsan.supp report_signal_unsafe=0 exitcode=66" \
+    LD_PRELOAD="$tsan" PYTHONPATH="$B/pytsan/python" timeout -k 10 900 "$VENV/bin/python" -m pytest -q \
+    -p no:cacheprovider "$ROOT/python/tests/test_executor.py" "$ROOT/python/tests/test_runtime.py" \
+    "$ROOT/python/tests/test_dlpack.py" -k "not imports_from_frameworks"
+  # (that test loads jax, whose uninstrumented thread pools TSan reports against themselves)
 }
 
 # ---------------------------------------------------------------------------------------------

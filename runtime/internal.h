@@ -316,7 +316,9 @@ struct ab_future {
   uint64_t bytes;                 /* for backpressure, accounted while queued or running */
 
   /* the OOM ladder's memory of this task */
-  int64_t park_until, park_deadline, backoff;
+  int64_t park_until, backoff;
+  int64_t park_left;              /* of the deadline: time it may still spend parked */
+  int64_t park_since;             /* when it was last parked */
   uint32_t park_gen;
   uint64_t park_need;             /* bytes it could not get (0: unknown) */
   uint64_t tried;                 /* device slots tried by re-routing */

@@ -80,6 +80,9 @@ static int64_t park_poll(ab__device *d) {
     ab_future *t = *pp;
     if (t->park_until <= now || (t->park_gen != gen && could_fit(d, t->park_need))) {
       *pp = t->park_next;
+      /* The deadline counts time parked, up to when the retry was due: not the time it waited
+       * for a worker after that (workers busy with a long queue poll parked tasks late). */
+      t->park_left -= (t->park_until < now ? t->park_until : now) - t->park_since;
       atomic_fetch_sub_explicit(&d->nparked, 1, memory_order_relaxed); /* under the lock */
       atomic_fetch_add_explicit(&d->stats.oom_retries, 1, memory_order_relaxed); /* stat */
       ab__task_requeue(d, t);
@@ -140,11 +143,14 @@ static bool on_enomem(ab__device *d, ab_future *t, uint64_t need) {
   int64_t now = ab__now_ns();
   if (!t->oom.no_wait) {
     if (t->parks == 0) {
-      t->park_deadline = now + t->oom.deadline_ns;
+      t->park_left = t->oom.deadline_ns;
       t->backoff = t->oom.backoff_initial_ns;
     }
-    if (now < t->park_deadline) {
-      t->park_until = now + t->backoff < t->park_deadline ? now + t->backoff : t->park_deadline;
+    /* Time spent waiting for a worker between attempts does not count: behind a long queue a
+     * retry could otherwise find its deadline gone after one short park. */
+    if (t->park_left > 0) {
+      t->park_since = now;
+      t->park_until = now + (t->backoff < t->park_left ? t->backoff : t->park_left);
       t->backoff = t->backoff * 2 < t->oom.backoff_max_ns ? t->backoff * 2 : t->oom.backoff_max_ns;
       t->park_gen = atomic_load_explicit(&d->freed_gen, memory_order_acquire);
       t->parks++;

@@ -15,6 +15,8 @@
 #             .venv's interpreter; ctest -L python (pytest over python/tests, real frameworks)
 #   pip       pip wheel ./python, installed into a fresh venv, imported by a plain interpreter
 #             with no environment variables, and used once
+#   pyasan    build/pyasan the extension built with ASan+UBSan, libasan preloaded, PYTHONMALLOC=malloc
+#             (so ASan sees Python's allocations too): the executor, runtime and DLPack tests
 #   pytsan    build/pytsan the extension built with -fsanitize=thread, loaded into the venv's
 #             (uninstrumented) interpreter with libtsan preloaded; the executor, runtime and
 #             DLPack tests. TSan sees the GIL's mutexes through its interceptors, so the Python
@@ -38,7 +40,7 @@ B="$ROOT/build"
 JOBS="${AB_JOBS:-$(nproc 2>/dev/null || echo 2)}"
 read -r -a EXTRA_CMAKE <<<"${AB_CMAKE_ARGS:-}"
 read -r -a EXTRA_CTEST <<<"${AB_CTEST_ARGS:-}"
-ALL_STEPS=(plain symbols consumer asan tsan fuzz python pip pytsan)
+ALL_STEPS=(plain symbols consumer asan tsan fuzz python pip pyasan pytsan)
 VENV="${AB_VENV:-$ROOT/.venv}"
 
 mkdir -p "$B/logs" "$B/pocl-cache"
@@ -228,22 +230,42 @@ with ab.Executor(2, devices="host") as ex:
 print("ok")')
 }
 
+# sanitized_python SANITIZER BUILD: the extension built with -DAB_SANITIZE=SANITIZER into BUILD.
+sanitized_python() {
+  cmake -S "$ROOT" -B "$2" -DAB_SANITIZE="$1" -DAB_WITH_JEMALLOC=OFF -DAB_WITH_CUDA=OFF \
+    -DAB_BUILD_PYTHON=ON -DAB_BUILD_TESTS=OFF -DAB_BUILD_BENCH=OFF -DAB_BUILD_CLI=OFF \
+    -DPython3_EXECUTABLE="$VENV/bin/python" "${EXTRA_CMAKE[@]}" &&
+    cmake --build "$2" -j "$JOBS" --target ab_python
+}
+
+# The tests the sanitizer steps run: the extension's own code paths, without TensorFlow and JAX
+# (uninstrumented thread pools and allocators of their own, which the sanitizers misread).
+PY_SANITIZED_TESTS=(python/tests/test_executor.py python/tests/test_runtime.py python/tests/test_dlpack.py
+  -k "not imports_from_frameworks")
+
+step_pyasan() {
+  need_venv || return 1
+  local asan
+  asan=$(readlink -f "$(gcc -print-file-name=libasan.so)")
+  [[ -f $asan ]] || { echo "no libasan for gcc"; return 1; }
+  sanitized_python address "$B/pyasan" || return 1
+  # detect_leaks=0: the interpreter keeps what it allocated until exit, by design
+  (cd "$ROOT" && PYTHONMALLOC=malloc ASAN_OPTIONS="detect_leaks=0:abort_on_error=1" \
+    UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1" LD_PRELOAD="$asan" PYTHONPATH="$B/pyasan/python" \
+    timeout -k 10 900 "$VENV/bin/python" -m pytest -q -p no:cacheprovider "${PY_SANITIZED_TESTS[@]}")
+}
+
 step_pytsan() {
   need_venv || return 1
   local tsan
   tsan=$(gcc -print-file-name=libtsan.so)
   tsan=$(readlink -f "$tsan")
   [[ -f $tsan ]] || { echo "no libtsan for gcc"; return 1; }
-  cmake -S "$ROOT" -B "$B/pytsan" -DAB_SANITIZE=thread -DAB_WITH_JEMALLOC=OFF -DAB_WITH_CUDA=OFF \
-    -DAB_BUILD_PYTHON=ON -DAB_BUILD_TESTS=OFF -DAB_BUILD_BENCH=OFF -DAB_BUILD_CLI=OFF \
-    -DPython3_EXECUTABLE="$VENV/bin/python" "${EXTRA_CMAKE[@]}"
-  cmake --build "$B/pytsan" -j "$JOBS" --target ab_python
+  sanitized_python thread "$B/pytsan" || return 1
   # exitcode=66: any report fails the run even when every test passed
-  TSAN_OPTIONS="suppressions=$ROOT/tests/tsan.supp report_signal_unsafe=0 exitcode=66" \
+  (cd "$ROOT" && TSAN_OPTIONS="suppressions=$ROOT/tests/tsan.supp report_signal_unsafe=0 exitcode=66" \
     LD_PRELOAD="$tsan" PYTHONPATH="$B/pytsan/python" timeout -k 10 900 "$VENV/bin/python" -m pytest -q \
-    -p no:cacheprovider "$ROOT/python/tests/test_executor.py" "$ROOT/python/tests/test_runtime.py" \
-    "$ROOT/python/tests/test_dlpack.py" -k "not imports_from_frameworks"
-  # (that test loads jax, whose uninstrumented thread pools TSan reports against themselves)
+    -p no:cacheprovider "${PY_SANITIZED_TESTS[@]}")
 }
 
 # ---------------------------------------------------------------------------------------------

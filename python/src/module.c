@@ -1154,7 +1154,9 @@ typedef struct py_task {
   _Atomic int refs;                   /* its runtime task, the inline list, its FutureObject */
   int started;                        /* fut marked RUNNING already */
   int host;                           /* on the host: may run in a batch */
-  RuntimeObject *owner;               /* whose inline list */
+  RuntimeObject *owner;               /* whose inline list; a reference while the record is live
+                                         (cleared with fut: use it only while fut is set, or
+                                         under a reference of one's own) */
   struct py_task *next;
 } py_task;
 
@@ -1193,6 +1195,7 @@ static int settle_fast(PyObject *fut, PyObject *result) {
 }
 
 static void py_task_clear(py_task *p) {
+  if (p->fut != NULL) Py_DECREF(p->owner); /* the record's reference goes with its Python ones */
   Py_CLEAR(p->fut);
   Py_CLEAR(p->fn);
   Py_CLEAR(p->args);
@@ -1290,7 +1293,7 @@ static void py_task_resubmit(py_task *p) {
   int rc = AB_ENOMEM;
   if (q != NULL) {
     *q = (py_task){.fut = p->fut, .fn = p->fn, .args = p->args, .kwargs = p->kwargs, .started = 1,
-                   .owner = p->owner};
+                   .owner = p->owner}; /* the owner reference moves with fut */
     atomic_init(&q->state, PT_OWN);
     atomic_init(&q->refs, 0);
     q->host = 0; /* it walks the ladder as its own task; never batched again */
@@ -1345,19 +1348,27 @@ static void run_inline(RuntimeObject *rt, ab_ctx *ctx) {
 
 static int py_task_run(ab_ctx *ctx, void *arg) {
   py_task *p = arg;
+  /* A record already run in a batch, or cancelled, needs nothing: no GIL. (Read without the
+   * GIL, so only a hint; the claim below decides.) */
+  int st = atomic_load(&p->state);
+  if (st != PT_QUEUED && st != PT_OWN) return 0;
   spin_for_gil_handoff();
   enter_python();
+  int rc = 0;
+  if (!py_task_claim(p, PT_OWN) && atomic_load(&p->state) != PT_OWN) {
+    /* claimed meanwhile by a batch or a cancel: its owner may be gone already, do not touch it */
+    leave_python();
+    return 0;
+  }
+  /* ours (first run, or a retry after out-of-memory): the record is live, so is its owner */
   RuntimeObject *owner = p->owner;
   Py_INCREF(owner); /* whatever the task drops, the list and the object stay until we are done */
   tls_ctx = ctx;
-  int rc = 0;
-  if (py_task_claim(p, PT_OWN) || atomic_load(&p->state) == PT_OWN) { /* first run, or a retry */
-    rc = py_task_call(p);
-    if (rc == AB_EINVAL) py_task_broken(p);
-    if (rc != AB_ENOMEM) {
-      py_task_clear(p);
-      atomic_store(&p->state, PT_DONE);
-    }
+  rc = py_task_call(p);
+  if (rc == AB_EINVAL) py_task_broken(p);
+  if (rc != AB_ENOMEM) {
+    py_task_clear(p);
+    atomic_store(&p->state, PT_DONE);
   }
   if (rc != AB_ENOMEM && p->host && ab_ctx_device(ctx).kind == AB_HOST) run_inline(owner, ctx);
   tls_ctx = NULL;
@@ -1467,6 +1478,7 @@ static PyObject *runtime_call(RuntimeObject *self, PyObject *const *argv, Py_ssi
   if (parse_place(device, policy, &place) != 0) return NULL;
   py_task *p = PyMem_RawMalloc(sizeof *p);
   if (p == NULL) return PyErr_NoMemory();
+  Py_INCREF(self); /* the record's, dropped by py_task_clear */
   *p = (py_task){.fut = Py_NewRef(fut), .fn = Py_NewRef(fn), .args = Py_NewRef(args),
                  .kwargs = kwargs == Py_None ? NULL : Py_NewRef(kwargs), .owner = self,
                  .host = place.device.kind == AB_HOST && place.policy != AB_PLACE_EXPLICIT};

@@ -122,7 +122,8 @@ typedef struct {
                                 (never for AB_PLACE_EXPLICIT tasks: their device was chosen) */
   int64_t backoff_initial_ns;/* first park interval (default 1 ms) */
   int64_t backoff_max_ns;    /* cap on the doubling interval (default 100 ms) */
-  int64_t deadline_ns;       /* total time a task may spend parked (default 10 s) */
+  int64_t deadline_ns;       /* total time a task may spend parked (default 10 s): the backoff
+                                intervals, not the wait for a busy worker after each */
 } ab_oom_policy;
 
 /* The host allocator for the runtime's own structures (not tensor data). */

@@ -8,6 +8,14 @@ KINDS = {"host": _core.HOST, "cpu": _core.HOST, "opencl": _core.OPENCL, "cuda": 
 KIND_NAMES = {_core.HOST: "host", _core.OPENCL: "opencl", _core.CUDA: "cuda"}
 
 
+def kind_name(name):
+    """"host", "opencl" or "cuda" for a kind's name or alias ("cpu", "gpu")."""
+    kind = KINDS.get(name)
+    if kind is None:
+        raise ValueError(f"unknown device kind {name!r}")
+    return KIND_NAMES[kind]
+
+
 def parse_device(device, default_kind=_core.HOST):
     """'host', 'opencl', 'opencl:1', 'cuda:0', (kind, index) or None -> (kind, index).
 

@@ -13,7 +13,6 @@ Differences from arraybridge 0.2.9, on purpose:
     than shared writable.
 """
 import importlib
-import sys
 
 import numpy as _np
 
@@ -282,11 +281,3 @@ def convert_memory(data, source_type, target_type, gpu_id=None, *, allow_cpu_rou
     except Exception as e:  # noqa: BLE001
         raise MemoryConversionError(src.value, tgt.value, "host round trip", str(e)) from e
 
-
-def to_numpy(data):
-    """Any supported array as host NumPy (zero-copy where the memory is already host memory)."""
-    return _TO_NUMPY[_detect(data)](data)
-
-
-def loaded_frameworks():
-    return [m for m in ("torch", "cupy", "jax", "tensorflow", "pyclesperanto") if m in sys.modules]

@@ -20,7 +20,7 @@ import threading as _threading
 from concurrent.futures._base import CANCELLED, CANCELLED_AND_NOTIFIED, FINISHED, PENDING
 
 from . import _core, _oom
-from ._runtime import KINDS, parse_device
+from ._runtime import kind_name, parse_device
 
 _DONE = (CANCELLED, CANCELLED_AND_NOTIFIED, FINISHED)
 _ENOMEM = _core.AB_ENOMEM
@@ -302,13 +302,7 @@ def _per_kind(value, exclude_host=False):
     if value is None:
         return {}
     if isinstance(value, dict):
-        out = {}
-        for k, v in value.items():
-            name = k if k in KINDS else None
-            if name is None:
-                raise ValueError(f"unknown device kind {k!r}")
-            out[{"cpu": "host", "gpu": "cuda"}.get(name, name)] = int(v)
-        return out
+        return {kind_name(k): int(v) for k, v in value.items()}
     kinds = ("opencl", "cuda") if exclude_host else ("host", "opencl", "cuda")
     return {k: int(value) for k in kinds}
 
@@ -317,8 +311,5 @@ def _disabled_kinds(devices):
     if devices is None or devices == "all":
         return ()
     wanted = {devices} if isinstance(devices, str) else set(devices)
-    for d in wanted:
-        if d.split(":")[0] not in KINDS:
-            raise ValueError(f"unknown device kind {d!r}")
-    names = {{"cpu": "host", "gpu": "cuda"}.get(d.split(":")[0], d.split(":")[0]) for d in wanted}
+    names = {kind_name(d.split(":")[0]) for d in wanted}
     return tuple(k for k in ("opencl", "cuda") if k not in names)

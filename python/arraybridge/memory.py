@@ -1,14 +1,13 @@
 """Memory statistics and cleanup, across the runtime and the loaded frameworks."""
 import sys
 
-from . import _oom
-from ._runtime import _default, device_name
+from . import _oom, _runtime
+from ._runtime import device_name
 
 
 def memory_stats(rt=None):
     """Per-device runtime counters (used, peak, budget, the OOM ladder's steps) and, for each
     loaded GPU framework, what its allocator holds."""
-    from . import _runtime
     rt = rt or _runtime._default
     out = {"runtime": {}}
     if rt is not None and not rt.closed:
@@ -34,5 +33,3 @@ def cleanup_all_gpu_frameworks(device_id=None):
     _oom.clear_cache(None, device_id)
     return names
 
-
-del _default

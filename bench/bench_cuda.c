@@ -22,40 +22,17 @@
 #include <arraybridge.h>
 #include <cuda_runtime_api.h>
 
-#include "bench_util.h"
+#define BENCH_PROG "bench_cuda"
+#define BENCH_NATIVE "cuda"
+#include "bench_ab.h"
 
-#define CHECK(x)                                                                                  \
-  do {                                                                                            \
-    int rc_ = (int)(x);                                                                           \
-    if (rc_ != 0) {                                                                               \
-      fprintf(stderr, "bench_cuda: %s failed: %d (%s)\n", #x, rc_, rc_ < 0 ? ab_strerror(rc_) : "cuda"); \
-      exit(1);                                                                                    \
-    }                                                                                             \
-  } while (0)
 
 static const ab_device GPU = {AB_CUDA, 0};
 
 static ab_runtime *runtime(void) {
-  ab_runtime *rt;
   ab_runtime_options o = AB_RUNTIME_OPTIONS_INIT;
   o.kinds[AB_OPENCL].disabled = true;
-  CHECK(ab_runtime_create(&o, &rt));
-  ab_device d[64];
-  int n = ab_runtime_devices(rt, d, 64), ncu = 0;
-  for (int i = 0; i < n && i < 64; i++) ncu += d[i].kind == AB_CUDA;
-  if (ncu == 0) {
-    fprintf(stderr, "bench_cuda: no CUDA device (no GPU or no driver), skipped\n");
-    exit(77);
-  }
-  return rt;
-}
-
-static ab_tensor *result(ab_future *f) {
-  ab_tensor *t;
-  CHECK(ab_future_wait(f, -1));
-  CHECK(ab_future_result(f, &t));
-  ab_future_release(f);
-  return t;
+  return bench_runtime(&o, AB_CUDA, "no CUDA device (no GPU or no driver), skipped");
 }
 
 static ab_tensor *wrap_bytes(void *p, size_t bytes) {
@@ -84,7 +61,7 @@ static void transfer(int reps, int down) {
   if (down) {
     ab_future *f;
     CHECK(ab_convert(rt, src, GPU, NULL, &f));
-    gsrc = result(f);
+    gsrc = bench_result(f);
   }
   ab_convert_options o = AB_CONVERT_OPTIONS_INIT;
   o.force_copy = true;
@@ -93,7 +70,7 @@ static void transfer(int reps, int down) {
     ab_future *f;
     double t0 = bench_now();
     CHECK(ab_convert(rt, down ? gsrc : src, down ? (ab_device){AB_HOST, 0} : GPU, &o, &f));
-    ab_tensor *r = result(f);
+    ab_tensor *r = bench_result(f);
     double t1 = bench_now();
     ab_tensor_release(r);
     CHECK(down ? cudaMemcpy(host, dev, bytes, kind) : cudaMemcpy(dev, host, bytes, kind));
@@ -131,7 +108,7 @@ static void stack(int reps) {
     ab_future *f;
     double t0 = bench_now();
     CHECK(ab_stack(rt, sl, (size_t)n, GPU, NULL, &f));
-    ab_tensor *v = result(f);
+    ab_tensor *v = bench_result(f);
     double t1 = bench_now();
     ab_tensor_release(v);
     for (int i = 0; i < n; i++)
@@ -164,7 +141,7 @@ static void convert(int reps) {
       double t0 = bench_now();
       ab_future *f;
       CHECK(ab_convert(rt, src, GPU, NULL, &f));
-      ab_tensor_release(result(f));
+      ab_tensor_release(bench_result(f));
       lat[i] = bench_now() - t0;
     }
     double ours = bench_median(lat, (size_t)iters);

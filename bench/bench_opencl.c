@@ -18,16 +18,10 @@
 #include <CL/cl.h>
 #include <arraybridge.h>
 
-#include "bench_util.h"
+#define BENCH_PROG "bench_opencl"
+#define BENCH_NATIVE "cl"
+#include "bench_ab.h"
 
-#define CHECK(x)                                                                                  \
-  do {                                                                                            \
-    int rc_ = (x);                                                                                \
-    if (rc_ != 0) {                                                                               \
-      fprintf(stderr, "bench_opencl: %s failed: %d (%s)\n", #x, rc_, rc_ < 0 ? ab_strerror(rc_) : "cl"); \
-      exit(1);                                                                                    \
-    }                                                                                             \
-  } while (0)
 
 typedef struct {
   cl_context ctx;
@@ -48,27 +42,7 @@ static raw_cl raw_open(void) {
   return r;
 }
 
-static ab_runtime *runtime(void) {
-  ab_runtime *rt;
-  ab_runtime_options o = AB_RUNTIME_OPTIONS_INIT;
-  CHECK(ab_runtime_create(&o, &rt));
-  ab_device d[32];
-  int n = ab_runtime_devices(rt, d, 32), ncl = 0;
-  for (int i = 0; i < n && i < 32; i++) ncl += d[i].kind == AB_OPENCL;
-  if (ncl == 0) {
-    fprintf(stderr, "bench_opencl: no OpenCL device\n");
-    exit(77);
-  }
-  return rt;
-}
-
-static ab_tensor *result(ab_future *f) {
-  ab_tensor *t;
-  CHECK(ab_future_wait(f, -1));
-  CHECK(ab_future_result(f, &t));
-  ab_future_release(f);
-  return t;
-}
+static ab_runtime *runtime(void) { return bench_runtime(NULL, AB_OPENCL, "no OpenCL device"); }
 
 static void stack(int reps) {
   int n = (int)bench_env_long("BENCH_SLICES", 1000);
@@ -92,7 +66,7 @@ static void stack(int reps) {
     ab_future *f;
     double t0 = bench_now();
     CHECK(ab_stack(rt, sl, (size_t)n, (ab_device){AB_OPENCL, 0}, NULL, &f));
-    ab_tensor *v = result(f);
+    ab_tensor *v = bench_result(f);
     double t1 = bench_now();
     ab_tensor_release(v);
     CHECK(clEnqueueWriteBuffer(r.q, m, CL_TRUE, 0, total, host, 0, NULL, NULL));
@@ -135,7 +109,7 @@ static void convert(int reps) {
       double t0 = bench_now();
       ab_future *f;
       CHECK(ab_convert(rt, src, (ab_device){AB_OPENCL, 0}, NULL, &f));
-      ab_tensor_release(result(f));
+      ab_tensor_release(bench_result(f));
       lat[i] = bench_now() - t0;
     }
     double ours = bench_median(lat, (size_t)iters);

@@ -21,6 +21,7 @@ PACKAGES=(
   ocl-icd-opencl-dev opencl-headers pocl-opencl-icd clinfo # OpenCL on the CPU (pocl)
   libstarpu-dev # the task-overhead benchmark's peer
   libtiff-dev   # plate input for the main job
+  help2man      # the arraybridge command's man page, from its --help
   python3-venv
 )
 

@@ -6,7 +6,11 @@
 #                          always compiles it; its tests skip without a GPU but one
 #   symbols   the shared library of build/test exports only ab_* symbols
 #   consumer  cmake --install build/test --prefix build/prefix, then scripts/consumer built
-#             against it through find_package (shared, static) and pkg-config, and run
+#             against it through find_package (shared, static) and pkg-config, and run; one
+#             version everywhere; the arraybridge command and its man page installed
+#   cleanroom the same install and consumer with the CUDA toolkit and the dlpack, OpenCL, ck
+#             and jemalloc development files hidden (scripts/without.sh, root): only a C
+#             compiler, CMake and pkg-config are left
 #   asan      build/asan   -DAB_SANITIZE=address (ASan+UBSan), ctest, then the benchmark
 #             programs once at toy sizes (a smoke run: no time is checked)
 #   tsan      build/tsan   -DAB_SANITIZE=thread, AB_TEST_SCALE=0.1, tests/tsan.supp
@@ -22,7 +26,7 @@
 #             DLPack tests. TSan sees the GIL's mutexes through its interceptors, so the Python
 #             task batching, cancels and settling are checked like the C code
 #
-# No argument runs them all. Every step runs even when an earlier one failed (symbols and consumer
+# No argument runs them all. Every step runs even when an earlier one failed (symbols, consumer and cleanroom
 # use build/test, so they fail too when it did not build); the exit status is non-zero if any step
 # failed, and the last line is the summary. Each step's log goes to build/logs/<step>.log too.
 #
@@ -40,7 +44,7 @@ B="$ROOT/build"
 JOBS="${AB_JOBS:-$(nproc 2>/dev/null || echo 2)}"
 read -r -a EXTRA_CMAKE <<<"${AB_CMAKE_ARGS:-}"
 read -r -a EXTRA_CTEST <<<"${AB_CTEST_ARGS:-}"
-ALL_STEPS=(plain symbols consumer asan tsan fuzz python pip pyasan pytsan)
+ALL_STEPS=(plain symbols consumer cleanroom asan tsan fuzz python pip pyasan pytsan)
 VENV="${AB_VENV:-$ROOT/.venv}"
 
 mkdir -p "$B/logs" "$B/pocl-cache"
@@ -108,63 +112,38 @@ step_symbols() {
 }
 
 step_consumer() {
-  local prefix="$B/prefix" cdir="$B/consumer"
-  rm -rf "$prefix" "$cdir"
-  cmake --install "$B/test" --prefix "$prefix"
-  local pc
-  pc=$(find "$prefix" -name arraybridge.pc -print -quit)
-  [[ -n $pc ]] || { echo "no arraybridge.pc installed under $prefix"; return 1; }
-  local pcdir rc=0
-  pcdir=$(dirname "$pc")
-  echo "--- installed $pc"
-  cat "$pc"
-  # The .pc must describe where it was installed, not the configure-time CMAKE_INSTALL_PREFIX.
-  local includedir
-  includedir=$(PKG_CONFIG_PATH="$pcdir" pkg-config --variable=includedir arraybridge)
-  if [[ ! -f $includedir/arraybridge.h ]]; then
-    echo "FAIL: arraybridge.pc installed with --prefix $prefix says includedir=$includedir," \
-      "which has no arraybridge.h (the .pc is not relocated to the install prefix)"
-    rc=1
-  fi
-  PKG_CONFIG_PATH="$pcdir${PKG_CONFIG_PATH:+:$PKG_CONFIG_PATH}" \
-    cmake -S "$ROOT/scripts/consumer" -B "$cdir" -DCMAKE_PREFIX_PATH="$prefix" -DCMAKE_BUILD_TYPE=RelWithDebInfo
-  local libdir
-  libdir=$(dirname "$(find "$prefix" -name 'libarraybridge.so' -print -quit)")
-  libdir=$(readlink -f "$libdir")
-  prefix=$(readlink -f "$prefix")
-  # Each consumer on its own, so that one broken path does not hide the others.
-  local t
-  for t in consumer_cxx_header consumer_cmake consumer_static consumer_pc; do
-    if [[ ! -d $cdir/CMakeFiles/$t.dir ]]; then # the tree defines no such target
-      [[ $t == consumer_static || $t == consumer_cxx_header ]] && continue # optional
-      echo "FAIL: no target $t"
-      rc=1
-      continue
-    fi
-    echo "--- $t"
-    if ! cmake --build "$cdir" --target "$t"; then
-      echo "FAIL: $t does not build"
-      rc=1
-      continue
-    fi
-    [[ $t == consumer_cxx_header ]] && continue # compile-only
-    if [[ $t != consumer_static ]]; then
-      # It must load the installed copy, not the build tree's. (pkg-config gives -L and no rpath,
-      # so the loader path names the prefix for every run.)
-      local deps
-      deps=$(LD_LIBRARY_PATH="$libdir" ldd "$cdir/$t" | grep arraybridge || true)
-      echo "$deps"
-      if [[ $deps != *"=> $prefix/"* ]]; then
-        echo "FAIL: $t does not load libarraybridge from $prefix"
-        rc=1
-      fi
-    fi
-    if ! LD_LIBRARY_PATH="$libdir" "$cdir/$t"; then
-      echo "FAIL: $t exited non-zero"
-      rc=1
-    fi
+  rm -rf "$B/prefix"
+  cmake --install "$B/test" --prefix "$B/prefix"
+  "$ROOT/scripts/consumer/check.sh" "$B/prefix" "$B/consumer"
+}
+
+# What a machine without the CUDA toolkit and without development packages sees: the install of
+# build/test (built with CUDA where nvcc is) used by a consumer with the toolkit, the dlpack,
+# OpenCL, ck and jemalloc development files and libjemalloc.so hidden (scripts/without.sh). Only
+# a C compiler, CMake and pkg-config remain; the shared library must do (cudart and jemalloc are
+# inside it), and find_package must not fail.
+step_cleanroom() {
+  local prefix="$B/cleanroom/prefix"
+  rm -rf "$B/cleanroom"
+  cmake --install "$B/test" --prefix "$prefix" >/dev/null
+  local hide=(-p libdlpack-dev -p libck-dev -p libjemalloc-dev -p libjemalloc2 -p ocl-icd-opencl-dev -p opencl-c-headers)
+  hide+=($(cuda_toolkit_paths))
+  echo "hidden: ${hide[*]}"
+  AB_EXPECT_STATIC=no "$ROOT/scripts/without.sh" "${hide[@]}" -- bash -c '
+    for p in /usr/include/dlpack/dlpack.h /usr/include/CL/cl.h /usr/include/ck_ring.h; do
+      [[ ! -e $p ]] || { echo "FAIL: $p is not hidden"; exit 1; }
+    done
+    ! command -v nvcc >/dev/null || { echo "FAIL: nvcc is not hidden"; exit 1; }
+    exec "$0" "$@"' "$ROOT/scripts/consumer/check.sh" "$prefix" "$B/cleanroom/consumer"
+}
+
+# The CUDA toolkit's folders, and the wrappers on PATH that run its programs.
+cuda_toolkit_paths() {
+  local p
+  for p in /usr/local/cuda /usr/local/cuda-* /opt/cuda; do
+    [[ -e $p ]] && echo "$p"
   done
-  return $rc
+  find /usr/local/bin /usr/bin -maxdepth 1 -type f -size -4k -exec grep -lI 'cuda[^ ]*/bin/' {} + 2>/dev/null || true
 }
 
 step_asan() {

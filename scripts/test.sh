@@ -17,8 +17,12 @@
 #   fuzz      build/fuzz   clang, -DAB_SANITIZE=address -DAB_BUILD_FUZZ=ON; ctest -R fuzz
 #   python    build/python the extension (-DAB_WITH_JEMALLOC=OFF -DAB_BUILD_PYTHON=ON) against
 #             .venv's interpreter; ctest -L python (pytest over python/tests, real frameworks)
-#   pip       pip wheel ./python, installed into a fresh venv, imported by a plain interpreter
-#             with no environment variables, and used once
+#   pip       the Python package as users get it: an sdist, a wheel built by pip from it alone
+#             (isolated, scikit-build-core, out of the tree), repaired by auditwheel (libck
+#             bundled), installed into a fresh venv and used by a plain interpreter with no
+#             environment variables where libck, dlpack and the CUDA toolkit are hidden; one
+#             version in version.h, the metadata and the library; `pip wheel .` leaves the tree
+#             as it was. Tools in build/pip-tools (python/requirements-build.txt)
 #   pyasan    build/pyasan the extension built with ASan+UBSan, libasan preloaded, PYTHONMALLOC=malloc
 #             (so ASan sees Python's allocations too): the executor, runtime and DLPack tests
 #   pytsan    build/pytsan the extension built with -fsanitize=thread, loaded into the venv's
@@ -191,22 +195,79 @@ step_python() {
   run_ctest "$B/python" -L python
 }
 
+# pip_tools DIR: a venv with python/requirements-build.txt, reinstalled only when that changes.
+pip_tools() {
+  local dir=$1 reqs="$ROOT/python/requirements-build.txt"
+  [[ -x $dir/bin/python ]] || python3 -m venv "$dir" || return 1
+  cmp -s "$reqs" "$dir/.ab-requirements" && return 0
+  "$dir/bin/pip" install -q --disable-pip-version-check -r "$reqs" && cp "$reqs" "$dir/.ab-requirements"
+}
+
+# The libck the loader would find: every libck.so* in its cache, and what each links to.
+libck_paths() {
+  local f
+  for f in $(ldconfig -p | awk '$1 ~ /^libck\.so/ { print $NF }'); do
+    echo "$f"
+    readlink -f "$f"
+  done | sort -u
+}
+
 step_pip() {
-  need_venv || return 1
-  local wheels="$B/wheels" venv="$B/pip-venv"
-  rm -rf "$wheels" "$venv"
-  "$VENV/bin/pip" wheel -q --no-deps --no-build-isolation -w "$wheels" "$ROOT/python" || return 1
+  local tools="$B/pip-tools" dist="$B/dist" venv="$B/pip-venv"
+  pip_tools "$tools" || return 1
+  rm -rf "$dist" "$venv"
+  # 1. The sdist, then a wheel from it alone (pip's isolated build: scikit-build-core from PyPI,
+  #    CMake out of the source tree): the sdist carries all the wheel needs.
+  "$tools/bin/python" -m build --sdist --outdir "$dist" "$ROOT"
+  "$tools/bin/pip" wheel -v --no-deps --no-cache-dir --disable-pip-version-check -w "$dist/raw" "$dist"/arraybridge-*.tar.gz
+  # 2. Repaired: libck is bundled (arraybridge.libs), the OpenCL ICD loader stays the system's,
+  #    since it reads the system's vendor files (/etc/OpenCL/vendors).
+  PATH="$tools/bin:$PATH" "$tools/bin/auditwheel" repair --exclude libOpenCL.so.1 -w "$dist" "$dist"/raw/*.whl
+  local whl files rc=0
+  whl=$(ls "$dist"/arraybridge-*-manylinux*.whl)
+  files=$(unzip -Z1 "$whl")
+  grep -q '^arraybridge\.libs/libck' <<<"$files" || { echo "FAIL: libck is not bundled in $whl"; rc=1; }
+  ! grep -q '^arraybridge\.libs/libOpenCL' <<<"$files" || { echo "FAIL: $whl bundles an OpenCL loader"; rc=1; }
+  grep -q '^arraybridge/py\.typed$' <<<"$files" || { echo "FAIL: no arraybridge/py.typed in $whl"; rc=1; }
+  # 3. Installed into a fresh venv, used by a plain interpreter (no PYTHONPATH, LD_PRELOAD or
+  #    GLIBC_TUNABLES, outside the source tree) on a machine without libck (library and
+  #    development files), dlpack or the CUDA toolkit.
   python3 -m venv "$venv" || return 1
-  "$venv/bin/pip" install -q --disable-pip-version-check "$wheels"/arraybridge-*.whl || return 1
-  # A plain interpreter, no PYTHONPATH, no LD_PRELOAD or GLIBC_TUNABLES, outside the source tree.
-  (cd / && env -i PATH=/usr/bin:/bin HOME="$HOME" "$venv/bin/python" -c '
-import numpy as np, arraybridge as ab
+  "$venv/bin/pip" install -q --disable-pip-version-check "$whl" || return 1
+  local version
+  version=$(awk '/^#define AB_VERSION_(MAJOR|MINOR|PATCH) / { v = v (v == "" ? "" : ".") $3 } END { print v }' \
+    "$ROOT/include/arraybridge/version.h")
+  (cd / && "$ROOT/scripts/without.sh" -p libck-dev -p libdlpack-dev $(libck_paths) $(cuda_toolkit_paths) -- \
+    env -i PATH=/usr/bin:/bin HOME="$HOME" AB_VERSION="$version" "$venv/bin/python" -c '
+import importlib.metadata, os, numpy as np, arraybridge as ab
 print("arraybridge", ab.__version__, "from", ab.__file__)
+assert not os.path.exists("/usr/include/ck_ring.h") and not os.path.exists("/usr/local/cuda"), "not hidden"
+# One version: version.h, the package metadata, the C library inside the extension.
+assert ab.__version__ == importlib.metadata.version("arraybridge") == os.environ["AB_VERSION"], ab.__version__
+libck = {l.split()[-1] for l in open("/proc/self/maps") if "libck" in l}
+assert libck and all("/arraybridge.libs/" in p for p in libck), libck
 v = ab.stack_slices([np.full((4, 4), i, np.uint16) for i in range(3)], "numpy")
 assert v.shape == (3, 4, 4) and v[2].max() == 2
 with ab.Executor(2, devices="host") as ex:
     assert ex.submit(sum, [1, 2, 3]).result() == 6
-print("ok")')
+print("ok: libck from", *libck)') || rc=1
+  # 4. pip wheel from the source tree builds outside it: nothing new appears but under build/.
+  local before after
+  before=$(git -C "$ROOT" status --porcelain --ignored | grep -v ' build/$' || true)
+  "$tools/bin/pip" wheel -q --no-deps --no-cache-dir --disable-pip-version-check -w "$dist/tree" "$ROOT" || rc=1
+  after=$(git -C "$ROOT" status --porcelain --ignored | grep -v ' build/$' || true)
+  [[ $before == "$after" ]] || { echo "FAIL: pip wheel . changed the source tree:"; diff <(echo "$before") <(echo "$after"); rc=1; }
+  # 5. A missing system library stops the build with one line naming its Debian package.
+  local pkg out
+  for pkg in libck-dev libdlpack-dev; do
+    rm -rf "$B/pip-missing"
+    out=$("$ROOT/scripts/without.sh" -p $pkg -- cmake -S "$ROOT" -B "$B/pip-missing" -DAB_WITH_CUDA=OFF 2>&1) &&
+      { echo "FAIL: configured without $pkg"; rc=1; }
+    grep -E "^  arraybridge: .*apt-get install $pkg\$" <<<"$out" ||
+      { echo "FAIL: without $pkg, CMake does not say 'apt-get install $pkg' on one line:"; echo "$out" | tail; rc=1; }
+  done
+  rm -rf "$B/pip-missing"
+  return $rc
 }
 
 # sanitized_python SANITIZER BUILD: the extension built with -DAB_SANITIZE=SANITIZER into BUILD.

@@ -30,9 +30,10 @@
 #             DLPack tests. TSan sees the GIL's mutexes through its interceptors, so the Python
 #             task batching, cancels and settling are checked like the C code
 #
-# No argument runs them all. Every step runs even when an earlier one failed (symbols, consumer and cleanroom
-# use build/test, so they fail too when it did not build); the exit status is non-zero if any step
-# failed, and the last line is the summary. Each step's log goes to build/logs/<step>.log too.
+# No argument runs them all. Every step runs even when an earlier one failed (symbols, consumer
+# and cleanroom use build/test, so they fail too when it did not build); the exit status is
+# non-zero if any step failed, and the last line is the summary. Each step's log goes to
+# build/logs/<step>.log too.
 #
 # Environment: AB_JOBS (default: the number of cores), AB_CMAKE_ARGS (extra -D flags for every
 # tree), AB_CTEST_ARGS (extra ctest arguments, e.g. "-L unit").

@@ -96,6 +96,11 @@ struct ab__device_ops {
   /* Page-locked host memory for ab_tensor_alloc_pinned (any thread). NULL: none. */
   int (*host_alloc)(ab__device *d, size_t bytes, void **ptr);
   void (*host_free)(ab__device *d, void *ptr);
+
+  /* free, for memory that code outside the runtime had (a DLPack consumer such as torch): the
+   * memory must not be reused before the work that code enqueued on the device is done, which
+   * the runtime cannot see (any thread). NULL: free. */
+  void (*free_shared)(ab__device *d, void *ptr, size_t bytes);
 };
 
 #define AB__GATHER_MAX 8 /* slices per gather call */

@@ -37,9 +37,22 @@ static void count_moved(ab__device *d, size_t bytes) {
 
 static ab__device *host_of(ab_runtime *rt) { return &rt->devices[rt->kind_first[AB_HOST]]; }
 
+/* A CUDA pointer from elsewhere (torch, CuPy, through DLPack) is valid in every stream of the
+ * process: any of this runtime's devices on its GPU can read it, `near` (the task's) first. */
+static ab__device *cuda_by_physical(ab_runtime *rt, int gpu, ab__device *near, int *err) {
+  if (near->id.kind == AB_CUDA && near->physical == gpu) return near;
+  for (int i = 0; i < rt->kind_count[AB_CUDA]; i++) {
+    ab__device *d = &rt->devices[rt->kind_first[AB_CUDA] + i];
+    if (d->physical == gpu) return d;
+  }
+  *err = AB_ENODEV; /* a GPU this runtime does not use (or none at all) */
+  return NULL;
+}
+
 /* The device whose memory holds t: host memory is any host worker's to read; device memory
- * must be this runtime's own (a cl_mem of another context cannot be used here). */
-static ab__device *source_device(ab_runtime *rt, const ab_tensor *t, int *err) {
+ * must be this runtime's own (a cl_mem of another context cannot be used here), except CUDA
+ * memory, which belongs to a GPU rather than to a runtime. */
+static ab__device *source_device(ab_runtime *rt, const ab_tensor *t, ab__device *near, int *err) {
   ab_device home = ab_tensor_device(t);
   if (home.kind == AB_HOST) {
     if (rt->kind_count[AB_HOST] > 0) return host_of(rt);
@@ -48,6 +61,8 @@ static ab__device *source_device(ab_runtime *rt, const ab_tensor *t, int *err) {
   }
   while (t->owner == AB__OWN_VIEW) t = t->u.base;
   if (t->owner == AB__OWN_ARENA && t->dev->rt == rt) return t->dev;
+  if (t->dl.device.device_type == kDLCUDA || t->dl.device.device_type == kDLCUDAManaged)
+    return cuda_by_physical(rt, t->dl.device.device_id, near, err);
   *err = AB_ENOTSUP;
   return NULL;
 }
@@ -230,7 +245,7 @@ static int put(ab_ctx *c, const ab_tensor *src, void *dst, size_t off, DLDataTyp
   ab__worker *w = c->w;
   ab__device *d = w->dev;
   int rc = 0;
-  ab__device *s = source_device(d->rt, src, &rc);
+  ab__device *s = source_device(d->rt, src, d, &rc);
   if (s == NULL) return rc;
   bool s_host = s->id.kind == AB_HOST, d_host = d->id.kind == AB_HOST;
   if ((s_host && d_host) || s == d) return local(w, src, dst, off, dt, p);
@@ -242,6 +257,7 @@ static int put(ab_ctx *c, const ab_tensor *src, void *dst, size_t off, DLDataTyp
 
 
 /* ---- the tasks ------------------------------------------------------------------------------ */
+
 /* The end of a conversion or stack: on failure nothing may still write into out, so the stream
  * is drained before out goes; on success out becomes the task's result. */
 static int finish_output(ab_ctx *c, ab_tensor *out, int rc) {
@@ -277,7 +293,7 @@ static int stack_range(ab_ctx *c, ab__cast_params *p, DLDataType dt) {
   for (int i = 0; i < t->nin; i++) {
     const ab_tensor *sl = t->in[i].tensor;
     int rc = 0;
-    ab__device *s = source_device(c->w->dev->rt, sl, &rc);
+    ab__device *s = source_device(c->w->dev->rt, sl, c->w->dev, &rc);
     if (s == NULL) return rc;
     double lo, hi;
     bool found;
@@ -302,7 +318,7 @@ static bool gatherable(ab_ctx *c, const ab_tensor *sl, DLDataType dt) {
   if (sl == NULL) return false;
   ab__device *d = c->w->dev;
   int err;
-  return d->id.kind != AB_HOST && fits(sl, dt) && source_device(d->rt, sl, &err) == d;
+  return d->id.kind != AB_HOST && fits(sl, dt) && source_device(d->rt, sl, d, &err) == d;
 }
 
 /* Gathers the run of gatherable slices from i, up to AB__GATHER_MAX; returns how many. */

@@ -392,5 +392,8 @@ struct ab_ctx {
 /* convert.c: the bodies of conversion and stacking tasks */
 int ab__convert_run(ab_ctx *c);
 int ab__stack_run(ab_ctx *c);
+/* Tests only: host slices stream into a device (or the host) in windows of at most this many
+ * bytes, so that many-window pipelines run on small data (0: the backend's own size). */
+extern size_t ab__map_window_test;
 
 #endif

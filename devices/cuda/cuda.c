@@ -41,6 +41,10 @@
  *     default stream, and any blocking stream, had enqueued. The pool's release threshold is the
  *     device's budget: what the runtime keeps cached never exceeds what it may hold, and a trim
  *     hands the rest back to the driver, where other frameworks in the process can get it.
+ *   - Mapped stacking (map_write, unmap): a second ring per worker, MAP_SLOTS pinned chunks of
+ *     MAP_CHUNK bytes, made on first use. runtime/convert.c fills a chunk from many host slices
+ *     with several threads, unmap sends it with one DMA and returns, and the next chunk fills
+ *     while it travels: pageable slices reach the GPU at close to pinned bandwidth.
  *   - Errors: every CUDA call goes through CU(), which clears the thread's last-error slot (the
  *     runtime API keeps the last error of any call, and a launch reports it through
  *     cudaGetLastError: a stale cudaErrorNotReady from an event poll would fail the next
@@ -58,6 +62,8 @@
 
 #define RING_SLOTS 3
 #define RING_CHUNK ((size_t)4 << 20)
+#define MAP_SLOTS 4
+#define MAP_CHUNK ((size_t)16 << 20)
 #define RING_ALIGN 256
 #define EVENTS (AB__PENDING_MAX + 1)
 #define BATCH_MIN ((size_t)1 << 20) /* gather slices this big go to the copy engines */
@@ -89,6 +95,11 @@ struct cu_worker {
   ring_slot ring[RING_SLOTS];
   int cur;                        /* the chunk uploads fill */
   size_t fill;                    /* bytes of it handed out */
+  ring_slot map[MAP_SLOTS];       /* map_write's chunks, made on first use (design notes) */
+  int map_next;                   /* the chunk the next map_write takes */
+  bool map_failed;                /* no pinned memory for them: map_write says AB_ENOTSUP */
+  ring_slot *mapped;              /* the chunk handed out and not yet unmapped */
+  size_t mapped_off, mapped_bytes;
   cu_event events[EVENTS];
   cu_event *free_events;
   double *partials;               /* device: minmax's per-block results */
@@ -224,6 +235,10 @@ static void cu_worker_stop(ab__worker *w) {
   for (int i = 0; i < RING_SLOTS; i++) {
     if (cw->ring[i].buf) cudaFreeHost(cw->ring[i].buf);
     if (cw->ring[i].done) cudaEventDestroy(cw->ring[i].done);
+  }
+  for (int i = 0; i < MAP_SLOTS; i++) {
+    if (cw->map[i].buf) cudaFreeHost(cw->map[i].buf);
+    if (cw->map[i].done) cudaEventDestroy(cw->map[i].done);
   }
   for (int i = 0; i < EVENTS; i++)
     if (cw->events[i].ev) cudaEventDestroy(cw->events[i].ev);
@@ -488,6 +503,53 @@ static int cu_upload(ab__worker *w, void *dst, size_t off, const void *host, siz
   return staged_upload(worker_of(w), (char *)dst + off, host, bytes);
 }
 
+/* Host access to [off, off + bytes) of base for writing, bytes <= MAP_CHUNK: the next map
+ * chunk, once its last DMA is done. The chunks are made on the first call; without pinned
+ * memory for them the answer is AB_ENOTSUP, and the caller uploads instead. */
+static int cu_map_write(ab__worker *w, void *base, size_t off, size_t bytes, void **host) {
+  (void)base;
+  cu_worker *cw = worker_of(w);
+  AB__ASSERT(bytes <= MAP_CHUNK && cw->mapped == NULL);
+  if (cw->map_failed) return AB_ENOTSUP;
+  if (ab__fault_hit(w->dev, AB_FAULT_COPY)) return AB_EFAULT;
+  int rc = use_w(w);
+  if (rc == 0 && cw->map[0].buf == NULL && (rc = make_slots(cw->map, MAP_SLOTS, MAP_CHUNK)) != 0) {
+    for (int i = 0; i < MAP_SLOTS; i++) { /* give back what was made: uploads will do */
+      if (cw->map[i].buf) cudaFreeHost(cw->map[i].buf);
+      if (cw->map[i].done) cudaEventDestroy(cw->map[i].done);
+      cw->map[i] = (ring_slot){0};
+    }
+    cudaGetLastError();
+    cw->map_failed = true;
+    return AB_ENOTSUP;
+  }
+  ring_slot *s = &cw->map[cw->map_next];
+  if (rc == 0) rc = slot_idle(s);
+  if (rc != 0) return rc;
+  cw->map_next = (cw->map_next + 1) % MAP_SLOTS;
+  cw->mapped = s;
+  cw->mapped_off = off;
+  cw->mapped_bytes = bytes;
+  *host = s->buf;
+  return 0;
+}
+
+/* The mapped chunk goes to the device in one DMA, in order on w's stream; the next map_write
+ * fills another chunk while it travels. */
+static int cu_unmap(ab__worker *w, void *base, void *host) {
+  cu_worker *cw = worker_of(w);
+  ring_slot *s = cw->mapped;
+  AB__ASSERT(s != NULL && host == s->buf);
+  cw->mapped = NULL;
+  int rc = use_w(w);
+  if (rc == 0)
+    rc = CU(cudaMemcpyAsync((char *)base + cw->mapped_off, s->buf, cw->mapped_bytes, cudaMemcpyHostToDevice,
+                            cw->stream));
+  if (rc == 0) rc = CU(cudaEventRecord(s->done, cw->stream));
+  if (rc == 0) s->busy = true;
+  return rc;
+}
+
 /* Chunk k's DMA into slot k % 2 is enqueued before chunk k-1 is copied out of the other. */
 static int staged_download(cu_worker *cw, char *host, const char *src, size_t bytes) {
   int rc = ring_drain(cw);
@@ -695,6 +757,9 @@ const ab__device_ops ab__cuda_ops = {
     .minmax = cu_minmax,
     .can_peer = cu_can_peer,
     .copy_from = cu_copy_from,
+    .map_write = cu_map_write,
+    .unmap = cu_unmap,
+    .map_chunk = MAP_CHUNK,
     .free_shared = cu_free_shared,
     .host_alloc = cu_host_alloc,
     .host_free = cu_host_free,

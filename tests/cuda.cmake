@@ -9,6 +9,11 @@ foreach(_t nodriver convert stack oom)
   endif()
 endforeach()
 
+# The CUDA screening steps' per-pixel code (cli/steps_pixel.h) on the host against the host
+# steps (cli/steps_host.c): plain C, so it runs in every tree, with or without nvcc.
+ab_add_test(test_cuda_screen_logic LABELS cuda SOURCES test_cuda_screen_logic.c ${PROJECT_SOURCE_DIR}/cli/steps_host.c
+  TIMEOUT 120)
+
 # The kernels' per-element logic (devices/cuda/sat.cuh) on the host against the host kernels:
 # runs without a GPU, in trees that have nvcc. nvcc builds the reference with the kernels' flags.
 if(AB_HAVE_CUDA)

@@ -465,7 +465,10 @@ static void crew_window(crew *cr, uint64_t gen, char *host, size_t lo, size_t le
   atomic_store_explicit(&cr->done, 0, memory_order_relaxed);
   atomic_store_explicit(&cr->claim, gen << GEN_SHIFT, memory_order_release); /* the fields above */
   crew_work(cr, gen);
-  while (atomic_load_explicit(&cr->done, memory_order_acquire) < len) ab__cpu_relax(); /* the last pieces */
+  /* the helpers' last pieces: a few microseconds, unless a helper lost its core (then yield) */
+  for (unsigned spins = 0; atomic_load_explicit(&cr->done, memory_order_acquire) < len; spins++)
+    if (spins < 256) ab__cpu_relax();
+    else sched_yield();
 }
 
 static size_t window_bytes(const ab__device *d, size_t total) {

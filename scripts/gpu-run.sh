@@ -46,6 +46,8 @@ FAILED=()
 
 say() { echo "$*" | tee -a "$S"; }
 left() { echo $((DEADLINE - SECONDS)); }
+# what an exit status RC means, for a verdict
+status() { case $1 in 124) echo "timed out: unverified" ;; 125) echo "no time left to run it" ;; *) echo "exit $1" ;; esac; }
 # verdict NAME PASS|FAIL|SKIP DETAIL
 verdict() {
   say "$1: $2${3:+ ($3)}"
@@ -110,7 +112,7 @@ for t in "$B"/tests/test_cuda_*; do
     else verdict "$name" FAIL "skipped on a GPU machine: $skips"
     fi
   else
-    verdict "$name" FAIL "exit $RC${line:+, ${line#\# }}"
+    verdict "$name" FAIL "$(status $RC)${line:+, ${line#\# }}"
   fi
 done
 
@@ -127,7 +129,7 @@ for d in host cuda all; do
     continue
   fi
   if ((RC != 0)); then
-    verdict "screen --devices $d" FAIL "exit $RC"
+    verdict "screen --devices $d" FAIL "$(status $RC)"
     continue
   fi
   cut -d, -f1,2,4- "$W/$d.csv" >"$W/$d.cut"
@@ -141,7 +143,7 @@ for d in host cuda all; do
 done
 run_capped "$O/screen.log" 120 bash tests/cli_test.sh same_everywhere "$CLI" 1
 if ((RC == 0)); then verdict "cli_test same_everywhere" PASS "$(grep -h '^identical on' "$O/screen.log" | tail -1)"
-else verdict "cli_test same_everywhere" FAIL "exit $RC"
+else verdict "cli_test same_everywhere" FAIL "$(status $RC)"
 fi
 rm -rf "$W"
 
@@ -152,7 +154,7 @@ if "$PY" -c 'import numpy, pytest' >/dev/null 2>&1; then
   last=$(grep -E '(passed|failed|skipped|error)' "$O/pytest.log" | tail -1)
   # exit 5 (nothing collected): the module skipped itself as a whole (no torch)
   if ((RC == 5)) && [[ $last == *skipped* && $last != *failed* && $last != *error* ]]; then RC=0; fi
-  if ((RC != 0)); then verdict pytest FAIL "exit $RC: $last"
+  if ((RC != 0)); then verdict pytest FAIL "$(status $RC): $last"
   elif [[ $last == *skipped* ]]; then verdict pytest "$( ((DRY)) && echo SKIP || echo FAIL)" "$last"
   else verdict pytest PASS "$last"
   fi
@@ -174,7 +176,7 @@ fi
 run_capped "$O/bench.log" 240 env AB_BENCH_NO_BUILD=1 AB_BENCH_BUILD_DIR="$B" BENCH_REPS=5 BENCH_ROUNDS=3 \
   BENCH_TIMEOUT=120 bash -c 'bench/run cuda_h2d cuda_d2h cuda_stack cuda_convert screen_gpu >>"$1"' _ "$O/bench.jsonl"
 nj=$(grep -c '^{' "$O/bench.jsonl")
-if ((RC != 0)); then verdict bench FAIL "exit $RC, $nj JSON lines"
+if ((RC != 0)); then verdict bench FAIL "$(status $RC), $nj JSON lines"
 elif ((nj == 0)); then verdict bench "$( ((DRY)) && echo SKIP || echo FAIL)" "no JSON line"
 else verdict bench PASS "$nj JSON lines"
 fi
@@ -194,13 +196,13 @@ sanitize() {
   local sum
   sum=$(grep -h 'ERROR SUMMARY\|RACECHECK SUMMARY' "$O/sanitizer.log" | tail -1)
   if ((RC == 0)); then verdict "$name" PASS "$sum"
-  else verdict "$name" FAIL "exit $RC${sum:+: $sum}"
+  else verdict "$name" FAIL "$(status $RC)${sum:+: $sum}"
   fi
 }
 SMALL=(screen --wells 2 --sites 1 --z 4 --size 128x96 --devices cuda --out /tmp/ab-sanitize.csv --quiet)
 sanitize "memcheck screen" 60 "${CS[@]}" --tool memcheck "$CLI" "${SMALL[@]}"
 sanitize "racecheck screen" 60 "${CS[@]}" --tool racecheck "$CLI" "${SMALL[@]}"
-sanitize "memcheck stack" 90 "${CS[@]}" --tool memcheck "$B/tests/test_cuda_stack" stack_same_device stack_windows
+sanitize "memcheck stack" 90 "${CS[@]}" --tool memcheck "$B/tests/test_cuda_stack" stack_same_device stack_pageable
 sanitize "memcheck interop" 60 "${CS[@]}" --tool memcheck "$B/tests/test_cuda_interop" foreign_cuda_memory \
   launch_after_pending_poll
 sanitize "memcheck convert" 60 "${CS[@]}" --tool memcheck "$B/tests/test_cuda_convert" local_matrix

@@ -178,7 +178,7 @@ static int test_consumer_stream_orders_the_free(void) {
   CU_OK(cudaMalloc(&copy, N));
   CU_OK(cudaMalloc(&delay, DELAY));
   CU_OK(cudaDeviceSynchronize());
-  for (int i = 0; i < 40; i++) CU_OK(cudaMemsetAsync(delay, i, DELAY, cudaStreamLegacy));
+  for (int i = 0; i < 120; i++) CU_OK(cudaMemsetAsync(delay, i, DELAY, cudaStreamLegacy)); /* tens of ms */
   CU_OK(cudaMemcpyAsync(copy, m->dl_tensor.data, N, cudaMemcpyDeviceToDevice, cudaStreamLegacy));
   m->deleter(m); /* done with it, as far as the host knows: its copy has not run yet */
   /* New data of the same size at once: the pool must not hand the block over before the copy. */

@@ -10,7 +10,7 @@
 #   gpu       scripts/gpu-check.sh: the GPU check built for sm_90 and packed into .gpu/ (tests,
 #             benchmarks, the command, the Python extension for CPython 3.12), then run here
 #             dry: with no GPU every GPU step must skip, and everything must load (about a
-#             minute)
+#             minute of CPU; the first run also makes a Python 3.12 venv with numpy and pytest)
 #   asan      build/asan   -DAB_SANITIZE=address (ASan+UBSan), ctest, then the benchmark
 #             programs once at toy sizes (a smoke run: no time is checked)
 #   tsan      build/tsan   -DAB_SANITIZE=thread, AB_TEST_SCALE=0.1, tests/tsan.supp

@@ -14,12 +14,10 @@
  *     program links one of its own. Both drive the same driver context of the GPU (the
  *     primary context), where the runtime's streams and memory are valid. The input tensor
  *     names the GPU (DLPack device id), which this runtime makes current before launching.
- *   - A launch that fails returns AB_EDEVICE (the CUDA error's name on stderr with AB_DEBUG).
+ *   - A CUDA call that fails fails the step with AB_EDEVICE and a message naming the call and
+ *     the CUDA error (ab_ctx_fail: the image's CSV row and, with AB_DEBUG, stderr).
  */
 #include <cuda_runtime.h>
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
 
 extern "C" {
 #include "cli/steps.h"
@@ -110,13 +108,12 @@ __global__ void threshold_kernel(const uint16_t *v, uint8_t *o, uint64_t n, uint
 }
 
 /* ---- the steps ---------------------------------------------------------------------------- */
-int launched(cudaError_t e, const char *what) {
+int launched(ab_ctx *c, cudaError_t e, const char *what) {
   if (e == cudaSuccess) return 0;
   cudaGetLastError(); /* reported here: not again by the next launch */
-  const char *dbg = getenv("AB_DEBUG");
-  if (dbg && *dbg && strcmp(dbg, "0") != 0)
-    fprintf(stderr, "arraybridge: screening step %s failed: %s: %s\n", what, cudaGetErrorName(e), cudaGetErrorString(e));
-  return e == cudaErrorMemoryAllocation ? AB_ENOMEM : AB_EDEVICE;
+  if (e == cudaErrorMemoryAllocation) return AB_ENOMEM;
+  return ab_ctx_fail(c, AB_EDEVICE, "%s failed (cli/steps_cuda.cu): %s: %s", what, cudaGetErrorName(e),
+                     cudaGetErrorString(e));
 }
 
 /* Input 0, checked like the host's; the stream, with the input's GPU current in this program's
@@ -128,7 +125,7 @@ int input(ab_ctx *c, int ndim, const DLTensor **x, const uint16_t **v, cudaStrea
   *s = (cudaStream_t)ab_ctx_stream(c);
   *v = (const uint16_t *)((const char *)(*x)->data + (*x)->byte_offset);
   cudaGetLastError(); /* whatever an earlier call left is not this step's */
-  return launched(cudaSetDevice((*x)->device.device_id), "cudaSetDevice");
+  return launched(c, cudaSetDevice((*x)->device.device_id), "cudaSetDevice");
 }
 
 int finish(ab_ctx *c, int rc, ab_tensor *out) {
@@ -158,18 +155,18 @@ int cuda_normalise(ab_ctx *c, void *arg) {
   if ((rc = ab_ctx_alloc_tensor(c, U16, 3, x->shape, &out)) != 0) return rc;
   uint16_t *o = (uint16_t *)ab_tensor_dl(out)->data;
   uint64_t n = (uint64_t)numel(x);
-  rc = launched(cudaMemsetAsync(lohi, 0, 65536 * sizeof(uint32_t), s), "cudaMemsetAsync");
+  rc = launched(c, cudaMemsetAsync(lohi, 0, 65536 * sizeof(uint32_t), s), "cudaMemsetAsync");
   if (rc == 0) {
     hist_kernel<<<blocks_for(n), THREADS, 0, s>>>(v, n, lohi);
-    rc = launched(cudaGetLastError(), "histogram");
+    rc = launched(c, cudaGetLastError(), "the histogram kernel's launch");
   }
   if (rc == 0) {
     percentiles_kernel<<<1, SP_THREADS, 0, s>>>(lohi, n, params);
-    rc = launched(cudaGetLastError(), "percentiles");
+    rc = launched(c, cudaGetLastError(), "the percentiles kernel's launch");
   }
   if (rc == 0) {
     scale_kernel<<<blocks_for(n), THREADS, 0, s>>>(v, n, o, lohi);
-    rc = launched(cudaGetLastError(), "scale");
+    rc = launched(c, cudaGetLastError(), "the scale kernel's launch");
   }
   return finish(c, rc, out);
 }
@@ -188,7 +185,7 @@ int cuda_filter(ab_ctx *c, void *arg) {
   dim3 block(32, 8), grid((unsigned)((w + 31) / 32), (unsigned)((h + 7) / 8), (unsigned)nz);
   if (nz > 0 && h > 0 && w > 0) {
     box_kernel<<<grid, block, 0, s>>>(v, (uint16_t *)ab_tensor_dl(out)->data, h, w, params.radius);
-    rc = launched(cudaGetLastError(), "filter");
+    rc = launched(c, cudaGetLastError(), "the filter kernel's launch");
   }
   return finish(c, rc, out);
 }
@@ -205,7 +202,7 @@ int cuda_project(ab_ctx *c, void *arg) {
   uint64_t hw = (uint64_t)(x->shape[1] * x->shape[2]);
   if (hw > 0 && x->shape[0] > 0) {
     maxz_kernel<<<blocks_for(hw), THREADS, 0, s>>>(v, (uint16_t *)ab_tensor_dl(out)->data, x->shape[0], hw);
-    rc = launched(cudaGetLastError(), "project");
+    rc = launched(c, cudaGetLastError(), "the projection kernel's launch");
   }
   return finish(c, rc, out);
 }
@@ -222,7 +219,7 @@ int cuda_threshold(ab_ctx *c, void *arg) {
   uint64_t n = (uint64_t)numel(x);
   if (n > 0) {
     threshold_kernel<<<blocks_for(n), THREADS, 0, s>>>(v, (uint8_t *)ab_tensor_dl(out)->data, n, params.threshold);
-    rc = launched(cudaGetLastError(), "threshold");
+    rc = launched(c, cudaGetLastError(), "the threshold kernel's launch");
   }
   return finish(c, rc, out);
 }

@@ -53,12 +53,16 @@ bool ab__debug_env(void) {
   return v && *v && strcmp(v, "0") != 0;
 }
 
+void ab__device_verror(const char *fmt, va_list ap) {
+  vsnprintf(device_note, sizeof device_note, fmt, ap);
+  if (ab__debug_env()) fprintf(stderr, "arraybridge: %s\n", device_note);
+}
+
 void ab__device_error(const char *fmt, ...) {
   va_list ap;
   va_start(ap, fmt);
-  vsnprintf(device_note, sizeof device_note, fmt, ap);
+  ab__device_verror(fmt, ap);
   va_end(ap);
-  if (ab__debug_env()) fprintf(stderr, "arraybridge: %s\n", device_note);
 }
 
 void ab__device_error_clear(void) { device_note[0] = 0; }

@@ -18,6 +18,7 @@
 #define AB_RUNTIME_INTERNAL_H
 
 #include <pthread.h>
+#include <stdarg.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -38,6 +39,7 @@ _Noreturn void ab__panic(const char *file, int line, const char *what);
  * ab__device_error sets it (and prints it when AB_DEBUG is set); take returns a copy from a
  * (NULL: none, or no memory) and clears it. */
 void ab__device_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+void ab__device_verror(const char *fmt, va_list ap);
 void ab__device_error_clear(void);
 const char *ab__device_error_peek(void);
 char *ab__device_error_take(const ab_allocator *a);

@@ -363,6 +363,17 @@ ab_tensor *ab_ctx_input(ab_ctx *c, int i) {
 
 bool ab_ctx_cancelled(ab_ctx *c) { return cancel_asked(c->w, c->task); }
 
+/* The text waits in the thread's device note (errors.c) until the task ends: finish_task, on
+ * this thread, makes it the future's message. */
+int ab_ctx_fail(ab_ctx *c, int code, const char *fmt, ...) {
+  if (c == NULL || fmt == NULL) return code;
+  va_list ap;
+  va_start(ap, fmt);
+  ab__device_verror(fmt, ap);
+  va_end(ap);
+  return code;
+}
+
 /* A free record slot: the inline block, or a new one chained after it. */
 static int scratch_slot(ab_ctx *c, ab__scratch **out) {
   ab__scratch *s = &c->scratch;

@@ -155,6 +155,24 @@ static int debug_output(const char *value, char *out, size_t cap) {
   return 0;
 }
 
+/* A compute task explains its own failure. */
+static int fail_task(ab_ctx *c, void *arg) { return ab_ctx_fail(c, AB_EINVAL, "bad %s of %d", (const char *)arg, 3); }
+
+static int test_ctx_fail_sets_the_message(void) {
+  ab_runtime *rt;
+  CHECK_OK(th_runtime(&rt, 1, 1));
+  ab_future *f;
+  CHECK_OK(th_submit_fn(rt, th_host(0), fail_task, "input", &f));
+  CHECK_OK(ab_future_wait(f, -1));
+  CHECK_EQ_INT(ab_future_status(f), AB_EINVAL);
+  CHECK_NOT_NULL(ab_future_message(f));
+  CHECK_MSG(strcmp(ab_future_message(f), "bad input of 3") == 0, "message: %s", ab_future_message(f));
+  ab_future_release(f);
+  CHECK_EQ_INT(ab_ctx_fail(NULL, AB_EDEVICE, "no task"), AB_EDEVICE);
+  CHECK_OK(ab_runtime_destroy(rt, AB_DRAIN));
+  return 0;
+}
+
 static int test_device_note_on_stderr_with_ab_debug(void) {
   char out[512];
   CHECK_OK(debug_output("1", out, sizeof out));
@@ -170,6 +188,7 @@ static int test_device_note_on_stderr_with_ab_debug(void) {
 static const ab_test_entry tests[] = {
     TEST_ENTRY(strerror_every_code), TEST_ENTRY(err_name_every_code),
     TEST_ENTRY(codes_distinct_and_negative), TEST_ENTRY(unknown_and_zero), TEST_ENTRY(version),
-    TEST_ENTRY(device_note_reaches_the_future), TEST_ENTRY(device_note_on_stderr_with_ab_debug),
+    TEST_ENTRY(device_note_reaches_the_future), TEST_ENTRY(ctx_fail_sets_the_message),
+    TEST_ENTRY(device_note_on_stderr_with_ab_debug),
     TEST_END};
 AB_TEST_MAIN(tests)

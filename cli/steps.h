@@ -12,8 +12,9 @@
  *   project    [z, y, x] u16 -> [y, x] u16: the maximum over z
  *   threshold  [y, x] u16 -> [y, x] u8: 1 where the value is >= SCREEN_THRESHOLD, else 0
  *
- * A kind without a row in the table (CUDA, until its steps are written) is not offered for
- * screening. Adding one is a new steps_<kind>.c and a row in steps_for().
+ * A kind without a row in the table (one this build has no backend for) is not offered for
+ * screening. Adding one is a new steps_<kind>.c (steps_cuda.cu for CUDA) and a row in
+ * steps_for().
  */
 #ifndef AB_CLI_STEPS_H
 #define AB_CLI_STEPS_H
@@ -37,6 +38,9 @@ void steps_cleanup(void);
 extern const screen_steps screen_steps_host;
 #ifdef AB_HAVE_OPENCL
 extern const screen_steps screen_steps_opencl;
+#endif
+#ifdef AB_HAVE_CUDA
+extern const screen_steps screen_steps_cuda;
 #endif
 
 /* Shared by every kind: the task's input 0, checked (contiguous, uint16, ndim dimensions). */

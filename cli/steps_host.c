@@ -106,8 +106,12 @@ const screen_steps *steps_for(int kind) {
   case AB_OPENCL:
     return &screen_steps_opencl;
 #endif
+#ifdef AB_HAVE_CUDA
+  case AB_CUDA:
+    return &screen_steps_cuda;
+#endif
   default:
-    return NULL; /* CUDA: no steps yet (see steps.h) */
+    return NULL; /* a kind this build has no backend for (see steps.h) */
   }
 }
 

@@ -96,6 +96,16 @@ struct ab__device_ops {
   /* Page-locked host memory for ab_tensor_alloc_pinned (any thread). NULL: none. */
   int (*host_alloc)(ab__device *d, size_t bytes, void **ptr);
   void (*host_free)(ab__device *d, void *ptr);
+
+  /* map_write's pipeline: 0, map the whole range at once; else map at most map_chunk bytes at
+   * a time, and unmap returns as soon as the piece is on its way (a discrete GPU's DMA), so the
+   * caller fills the next piece while the last one travels. map_write may then also return
+   * AB_ENOTSUP (no staging memory): upload instead. */
+  size_t map_chunk;
+  /* free, for memory that code outside the runtime had (a DLPack consumer such as torch): the
+   * memory must not be reused before the work that code enqueued on the device is done, which
+   * the runtime cannot see (any thread). NULL: free. */
+  void (*free_shared)(ab__device *d, void *ptr, size_t bytes);
 };
 
 #define AB__GATHER_MAX 8 /* slices per gather call */

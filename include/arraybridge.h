@@ -356,6 +356,11 @@ AB_API int ab_ctx_alloc_tensor(ab_ctx *c, DLDataType dt, int ndim, const int64_t
 /* The task's result; the future takes the caller's reference. */
 AB_API int ab_ctx_set_output(ab_ctx *c, ab_tensor *t);
 AB_API bool ab_ctx_cancelled(ab_ctx *c);
+/* Explains the task's failure: the text (printf-style) becomes its future's message
+ * (ab_future_message), and is printed on stderr when AB_DEBUG is set. Returns code, so a task
+ * ends with `return ab_ctx_fail(c, AB_EDEVICE, "histogram: %s", cudaGetErrorName(e));`. A task
+ * that ends with 0 keeps no message; one that ends with AB_ENOMEM gets the memory report. */
+AB_API int ab_ctx_fail(ab_ctx *c, int code, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 
 /* ---------------------------------------------------------------------------------------------
  * Futures

@@ -17,6 +17,7 @@
  *                                       of the one before; refused with AB_EPERM under the strict
  *                                       option
  */
+#include <sched.h>
 #include <string.h>
 
 #include "devices/host/host.h"
@@ -37,9 +38,22 @@ static void count_moved(ab__device *d, size_t bytes) {
 
 static ab__device *host_of(ab_runtime *rt) { return &rt->devices[rt->kind_first[AB_HOST]]; }
 
+/* A CUDA pointer from elsewhere (torch, CuPy, through DLPack) is valid in every stream of the
+ * process: any of this runtime's devices on its GPU can read it, `near` (the task's) first. */
+static ab__device *cuda_by_physical(ab_runtime *rt, int gpu, ab__device *near, int *err) {
+  if (near->id.kind == AB_CUDA && near->physical == gpu) return near;
+  for (int i = 0; i < rt->kind_count[AB_CUDA]; i++) {
+    ab__device *d = &rt->devices[rt->kind_first[AB_CUDA] + i];
+    if (d->physical == gpu) return d;
+  }
+  *err = AB_ENODEV; /* a GPU this runtime does not use (or none at all) */
+  return NULL;
+}
+
 /* The device whose memory holds t: host memory is any host worker's to read; device memory
- * must be this runtime's own (a cl_mem of another context cannot be used here). */
-static ab__device *source_device(ab_runtime *rt, const ab_tensor *t, int *err) {
+ * must be this runtime's own (a cl_mem of another context cannot be used here), except CUDA
+ * memory, which belongs to a GPU rather than to a runtime. */
+static ab__device *source_device(ab_runtime *rt, const ab_tensor *t, ab__device *near, int *err) {
   ab_device home = ab_tensor_device(t);
   if (home.kind == AB_HOST) {
     if (rt->kind_count[AB_HOST] > 0) return host_of(rt);
@@ -48,6 +62,8 @@ static ab__device *source_device(ab_runtime *rt, const ab_tensor *t, int *err) {
   }
   while (t->owner == AB__OWN_VIEW) t = t->u.base;
   if (t->owner == AB__OWN_ARENA && t->dev->rt == rt) return t->dev;
+  if (t->dl.device.device_type == kDLCUDA || t->dl.device.device_type == kDLCUDAManaged)
+    return cuda_by_physical(rt, t->dl.device.device_id, near, err);
   *err = AB_ENOTSUP;
   return NULL;
 }
@@ -230,7 +246,7 @@ static int put(ab_ctx *c, const ab_tensor *src, void *dst, size_t off, DLDataTyp
   ab__worker *w = c->w;
   ab__device *d = w->dev;
   int rc = 0;
-  ab__device *s = source_device(d->rt, src, &rc);
+  ab__device *s = source_device(d->rt, src, d, &rc);
   if (s == NULL) return rc;
   bool s_host = s->id.kind == AB_HOST, d_host = d->id.kind == AB_HOST;
   if ((s_host && d_host) || s == d) return local(w, src, dst, off, dt, p);
@@ -242,6 +258,9 @@ static int put(ab_ctx *c, const ab_tensor *src, void *dst, size_t off, DLDataTyp
 
 
 /* ---- the tasks ------------------------------------------------------------------------------ */
+static bool plain_host(const ab_tensor *sl, DLDataType dt);
+static int stream_in(ab_ctx *c, ab_tensor *out, size_t slice, DLDataType dt, bool *done);
+
 /* The end of a conversion or stack: on failure nothing may still write into out, so the stream
  * is drained before out goes; on success out becomes the task's result. */
 static int finish_output(ab_ctx *c, ab_tensor *out, int rc) {
@@ -266,7 +285,14 @@ int ab__convert_run(ab_ctx *c) {
   int rc = ab__tensor_alloc_on(d, c->w, dt, src->dl.ndim, src->shape, &out);
   if (rc != 0) return rc;
   ab__cast_params p = {.mode = t->copt.cast};
-  return finish_output(c, out, put(c, src, out->dl.data, 0, dt, &p));
+  /* a big host array onto a device that pipelines its maps: several threads fill the staging
+   * (tests turn it on for the other backends with ab__map_window_test) */
+  bool streamed = false;
+  size_t pipe = d->ops->map_chunk ? d->ops->map_chunk : ab__map_window_test;
+  if (d->id.kind != AB_HOST && d->ops->map_write && pipe && out->nbytes >= pipe && plain_host(src, dt))
+    rc = stream_in(c, out, out->nbytes, dt, &streamed);
+  if (rc == 0 && !streamed) rc = put(c, src, out->dl.data, 0, dt, &p);
+  return finish_output(c, out, rc);
 }
 
 /* Stretching a stack uses one range over every slice, so slices stay comparable. Each slice's
@@ -277,7 +303,7 @@ static int stack_range(ab_ctx *c, ab__cast_params *p, DLDataType dt) {
   for (int i = 0; i < t->nin; i++) {
     const ab_tensor *sl = t->in[i].tensor;
     int rc = 0;
-    ab__device *s = source_device(c->w->dev->rt, sl, &rc);
+    ab__device *s = source_device(c->w->dev->rt, sl, c->w->dev, &rc);
     if (s == NULL) return rc;
     double lo, hi;
     bool found;
@@ -302,7 +328,7 @@ static bool gatherable(ab_ctx *c, const ab_tensor *sl, DLDataType dt) {
   if (sl == NULL) return false;
   ab__device *d = c->w->dev;
   int err;
-  return d->id.kind != AB_HOST && fits(sl, dt) && source_device(d->rt, sl, &err) == d;
+  return d->id.kind != AB_HOST && fits(sl, dt) && source_device(d->rt, sl, d, &err) == d;
 }
 
 /* Gathers the run of gatherable slices from i, up to AB__GATHER_MAX; returns how many. */
@@ -319,78 +345,180 @@ static int gather_run(ab_ctx *c, int i, ab_tensor *out, size_t slice, DLDataType
   return rc < 0 ? rc : n;
 }
 
-/* ---- host slices straight into a mapped volume ------------------------------------------------ */
+/* ---- host slices straight into device memory ------------------------------------------------ */
+/*
+ * Design notes
+ *   - The volume's bytes are filled window by window: a window is host memory standing for
+ *     volume bytes [lo, lo + len): the volume itself on the host, ops->map_write's memory on a
+ *     device. Where the backend pipelines (ops->map_chunk), window k+1 fills while window k
+ *     travels to the device; otherwise the whole volume is one window.
+ *   - A window is copied by a crew: this thread and up to CREW_MAX - 1 host workers, which
+ *     claim PART-byte pieces of it. One memcpy stream does not saturate memory (on the 2-core
+ *     development machine, 14.8 GB/s against 23.5 for two threads), let alone a GPU's DMA.
+ *     Helpers are submitted with AB_SUBMIT_TRY; one that has not started by the end is
+ *     cancelled, so a busy host pool never holds a stack up (and this thread never waits for a
+ *     helper to start: no deadlock when it is a host worker itself).
+ *   - claim packs the window's generation (high 16 bits) with the next piece's offset, so a
+ *     helper late from window k can never take a piece of window k+1 for one of window k: its
+ *     CAS fails once the generation moved. A window's fields are written before its claim word
+ *     is published (release) and read after a successful claim (acquire, from the same release
+ *     sequence); the owner moves on only when the window's bytes are all counted done (acquire,
+ *     pairing with each piece's release).
+ */
+#define PART ((size_t)256 << 10)
+#define CREW_MAX 8
+#define GEN_SHIFT 48
+#define OFF_MASK (((uint64_t)1 << GEN_SHIFT) - 1)
+
+size_t ab__map_window_test;
+
 /* A host slice that needs no packing or cast: its bytes go straight to their offset. */
 static bool plain_host(const ab_tensor *sl, DLDataType dt) {
   return ab_tensor_device(sl).kind == AB_HOST && fits(sl, dt);
 }
 
 typedef struct {
-  ab_future *task;                /* the stack task: its inputs are the slices */
-  char *mapped;                   /* the volume, as the host sees it */
-  size_t slice;
+  ab_future *task;                /* its inputs are the slices */
+  size_t slice;                   /* bytes per slice */
   DLDataType dt;
-  int from, to;                   /* slice indexes to copy, [from, to) */
-} copy_job;
+  char *window;                   /* host memory for volume bytes [lo, lo + len) */
+  size_t lo;
+  _Atomic size_t len;             /* read before a claim, so atomic; relaxed (design notes) */
+  _Atomic uint64_t claim;         /* generation << GEN_SHIFT | the next piece's offset */
+  _Atomic size_t done;            /* bytes of the window copied */
+  _Atomic int over;               /* no more windows: helpers leave */
+} crew;
 
-static void copy_slices(const copy_job *j) {
-  for (int i = j->from; i < j->to; i++) {
-    const ab_tensor *sl = j->task->in[i].tensor;
-    if (plain_host(sl, j->dt)) ab__copy_stream(j->mapped + j->slice * (size_t)i, host_ptr(sl), j->slice);
+/* Volume bytes [a, b) from the plain host slices they belong to into the window. */
+static void copy_range(const crew *cr, size_t a, size_t b) {
+  for (size_t i = a / cr->slice; i * cr->slice < b; i++) {
+    const ab_tensor *sl = cr->task->in[i].tensor;
+    size_t s0 = i * cr->slice, from = a > s0 ? a : s0, to = b < s0 + cr->slice ? b : s0 + cr->slice;
+    if (plain_host(sl, cr->dt))
+      ab__copy_stream(cr->window + (from - cr->lo), (const char *)host_ptr(sl) + (from - s0), to - from);
   }
 }
 
-static int copy_task(ab_ctx *c, void *arg) {
+/* Copies pieces of window `gen` until none is left or the window has moved on. */
+static void crew_work(crew *cr, uint64_t gen) {
+  uint64_t v = atomic_load_explicit(&cr->claim, memory_order_acquire);
+  for (;;) {
+    size_t off = v & OFF_MASK, len = atomic_load_explicit(&cr->len, memory_order_relaxed);
+    if (v >> GEN_SHIFT != gen || off >= len) return;
+    /* acquire: the window's fields, published with its claim word */
+    if (!atomic_compare_exchange_weak_explicit(&cr->claim, &v, v + PART, memory_order_acquire, memory_order_acquire))
+      continue;
+    size_t end = len - off < PART ? len : off + PART;
+    copy_range(cr, cr->lo + off, cr->lo + end);
+    atomic_fetch_add_explicit(&cr->done, end - off, memory_order_release); /* pairs with the owner's wait */
+    v = atomic_load_explicit(&cr->claim, memory_order_acquire);
+  }
+}
+
+static int crew_task(ab_ctx *c, void *arg) {
   (void)c;
-  copy_slices(arg);
-  return 0;
-}
-
-/* Copies on this thread and, when a host worker is free, on that one too: one memcpy stream
- * does not saturate memory (on the 2-core development machine, 14.8 GB/s against 23.5 for
- * two). If the helper has not started by the time our half is done, it is cancelled and we do
- * its half: waiting on a busy pool could never deadlock. */
-static void copy_parallel(ab_runtime *rt, copy_job *all) {
-  copy_job mine = *all, theirs = *all;
-  mine.to = theirs.from = all->from + (all->to - all->from) / 2;
-  ab_task_desc d = AB_TASK_DESC_INIT;
-  d.fn = copy_task;
-  d.arg = &theirs;
-  d.name = "stack copy"; /* the helper half, in traces */
-  d.place.mode = AB_SUBMIT_TRY;
-  ab_future *f = NULL;
-  if (rt->kind_count[AB_HOST] == 0 || theirs.to - theirs.from < 8 || ab_submit(rt, &d, &f) != 0) {
-    copy_slices(all);
-    return;
+  crew *cr = arg;
+  uint64_t seen = 0; /* generations start at 1 */
+  for (unsigned spins = 0;;) {
+    uint64_t gen = atomic_load_explicit(&cr->claim, memory_order_acquire) >> GEN_SHIFT;
+    if (gen != seen) {
+      crew_work(cr, gen);
+      seen = gen;
+      spins = 0;
+    } else if (atomic_load_explicit(&cr->over, memory_order_acquire)) {
+      return 0;
+    } else if (++spins < 64) { /* the next window comes within microseconds, unless a DMA holds it */
+      ab__cpu_relax();
+    } else {
+      sched_yield();
+    }
   }
-  copy_slices(&mine);
-  if (ab_future_cancel(f) == 0) copy_slices(&theirs); /* it never ran */
-  else ab_future_wait(f, -1);
-  ab_future_release(f);
 }
 
-/* Maps the volume once and fills every plain host slice (*done); the others are left to put(). */
-static int stack_host_slices(ab_ctx *c, ab_tensor *out, size_t slice, DLDataType dt, bool *done) {
-  ab_future *t = c->task;
+/* Up to n helpers; returns how many were submitted. */
+static int crew_start(ab_runtime *rt, crew *cr, ab_future **f, int n) {
+  ab_task_desc d = AB_TASK_DESC_INIT;
+  d.fn = crew_task;
+  d.arg = cr;
+  d.name = "stack copy"; /* in traces */
+  d.place.mode = AB_SUBMIT_TRY;
+  int k = 0;
+  while (k < n && ab_submit(rt, &d, &f[k]) == 0) k++;
+  return k;
+}
+
+/* Helpers that never started are cancelled; the others are told to leave and waited for. */
+static void crew_stop(crew *cr, ab_future **f, int n) {
+  atomic_store_explicit(&cr->over, 1, memory_order_release); /* after the last window's fields */
+  for (int k = 0; k < n; k++) {
+    if (ab_future_cancel(f[k]) != 0) ab_future_wait(f[k], -1);
+    ab_future_release(f[k]);
+  }
+}
+
+/* Publishes window [lo, lo + len) at `host` as generation gen, copies it with the crew, and
+ * returns once every byte is in. */
+static void crew_window(crew *cr, uint64_t gen, char *host, size_t lo, size_t len) {
+  cr->window = host;
+  cr->lo = lo;
+  atomic_store_explicit(&cr->len, len, memory_order_relaxed);
+  atomic_store_explicit(&cr->done, 0, memory_order_relaxed);
+  atomic_store_explicit(&cr->claim, gen << GEN_SHIFT, memory_order_release); /* the fields above */
+  crew_work(cr, gen);
+  /* the helpers' last pieces: a few microseconds, unless a helper lost its core (then yield) */
+  for (unsigned spins = 0; atomic_load_explicit(&cr->done, memory_order_acquire) < len; spins++)
+    if (spins < 256) ab__cpu_relax();
+    else sched_yield();
+}
+
+static size_t window_bytes(const ab__device *d, size_t total) {
+  size_t win = d->id.kind != AB_HOST && d->ops->map_chunk ? d->ops->map_chunk : total;
+  return ab__map_window_test && ab__map_window_test < win ? ab__map_window_test : win;
+}
+
+/* Fills the plain host slices of c's task into out (slices of `slice` bytes): straight into
+ * its memory on the host, through mapped windows on a device. *done false: the device cannot
+ * map (put() does it all). */
+static int stream_in(ab_ctx *c, ab_tensor *out, size_t slice, DLDataType dt, bool *done) {
   ab__worker *w = c->w;
   ab__device *d = w->dev;
+  ab_runtime *rt = d->rt;
+  bool host = d->id.kind == AB_HOST;
+  if (!host && d->ops->map_write == NULL) return 0;
+  if (host && ab__fault_hit(d, AB_FAULT_COPY)) return AB_EFAULT;
+  size_t total = out->nbytes, win = window_bytes(d, total);
+  crew cr = {.task = c->task, .slice = slice, .dt = dt};
+  ab_future *helpers[CREW_MAX - 1];
+  /* the host's other workers, as many as a window has pieces for, at most CREW_MAX - 1 */
+  size_t pieces = (win + PART - 1) / PART, want = rt->kind_count[AB_HOST] ? (size_t)host_of(rt)->nworkers : 0;
+  if (host && want > 0) want--; /* this thread is one of them */
+  if (want > pieces - 1) want = pieces - 1;
+  if (want > CREW_MAX - 1) want = CREW_MAX - 1;
+  int nh = 0, rc = 0;
+  uint64_t gen = 1;
+  for (size_t lo = 0; lo < total && rc == 0; lo += win, gen++) {
+    size_t len = total - lo < win ? total - lo : win;
+    void *h = (char *)out->dl.data + lo;
+    if (!host && (rc = d->ops->map_write(w, out->dl.data, lo, len, &h)) != 0) break;
+    if (gen == 1) nh = crew_start(rt, &cr, helpers, (int)want);
+    crew_window(&cr, gen, h, lo, len);
+    if (!host) rc = d->ops->unmap(w, out->dl.data, h);
+    if (rc == 0 && ab_ctx_cancelled(c)) rc = AB_ECANCELED;
+  }
+  crew_stop(&cr, helpers, nh);
+  if (rc == AB_ENOTSUP && gen == 1) return 0; /* no staging memory for a map: uploads instead */
+  *done = rc == 0;
+  return rc;
+}
+
+/* A stack of at least two plain host slices goes through stream_in; the others are left to
+ * put(). */
+static int stack_host_slices(ab_ctx *c, ab_tensor *out, size_t slice, DLDataType dt, bool *done) {
+  ab_future *t = c->task;
   int nplain = 0;
   for (int i = 0; i < t->nin; i++) nplain += plain_host(t->in[i].tensor, dt);
   if (nplain < 2 || out->nbytes == 0) return 0;
-  if (d->id.kind == AB_HOST) { /* the volume is host memory already */
-    if (ab__fault_hit(d, AB_FAULT_COPY)) return AB_EFAULT;
-    copy_parallel(d->rt, &(copy_job){t, out->dl.data, slice, dt, 0, t->nin});
-    *done = true;
-    return 0;
-  }
-  if (d->ops->map_write == NULL) return 0;
-  void *mapped;
-  int rc = d->ops->map_write(w, out->dl.data, 0, out->nbytes, &mapped);
-  if (rc != 0) return rc;
-  copy_parallel(d->rt, &(copy_job){t, mapped, slice, dt, 0, t->nin});
-  rc = d->ops->unmap(w, out->dl.data, mapped);
-  *done = true;
-  return rc;
+  return stream_in(c, out, slice, dt, done);
 }
 
 int ab__stack_run(ab_ctx *c) {

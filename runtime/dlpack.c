@@ -134,6 +134,13 @@ int ab_tensor_wrap(const DLTensor *dl, uint32_t flags, void (*release)(void *), 
 }
 
 /* ---- export: the managed struct keeps a reference on the tensor ------------------------------ */
+/* The consumer may use the memory on streams of its own, still running when it lets go: the
+ * arena tensor under t is marked, and its memory freed after the consumer's work. */
+static void mark_shared(ab_tensor *t) {
+  while (t->owner == AB__OWN_VIEW) t = t->u.base;
+  if (t->owner == AB__OWN_ARENA) atomic_store_explicit(&t->shared, true, memory_order_relaxed); /* see the field */
+}
+
 typedef struct {
   DLManagedTensorVersioned m;
   ab_tensor *t;
@@ -170,6 +177,7 @@ int ab_tensor_export(ab_tensor *t, DLManagedTensorVersioned **out) {
   if (t->flags & AB_TENSOR_IS_COPIED) e->m.flags |= DLPACK_FLAG_BITMASK_IS_COPIED;
   e->m.dl_tensor = t->dl;
   e->t = ab_tensor_retain(t);
+  mark_shared(t);
   *out = &e->m;
   return 0;
 }
@@ -186,6 +194,7 @@ int ab_tensor_export_legacy(ab_tensor *t, DLManagedTensor **out) {
   e->m.deleter = delete_l;
   e->m.dl_tensor = t->dl;
   e->t = ab_tensor_retain(t);
+  mark_shared(t);
   *out = &e->m;
   return 0;
 }

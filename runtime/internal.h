@@ -18,6 +18,7 @@
 #define AB_RUNTIME_INTERNAL_H
 
 #include <pthread.h>
+#include <stdarg.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -33,6 +34,16 @@ static const bool ab__debug = true;
 #endif
 
 _Noreturn void ab__panic(const char *file, int line, const char *what);
+
+/* errors.c: the calling thread's note about the last backend call that failed ("" : none).
+ * ab__device_error sets it (and prints it when AB_DEBUG is set); take returns a copy from a
+ * (NULL: none, or no memory) and clears it. */
+void ab__device_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+void ab__device_verror(const char *fmt, va_list ap);
+void ab__device_error_clear(void);
+const char *ab__device_error_peek(void);
+char *ab__device_error_take(const ab_allocator *a);
+bool ab__debug_env(void); /* AB_DEBUG is set (and not "0") */
 #define AB__ASSERT(e)                                                                         \
   do {                                                                                       \
     if (ab__debug && !(e)) ab__panic(__FILE__, __LINE__, #e);                                \
@@ -175,6 +186,8 @@ int ab__mem_reserve(ab__device *d, size_t bytes);
 void ab__mem_unreserve(ab__device *d, size_t bytes);
 int ab__mem_alloc(ab__device *d, ab__worker *w, size_t bytes, void **ptr);
 void ab__mem_free(ab__device *d, void *ptr, size_t bytes);
+/* The same for memory a DLPack consumer had (ops->free_shared: after that consumer's work). */
+void ab__mem_free_shared(ab__device *d, void *ptr, size_t bytes);
 bool ab__fault_hit(ab__device *d, int op);
 char *ab__mem_report(ab__device *d, const ab_future *t); /* malloc'd text, or NULL */
 
@@ -228,6 +241,9 @@ struct ab_tensor {
   ab__device *dev;                /* ARENA, PINNED: whose budget holds the memory */
   size_t nbytes;                  /* elements x element size */
   size_t alloc_bytes;             /* ARENA: bytes reserved */
+  _Atomic bool shared;            /* ARENA: exported through DLPack (tensor.c frees it with
+                                     ab__mem_free_shared); relaxed: the last release's acq_rel
+                                     on refs orders it before the free */
   union {
     DLManagedTensorVersioned *ver;
     DLManagedTensor *legacy;
@@ -378,5 +394,8 @@ struct ab_ctx {
 /* convert.c: the bodies of conversion and stacking tasks */
 int ab__convert_run(ab_ctx *c);
 int ab__stack_run(ab_ctx *c);
+/* Tests only: host slices stream into a device (or the host) in windows of at most this many
+ * bytes, so that many-window pipelines run on small data (0: the backend's own size). */
+extern size_t ab__map_window_test;
 
 #endif

@@ -89,12 +89,21 @@ int ab__mem_alloc(ab__device *d, ab__worker *w, size_t bytes, void **ptr) {
   return AB_ENOMEM;
 }
 
-void ab__mem_free(ab__device *d, void *ptr, size_t bytes) {
-  d->ops->free(d, ptr, bytes);
+static void freed(ab__device *d, size_t bytes) {
   ab__mem_unreserve(d, bytes);
   /* release: the freed budget before a parked task's retry reads it */
   atomic_fetch_add_explicit(&d->freed_gen, 1, memory_order_release);
   if (atomic_load_explicit(&d->nparked, memory_order_relaxed) > 0) ab__wake_workers(d);
+}
+
+void ab__mem_free(ab__device *d, void *ptr, size_t bytes) {
+  d->ops->free(d, ptr, bytes);
+  freed(d, bytes);
+}
+
+void ab__mem_free_shared(ab__device *d, void *ptr, size_t bytes) {
+  (d->ops->free_shared ? d->ops->free_shared : d->ops->free)(d, ptr, bytes);
+  freed(d, bytes);
 }
 
 static const char *kind_name(int kind) {

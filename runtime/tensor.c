@@ -74,6 +74,7 @@ ab_tensor *ab__tensor_new(ab_runtime *rt) {
   if (t == NULL) return NULL;
   memset(t, 0, sizeof *t);
   atomic_init(&t->refs, 1);
+  atomic_init(&t->shared, false);
   t->rt = rt;
   if (rt) ab__runtime_ref(rt);
   return t;
@@ -245,7 +246,10 @@ static void release_memory(ab_tensor *t) {
     if (t->u.wrap.fn) t->u.wrap.fn(t->u.wrap.ctx);
     break;
   case AB__OWN_ARENA:
-    ab__mem_free(t->dev, t->dl.data, t->alloc_bytes);
+    if (atomic_load_explicit(&t->shared, memory_order_relaxed)) /* see the field */
+      ab__mem_free_shared(t->dev, t->dl.data, t->alloc_bytes);
+    else
+      ab__mem_free(t->dev, t->dl.data, t->alloc_bytes);
     break;
   case AB__OWN_VIEW:
     ab_tensor_release(t->u.base);

@@ -180,6 +180,20 @@ static bool cancel_asked(ab__worker *w, ab_future *t) {
          atomic_load_explicit(&w->dev->rt->cancelling, memory_order_relaxed);
 }
 
+/* A task's own out-of-memory (a framework inside it ran out: the runtime's ladder did not fail,
+ * or need would say how much it lacked): what the device's pools cache may be what that
+ * framework lacks, so it goes back to the driver before the task waits for its retry. */
+static void give_back(ab__device *d, ab__worker *w) {
+  if (d->ops->trim) {
+    d->ops->trim(w);
+    atomic_fetch_add_explicit(&d->stats.oom_trims, 1, memory_order_relaxed); /* stat */
+  }
+  if (d->ops->sync) {
+    d->ops->sync(d);
+    atomic_fetch_add_explicit(&d->stats.oom_syncs, 1, memory_order_relaxed); /* stat */
+  }
+}
+
 /* The end of a task whose body ran and whose stream work is done: out-of-memory goes to the
  * ladder, anything else completes the future. */
 static void finish_task(ab__worker *w, ab_future *t, int rc, ab_tensor *output, ab__scratch *scratch,
@@ -193,6 +207,7 @@ static void finish_task(ab__worker *w, ab_future *t, int rc, ab_tensor *output, 
   }
   uint64_t bytes = t->bytes; /* once t is parked or re-routed, another worker may own it */
   uint64_t need = rc == AB_ENOMEM ? atomic_exchange_explicit(&w->oom_need, 0, memory_order_relaxed) : 0;
+  if (rc == AB_ENOMEM && need == 0 && t->kind == AB__TASK_COMPUTE) give_back(d, w);
   if (rc == AB_ENOMEM && on_enomem(d, t, need)) {
     ab__device_unaccount(d, bytes);
     return; /* parked or re-routed: the system's reference travels with it */
@@ -202,6 +217,9 @@ static void finish_task(ab__worker *w, ab_future *t, int rc, ab_tensor *output, 
     t->message = ab__mem_report(d, t);
   }
   if (rc == AB_ENOMEM && cancel_asked(w, t)) rc = AB_ECANCELED; /* asked to stop while short of memory */
+  if (rc != 0 && rc != AB_ENOMEM && !t->message) /* what the backend said, e.g. a CUDA error's name */
+    t->message = ab__device_error_take(&d->rt->alloc);
+  ab__device_error_clear();
   ab__task_release_inputs(t); /* not needed any more: free them before anyone sees completion */
   int64_t delay = atomic_load_explicit(&d->faults.delay_ns, memory_order_relaxed);
   if (delay > 0) ab__sleep_ns(delay);
@@ -238,6 +256,7 @@ static void run_one(ab__worker *w, ab_future *t) {
   }
   if (w->npending == AB__PENDING_MAX) reap(w, true); /* room for this one */
   ab_ctx c = {.w = w, .task = t};
+  ab__device_error_clear(); /* a note left by an earlier task is not this one's */
   int64_t t0 = ab__tracing(rt) ? ab__trace_now(rt) : 0; /* the one branch tracing costs when off */
   int rc = run_body(&c);
   int64_t t1 = t0 ? ab__trace_now(rt) : 0;
@@ -343,6 +362,17 @@ ab_tensor *ab_ctx_input(ab_ctx *c, int i) {
 }
 
 bool ab_ctx_cancelled(ab_ctx *c) { return cancel_asked(c->w, c->task); }
+
+/* The text waits in the thread's device note (errors.c) until the task ends: finish_task, on
+ * this thread, makes it the future's message. */
+int ab_ctx_fail(ab_ctx *c, int code, const char *fmt, ...) {
+  if (c == NULL || fmt == NULL) return code;
+  va_list ap;
+  va_start(ap, fmt);
+  ab__device_verror(fmt, ap);
+  va_end(ap);
+  return code;
+}
 
 /* A free record slot: the inline block, or a new one chained after it. */
 static int scratch_slot(ab_ctx *c, ab__scratch **out) {

@@ -11,6 +11,10 @@
 #   cleanroom the same install and consumer with the CUDA toolkit and the dlpack, OpenCL, ck
 #             and jemalloc development files hidden (scripts/without.sh, root): only a C
 #             compiler, CMake and pkg-config are left
+#   gpu       scripts/gpu-check.sh: the GPU check built for sm_90 and packed into .gpu/ (tests,
+#             benchmarks, the command, the Python extension for CPython 3.12), then run here
+#             dry: with no GPU every GPU step must skip, and everything must load (about a
+#             minute of CPU; the first run also makes a Python 3.12 venv with numpy and pytest)
 #   asan      build/asan   -DAB_SANITIZE=address (ASan+UBSan), ctest, then the benchmark
 #             programs once at toy sizes (a smoke run: no time is checked)
 #   tsan      build/tsan   -DAB_SANITIZE=thread, AB_TEST_SCALE=0.1, tests/tsan.supp
@@ -40,7 +44,7 @@
 #
 # The sanitizer trees build without CUDA (AB_WITH_CUDA=OFF): with no GPU here the CUDA code can
 # only take its zero-device path, which the plain tree already runs, while nvcc would add a
-# minute of kernel builds to each tree. On a GPU machine use scripts/gpu-check.sh.
+# minute of kernel builds to each tree. For a GPU machine, scripts/gpu-check.sh packs .gpu/.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")/.." && pwd)"
@@ -49,7 +53,7 @@ B="$ROOT/build"
 JOBS="${AB_JOBS:-$(nproc 2>/dev/null || echo 2)}"
 read -r -a EXTRA_CMAKE <<<"${AB_CMAKE_ARGS:-}"
 read -r -a EXTRA_CTEST <<<"${AB_CTEST_ARGS:-}"
-ALL_STEPS=(plain symbols consumer cleanroom asan tsan fuzz python pip pyasan pytsan)
+ALL_STEPS=(plain symbols consumer cleanroom gpu asan tsan fuzz python pip pyasan pytsan)
 VENV="${AB_VENV:-$ROOT/.venv}"
 
 mkdir -p "$B/logs" "$B/pocl-cache"
@@ -150,6 +154,8 @@ cuda_toolkit_paths() {
   done
   find /usr/local/bin /usr/bin -maxdepth 1 -type f -size -4k -exec grep -lI 'cuda[^ ]*/bin/' {} + 2>/dev/null || true
 }
+
+step_gpu() { "$ROOT/scripts/gpu-check.sh"; }
 
 step_asan() {
   export ASAN_OPTIONS="detect_leaks=1:abort_on_error=1:strict_string_checks=1:detect_stack_use_after_return=1"

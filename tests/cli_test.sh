@@ -12,6 +12,8 @@ SMALL=(--wells 4 --sites 2 --z 4 --size 96x80 --seed 7)
 fail() { echo "FAIL: $*" >&2; exit 1; }
 # The number of OpenCL devices the runtime sees.
 n_opencl() { "$CLI" devices | awk '$1 == "opencl"' | wc -l; }
+# The number of CUDA devices the runtime sees and this build has steps for (none without a GPU).
+n_cuda() { "$CLI" devices | awk '$1 == "cuda" && $NF == "yes"' | wc -l; }
 
 case_devices() {
   "$CLI" devices >"$W/out"
@@ -39,13 +41,15 @@ case_screen_small() {
   (($(tail -n +2 "$W/r.csv" | awk -F, '$5 > 0' | wc -l) >= 6)) || fail "too few images with cells"
 }
 
-# The same plate on the host alone, on each OpenCL device alone and on all of them: the same
-# numbers, and each row names the device it was forced onto.
+# The same plate on the host alone, on each OpenCL and CUDA device alone and on all of them: the
+# same numbers, and each row names the device it was forced onto.
 case_same_everywhere() {
   local devs=(host all) d
   if ((OPENCL)); then
     for ((i = 0; i < $(n_opencl); i++)); do devs+=("opencl:$i"); done
   fi
+  for ((i = 0; i < $(n_cuda); i++)); do devs+=("cuda:$i"); done
+  (($(n_cuda) > 0)) || echo "note: no CUDA device here: CUDA not compared"
   for d in "${devs[@]}"; do
     "$CLI" screen "${SMALL[@]}" --devices "$d" --out "$W/$d.csv" --quiet
     if [[ $d != all ]]; then
@@ -114,8 +118,8 @@ case_memory_limit() {
 case_trace() {
   "$CLI" screen "${SMALL[@]}" --out "$W/r.csv" --trace "$W/t.json" --quiet
   local workers streams
-  workers=$("$CLI" devices | awk '$1 == "host" || $1 == "opencl" { n += $(NF - 1) } END { print n }')
-  streams=$("$CLI" devices | awk '$1 == "opencl" { n += $(NF - 1) } END { print n + 0 }')
+  workers=$("$CLI" devices | awk '$1 == "host" || $1 == "opencl" || $1 == "cuda" { n += $(NF - 1) } END { print n }')
+  streams=$("$CLI" devices | awk '$1 == "opencl" || $1 == "cuda" { n += $(NF - 1) } END { print n + 0 }')
   python3 "$HERE/trace_check.py" "$W/t.json" normalise >"$W/sum"
   cat "$W/sum" | grep -v '^order'
   grep -qx "workers $workers" "$W/sum" || fail "want $workers worker tracks"

@@ -769,7 +769,44 @@ static int test_zero_copy_after_future(void) {
   return 0;
 }
 
+/* CUDA memory from elsewhere (torch, CuPy through DLPack) belongs to a GPU, not a runtime: a
+ * conversion or stack from it needs a CUDA device of this runtime on that GPU, and says
+ * AB_ENODEV (not AB_ENOTSUP: the memory is fine, the GPU is not ours) when there is none. GPU
+ * 63 is nobody's here, whatever the machine has; test_cuda_convert reads a real one. */
+static int test_foreign_cuda_source_needs_its_gpu(void) {
+  ab_runtime *rt;
+  CHECK_OK(th_runtime(&rt, 1, 1));
+  static uint16_t fake[16]; /* never read: no device of this runtime can reach it */
+  int64_t shape[1] = {16};
+  DLTensor dl = {.data = fake, .device = {kDLCUDA, 63}, .ndim = 1, .dtype = {kDLUInt, 16, 1}, .shape = shape};
+  ab_tensor *g;
+  CHECK_OK(ab_tensor_wrap(&dl, 0, NULL, NULL, &g));
+  ab_future *f;
+  CHECK_OK(ab_convert(rt, g, th_host(0), NULL, &f));
+  CHECK_OK(ab_future_wait(f, -1));
+  CHECK_EQ_INT(ab_future_status(f), AB_ENODEV);
+  ab_future_release(f);
+  ab_tensor *two[2] = {g, g};
+  CHECK_OK(ab_stack(rt, two, 2, th_host(0), NULL, &f));
+  CHECK_OK(ab_future_wait(f, -1));
+  CHECK_EQ_INT(ab_future_status(f), AB_ENODEV);
+  ab_future_release(f);
+  /* another backend's device memory still cannot be read by this runtime */
+  dl.device = (DLDevice){kDLOpenCL, 0};
+  ab_tensor *o;
+  CHECK_OK(ab_tensor_wrap(&dl, 0, NULL, NULL, &o));
+  CHECK_OK(ab_convert(rt, o, th_host(0), NULL, &f));
+  CHECK_OK(ab_future_wait(f, -1));
+  CHECK_EQ_INT(ab_future_status(f), AB_ENOTSUP);
+  ab_future_release(f);
+  ab_tensor_release(o);
+  ab_tensor_release(g);
+  CHECK_OK(ab_runtime_destroy(rt, AB_DRAIN));
+  return 0;
+}
+
 static const ab_test_entry tests[] = {TEST_ENTRY(saturate_all_pairs),
+                                      TEST_ENTRY(foreign_cuda_source_needs_its_gpu),
                                       TEST_ENTRY(stretch_all_pairs),
                                       TEST_ENTRY(stretch_known_values),
                                       TEST_ENTRY(strided_sources),

@@ -2,7 +2,8 @@
  * test_cuda_stack.c: ab_stack onto CUDA devices and ab_unstack from them, against the same
  * slices stacked on the host (bit for bit). Skips (77) without enough CUDA devices.
  *
- * Slices: pageable host (staging ring), pinned host (direct DMA), on the target GPU (the gather
+ * Slices: pageable and pinned host (copied by host threads into pinned chunks, each sent in one
+ * DMA while the next fills; strided ones through the staging ring), on the target GPU (the gather
  * kernel below 1 MiB a slice, batched copies above), on another logical device of the GPU
  * (device-to-device copies), and a mix of all of them with a dtype change.
  */
@@ -92,6 +93,17 @@ static int sources_test(int from) {
 }
 
 static int test_stack_pageable(void) { return sources_test(FROM_PAGEABLE); }
+
+/* 98 MB of pageable slices: several 16 MiB windows filled by the host's workers, each sent while
+ * the next fills; and with pinned and device slices mixed in. */
+static int test_stack_windows(void) {
+  ab_runtime *rt;
+  RT2(&rt);
+  int bad = stack_case(rt, FROM_PAGEABLE, 48, 1024, 1000, TH_U16, TH_U16, AB_CAST_SATURATE);
+  bad |= stack_case(rt, FROM_MIXED, 41, 1000, 999, TH_U16, TH_U16, AB_CAST_SATURATE);
+  CHECK_OK(ab_runtime_destroy(rt, AB_DRAIN));
+  return bad;
+}
 static int test_stack_pinned(void) { return sources_test(FROM_PINNED); }
 static int test_stack_same_device(void) { return sources_test(FROM_SAME); }
 static int test_stack_other_logical(void) { return sources_test(FROM_OTHER); }
@@ -140,6 +152,7 @@ static int test_unstack(void) {
 
 static const ab_test_entry tests[] = {
     TEST_ENTRY_T(stack_pageable, 120),
+    TEST_ENTRY_T(stack_windows, 120),
     TEST_ENTRY_T(stack_pinned, 120),
     TEST_ENTRY_T(stack_same_device, 120),
     TEST_ENTRY_T(stack_other_logical, 120),

@@ -619,7 +619,53 @@ static int test_mem_used_returns_to_zero(void) {
   return 0;
 }
 
+/* ---- a task's own out-of-memory (a framework in it ran out) gives the device's cache back ---- */
+static atomic_int framework_calls;
+static int framework_task(ab_ctx *c, void *arg) {
+  (void)c;
+  (void)arg;
+  return atomic_fetch_add(&framework_calls, 1) == 0 ? AB_ENOMEM : 0; /* short of memory once */
+}
+
+/* Memory the device's pools cache is what another framework in the process may lack: before
+ * the task is parked, the cache is trimmed and pending frees synchronised (counted in the
+ * stats), then the retry succeeds. The runtime's own ladder failures are not counted twice. */
+static int test_task_oom_gives_cache_back(void) {
+  ab_runtime *rt;
+  ab_runtime_options o;
+  oom_options(&o, 1, 1);
+  CHECK_OK(ab_runtime_create(&o, &rt));
+  ab_device_stats before, after;
+  CHECK_OK(th_stats(rt, th_host(0), &before));
+  ab_future *f;
+  CHECK_OK(th_submit_fn(rt, th_host(0), framework_task, NULL, &f));
+  CHECK_OK(ab_future_wait(f, TH_SEC(30)));
+  CHECK_OK(ab_future_status(f));
+  ab_future_release(f);
+  CHECK_EQ_INT(atomic_load(&framework_calls), 2);
+  CHECK_OK(th_stats(rt, th_host(0), &after));
+  CHECK_EQ_U64(after.oom_trims - before.oom_trims, 1);
+  CHECK_EQ_U64(after.oom_syncs - before.oom_syncs, 1);
+  CHECK_EQ_U64(after.oom_parks - before.oom_parks, 1);
+  /* a task the runtime's own ladder failed: trimmed and synchronised by the ladder, once */
+  ab_tensor *hold;
+  CHECK_OK(alloc_bytes(rt, th_host(0), HOLD_BYTES, &hold));
+  CHECK_OK(th_stats(rt, th_host(0), &before));
+  ab_oom_policy nw = {.no_wait = true};
+  CHECK_OK(submit_alloc(rt, th_host(0), &nw, NULL, 0, &f));
+  CHECK_OK(ab_future_wait(f, -1));
+  CHECK_EQ_INT(ab_future_status(f), AB_ENOMEM);
+  ab_future_release(f);
+  CHECK_OK(th_stats(rt, th_host(0), &after));
+  CHECK_EQ_U64(after.oom_trims - before.oom_trims, 1);
+  CHECK_EQ_U64(after.oom_syncs - before.oom_syncs, 1);
+  ab_tensor_release(hold);
+  CHECK_OK(ab_runtime_destroy(rt, AB_DRAIN));
+  return 0;
+}
+
 static const ab_test_entry tests[] = {TEST_ENTRY(park_until_memory_frees),
+                                      TEST_ENTRY(task_oom_gives_cache_back),
                                       TEST_ENTRY(no_wait_fails_cleanly),
                                       TEST_ENTRY(per_task_policy),
                                       TEST_ENTRY(spill_makes_retry_succeed),

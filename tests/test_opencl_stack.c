@@ -6,6 +6,8 @@
  */
 #include "test_opencl_common.c"
 
+extern size_t ab__map_window_test; /* runtime/convert.c: windows this small, for the tests */
+
 #define NSL 4
 static const int64_t SL_SHAPE[2] = {5, 7};
 static const int64_t SL_BSHAPE[2] = {15, 11};
@@ -356,7 +358,93 @@ static int test_unstack(void) {
   return 0;
 }
 
+/* ---- many host slices through mapped windows (the pipeline a GPU's DMA uses) ------------------ */
+static uint16_t wval(int i, int64_t k) { return (uint16_t)(i * 7919 + k * 31); }
+
+/* n slices of h x w u16, element k of slice i = wval(i, k); every 5th a transposed view (not
+ * plain: uploaded on its own after the windows). */
+static int window_slices(ab_runtime *rt, int n, int64_t h, int64_t w, ab_tensor **sl) {
+  for (int i = 0; i < n; i++) {
+    int64_t shape[2] = {h, w}, bshape[2] = {w, h}, st[2] = {1, h};
+    ab_tensor *t;
+    CHECK_OK(ab_tensor_alloc(rt, th_host(0), TH_U16, 2, i % 5 == 3 ? bshape : shape, &t));
+    uint16_t *p = ab_tensor_dl(t)->data;
+    for (int64_t y = 0; y < h; y++)
+      for (int64_t x = 0; x < w; x++) p[i % 5 == 3 ? x * h + y : y * w + x] = wval(i, y * w + x);
+    if (i % 5 != 3) {
+      sl[i] = t;
+      continue;
+    }
+    CHECK_OK(ab_tensor_view(t, 2, shape, st, 0, &sl[i]));
+    ab_tensor_release(t);
+  }
+  return 0;
+}
+
+/* The volume (on any device) read back and compared with wval. */
+static int window_check(ab_runtime *rt, ab_tensor *vol, int n, int64_t h, int64_t w) {
+  ab_tensor *back;
+  CHECK_OK(toc_to_host(rt, vol, &back));
+  const uint16_t *p = ab_tensor_dl(back)->data;
+  int bad = 0;
+  for (int i = 0; i < n && !bad; i++)
+    for (int64_t k = 0; k < h * w && !bad; k++)
+      if (p[i * h * w + k] != wval(i, k)) {
+        fprintf(stderr, "# slice %d element %lld: %u, want %u\n", i, (long long)k, p[i * h * w + k], wval(i, k));
+        bad = 1;
+      }
+  ab_tensor_release(back);
+  return bad;
+}
+
+enum { WN = 200, WH = 96, WW = 100 }; /* 3.8 MB, six windows of 640 KiB */
+
+/* Stacking and converting onto opencl:0 window by window, each window mapped, filled by this
+ * worker and the host's two, and unmapped; a copy fault at the second window fails the stack
+ * cleanly (AB_EFAULT, its memory back) and the next one works. */
+static int test_stream_in_windows(void) {
+  ab_runtime *rt;
+  ab_runtime_options opt;
+  toc_options(&opt);
+  TOC_RUNTIME(&rt, &opt, 1);
+  ab__map_window_test = 640 << 10;
+  ab_tensor *sl[WN], *vol;
+  CHECK_OK(window_slices(rt, WN, WH, WW, sl));
+  ab_future *f;
+  CHECK_OK(ab_stack(rt, sl, WN, toc_ocl(0), NULL, &f));
+  CHECK_OK(toc_take(f, &vol));
+  int bad = window_check(rt, vol, WN, WH, WW);
+  /* one array, the same way (the conversion streams when the backend pipelines its maps) */
+  ab_tensor *flat, *flat_dev;
+  ab_convert_options fc = AB_CONVERT_OPTIONS_INIT;
+  fc.force_copy = true;
+  CHECK_OK(toc_convert(rt, vol, th_host(0), &fc, &flat));
+  CHECK_OK(toc_convert(rt, flat, toc_ocl(0), &fc, &flat_dev));
+  bad |= window_check(rt, flat_dev, WN, WH, WW);
+  ab_tensor_release(flat_dev);
+  ab_tensor_release(flat);
+  ab_tensor_release(vol);
+  /* copy faults: the stack's own check is the first, the first window's map the second */
+  ab_fault_spec fs = {.op = AB_FAULT_COPY, .device = toc_ocl(0), .nth = 3, .count = 1};
+  CHECK_OK(ab_runtime_fault(rt, &fs));
+  CHECK_OK(ab_stack(rt, sl, WN, toc_ocl(0), NULL, &f));
+  CHECK_EQ_INT(toc_take(f, NULL), AB_EFAULT);
+  ab_fault_spec off = {0};
+  CHECK_OK(ab_runtime_fault(rt, &off));
+  CHECK_EQ_U64(toc_mem_settle(rt, AB_OPENCL, 0), 0);
+  CHECK_OK(ab_stack(rt, sl, WN, toc_ocl(0), NULL, &f));
+  CHECK_OK(toc_take(f, &vol));
+  bad |= window_check(rt, vol, WN, WH, WW);
+  ab_tensor_release(vol);
+  for (int i = 0; i < WN; i++) ab_tensor_release(sl[i]);
+  CHECK_EQ_U64(toc_mem_settle(rt, AB_OPENCL, 0), 0);
+  CHECK_OK(ab_runtime_destroy(rt, AB_DRAIN));
+  ab__map_window_test = 0;
+  return bad;
+}
+
 static const ab_test_entry tests[] = {
+    TEST_ENTRY_T(stream_in_windows, 120),
     TEST_ENTRY_T(stack_matrix, 150),
     TEST_ENTRY_T(stack_stretch_one_range, 60),
     TEST_ENTRY_T(stack_other_destinations, 120),

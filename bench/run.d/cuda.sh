@@ -2,7 +2,7 @@
 # GPU, in the same process (bench/bench_cuda.c), and torch where it has CUDA. Without a GPU (or
 # a driver, or a build with CUDA) each benchmark prints a one-line note on stderr, no JSON, and
 # succeeds.
-AB_BENCH_DEFAULT+=(cuda_h2d cuda_d2h cuda_stack cuda_convert)
+AB_BENCH_DEFAULT+=(cuda_h2d cuda_d2h cuda_stack cuda_convert screen_gpu)
 
 # 0 when bench_cuda is built and sees a GPU; else a note and 1.
 cuda_ready() {
@@ -39,16 +39,20 @@ cuda_transfer() {
 bench_cuda_h2d() { cuda_transfer cuda_h2d h2d; }
 bench_cuda_d2h() { cuda_transfer cuda_d2h d2h; }
 
-# cuda_stack: 1000 host slices of 512x512 uint16 onto the GPU, against a cudaMemcpy per slice,
-# and against torch.stack(slices).cuda() when python3 has torch with CUDA.
+# cuda_stack: 1000 host slices of 512x512 uint16 onto the GPU (host threads fill pinned chunks,
+# each sent while the next fills), against a cudaMemcpy per slice, against a cudaMemcpy of the
+# same bytes from pinned memory (the limit), and against torch.stack(slices).cuda() when python3
+# has torch with CUDA.
 bench_cuda_stack() {
   cuda_ready cuda_stack || return 0
   run_raw "$TMP/cu_stack" "$BENCH_BIN/bench_cuda" stack
   log "ours: GB/s $(raw_all "$TMP/cu_stack" ours_gbps)"
   log "cudaMemcpy per slice: GB/s $(raw_all "$TMP/cu_stack" loop_gbps)"
+  log "cudaMemcpy pinned: GB/s $(raw_all "$TMP/cu_stack" pinned_gbps)"
   local ours
   ours=$(raw_median "$TMP/cu_stack" ours_gbps)
   emit_json cuda_stack gb_per_s "$ours" "cudaMemcpy per slice" "$(raw_median "$TMP/cu_stack" loop_gbps)" higher
+  emit_json cuda_stack gb_per_s "$ours" "cudaMemcpy pinned" "$(raw_median "$TMP/cu_stack" pinned_gbps)" higher
   if ! python3 -c 'import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)' 2>/dev/null; then
     log "cuda_stack: no python torch with CUDA, no torch line"
     return 0
@@ -80,4 +84,27 @@ bench_cuda_convert() {
   log "raw: us $(raw_all "$TMP/cu_convert" raw_us)"
   emit_json cuda_convert latency_us "$(raw_median "$TMP/cu_convert" ours_us)" \
     "cudaMemcpyAsync+sync" "$(raw_median "$TMP/cu_convert" raw_us)" lower
+}
+
+# screen_gpu: `arraybridge screen` on CUDA device 0 alone against the same plate on the host
+# device alone (one worker per core), BENCH_ROUNDS (3) alternating rounds after a warm-up, the
+# plate of BENCH_SCREEN_ARGS (bench/run.d/screen.sh). ratio = cuda / host images per second.
+bench_screen_gpu() {
+  cuda_ready screen_gpu || return 0
+  build_targets arraybridge_cli
+  if ! "$BUILD/cli/arraybridge" devices | awk '$1 == "cuda" && $NF == "yes"' | grep -q .; then
+    log "screen_gpu: this build has no CUDA screening steps, skipped"
+    return 0
+  fi
+  screen_env
+  local r rounds=${BENCH_ROUNDS:-3}
+  screen_once "$TMP/sg_warm" cuda:0
+  for ((r = 1; r <= rounds; r++)); do
+    screen_once "$TMP/sg_cuda" cuda:0
+    screen_once "$TMP/sg_host" host
+  done
+  log "screen_gpu cuda:0: images/s $(raw_all "$TMP/sg_cuda" images_per_s)"
+  log "screen_gpu host: images/s $(raw_all "$TMP/sg_host" images_per_s)"
+  emit_json screen_gpu images_per_s "$(raw_median "$TMP/sg_cuda" images_per_s)" \
+    "host device alone ($(nproc) cores)" "$(raw_median "$TMP/sg_host" images_per_s)" higher
 }

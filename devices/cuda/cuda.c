@@ -35,6 +35,21 @@
  *     gives the pool's unused memory back (cudaMemPoolTrimTo), sync waits for every stream of the
  *     device so that pending frees land in the pool, then trims the pools of every logical
  *     device of the GPU, and the search starts again.
+ *   - Memory handed to code outside the runtime (a DLPack consumer: torch, CuPy) may still be
+ *     read by that code's kernels when its last reference goes: such memory is freed on the
+ *     device's legacy default stream (free_shared), which runs after everything the consumer's
+ *     default stream, and any blocking stream, had enqueued. The pool's release threshold is the
+ *     device's budget: what the runtime keeps cached never exceeds what it may hold, and a trim
+ *     hands the rest back to the driver, where other frameworks in the process can get it.
+ *   - Mapped stacking (map_write, unmap): a second ring per worker, MAP_SLOTS pinned chunks of
+ *     MAP_CHUNK bytes, made on first use. runtime/convert.c fills a chunk from many host slices
+ *     with several threads, unmap sends it with one DMA and returns, and the next chunk fills
+ *     while it travels: pageable slices reach the GPU at close to pinned bandwidth.
+ *   - Errors: every CUDA call goes through CU(), which clears the thread's last-error slot (the
+ *     runtime API keeps the last error of any call, and a launch reports it through
+ *     cudaGetLastError: a stale cudaErrorNotReady from an event poll would fail the next
+ *     launch) and leaves a note naming the call, the line and the CUDA error for the task's
+ *     future (runtime/errors.c). Sticky errors stay sticky whatever is cleared.
  *   - Fault injection: allocations in the runtime's ladder and ab_tensor_alloc_pinned,
  *     AB_FAULT_COPY before each upload, download and copy, AB_FAULT_LAUNCH before each kernel.
  */
@@ -47,6 +62,8 @@
 
 #define RING_SLOTS 3
 #define RING_CHUNK ((size_t)4 << 20)
+#define MAP_SLOTS 4
+#define MAP_CHUNK ((size_t)16 << 20)
 #define RING_ALIGN 256
 #define EVENTS (AB__PENDING_MAX + 1)
 #define BATCH_MIN ((size_t)1 << 20) /* gather slices this big go to the copy engines */
@@ -78,6 +95,11 @@ struct cu_worker {
   ring_slot ring[RING_SLOTS];
   int cur;                        /* the chunk uploads fill */
   size_t fill;                    /* bytes of it handed out */
+  ring_slot map[MAP_SLOTS];       /* map_write's chunks, made on first use (design notes) */
+  int map_next;                   /* the chunk the next map_write takes */
+  bool map_failed;                /* no pinned memory for them: map_write says AB_ENOTSUP */
+  ring_slot *mapped;              /* the chunk handed out and not yet unmapped */
+  size_t mapped_off, mapped_bytes;
   cu_event events[EVENTS];
   cu_event *free_events;
   double *partials;               /* device: minmax's per-block results */
@@ -85,23 +107,27 @@ struct cu_worker {
 
 extern const ab__device_ops ab__cuda_ops;
 
-static int cu_err(cudaError_t e) {
-  switch (e) {
-  case cudaSuccess:
-    return 0;
-  case cudaErrorMemoryAllocation:
-    cudaGetLastError(); /* not sticky: clear it so later calls do not report it again */
-    return AB_ENOMEM;
-  default:
-    return AB_EDEVICE;
-  }
+/* A CUDA call's result as an AB_E* code. On failure the thread's last-error slot is cleared
+ * (the error is reported here, by this call's caller: it must not fail a later launch, whose
+ * only report is cudaGetLastError) and the thread's device note names the call, where it was
+ * made and the CUDA error (ab_future_message; on stderr with AB_DEBUG). */
+int ab__cu_check(int err, const char *call, int line) {
+  cudaError_t e = (cudaError_t)err;
+  if (e == cudaSuccess) return 0;
+  cudaGetLastError();
+  int name = (int)strcspn(call, "("); /* the function, not its arguments */
+  ab__device_error("%.*s failed (devices/cuda/cuda.c:%d): %s: %s", name, call, line, cudaGetErrorName(e),
+                   cudaGetErrorString(e));
+  return e == cudaErrorMemoryAllocation ? AB_ENOMEM : AB_EDEVICE;
 }
+#define CU(call) ab__cu_check((int)(call), #call, __LINE__)
+#define CU_AS(err, name) ab__cu_check((int)(err), name, __LINE__) /* a result kept in a variable */
 
 /* Makes phys the calling thread's device (every thread calls from any device's ops). */
 static int use(int phys) {
   int cur = -1;
   if (cudaGetDevice(&cur) == cudaSuccess && cur == phys) return 0;
-  return cu_err(cudaSetDevice(phys));
+  return CU(cudaSetDevice(phys));
 }
 
 /* A user's thread (runtime create and destroy, ab_tensor_alloc, the last release of a tensor)
@@ -133,7 +159,7 @@ static int cu_probe(ab__phys_info *out, int cap) {
   if (n > MAX_GPUS) n = MAX_GPUS;
   for (int i = 0; i < n && i < cap; i++) {
     struct cudaDeviceProp p;
-    if (cudaGetDeviceProperties(&p, i) != cudaSuccess) return i;
+    if (CU(cudaGetDeviceProperties(&p, i)) != 0) return i;
     snprintf(out[i].name, sizeof out[i].name, "%.63s", p.name);
     out[i].memory_total = p.totalGlobalMem;
   }
@@ -148,9 +174,9 @@ static void enable_peers(cu_dev *c) {
   for (int p = 0; p < n && p < MAX_GPUS; p++) {
     int to = 0, from = 0;
     if (p == c->phys) continue;
-    cudaDeviceCanAccessPeer(&to, c->phys, p);
-    cudaDeviceCanAccessPeer(&from, p, c->phys);
-    if (!to || !from) continue;
+    if (CU(cudaDeviceCanAccessPeer(&to, c->phys, p)) != 0 || CU(cudaDeviceCanAccessPeer(&from, p, c->phys)) != 0 ||
+        !to || !from)
+      continue;
     cudaError_t e = cudaDeviceEnablePeerAccess(p, 0);
     if (e != cudaSuccess && e != cudaErrorPeerAccessAlreadyEnabled) {
       cudaGetLastError();
@@ -159,7 +185,7 @@ static void enable_peers(cu_dev *c) {
     cudaGetLastError(); /* AlreadyEnabled: another logical device of this GPU did it */
     struct cudaMemAccessDesc a = {.location = {.type = cudaMemLocationTypeDevice, .id = p},
                                   .flags = cudaMemAccessFlagsProtReadWrite};
-    if (cudaMemPoolSetAccess(c->pool, &a, 1) == cudaSuccess) c->peers |= 1ull << p;
+    if (CU(cudaMemPoolSetAccess(c->pool, &a, 1)) == 0) c->peers |= 1ull << p;
   }
 }
 
@@ -187,10 +213,12 @@ static int cu_open(ab__device *d) {
   struct cudaMemPoolProps props = {.allocType = cudaMemAllocationTypePinned,
                                    .handleTypes = cudaMemHandleTypeNone,
                                    .location = {.type = cudaMemLocationTypeDevice, .id = c->phys}};
-  if (rc == 0) rc = cu_err(cudaMemPoolCreate(&c->pool, &props));
-  uint64_t keep = UINT64_MAX; /* freed blocks stay for reuse; trim gives them back */
-  if (rc == 0) rc = cu_err(cudaMemPoolSetAttribute(c->pool, cudaMemPoolAttrReleaseThreshold, &keep));
-  if (rc == 0) rc = cu_err(cudaStreamCreateWithFlags(&c->service, cudaStreamNonBlocking));
+  if (rc == 0) rc = CU(cudaMemPoolCreate(&c->pool, &props));
+  /* Freed blocks stay for reuse up to the budget (never more than the runtime may hold); past
+   * it, and after a trim, they go back to the driver for other frameworks (design notes). */
+  uint64_t keep = d->budget < d->memory_total ? d->budget : d->memory_total;
+  if (rc == 0) rc = CU(cudaMemPoolSetAttribute(c->pool, cudaMemPoolAttrReleaseThreshold, &keep));
+  if (rc == 0) rc = CU(cudaStreamCreateWithFlags(&c->service, cudaStreamNonBlocking));
   if (rc == 0) enable_peers(c);
   leave(prev);
   if (rc != 0) cu_close(d); /* the runtime closes only devices that opened */
@@ -208,6 +236,10 @@ static void cu_worker_stop(ab__worker *w) {
     if (cw->ring[i].buf) cudaFreeHost(cw->ring[i].buf);
     if (cw->ring[i].done) cudaEventDestroy(cw->ring[i].done);
   }
+  for (int i = 0; i < MAP_SLOTS; i++) {
+    if (cw->map[i].buf) cudaFreeHost(cw->map[i].buf);
+    if (cw->map[i].done) cudaEventDestroy(cw->map[i].done);
+  }
   for (int i = 0; i < EVENTS; i++)
     if (cw->events[i].ev) cudaEventDestroy(cw->events[i].ev);
   if (cw->stream) {
@@ -219,24 +251,25 @@ static void cu_worker_stop(ab__worker *w) {
   w->backend = NULL;
 }
 
-static cudaError_t make_events(cu_worker *cw) {
+static int make_events(cu_worker *cw) {
   for (int i = 0; i < EVENTS; i++) {
-    cudaError_t e = cudaEventCreateWithFlags(&cw->events[i].ev, cudaEventDisableTiming);
-    if (e != cudaSuccess) return e;
+    int rc = CU(cudaEventCreateWithFlags(&cw->events[i].ev, cudaEventDisableTiming));
+    if (rc != 0) return rc;
     cw->events[i].owner = cw;
     cw->events[i].next = cw->free_events;
     cw->free_events = &cw->events[i];
   }
-  return cudaSuccess;
+  return 0;
 }
 
-static cudaError_t make_ring(cu_worker *cw) {
-  for (int i = 0; i < RING_SLOTS; i++) {
-    cudaError_t e = cudaMallocHost((void **)&cw->ring[i].buf, RING_CHUNK);
-    if (e == cudaSuccess) e = cudaEventCreateWithFlags(&cw->ring[i].done, cudaEventDisableTiming);
-    if (e != cudaSuccess) return e;
+/* n pinned chunks of `bytes`, each with its event. */
+static int make_slots(ring_slot *slots, int n, size_t bytes) {
+  for (int i = 0; i < n; i++) {
+    int rc = CU(cudaMallocHost((void **)&slots[i].buf, bytes));
+    if (rc == 0) rc = CU(cudaEventCreateWithFlags(&slots[i].done, cudaEventDisableTiming));
+    if (rc != 0) return rc;
   }
-  return cudaSuccess;
+  return 0;
 }
 
 static int cu_worker_start(ab__worker *w) {
@@ -245,12 +278,12 @@ static int cu_worker_start(ab__worker *w) {
   if (cw == NULL) return AB_ENOMEM;
   w->backend = cw;
   int prev, rc = enter(c->phys, &prev);
-  if (rc == 0) rc = cu_err(cudaStreamCreateWithFlags(&cw->stream, cudaStreamNonBlocking));
-  if (rc == 0) rc = cu_err(make_events(cw));
-  if (rc == 0) rc = cu_err(make_ring(cw));
+  if (rc == 0) rc = CU(cudaStreamCreateWithFlags(&cw->stream, cudaStreamNonBlocking));
+  if (rc == 0) rc = make_events(cw);
+  if (rc == 0) rc = make_slots(cw->ring, RING_SLOTS, RING_CHUNK);
   size_t pb = sizeof(double) * 3 * AB__CU_MINMAX_BLOCKS;
-  if (rc == 0) rc = cu_err(cudaMallocFromPoolAsync((void **)&cw->partials, pb, c->pool, cw->stream));
-  if (rc == 0) rc = cu_err(cudaStreamSynchronize(cw->stream));
+  if (rc == 0) rc = CU(cudaMallocFromPoolAsync((void **)&cw->partials, pb, c->pool, cw->stream));
+  if (rc == 0) rc = CU(cudaStreamSynchronize(cw->stream));
   leave(prev);
   return rc; /* on failure the runtime calls worker_stop, which frees what was made */
 }
@@ -260,12 +293,21 @@ static int cu_worker_start(ab__worker *w) {
  * memory on w's stream; any other thread goes through the service stream. */
 static bool on_own_stream(ab__worker *w) { return w->index < 0 || ab__current_worker == w; }
 
-static int pool_alloc(cu_dev *c, ab__worker *w, size_t bytes, void **ptr) {
+/* A request the GPU cannot hold is out of memory whatever the driver calls it: the pool may
+ * answer one larger than the device with cudaErrorInvalidValue rather than
+ * cudaErrorMemoryAllocation, and the OOM ladder must see AB_ENOMEM either way. */
+static int pool_error(int rc, cudaError_t e, size_t bytes, uint64_t total) {
+  return rc == AB_EDEVICE && e == cudaErrorInvalidValue && bytes > total ? AB_ENOMEM : rc;
+}
+
+static int pool_alloc(ab__device *d, ab__worker *w, size_t bytes, void **ptr) {
+  cu_dev *c = dev_of(d);
   bool own = on_own_stream(w);
   cudaStream_t s = own ? stream_of(w) : c->service;
-  int rc = cu_err(cudaMallocFromPoolAsync(ptr, bytes, c->pool, s));
+  cudaError_t e = cudaMallocFromPoolAsync(ptr, bytes, c->pool, s);
+  int rc = pool_error(CU_AS(e, "cudaMallocFromPoolAsync"), e, bytes, d->memory_total);
   if (rc != 0 || own) return rc;
-  rc = cu_err(cudaStreamSynchronize(s)); /* usable from any stream once we return */
+  rc = CU(cudaStreamSynchronize(s)); /* usable from any stream once we return */
   if (rc != 0) cudaFreeAsync(*ptr, s);
   return rc;
 }
@@ -273,7 +315,7 @@ static int pool_alloc(cu_dev *c, ab__worker *w, size_t bytes, void **ptr) {
 static int cu_alloc(ab__worker *w, size_t bytes, void **ptr) {
   cu_dev *c = dev_of(w->dev);
   int prev, rc = enter(c->phys, &prev);
-  if (rc == 0) rc = pool_alloc(c, w, bytes, ptr);
+  if (rc == 0) rc = pool_alloc(w->dev, w, bytes, ptr);
   leave(prev);
   return rc;
 }
@@ -285,11 +327,23 @@ static void cu_free(ab__device *d, void *ptr, size_t bytes) {
   enter(c->phys, &prev);
   ab__worker *me = ab__current_worker;
   cudaStream_t s = me && me->dev == d ? stream_of(me) : c->service;
-  cudaFreeAsync(ptr, s);
+  CU(cudaFreeAsync(ptr, s));
   leave(prev);
 }
 
-static void cu_trim(ab__worker *w) { cudaMemPoolTrimTo(dev_of(w->dev)->pool, 0); }
+/* Memory a DLPack consumer had: freed on the legacy default stream, so that the block returns
+ * to the pool only after the consumer's kernels enqueued on its default stream (or any
+ * blocking stream) before this free (design notes). The runtime's own streams are non-blocking
+ * and its own uses are done before any free, so they never wait on it. */
+static void cu_free_shared(ab__device *d, void *ptr, size_t bytes) {
+  (void)bytes;
+  int prev;
+  enter(dev_of(d)->phys, &prev);
+  CU(cudaFreeAsync(ptr, cudaStreamLegacy));
+  leave(prev);
+}
+
+static void cu_trim(ab__worker *w) { CU(cudaMemPoolTrimTo(dev_of(w->dev)->pool, 0)); }
 
 /* Every pool on d's GPU gives its unused memory back: the logical devices of one GPU each keep
  * a pool, and what one of them caches another may need. Pools are thread-safe. */
@@ -298,7 +352,7 @@ static void trim_siblings(ab__device *d) {
   int phys = dev_of(d)->phys;
   for (int i = 0; i < rt->ndevices; i++) {
     ab__device *o = &rt->devices[i];
-    if (o->ops == &ab__cuda_ops && o->backend && dev_of(o)->phys == phys) cudaMemPoolTrimTo(dev_of(o)->pool, 0);
+    if (o->ops == &ab__cuda_ops && o->backend && dev_of(o)->phys == phys) CU(cudaMemPoolTrimTo(dev_of(o)->pool, 0));
   }
 }
 
@@ -306,9 +360,9 @@ static int cu_sync(ab__device *d) {
   cu_dev *c = dev_of(d);
   int prev, rc = enter(c->phys, &prev);
   for (int i = 0; i < d->nworkers && rc == 0; i++)
-    if (d->workers[i].backend) rc = cu_err(cudaStreamSynchronize(stream_of(&d->workers[i])));
-  if (rc == 0 && d->xfer.backend) rc = cu_err(cudaStreamSynchronize(stream_of(&d->xfer)));
-  if (rc == 0) rc = cu_err(cudaStreamSynchronize(c->service));
+    if (d->workers[i].backend) rc = CU(cudaStreamSynchronize(stream_of(&d->workers[i])));
+  if (rc == 0 && d->xfer.backend) rc = CU(cudaStreamSynchronize(stream_of(&d->xfer)));
+  if (rc == 0) rc = CU(cudaStreamSynchronize(c->service));
   if (rc == 0) trim_siblings(d);
   leave(prev);
   return rc;
@@ -316,27 +370,27 @@ static int cu_sync(ab__device *d) {
 
 static int cu_host_alloc(ab__device *d, size_t bytes, void **ptr) {
   int prev, rc = enter(dev_of(d)->phys, &prev);
-  if (rc == 0) rc = cu_err(cudaMallocHost(ptr, bytes ? bytes : 1));
+  if (rc == 0) rc = CU(cudaMallocHost(ptr, bytes ? bytes : 1));
   leave(prev);
   return rc;
 }
 
 static void cu_host_free(ab__device *d, void *ptr) {
   (void)d;
-  cudaFreeHost(ptr);
+  CU(cudaFreeHost(ptr));
 }
 
 /* A compute task launches on this stream next: its device must be the thread's current one
  * (the worker may have served another GPU's transfer since). */
 static void *cu_stream(ab__worker *w) {
-  use_w(w);
+  use_w(w); /* a failure shows at the task's first call on the stream */
   return stream_of(w);
 }
 
 /* ---- completion ----------------------------------------------------------------------------- */
 static int cu_finish(ab__worker *w) {
   int rc = use_w(w);
-  return rc ? rc : cu_err(cudaStreamSynchronize(stream_of(w)));
+  return rc ? rc : CU(cudaStreamSynchronize(stream_of(w)));
 }
 
 static int cu_record(ab__worker *w, void **event) {
@@ -344,24 +398,29 @@ static int cu_record(ab__worker *w, void **event) {
   cu_event *e = cw->free_events;
   if (e == NULL) return AB_EDEVICE; /* more than AB__PENDING_MAX + 1 pending: a runtime bug */
   int rc = use_w(w);
-  if (rc == 0) rc = cu_err(cudaEventRecord(e->ev, cw->stream));
+  if (rc == 0) rc = CU(cudaEventRecord(e->ev, cw->stream));
   if (rc != 0) return rc;
   cw->free_events = e->next;
   *event = e;
   return 0;
 }
 
+/* NotReady is an answer, not an error, but the runtime still keeps it as the thread's last
+ * error: cleared here, or the worker's next launch would report it as its own failure. */
 static int cu_poll(ab__worker *w, void *event) {
   (void)w;
   cudaError_t e = cudaEventQuery(((cu_event *)event)->ev);
-  if (e == cudaErrorNotReady) return 0;
-  return e == cudaSuccess ? 1 : cu_err(e);
+  if (e == cudaErrorNotReady) {
+    cudaGetLastError();
+    return 0;
+  }
+  return e == cudaSuccess ? 1 : CU_AS(e, "cudaEventQuery");
 }
 
 static int cu_wait(ab__worker *w, void *event) {
   (void)w;
-  cudaError_t e = cudaEventSynchronize(((cu_event *)event)->ev);
-  return e == cudaSuccess ? 1 : cu_err(e);
+  int rc = CU(cudaEventSynchronize(((cu_event *)event)->ev));
+  return rc == 0 ? 1 : rc;
 }
 
 static void cu_event_free(void *event) {
@@ -384,7 +443,7 @@ static bool pinned(const void *host) {
 static int slot_idle(ring_slot *s) {
   if (!s->busy) return 0;
   s->busy = false;
-  return cu_err(cudaEventSynchronize(s->done));
+  return CU(cudaEventSynchronize(s->done));
 }
 
 /* n (<= RING_CHUNK) bytes of staging for an upload: in the current chunk if they fit, else the
@@ -425,8 +484,8 @@ static int staged_upload(cu_worker *cw, char *dst, const char *host, size_t byte
     int rc = ring_take(cw, n, &s, &stage);
     if (rc != 0) return rc;
     memcpy(stage, host + done, n); /* while the previous piece's DMA runs */
-    rc = cu_err(cudaMemcpyAsync(dst + done, stage, n, cudaMemcpyHostToDevice, cw->stream));
-    if (rc == 0) rc = cu_err(cudaEventRecord(s->done, cw->stream));
+    rc = CU(cudaMemcpyAsync(dst + done, stage, n, cudaMemcpyHostToDevice, cw->stream));
+    if (rc == 0) rc = CU(cudaEventRecord(s->done, cw->stream));
     if (rc != 0) return rc;
     s->busy = true;
     done += n;
@@ -440,8 +499,55 @@ static int cu_upload(ab__worker *w, void *dst, size_t off, const void *host, siz
   int rc = use_w(w);
   if (rc != 0) return rc;
   if (pinned(host))
-    return cu_err(cudaMemcpyAsync((char *)dst + off, host, bytes, cudaMemcpyHostToDevice, stream_of(w)));
+    return CU(cudaMemcpyAsync((char *)dst + off, host, bytes, cudaMemcpyHostToDevice, stream_of(w)));
   return staged_upload(worker_of(w), (char *)dst + off, host, bytes);
+}
+
+/* Host access to [off, off + bytes) of base for writing, bytes <= MAP_CHUNK: the next map
+ * chunk, once its last DMA is done. The chunks are made on the first call; without pinned
+ * memory for them the answer is AB_ENOTSUP, and the caller uploads instead. */
+static int cu_map_write(ab__worker *w, void *base, size_t off, size_t bytes, void **host) {
+  (void)base;
+  cu_worker *cw = worker_of(w);
+  AB__ASSERT(bytes <= MAP_CHUNK && cw->mapped == NULL);
+  if (cw->map_failed) return AB_ENOTSUP;
+  if (ab__fault_hit(w->dev, AB_FAULT_COPY)) return AB_EFAULT;
+  int rc = use_w(w);
+  if (rc == 0 && cw->map[0].buf == NULL && (rc = make_slots(cw->map, MAP_SLOTS, MAP_CHUNK)) != 0) {
+    for (int i = 0; i < MAP_SLOTS; i++) { /* give back what was made: uploads will do */
+      if (cw->map[i].buf) cudaFreeHost(cw->map[i].buf);
+      if (cw->map[i].done) cudaEventDestroy(cw->map[i].done);
+      cw->map[i] = (ring_slot){0};
+    }
+    cudaGetLastError();
+    cw->map_failed = true;
+    return AB_ENOTSUP;
+  }
+  ring_slot *s = &cw->map[cw->map_next];
+  if (rc == 0) rc = slot_idle(s);
+  if (rc != 0) return rc;
+  cw->map_next = (cw->map_next + 1) % MAP_SLOTS;
+  cw->mapped = s;
+  cw->mapped_off = off;
+  cw->mapped_bytes = bytes;
+  *host = s->buf;
+  return 0;
+}
+
+/* The mapped chunk goes to the device in one DMA, in order on w's stream; the next map_write
+ * fills another chunk while it travels. */
+static int cu_unmap(ab__worker *w, void *base, void *host) {
+  cu_worker *cw = worker_of(w);
+  ring_slot *s = cw->mapped;
+  AB__ASSERT(s != NULL && host == s->buf);
+  cw->mapped = NULL;
+  int rc = use_w(w);
+  if (rc == 0)
+    rc = CU(cudaMemcpyAsync((char *)base + cw->mapped_off, s->buf, cw->mapped_bytes, cudaMemcpyHostToDevice,
+                            cw->stream));
+  if (rc == 0) rc = CU(cudaEventRecord(s->done, cw->stream));
+  if (rc == 0) s->busy = true;
+  return rc;
 }
 
 /* Chunk k's DMA into slot k % 2 is enqueued before chunk k-1 is copied out of the other. */
@@ -451,8 +557,8 @@ static int staged_download(cu_worker *cw, char *host, const char *src, size_t by
   for (size_t done = 0, k = 0; rc == 0 && done < bytes; done += RING_CHUNK, k++) {
     size_t n = bytes - done < RING_CHUNK ? bytes - done : RING_CHUNK;
     ring_slot *s = &cw->ring[k % 2];
-    rc = cu_err(cudaMemcpyAsync(s->buf, src + done, n, cudaMemcpyDeviceToHost, cw->stream));
-    if (rc == 0) rc = cu_err(cudaEventRecord(s->done, cw->stream));
+    rc = CU(cudaMemcpyAsync(s->buf, src + done, n, cudaMemcpyDeviceToHost, cw->stream));
+    if (rc == 0) rc = CU(cudaEventRecord(s->done, cw->stream));
     if (rc != 0) break;
     s->busy = true;
     if (k > 0) {
@@ -477,8 +583,8 @@ static int cu_download(ab__worker *w, void *host, const void *src, size_t off, s
   if (rc != 0) return rc;
   cudaStream_t s = stream_of(w);
   if (!pinned(host)) return staged_download(worker_of(w), host, (const char *)src + off, bytes);
-  rc = cu_err(cudaMemcpyAsync(host, (const char *)src + off, bytes, cudaMemcpyDeviceToHost, s));
-  return rc ? rc : cu_err(cudaStreamSynchronize(s));
+  rc = CU(cudaMemcpyAsync(host, (const char *)src + off, bytes, cudaMemcpyDeviceToHost, s));
+  return rc ? rc : CU(cudaStreamSynchronize(s));
 }
 
 static int cu_copy(ab__worker *w, void *dst, size_t dst_off, const void *src, size_t src_off, size_t bytes) {
@@ -486,7 +592,7 @@ static int cu_copy(ab__worker *w, void *dst, size_t dst_off, const void *src, si
   if (ab__fault_hit(w->dev, AB_FAULT_COPY)) return AB_EFAULT;
   int rc = use_w(w);
   if (rc != 0) return rc;
-  return cu_err(cudaMemcpyAsync((char *)dst + dst_off, (const char *)src + src_off, bytes, cudaMemcpyDeviceToDevice,
+  return CU(cudaMemcpyAsync((char *)dst + dst_off, (const char *)src + src_off, bytes, cudaMemcpyDeviceToDevice,
                                 stream_of(w)));
 }
 
@@ -506,7 +612,7 @@ static int cu_copy_from(ab__worker *w, void *dst, size_t dst_off, ab__device *s,
   if (ab__fault_hit(w->dev, AB_FAULT_COPY)) return AB_EFAULT;
   int rc = use(to);
   if (rc != 0) return rc;
-  return cu_err(cudaMemcpyPeerAsync((char *)dst + dst_off, to, (const char *)src + src_off, from, bytes, stream_of(w)));
+  return CU(cudaMemcpyPeerAsync((char *)dst + dst_off, to, (const char *)src + src_off, from, bytes, stream_of(w)));
 }
 
 /* ---- kernels -------------------------------------------------------------------------------- */
@@ -520,10 +626,6 @@ static int layout_of(const DLTensor *t, ab__cu_layout *l) {
 
 static const char *first_elem(const DLTensor *t) { return (const char *)t->data + t->byte_offset; }
 
-static int launched(ab__worker *w, int err) {
-  (void)w;
-  return cu_err((cudaError_t)err);
-}
 
 static int cu_minmax(ab__worker *w, const DLTensor *src, double *lo, double *hi, bool *found) {
   int s = ab__dtype_index(src->dtype);
@@ -535,7 +637,7 @@ static int cu_minmax(ab__worker *w, const DLTensor *src, double *lo, double *hi,
   if (ab__fault_hit(w->dev, AB_FAULT_LAUNCH)) return AB_EFAULT;
   if ((rc = use_w(w)) != 0) return rc;
   cu_worker *cw = worker_of(w);
-  rc = launched(w, ab__cu_minmax(cw->stream, s, &l, first_elem(src), cw->partials));
+  rc = CU_AS(ab__cu_minmax(cw->stream, s, &l, first_elem(src), cw->partials), "the minmax kernel's launch");
   double part[3 * AB__CU_MINMAX_BLOCKS];
   if (rc == 0) rc = staged_download(cw, (char *)part, (const char *)cw->partials, sizeof part);
   if (rc != 0) return rc;
@@ -568,14 +670,20 @@ static int cu_cast(ab__worker *w, const DLTensor *src, void *dst, size_t dst_off
   }
   if (ab__fault_hit(w->dev, AB_FAULT_LAUNCH)) return AB_EFAULT;
   if ((rc = use_w(w)) != 0) return rc;
-  return launched(w, ab__cu_cast(stream_of(w), s, d, &l, first_elem(src), (char *)dst + dst_off, stretch, lo, hi - lo));
+  return CU_AS(ab__cu_cast(stream_of(w), s, d, &l, first_elem(src), (char *)dst + dst_off, stretch, lo, hi - lo),
+               "the cast kernel's launch");
 }
+
+/* Set once cudaMemcpyBatchAsync has failed in this process: whatever the reason (a driver
+ * without batches, a kind of copy it refuses), the loop of copies does the work from then on. */
+static _Atomic bool batch_broken;
 
 /* Big slices: one batch of copies for the copy engines (cudaMemcpyBatchAsync where the runtime
  * has it), a loop of copies otherwise. */
 static int copy_batch(ab__worker *w, char *dst, size_t slice, int n, const void *const *srcs) {
   cudaStream_t st = stream_of(w);
 #if CUDART_VERSION >= 12080
+  if (atomic_load_explicit(&batch_broken, memory_order_relaxed)) goto loop; /* a hint: either path works */
   void *dsts[AB__GATHER_MAX];
   size_t sizes[AB__GATHER_MAX], idx = 0;
   for (int i = 0; i < n; i++) {
@@ -589,11 +697,19 @@ static int copy_batch(ab__worker *w, char *dst, size_t slice, int n, const void 
   size_t fail = 0;
   cudaError_t e = cudaMemcpyBatchAsync(dsts, (void **)srcs, sizes, (size_t)n, &a, &idx, 1, &fail, st);
 #endif
-  if (e != cudaErrorNotSupported) return cu_err(e);
-  cudaGetLastError(); /* a driver without batches: the loop below */
+  if (e == cudaSuccess) return 0;
+  /* The batch is refused as a whole before any copy is enqueued, or its copies all write what
+   * the loop writes again: either way the loop below gives the right bytes. A sticky error
+   * fails the loop's first copy as well. */
+  cudaGetLastError();
+  if (ab__debug_env())
+    fprintf(stderr, "arraybridge: cudaMemcpyBatchAsync: %s; one cudaMemcpyAsync per slice from now on\n",
+            cudaGetErrorName(e));
+  atomic_store_explicit(&batch_broken, true, memory_order_relaxed);
+loop:
 #endif
   for (int i = 0; i < n; i++) {
-    int rc = cu_err(cudaMemcpyAsync(dst + slice * (size_t)i, srcs[i], slice, cudaMemcpyDeviceToDevice, st));
+    int rc = CU(cudaMemcpyAsync(dst + slice * (size_t)i, srcs[i], slice, cudaMemcpyDeviceToDevice, st));
     if (rc != 0) return rc;
   }
   return 0;
@@ -610,7 +726,7 @@ static int cu_gather(ab__worker *w, void *dst, size_t dst_off, size_t slice_byte
   int rc = use_w(w);
   if (rc != 0) return rc;
   if (big) return copy_batch(w, (char *)dst + dst_off, slice_bytes, n, srcs);
-  return launched(w, ab__cu_gather(stream_of(w), (char *)dst + dst_off, srcs, n, slice_bytes));
+  return CU_AS(ab__cu_gather(stream_of(w), (char *)dst + dst_off, srcs, n, slice_bytes), "the gather kernel's launch");
 }
 
 const ab__device_ops ab__cuda_ops = {
@@ -641,6 +757,10 @@ const ab__device_ops ab__cuda_ops = {
     .minmax = cu_minmax,
     .can_peer = cu_can_peer,
     .copy_from = cu_copy_from,
+    .map_write = cu_map_write,
+    .unmap = cu_unmap,
+    .map_chunk = MAP_CHUNK,
+    .free_shared = cu_free_shared,
     .host_alloc = cu_host_alloc,
     .host_free = cu_host_free,
 };

@@ -9,6 +9,10 @@
  *             --fmad=false (CMake), so the multiply and the add round separately, as on the host.
  * One kernel per (source, target) pair, instantiated from one template. A source of any strides
  * is walked by its merged layout (ab__cu_layout); a contiguous one takes a plain index.
+ *
+ * Every launcher first clears the thread's last-error slot: its only report of a failed launch
+ * is cudaGetLastError, and an error left there by an earlier call (already reported by that
+ * call) must not be taken for the launch's own.
  */
 #include <cuda_runtime.h>
 
@@ -90,9 +94,11 @@ struct slices {
   const char *src[AB__CU_GATHER_MAX];
 };
 
-template <typename W> __global__ void gather_kernel(W *dst, slices s, uint64_t words, int n) {
-  for (uint64_t i = first(); i < words * (uint64_t)n; i += step())
-    dst[i] = ((const W *)s.src[i / words])[i % words];
+/* One row of blocks per slice (blockIdx.y): no division per element. */
+template <typename W> __global__ void gather_kernel(W *dst, slices s, uint64_t words) {
+  const W *src = (const W *)s.src[blockIdx.y];
+  W *out = dst + (uint64_t)blockIdx.y * words;
+  for (uint64_t i = first(); i < words; i += step()) out[i] = src[i];
 }
 
 unsigned blocks_for(uint64_t n) {
@@ -137,12 +143,14 @@ using namespace ab__cu;
 
 extern "C" int ab__cu_cast(void *stream, int s, int d, const ab__cu_layout *l, const void *src, void *dst, int stretch,
                            double lo, double span) {
+  cudaGetLastError();
   if (s < 0 || s >= NTYPES || d < 0 || d >= NTYPES) return (int)cudaErrorInvalidValue;
   return (int)dispatch<0>(s, d, (cudaStream_t)stream, *l, src, dst, stretch != 0, lo, span);
 }
 
 extern "C" int ab__cu_minmax(void *stream, int s, const ab__cu_layout *l, const void *src, double *partials) {
   cudaStream_t st = (cudaStream_t)stream;
+  cudaGetLastError();
   if (s == 8)
     minmax_kernel<8><<<AB__CU_MINMAX_BLOCKS, THREADS, 0, st>>>((const char *)src, *l, dense_layout(*l, 4), partials);
   else if (s == 9)
@@ -161,11 +169,10 @@ extern "C" int ab__cu_gather(void *stream, void *dst, const void *const *srcs, i
     aligned = aligned && (uintptr_t)s.src[i] % 8 == 0;
   }
   cudaStream_t st = (cudaStream_t)stream;
-  if (aligned) { /* 8-byte words when every slice allows it, else bytes */
-    uint64_t words = slice_bytes / 8;
-    gather_kernel<uint64_t><<<blocks_for(words * (uint64_t)n), THREADS, 0, st>>>((uint64_t *)dst, s, words, n);
-  } else {
-    gather_kernel<uint8_t><<<blocks_for(slice_bytes * (uint64_t)n), THREADS, 0, st>>>((uint8_t *)dst, s, slice_bytes, n);
-  }
+  cudaGetLastError();
+  uint64_t words = aligned ? slice_bytes / 8 : slice_bytes; /* 8-byte words when every slice allows */
+  dim3 grid(blocks_for(words) / (unsigned)n + 1, (unsigned)n);
+  if (aligned) gather_kernel<uint64_t><<<grid, THREADS, 0, st>>>((uint64_t *)dst, s, words);
+  else gather_kernel<uint8_t><<<grid, THREADS, 0, st>>>((uint8_t *)dst, s, words);
   return (int)cudaGetLastError();
 }

@@ -15,7 +15,7 @@ extern "C" {
 
 #define AB__CU_MAXDIM 16      /* AB_MAX_NDIM */
 #define AB__CU_GATHER_MAX 8   /* AB__GATHER_MAX */
-#define AB__CU_MINMAX_BLOCKS 64
+#define AB__CU_MINMAX_BLOCKS 256 /* two per SM of an H100 or H200 (132 SMs) */
 
 /* A strided source as the kernels walk it: merged dims, outermost first, strides in bytes. */
 typedef struct {

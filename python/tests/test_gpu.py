@@ -87,3 +87,26 @@ def test_cupy_paths():
     t = ab.convert_memory(c, "cupy", "torch", n - 1)
     assert t.device.index == n - 1
     np.testing.assert_array_equal(ab.convert_memory(t, "torch", "numpy"), np.arange(5))
+
+
+@needs_torch_cuda
+def test_torch_cuda_tensors_are_stacking_sources(cuda_rt):
+    """CUDA memory that torch owns, imported through DLPack, stacks on the runtime's device of
+    its GPU and converts to the host (the runtime refused it as a source before)."""
+    xs = [torch.arange(64 * 48, dtype=torch.int32, device="cuda:0").reshape(64, 48) * (i + 1) for i in range(9)]
+    ts = [ab.asdlpack(x) for x in xs]
+    want = torch.stack(xs).cpu().numpy()
+    vol = cuda_rt.stack(ts, (_core.CUDA, 0)).result()
+    assert vol.device == (_core.CUDA, 0)
+    assert np.asarray(cuda_rt.convert(vol, (_core.HOST, 0)).result()).tolist() == want.tolist()
+    on_host = cuda_rt.stack(ts, (_core.HOST, 0)).result()
+    assert np.asarray(on_host).tolist() == want.tolist()
+
+
+def test_cupy_arrays_are_stacking_sources(cuda_rt):
+    cupy = pytest.importorskip("cupy")
+    xs = [cupy.full((32, 40), i, dtype=cupy.uint16) for i in range(6)]
+    cupy.cuda.Device().synchronize()
+    vol = cuda_rt.stack([ab.asdlpack(x) for x in xs], (_core.CUDA, 0)).result()
+    host = np.asarray(cuda_rt.convert(vol, (_core.HOST, 0)).result())
+    assert host.tolist() == np.stack([np.full((32, 40), i, np.uint16) for i in range(6)]).tolist()

@@ -36,6 +36,7 @@ ab_future *ab__future_new(ab_runtime *rt) {
   atomic_init(&f->inline_cb_used, 0);
   atomic_init(&f->deps, 0);
   atomic_init(&f->dep_status, 0);
+  atomic_init(&f->dev, NULL);
   f->rt = rt;
   ab__runtime_ref(rt);
   return f;
@@ -81,8 +82,9 @@ static void run_callbacks(ab_future *f) {
 }
 
 static void count_completion(ab_future *f, int status) {
-  if (f->dev == NULL) return;
-  ab__counters *c = &f->dev->stats;
+  ab__device *d = ab__task_dev(f);
+  if (d == NULL) return;
+  ab__counters *c = &d->stats;
   /* statistics only: relaxed */
   if (status == 0) atomic_fetch_add_explicit(&c->completed, 1, memory_order_relaxed);
   else if (status == AB_ECANCELED) atomic_fetch_add_explicit(&c->canceled, 1, memory_order_relaxed);

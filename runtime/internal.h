@@ -300,8 +300,8 @@ struct ab_future {
 
   /* the task */
   uint8_t kind;
-  bool counted;                   /* holds an inflight count */
-  ab__device *dev;                /* where it is queued, parked or running */
+  bool counted;                   /* holds an inflight count; set before anyone else sees it */
+  _Atomic(ab__device *) dev;      /* where it is queued, parked or running: ab__task_dev */
   ab_place place;
   ab_oom_policy oom;
   _Atomic int32_t deps;           /* unresolved inputs, plus one while submitting */
@@ -327,6 +327,16 @@ struct ab_future {
   ab__qnode qlink;                /* overflow list link in the device queue */
   const char *name;               /* compute tasks: the trace label (NULL: "task") */
 };
+
+/* The device a task counts on. Set when it is placed, re-placed or requeued, read by whoever
+ * completes it, and a cancel may complete it while a worker requeues it: relaxed atomics, since
+ * the value only attributes statistics (the task's other fields are published by its state). */
+static inline ab__device *ab__task_dev(const ab_future *t) {
+  return atomic_load_explicit(&t->dev, memory_order_relaxed);
+}
+static inline void ab__task_set_dev(ab_future *t, ab__device *d) {
+  atomic_store_explicit(&t->dev, d, memory_order_relaxed);
+}
 
 ab_future *ab__future_new(ab_runtime *rt);      /* refs = 1; NULL on ENOMEM */
 /* Completes f once. from: the phase the caller saw (PENDING for cancel and dependency failure,

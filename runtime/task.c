@@ -20,7 +20,9 @@
 
 void ab__inflight_done(ab_runtime *rt) {
   /* seq_cst: pairs with destroy's store of closing (see the design notes) */
-  if (atomic_fetch_sub(&rt->inflight, 1) == 1 && atomic_load(&rt->closing)) {
+  int64_t was = atomic_fetch_sub(&rt->inflight, 1);
+  AB__ASSERT(was >= 1); /* each accepted task gives its count back exactly once */
+  if (was == 1 && atomic_load(&rt->closing)) {
     atomic_fetch_add_explicit(&rt->idle_word, 1, memory_order_release);
     ab__futex_wake_all(&rt->idle_word);
   }
@@ -134,7 +136,7 @@ static int enqueue_bounded(ab__device *d, ab_future *t, const ab_place *p) {
 }
 
 void ab__task_requeue(ab__device *d, ab_future *t) {
-  t->dev = d;
+  ab__task_set_dev(t, d);
   account(d, t);
   publish(t);
   ab__queue_push_always(&d->queue, t, &t->qlink);
@@ -184,17 +186,16 @@ void ab__task_ready(ab_future *t) {
     goto drop;
   }
   if (t->bytes == 0) t->bytes = input_bytes(t);
-  if (zero_copy(t)) { /* completed without running: give back its inflight count */
-    ab__inflight_done(t->rt);
-    goto drop;
-  }
+  /* Completed without running, unless a cancel got there first: either way the one that
+   * completed it gave back its inflight count. */
+  if (zero_copy(t)) goto drop;
   int err = 0;
   ab__device *d = place_task(t, &err);
   if (d == NULL) {
     fail_unrun(t, err);
     goto drop;
   }
-  if (t->dev == NULL) atomic_fetch_add_explicit(&d->submitted, 1, memory_order_relaxed); /* stat */
+  if (ab__task_dev(t) == NULL) atomic_fetch_add_explicit(&d->submitted, 1, memory_order_relaxed); /* stat */
   ab__task_requeue(d, t);
   return;
 drop:
@@ -230,8 +231,9 @@ static int submit_task(ab_future *t, ab_future **out) {
   int nfut = has_future_inputs(t);
   if (nfut > 0) {
     if (t->place.policy == AB_PLACE_EXPLICIT) { /* known already: counted there from now on */
-      t->dev = ab__device_of(rt, t->place.device);
-      atomic_fetch_add_explicit(&t->dev->submitted, 1, memory_order_relaxed); /* stat */
+      ab__device *d = ab__device_of(rt, t->place.device);
+      ab__task_set_dev(t, d);
+      atomic_fetch_add_explicit(&d->submitted, 1, memory_order_relaxed); /* stat */
     }
     t->counted = true;
     atomic_store_explicit(&t->refs, 2, memory_order_relaxed); /* caller + system; not shared yet */
@@ -248,27 +250,26 @@ static int submit_task(ab_future *t, ab_future **out) {
     return 0;
   }
   if (t->bytes == 0) t->bytes = input_bytes(t);
-  if (zero_copy(t)) { /* completed at once, holds no inflight count */
-    ab__inflight_done(rt);
+  t->counted = true;
+  if (zero_copy(t)) { /* completed at once (nobody else holds t yet): the count is back */
     *out = t;
     return 0;
   }
   ab__device *d = place_task(t, &rc);
   if (d == NULL) goto fail_accepted;
-  t->dev = d;
-  t->counted = true;
+  ab__task_set_dev(t, d);
   atomic_store_explicit(&t->refs, 2, memory_order_relaxed); /* caller + system; not shared yet */
   rc = enqueue_bounded(d, t, &t->place);
   if (rc == 0) {
     *out = t;
     return 0;
   }
-  t->counted = false;
   atomic_store_explicit(&t->refs, 1, memory_order_relaxed); /* never published */
 fail_accepted:
+  t->counted = false;
   ab__inflight_done(rt);
 fail:
-  t->dev = NULL;
+  ab__task_set_dev(t, NULL);
   ab_future_release(t);
   return rc;
 }
@@ -333,7 +334,10 @@ static DLDataType target_dtype(const ab_future *t, const ab_tensor *src) {
   return t->copt.dtype.bits ? t->copt.dtype : src->dl.dtype;
 }
 
-/* Nothing to do: the source already is the answer. Completes t with a new reference on it. */
+/* Nothing to do: the source already is the answer. Completes t with a new reference on it,
+ * unless a cancel completed it first (true either way: t is done). Whoever completes t gives
+ * back its inflight count (t->counted); this function must not touch it, since a canceller
+ * may be reading it at this moment. */
 static bool zero_copy(ab_future *t) {
   if (t->kind != AB__TASK_CONVERT || t->copt.force_copy) return false;
   ab_tensor *src = t->in[0].tensor;
@@ -342,7 +346,6 @@ static bool zero_copy(ab_future *t) {
   ab_device home = ab_tensor_device(src);
   if (home.kind != t->dst.kind || (t->dst.index != AB_ANY && t->dst.index != home.index)) return false;
   if (ab__device_of(t->rt, home) == NULL) return false;
-  t->counted = false;
   ab__complete(t, 0, ab_tensor_retain(src), AB__PENDING);
   return true;
 }

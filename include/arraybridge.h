@@ -20,7 +20,8 @@
  *   2. A submit call that returns 0 hands the caller one reference on a future. That future
  *      completes exactly once, with a status: 0, AB_ECANCELED, AB_ENOMEM, an input's failure, or
  *      the task's own error code. This holds whatever happens after: cancel, out-of-memory,
- *      runtime destroy (AB_DRAIN runs it, AB_CANCEL cancels it).
+ *      runtime destroy (AB_DRAIN runs it, AB_CANCEL cancels it). A task that completes with 0
+ *      did all its work.
  *   3. A task whose inputs include futures becomes runnable when they have all completed. If one
  *      of them failed, the task does not run and completes with that input's status.
  *   4. Cancelling a task that has not started means it never runs; its future completes with

@@ -349,7 +349,9 @@ static int copy_task(ab_ctx *c, void *arg) {
 /* Copies on this thread and, when a host worker is free, on that one too: one memcpy stream
  * does not saturate memory (on the 2-core development machine, 14.8 GB/s against 23.5 for
  * two). If the helper has not started by the time our half is done, it is cancelled and we do
- * its half: waiting on a busy pool could never deadlock. */
+ * its half: waiting on a busy pool could never deadlock. Its half is ours too whenever it did
+ * not run: cancelled by destroy(AB_CANCEL), failed by an injected fault. copy_task cannot fail
+ * once it runs, so its status says whether its half was written. */
 static void copy_parallel(ab_runtime *rt, copy_job *all) {
   copy_job mine = *all, theirs = *all;
   mine.to = theirs.from = all->from + (all->to - all->from) / 2;
@@ -364,8 +366,8 @@ static void copy_parallel(ab_runtime *rt, copy_job *all) {
     return;
   }
   copy_slices(&mine);
-  if (ab_future_cancel(f) == 0) copy_slices(&theirs); /* it never ran */
-  else ab_future_wait(f, -1);
+  if (ab_future_cancel(f) != 0) ab_future_wait(f, -1); /* running, or done */
+  if (ab_future_status(f) != 0) copy_slices(&theirs); /* it never ran */
   ab_future_release(f);
 }
 

@@ -240,7 +240,11 @@ AB_API int ab_tensor_alloc(ab_runtime *rt, ab_device d, DLDataType dt, int ndim,
  * (device kDLCPU), so code using it runs anywhere. AB_ENOMEM when pinned memory runs out
  * (no OOM ladder: pinned memory is not cached). */
 AB_API int ab_tensor_alloc_pinned(ab_runtime *rt, DLDataType dt, int ndim, const int64_t *shape, ab_tensor **out);
-/* A view sharing t's memory; shape/strides in elements; must lie inside t's extent. */
+/* A view sharing t's memory; shape/strides in elements (NULL: contiguous), its first element
+ * offset_elems elements from t's. AB_EINVAL unless every byte it reaches is one of t's, which
+ * also refuses offsets and strides whose arithmetic overflows. An empty view reaches no bytes:
+ * it may start wherever an element of t would be (t's empty dimensions counted as one long,
+ * as for the rows of an empty volume) or one past t's last byte. */
 AB_API int ab_tensor_view(ab_tensor *t, int ndim, const int64_t *shape, const int64_t *strides,
                           int64_t offset_elems, ab_tensor **out);
 /* t[i] along the first axis, as a view. */

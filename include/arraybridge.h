@@ -220,7 +220,8 @@ enum { AB_TENSOR_READ_ONLY = 1u << 0, AB_TENSOR_IS_COPIED = 1u << 1 };
 
 /* Import takes ownership on success: the producer's deleter runs when the last reference is
  * released. On failure ownership stays with the caller and the deleter is not called.
- * Imports validate every field first: ndim, shapes and strides (no overflow), dtype, device. */
+ * Imports validate every field first: ndim, shapes and strides (no overflow), dtype, device.
+ * A tensor with no elements may have NULL data (DLPack allows it): nothing ever reads it. */
 AB_API int ab_tensor_import(DLManagedTensorVersioned *m, ab_tensor **out);
 AB_API int ab_tensor_import_legacy(DLManagedTensor *m, ab_tensor **out);
 /* Wrap memory the caller owns; `release(ctx)` runs when the last reference goes (may be NULL). */

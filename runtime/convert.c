@@ -265,6 +265,7 @@ int ab__convert_run(ab_ctx *c) {
   ab_tensor *out;
   int rc = ab__tensor_alloc_on(d, c->w, dt, src->dl.ndim, src->shape, &out);
   if (rc != 0) return rc;
+  if (out->nbytes == 0) return finish_output(c, out, 0); /* nothing to move; src's data may be NULL */
   ab__cast_params p = {.mode = t->copt.cast};
   return finish_output(c, out, put(c, src, out->dl.data, 0, dt, &p));
 }
@@ -276,6 +277,7 @@ static int stack_range(ab_ctx *c, ab__cast_params *p, DLDataType dt) {
   if (p->mode != AB_CAST_STRETCH || !is_float(t->in[0].tensor->dl.dtype) || !is_int(dt)) return 0;
   for (int i = 0; i < t->nin; i++) {
     const ab_tensor *sl = t->in[i].tensor;
+    if (sl->nbytes == 0) continue; /* no range to find; its data may be NULL */
     int rc = 0;
     ab__device *s = source_device(c->w->dev->rt, sl, &rc);
     if (s == NULL) return rc;
@@ -410,6 +412,7 @@ int ab__stack_run(ab_ctx *c) {
   if (rc == 0) rc = ab__tensor_alloc_on(d, c->w, dt, first->dl.ndim + 1, shape, &out);
   if (rc != 0) return rc;
   size_t slice = out->nbytes / (size_t)t->nin;
+  if (slice == 0) return finish_output(c, out, 0); /* empty slices: their data may be NULL */
   bool mapped = false;
   if (rc == 0) rc = stack_host_slices(c, out, slice, dt, &mapped);
   for (int i = 0; i < t->nin && rc == 0;) {

@@ -434,6 +434,88 @@ static int test_stack_destroy_cancel(void) {
   return 0;
 }
 
+/* ---- empty tensors whose data is NULL (DLPack allows it) ---------------------------------------- */
+static void no_release(void *ctx) { (void)ctx; }
+
+static int wrap_empty(const int64_t *shape, int ndim, DLDataType dt, ab_tensor **out) {
+  DLTensor dl = {.data = NULL, .device = {kDLCPU, 0}, .ndim = ndim, .dtype = dt, .shape = (int64_t *)shape};
+  return ab_tensor_wrap(&dl, 0, no_release, NULL, out);
+}
+
+/* Converted, stacked and unstacked without ever touching the NULL pointer (the old copies
+ * called memcpy(dst, NULL, 0), undefined behaviour that UBSan stops at). */
+static int test_empty_null_data(void) {
+  ab_runtime *rt;
+  CHECK_OK(th_runtime(&rt, 2, 2));
+  int64_t shape[2] = {0, 4};
+  ab_tensor *e[3];
+  for (int i = 0; i < 3; i++) CHECK_OK(wrap_empty(shape, 2, TH_U16, &e[i]));
+  CHECK_EQ_U64(ab_tensor_nbytes(e[0]), 0);
+  static const struct {
+    int dev;
+    bool force;
+    uint8_t code, bits;
+    int cast;
+  } cases[] = {
+      {0, true, 0, 0, AB_CAST_SATURATE},           {1, false, 0, 0, AB_CAST_SATURATE},
+      {0, false, kDLFloat, 32, AB_CAST_SATURATE}, {1, false, kDLUInt, 8, AB_CAST_SATURATE},
+  };
+  for (size_t k = 0; k < sizeof cases / sizeof cases[0]; k++) {
+    ab_convert_options o = AB_CONVERT_OPTIONS_INIT;
+    o.force_copy = cases[k].force;
+    if (cases[k].bits) o.dtype = th_dt(cases[k].code, cases[k].bits);
+    o.cast = cases[k].cast;
+    ab_future *f = NULL;
+    CHECK_OK(ab_convert(rt, e[0], th_host(cases[k].dev), &o, &f));
+    ab_tensor *t = NULL;
+    CHECK_OK(wait_result(f, &t));
+    CHECK_EQ_INT(ab_tensor_dl(t)->shape[0], 0);
+    CHECK_EQ_U64(ab_tensor_nbytes(t), 0);
+    ab_tensor_release(t);
+    ab_future_release(f);
+    /* stacked: [3, 0, 4], here and on the other device, with and without a cast */
+    CHECK_OK(ab_stack(rt, e, 3, th_host(cases[k].dev), &o, &f));
+    CHECK_OK(wait_result(f, &t));
+    CHECK_EQ_INT(ab_tensor_dl(t)->ndim, 3);
+    CHECK_EQ_INT(ab_tensor_dl(t)->shape[0], 3);
+    CHECK_EQ_INT(ab_tensor_dl(t)->shape[1], 0);
+    ab_tensor_release(t);
+    ab_future_release(f);
+  }
+  /* stretch over empty float slices: no range to find */
+  ab_tensor *ef[2];
+  for (int i = 0; i < 2; i++) CHECK_OK(wrap_empty(shape, 2, TH_F32, &ef[i]));
+  ab_convert_options so = AB_CONVERT_OPTIONS_INIT;
+  so.dtype = TH_U16;
+  so.cast = AB_CAST_STRETCH;
+  ab_future *f = NULL;
+  ab_tensor *t = NULL;
+  CHECK_OK(ab_stack(rt, ef, 2, th_host(1), &so, &f));
+  CHECK_OK(wait_result(f, &t));
+  CHECK_EQ_INT(ab_tensor_dl(t)->shape[0], 2);
+  ab_tensor_release(t);
+  ab_future_release(f);
+  /* an empty volume [2, 0, 4] unstacked here (views) and on the other device (copies) */
+  int64_t vshape[3] = {2, 0, 4};
+  ab_tensor *vol = NULL;
+  CHECK_OK(wrap_empty(vshape, 3, TH_U16, &vol));
+  for (int dev = 0; dev < 2; dev++) {
+    ab_future *fs[2] = {0};
+    CHECK_OK(ab_unstack(rt, vol, th_host(dev), NULL, fs));
+    for (int i = 0; i < 2; i++) {
+      CHECK_OK(wait_result(fs[i], &t));
+      CHECK_EQ_U64(ab_tensor_nbytes(t), 0);
+      ab_tensor_release(t);
+      ab_future_release(fs[i]);
+    }
+  }
+  ab_tensor_release(vol);
+  for (int i = 0; i < 2; i++) ab_tensor_release(ef[i]);
+  for (int i = 0; i < 3; i++) ab_tensor_release(e[i]);
+  CHECK_OK(ab_runtime_destroy(rt, AB_DRAIN));
+  return 0;
+}
+
 static const ab_test_entry tests[] = {TEST_ENTRY(stack_contiguous),
                                       TEST_ENTRY(stack_noncontiguous_and_convert),
                                       TEST_ENTRY(stack_rejects),
@@ -443,5 +525,6 @@ static const ab_test_entry tests[] = {TEST_ENTRY(stack_contiguous),
                                       TEST_ENTRY(round_trip),
                                       TEST_ENTRY(stack_helper_fails),
                                       TEST_ENTRY(stack_destroy_cancel),
+                                      TEST_ENTRY(empty_null_data),
                                       TEST_END};
 AB_TEST_MAIN(tests)

@@ -316,7 +316,8 @@ AB_API int ab_stack(ab_runtime *rt, ab_tensor *const *slices, size_t n, ab_devic
                     const ab_convert_options *o, ab_future **out);
 /* volume[i] for every i, on dst: views of volume when it is already there (zero-copy), copies
  * otherwise. out must hold volume's first dimension of futures. On failure, futures already
- * made are cancelled and released, and out is all NULL. */
+ * made are cancelled and released, and out is all NULL; only a NULL or 0-d volume (no length
+ * to go by) leaves out as it was. */
 AB_API int ab_unstack(ab_runtime *rt, ab_tensor *volume, ab_device dst, const ab_convert_options *o,
                       ab_future **out);
 

@@ -411,13 +411,14 @@ static void release_all(ab_future **fs, int64_t n) {
 }
 
 int ab_unstack(ab_runtime *rt, ab_tensor *volume, ab_device dst, const ab_convert_options *o, ab_future **out) {
-  if (rt == NULL || volume == NULL || out == NULL) return AB_EINVAL;
+  if (volume == NULL || out == NULL) return AB_EINVAL; /* no length known: out is left alone */
   if (volume->dl.ndim < 1) return AB_ESHAPE;
+  int64_t n = volume->dl.shape[0];
+  for (int64_t i = 0; i < n; i++) out[i] = NULL; /* first: on any failure out is all NULL */
+  if (rt == NULL) return AB_EINVAL;
   int rc = check_convert_opts(rt, dst, o);
   if (rc != 0) return rc;
   if (atomic_load(&rt->closing)) return AB_ESHUTDOWN;
-  int64_t n = volume->dl.shape[0];
-  for (int64_t i = 0; i < n; i++) out[i] = NULL;
   for (int64_t i = 0; i < n && rc == 0; i++) {
     ab_tensor *view;
     rc = ab_tensor_index(volume, i, &view);

@@ -358,8 +358,9 @@ static int scratch_slot(ab_ctx *c, ab__scratch **out) {
 }
 
 int ab_ctx_alloc(ab_ctx *c, size_t bytes, void **ptr) {
-  if (c == NULL || ptr == NULL) return AB_EINVAL;
+  if (ptr == NULL) return AB_EINVAL;
   *ptr = NULL;
+  if (c == NULL) return AB_EINVAL;
   ab__scratch *slot;
   int rc = scratch_slot(c, &slot);
   if (rc != 0) return rc;
@@ -374,7 +375,9 @@ int ab_ctx_alloc(ab_ctx *c, size_t bytes, void **ptr) {
 }
 
 int ab_ctx_alloc_tensor(ab_ctx *c, DLDataType dt, int ndim, const int64_t *shape, ab_tensor **out) {
-  if (c == NULL || out == NULL) return AB_EINVAL;
+  if (out == NULL) return AB_EINVAL;
+  *out = NULL;
+  if (c == NULL) return AB_EINVAL;
   return ab__tensor_alloc_on(c->w->dev, c->w, dt, ndim, shape, out);
 }
 

@@ -516,6 +516,52 @@ static int test_empty_null_data(void) {
   return 0;
 }
 
+/* ---- ab_unstack's out[] on failure ------------------------------------------------------------- */
+#define SENT ((ab_future *)(uintptr_t)1)
+
+static bool all_null(ab_future **fs, int n) {
+  for (int i = 0; i < n; i++)
+    if (fs[i] != NULL) return false;
+  return true;
+}
+
+/* The header: "On failure ... out is all NULL". Every early error clears it too, whenever the
+ * volume says how long it is (a NULL or 0-d volume has no entries to clear). */
+static int test_unstack_errors_clear_out(void) {
+  ab_runtime *rt;
+  CHECK_OK(th_runtime(&rt, 1, 1));
+  int64_t shape[2] = {4, 3};
+  ab_tensor *vol = NULL;
+  CHECK_OK(ab_tensor_alloc(rt, th_host(0), TH_U8, 2, shape, &vol));
+  ab_future *fs[4];
+  ab_convert_options bad_size = AB_CONVERT_OPTIONS_INIT, bad_cast = AB_CONVERT_OPTIONS_INIT,
+                     bad_dtype = AB_CONVERT_OPTIONS_INIT, bad_mode = AB_CONVERT_OPTIONS_INIT;
+  bad_size.size = 3;
+  bad_cast.cast = 7;
+  bad_dtype.dtype = th_dt(kDLFloat, 12);
+  bad_mode.place.mode = 9;
+  struct {
+    ab_runtime *rt;
+    ab_device dst;
+    const ab_convert_options *o;
+    int rc;
+  } cases[] = {
+      {NULL, {AB_HOST, 0}, NULL, AB_EINVAL},   {rt, {AB_HOST, 5}, NULL, AB_ENODEV},
+      {rt, {AB_CUDA, 0}, NULL, AB_ENODEV},     {rt, {7, 0}, NULL, AB_ENODEV},
+      {rt, {AB_HOST, 0}, &bad_size, AB_EINVAL}, {rt, {AB_HOST, 0}, &bad_cast, AB_EINVAL},
+      {rt, {AB_HOST, 0}, &bad_dtype, AB_EDTYPE}, {rt, {AB_HOST, 0}, &bad_mode, AB_EINVAL},
+  };
+  for (size_t k = 0; k < sizeof cases / sizeof cases[0]; k++) {
+    for (int i = 0; i < 4; i++) fs[i] = SENT;
+    int rc = ab_unstack(cases[k].rt, vol, cases[k].dst, cases[k].o, fs);
+    CHECK_MSG(rc == cases[k].rc, "case %zu: %d%s", k, rc, th_errstr(rc));
+    CHECK_MSG(all_null(fs, 4), "case %zu: out[] not cleared", k);
+  }
+  ab_tensor_release(vol);
+  CHECK_OK(ab_runtime_destroy(rt, AB_DRAIN));
+  return 0;
+}
+
 static const ab_test_entry tests[] = {TEST_ENTRY(stack_contiguous),
                                       TEST_ENTRY(stack_noncontiguous_and_convert),
                                       TEST_ENTRY(stack_rejects),
@@ -526,5 +572,6 @@ static const ab_test_entry tests[] = {TEST_ENTRY(stack_contiguous),
                                       TEST_ENTRY(stack_helper_fails),
                                       TEST_ENTRY(stack_destroy_cancel),
                                       TEST_ENTRY(empty_null_data),
+                                      TEST_ENTRY(unstack_errors_clear_out),
                                       TEST_END};
 AB_TEST_MAIN(tests)

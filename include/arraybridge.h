@@ -37,6 +37,9 @@
  *      AB_ENOMEM only at its end. Inputs are never modified, so nothing is lost.
  *   7. ab_runtime_destroy never strands a caller: every accepted future completes before it
  *      returns. Futures and tensors may outlive their runtime; release them when done.
+ *   8. Times are kept: retries come on their backoff schedule, OOM deadlines and the timeouts
+ *      of blocking submits and waits expire when they say, within 10% or 5 ms (whichever is
+ *      more), idle or busy, as far as the operating system schedules the thread that acts.
  *
  * Threads
  *   Every function is thread-safe, except that a runtime must not be used after (or while)
@@ -116,7 +119,12 @@ typedef struct {
   double memory_fraction;    /* alternatively, a fraction of the device's memory (0..1] */
 } ab_kind_options;
 
-/* The OOM ladder (see the contract, point 6). Zero fields take the defaults given. */
+/* The OOM ladder (see the contract, point 6). Zero fields take the defaults given. A parked
+ * task is retried after backoff_initial_ns, then after twice that, and so on up to
+ * backoff_max_ns between tries (1, 2, 4, ... 64, 100, 100 ms by default), and earlier when
+ * memory on its device is freed; each retry waits for a worker like any queued task, and
+ * that wait is not parked time. Retries keep this schedule within 10% (contract, point 8),
+ * also while the device's workers are busy with other tasks. */
 typedef struct {
   bool no_wait;              /* skip parking: fail with AB_ENOMEM after the spill step */
   bool allow_reroute;        /* after the deadline, try another device of the same kind
@@ -273,7 +281,8 @@ typedef enum {
 } ab_place_policy;
 
 typedef enum {
-  AB_SUBMIT_BLOCK = 0,       /* wait for queue space (up to timeout_ns if > 0: AB_ETIMEDOUT) */
+  AB_SUBMIT_BLOCK = 0,       /* wait for queue space (up to timeout_ns if > 0: AB_ETIMEDOUT,
+                                kept as the contract's point 8 says) */
   AB_SUBMIT_TRY = 1,         /* AB_EAGAIN at once when the queue is full */
 } ab_submit_mode;
 
@@ -367,7 +376,8 @@ AB_API bool ab_ctx_cancelled(ab_ctx *c);
 /* ---------------------------------------------------------------------------------------------
  * Futures
  */
-/* 0 once complete; AB_ETIMEDOUT if timeout_ns (< 0: for ever; 0: poll) passes first. */
+/* 0 once complete; AB_ETIMEDOUT if timeout_ns (< 0: for ever; 0: poll) passes first, kept as
+ * the contract's point 8 says (the same for wait_all and wait_any). */
 AB_API int ab_future_wait(ab_future *f, int64_t timeout_ns);
 /* The status once complete (0 or AB_E*), AB_EPENDING before. */
 AB_API int ab_future_status(const ab_future *f);

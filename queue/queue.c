@@ -46,13 +46,8 @@ static int wait_for_space(ab__queue *q, int64_t deadline_ns, bool (*full)(void *
   uint32_t snap = ck_ec32_value(&q->space_ec);
   int rc = 0;
   if (!has_room(q) || (full && full(arg))) {
-    struct timespec ts, *tsp = NULL;
-    if (deadline_ns >= 0) {
-      ab__ec_deadline(&ts, deadline_ns);
-      tsp = &ts;
-    }
     if (deadline_ns >= 0 && ab__now_ns() >= deadline_ns) rc = AB_ETIMEDOUT;
-    else if (ck_ec32_wait(&q->space_ec, ab__ec_mode(), snap, tsp) != 0) rc = AB_ETIMEDOUT;
+    else rc = ab__ec_wait(&q->space_ec, snap, deadline_ns);
   }
   atomic_fetch_sub(&q->space_waiters, 1);
   return rc;
@@ -111,12 +106,7 @@ void ab__queue_signal_space(ab__queue *q) {
 uint32_t ab__queue_snapshot(ab__queue *q) { return ck_ec32_value(&q->work_ec); }
 
 void ab__queue_wait(ab__queue *q, uint32_t snapshot, int64_t deadline_ns) {
-  struct timespec ts, *tsp = NULL;
-  if (deadline_ns >= 0) {
-    ab__ec_deadline(&ts, deadline_ns);
-    tsp = &ts;
-  }
-  ck_ec32_wait(&q->work_ec, ab__ec_mode(), snapshot, tsp);
+  ab__ec_wait(&q->work_ec, snapshot, deadline_ns);
 }
 
 void ab__queue_wake(ab__queue *q) { ck_ec32_inc(&q->work_ec, ab__ec_mode()); }

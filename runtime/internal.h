@@ -51,7 +51,9 @@ void ab__futex_wake_all(const _Atomic uint32_t *addr);
 void ab__sleep_ns(int64_t ns);
 static inline void ab__cpu_relax(void) { __builtin_ia32_pause(); }
 const struct ck_ec_mode *ab__ec_mode(void);
-void ab__ec_deadline(struct timespec *ts, int64_t deadline_ns);
+/* Sleeps while ec's value is old, until deadline_ns (absolute, ab__now_ns clock; < 0: none):
+ * 0 once it moved, AB_ETIMEDOUT at the deadline, kept to the futex's precision. */
+int ab__ec_wait(struct ck_ec32 *ec, uint32_t old, int64_t deadline_ns);
 int64_t ab__deadline_after(int64_t timeout_ns); /* -1 when timeout_ns < 0 */
 void *ab__malloc(const ab_allocator *a, size_t n);
 void *ab__calloc(const ab_allocator *a, size_t n);
@@ -159,6 +161,8 @@ struct ab__device {
   pthread_mutex_t park_lock;      /* guards parked; rank: taken with no other runtime lock */
   ab_future *parked;
   _Atomic uint32_t nparked;
+  _Atomic int64_t park_due;       /* earliest retry time of a parked task (INT64_MAX: none; 0: now) */
+  _Atomic uint32_t park_seen_gen; /* freed_gen at the last poll of the parked list */
 
   /* Written by submitters and workers alike: a cache line of their own. */
   _Alignas(64) _Atomic int64_t load_tasks; /* queued and running: least-loaded placement */

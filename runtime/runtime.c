@@ -72,6 +72,7 @@ static int device_init(ab_runtime *rt, ab__device *d, int kind, int index, int p
   if (split > 1) snprintf(d->name, sizeof d->name, "%.40s [%d/%d]", pi->name, (index % split + 1) % 100, split % 100);
   else snprintf(d->name, sizeof d->name, "%s", pi->name);
   d->budget = kind_budget(&rt->opt.kinds[kind], kind, pi->memory_total, split);
+  atomic_init(&d->park_due, INT64_MAX);
   if (pthread_mutex_init(&d->park_lock, NULL) != 0) return AB_ENOMEM;
   if (pthread_mutex_init(&d->xfer_lock, NULL) != 0) {
     pthread_mutex_destroy(&d->park_lock);

@@ -6,7 +6,9 @@
  *     submitter's release), runs it, and completes it with a CAS RUNNING -> COMPLETING. A task
  *     cancelled while queued fails the claim and is dropped: it never runs.
  *   - Idle workers spin briefly (a task usually arrives within microseconds in a busy pipeline),
- *     then sleep on the queue's event count. Parked tasks give the sleep a deadline.
+ *     then sleep on the queue's event count. Parked tasks give the sleep a deadline. The spin is
+ *     bounded in time, not only in rounds: on a loaded machine each sched_yield may hand the
+ *     core away for a whole time slice (64 of them once cost 90 ms before a 1 ms retry).
  *   - A backend with events (ops->record) has a task's work enqueued, not done, when its body
  *     returns: the worker records an event and keeps the task in its pending ring (scratch and
  *     inputs stay alive), runs the next one, and completes pending tasks in order as polling
@@ -17,6 +19,10 @@
  *     list with a retry time; frees on the device bump freed_gen and wake a worker, which sends
  *     parked tasks back to the queue at once. Past the deadline: re-route if allowed, else fail
  *     with AB_ENOMEM and a memory report.
+ *   - Retries keep their schedule however busy the device is: park_due holds the earliest retry
+ *     time, and a worker looks at it between tasks (one relaxed load while nothing is parked),
+ *     not only when its queue runs dry. A task parked with an earlier retry than the sleepers
+ *     know wakes them.
  *   - park_lock is a leaf lock: nothing else is taken while it is held, except the queue's
  *     overflow lock (leaf below it) when a task is sent back.
  */
@@ -55,8 +61,12 @@ static void park(ab__device *d, ab_future *t) {
   t->park_next = d->parked;
   d->parked = t;
   atomic_fetch_add_explicit(&d->nparked, 1, memory_order_release); /* pairs with poll's acquire */
+  /* relaxed: park_due is a hint for when to poll; the list itself is read under the lock */
+  bool earlier = t->park_until < atomic_load_explicit(&d->park_due, memory_order_relaxed);
+  if (earlier) atomic_store_explicit(&d->park_due, t->park_until, memory_order_relaxed);
   pthread_mutex_unlock(&d->park_lock);
   atomic_fetch_add_explicit(&d->stats.oom_parks, 1, memory_order_relaxed); /* stat */
+  if (earlier) ab__wake_workers(d); /* sleeping workers wait for a later retry, or none */
 }
 
 /* Whether a task short of `need` bytes may succeed now. A free wakes the parked tasks early only
@@ -91,8 +101,19 @@ static int64_t park_poll(ab__device *d) {
     if (next < 0 || t->park_until < next) next = t->park_until;
     pp = &t->park_next;
   }
+  /* relaxed: hints for the between-task check (see the design notes) */
+  atomic_store_explicit(&d->park_due, next < 0 ? INT64_MAX : next, memory_order_relaxed);
+  atomic_store_explicit(&d->park_seen_gen, gen, memory_order_relaxed);
   pthread_mutex_unlock(&d->park_lock);
   return next;
+}
+
+/* Between two tasks: is a parked task due, or has memory been freed since the last poll? */
+static bool park_wants_poll(ab__device *d) {
+  if (atomic_load_explicit(&d->nparked, memory_order_relaxed) == 0) return false; /* a hint */
+  return atomic_load_explicit(&d->freed_gen, memory_order_relaxed) !=
+             atomic_load_explicit(&d->park_seen_gen, memory_order_relaxed) ||
+         ab__now_ns() >= atomic_load_explicit(&d->park_due, memory_order_relaxed);
 }
 
 void ab__park_flush(ab__device *d, int status) {
@@ -266,14 +287,17 @@ static ab_future *pop(ab__device *d) { return ab__queue_pop(&d->queue, qlink_off
 
 /* Before sleeping, poll a little: a few pauses, then yields. Yielding hands the core to a
  * submitter or another worker when there are more threads than cores (a pure spin would steal
- * it), yet still picks up the next task within microseconds, far sooner than a futex wake-up. */
+ * it), yet still picks up the next task within microseconds, far sooner than a futex wake-up.
+ * At most SPIN_NS of yields: on a busy machine one yield can last a whole time slice. */
+#define SPIN_NS 100000
 static ab_future *spin_pop(ab__device *d) {
   for (int i = 0; i < 64; i++) {
     ab_future *t = pop(d);
     if (t) return t;
     ab__cpu_relax();
   }
-  for (int i = 0; i < 64; i++) {
+  int64_t end = ab__now_ns() + SPIN_NS;
+  for (int i = 0; i < 64 && ab__now_ns() < end; i++) {
     sched_yield();
     ab_future *t = pop(d);
     if (t) return t;
@@ -290,6 +314,7 @@ static void *worker_main(void *arg) {
   ab_runtime *rt = d->rt;
   for (;;) {
     if (w->npending) reap(w, false);
+    if (park_wants_poll(d)) park_poll(d);
     ab_future *t = pop(d);
     if (t == NULL && w->npending) { /* nothing new: wait for the device instead */
       reap(w, true);

@@ -216,7 +216,10 @@ int ab_future_cancel(ab_future *f) {
   for (;;) {
     switch (s & AB__PHASE) {
     case AB__PENDING:
-      if (ab__complete(f, AB_ECANCELED, NULL, AB__PENDING)) return 0;
+      if (ab__complete(f, AB_ECANCELED, NULL, AB__PENDING)) {
+        ab__park_cancelled(f); /* if it was parked, have it dropped now, not at its retry */
+        return 0;
+      }
       break;
     case AB__RUNNING:
       /* relaxed: the running task polls the flag; nothing else is published with it */

@@ -355,6 +355,7 @@ void ab__task_requeue(ab__device *d, ab_future *t);  /* parked or re-routed: nev
 void ab__task_unaccount(ab__device *d, ab_future *t); /* the task left the device */
 void ab__device_unaccount(ab__device *d, uint64_t bytes); /* the same, for a task given away */
 void ab__task_release_inputs(ab_future *t);
+void ab__task_drop(ab_future *t); /* completed, leaving the system: its inputs, then its reference */
 void ab__inflight_done(ab_runtime *rt);
 
 /* trace.c: recording is one relaxed load when off (see trace.c's design notes) */
@@ -381,6 +382,7 @@ int ab__workers_start(ab__device *d);
 void ab__workers_join(ab__device *d);
 void ab__wake_workers(ab__device *d);
 void ab__park_flush(ab__device *d, int status); /* destroy: complete every parked task */
+void ab__park_cancelled(ab_future *t);           /* t was cancelled while pending: maybe parked */
 
 struct ab_ctx {
   ab__worker *w;

@@ -148,7 +148,7 @@ static void drop_leftovers(ab_runtime *rt) {
     while ((t = ab__queue_pop(&d->queue, offsetof(ab_future, qlink))) != NULL) {
       AB__ASSERT((atomic_load(&t->state) & AB__PHASE) == AB__DONE);
       ab__task_unaccount(d, t);
-      ab_future_release(t);
+      ab__task_drop(t);
     }
   }
 }

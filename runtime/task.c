@@ -12,7 +12,10 @@
  *     Whoever brings the count to zero calls ab__task_ready, which places and enqueues it
  *     without blocking: it may run on a worker or inside another future's completion.
  *   - The system's reference on a task is dropped by whoever takes it out of the system: the
- *     worker that ran or discarded it, or ab__task_ready when it is already complete.
+ *     worker that ran or discarded it, or ab__task_ready when it is already complete. A task
+ *     discarded without running (cancelled, or failed by an input) lets go of its inputs then
+ *     too (ab__task_drop), not when its caller releases the future: they may be memory that
+ *     others wait for. Nobody reads a completed task's inputs.
  */
 #include <string.h>
 
@@ -45,6 +48,12 @@ void ab__task_release_inputs(ab_future *t) {
   if (t->in && t->in != t->in_inline) ab__free(&t->rt->alloc, t->in);
   t->in = NULL;
   t->nin = 0;
+}
+
+void ab__task_drop(ab_future *t) {
+  AB__ASSERT((atomic_load_explicit(&t->state, memory_order_relaxed) & AB__PHASE) >= AB__COMPLETING);
+  ab__task_release_inputs(t);
+  ab_future_release(t);
 }
 
 static const ab_oom_policy *default_oom(ab_runtime *rt, const ab_oom_policy *p) {
@@ -199,7 +208,7 @@ void ab__task_ready(ab_future *t) {
   ab__task_requeue(d, t);
   return;
 drop:
-  ab_future_release(t);
+  ab__task_drop(t);
 }
 
 static void input_done(ab_future *f, void *arg) {

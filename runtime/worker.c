@@ -22,9 +22,11 @@
  *   - Retries keep their schedule however busy the device is: park_due holds the earliest retry
  *     time, and a worker looks at it between tasks (one relaxed load while nothing is parked),
  *     not only when its queue runs dry. A task parked with an earlier retry than the sleepers
- *     know wakes them.
+ *     know wakes them; a cancelled parked task makes the list due at once, so it is dropped
+ *     (with its inputs) without waiting for its retry time.
  *   - park_lock is a leaf lock: nothing else is taken while it is held, except the queue's
- *     overflow lock (leaf below it) when a task is sent back.
+ *     overflow lock (leaf below it) when a task is sent back. Tasks dropped from the list are
+ *     released after it is unlocked (a release may free memory, which wakes workers).
  */
 #include <sched.h>
 #include <string.h>
@@ -79,21 +81,34 @@ static bool could_fit(ab__device *d, uint64_t need) {
   return used <= d->budget && d->budget - used >= need;
 }
 
-/* Sends due tasks back to the queue; returns the earliest retry time left (-1: none). */
+static bool is_done(const ab_future *t) {
+  /* acquire: a task cancelled while parked is dropped, and its completer's writes are seen */
+  return (atomic_load_explicit(&t->state, memory_order_acquire) & AB__PHASE) == AB__DONE;
+}
+
+/* Sends due tasks back to the queue and drops cancelled ones; returns the earliest retry time
+ * left (-1: none). */
 static int64_t park_poll(ab__device *d) {
   if (atomic_load_explicit(&d->nparked, memory_order_acquire) == 0) return -1;
   int64_t now = ab__now_ns(), next = -1;
   uint32_t gen = atomic_load_explicit(&d->freed_gen, memory_order_acquire);
+  ab_future *dropped = NULL;
   pthread_mutex_lock(&d->park_lock);
   ab_future **pp = &d->parked;
   while (*pp) {
     ab_future *t = *pp;
-    if (t->park_until <= now || (t->park_gen != gen && could_fit(d, t->park_need))) {
+    bool done = is_done(t);
+    if (done || t->park_until <= now || (t->park_gen != gen && could_fit(d, t->park_need))) {
       *pp = t->park_next;
+      atomic_fetch_sub_explicit(&d->nparked, 1, memory_order_relaxed); /* under the lock */
+      if (done) { /* cancelled while parked: nothing to retry */
+        t->park_next = dropped;
+        dropped = t;
+        continue;
+      }
       /* The deadline counts time parked, up to when the retry was due: not the time it waited
        * for a worker after that (workers busy with a long queue poll parked tasks late). */
       t->park_left -= (t->park_until < now ? t->park_until : now) - t->park_since;
-      atomic_fetch_sub_explicit(&d->nparked, 1, memory_order_relaxed); /* under the lock */
       atomic_fetch_add_explicit(&d->stats.oom_retries, 1, memory_order_relaxed); /* stat */
       ab__task_requeue(d, t);
       continue;
@@ -105,6 +120,11 @@ static int64_t park_poll(ab__device *d) {
   atomic_store_explicit(&d->park_due, next < 0 ? INT64_MAX : next, memory_order_relaxed);
   atomic_store_explicit(&d->park_seen_gen, gen, memory_order_relaxed);
   pthread_mutex_unlock(&d->park_lock);
+  while (dropped) {
+    ab_future *t = dropped;
+    dropped = t->park_next;
+    ab__task_drop(t);
+  }
   return next;
 }
 
@@ -114,6 +134,13 @@ static bool park_wants_poll(ab__device *d) {
   return atomic_load_explicit(&d->freed_gen, memory_order_relaxed) !=
              atomic_load_explicit(&d->park_seen_gen, memory_order_relaxed) ||
          ab__now_ns() >= atomic_load_explicit(&d->park_due, memory_order_relaxed);
+}
+
+void ab__park_cancelled(ab_future *t) {
+  ab__device *d = ab__task_dev(t);
+  if (d == NULL || atomic_load_explicit(&d->nparked, memory_order_relaxed) == 0) return;
+  atomic_store_explicit(&d->park_due, 0, memory_order_relaxed); /* it may be parked: poll now */
+  ab__wake_workers(d);
 }
 
 void ab__park_flush(ab__device *d, int status) {
@@ -126,7 +153,7 @@ void ab__park_flush(ab__device *d, int status) {
     ab_future *t = list;
     list = t->park_next;
     ab__complete(t, status, NULL, AB__PENDING);
-    ab_future_release(t); /* the system's reference */
+    ab__task_drop(t);
   }
 }
 
@@ -278,7 +305,7 @@ static void run_one(ab__worker *w, ab_future *t) {
   return;
 drop:
   ab__task_unaccount(d, t);
-  ab_future_release(t); /* the system's reference */
+  ab__task_drop(t);
 }
 
 static size_t qlink_offset(void) { return offsetof(ab_future, qlink); }
@@ -321,11 +348,14 @@ static void *worker_main(void *arg) {
       continue;
     }
     if (t == NULL) {
+      /* The snapshot before the parked list is read: a wake-up after it (a task parked with an
+       * earlier retry, a parked task cancelled, memory freed) ends the sleep below at once,
+       * instead of being lost until the retry time read here. */
+      uint32_t snap = ab__queue_snapshot(&d->queue);
       int64_t next_retry = park_poll(d);
       t = spin_pop(d);
       if (t == NULL) {
         if (atomic_load_explicit(&rt->stopping, memory_order_acquire)) return NULL;
-        uint32_t snap = ab__queue_snapshot(&d->queue);
         t = pop(d);
         if (t == NULL) {
           ab__queue_wait(&d->queue, snap, next_retry);

@@ -393,7 +393,10 @@ AB_API int ab_future_then(ab_future *f, void (*cb)(ab_future *f, void *arg), voi
  * AB_EALREADY: already complete. */
 AB_API int ab_future_cancel(ab_future *f);
 AB_API int ab_future_wait_all(ab_future *const *fs, size_t n, int64_t timeout_ns);
-/* 0 and *which once one of them is complete. */
+/* 0 and *which (when which is not NULL) once one of them is complete; *which is untouched on
+ * failure. Registers nothing on the futures: polling it with a timeout leaves nothing behind.
+ * Futures of several runtimes may be mixed (completions in the others are then noticed within
+ * a millisecond). */
 AB_API int ab_future_wait_any(ab_future *const *fs, size_t n, int64_t timeout_ns, size_t *which);
 AB_API ab_future *ab_future_retain(ab_future *f);
 AB_API void ab_future_release(ab_future *f);   /* NULL is accepted */

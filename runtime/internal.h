@@ -200,6 +200,10 @@ struct ab_runtime {
   _Atomic uint32_t idle_word;     /* destroy sleeps here until inflight reaches 0 */
   _Atomic int64_t refs;           /* 1 for the owner + one per live future and pooled tensor */
   pthread_mutex_t trace_lock;     /* serialises ab_trace_start, stop and write */
+  /* ab_future_wait_any sleeps on done_gen, which completions bump while any_waiters > 0: its
+   * own line, written only while someone waits (future.c) */
+  _Alignas(64) _Atomic uint32_t done_gen;
+  _Atomic int32_t any_waiters;
   int64_t trace_t0;               /* when the last trace run started (CLOCK_MONOTONIC ns) */
   bool trace_tsc;                 /* records hold TSC ticks, mapped by the pairs below */
   int64_t trace_tsc0, trace_tsc1, trace_ns1; /* (tsc, ns) at start (ns: trace_t0) and stop */

@@ -11,7 +11,13 @@
  *   ab_future   a refcounted handle on the result of a task.
  *
  * Errors
- *   Every fallible call returns 0 or a negative AB_E* code; ab_strerror() names it.
+ *   Every fallible call returns 0 or a negative AB_E* code; ab_strerror() names it. Its
+ *   out-parameters are NULL after any failure (ab_unstack: every entry, see there).
+ *
+ * NULL
+ *   Every function accepts NULL for any pointer argument. Fallible ones return AB_EINVAL (or
+ *   treat it as documented, e.g. a NULL options pointer means the defaults); the others return
+ *   a neutral value, given beside each: NULL, 0, false, or the device {-1, -1}.
  *
  * The async contract (read this before using futures)
  *   1. A submit call (ab_submit, ab_convert, ab_stack, ab_unstack, ...) that returns an error
@@ -109,11 +115,17 @@ typedef struct {
 
 #define AB_ANY (-1)
 
+/* Upper bounds of the counts below; a larger value is AB_EINVAL (a default is clamped). */
+#define AB_MAX_WORKERS 1024          /* workers_per_device */
+#define AB_MAX_SPLIT 64              /* logical_split */
+#define AB_MAX_QUEUE (1u << 24)      /* queue_capacity */
+
 /* Per-kind settings. Zero fields take the defaults given. */
 typedef struct {
   bool disabled;             /* do not open devices of this kind */
-  int workers_per_device;    /* host: one per core; GPUs: 2 */
-  int logical_split;         /* split each physical device into N logical ones (default 1) */
+  int workers_per_device;    /* host: one per core; GPUs: 2 (1..AB_MAX_WORKERS) */
+  int logical_split;         /* split each physical device into N logical ones (default 1;
+                                1..AB_MAX_SPLIT) */
   uint64_t memory_limit;     /* bytes each physical device may hold (0: no limit on the host,
                                 the device's memory on GPUs); logical devices share it evenly */
   double memory_fraction;    /* alternatively, a fraction of the device's memory (0..1] */
@@ -149,7 +161,8 @@ typedef struct {
   size_t size;               /* sizeof(ab_runtime_options); AB_RUNTIME_OPTIONS_INIT sets it.
                                 A size the library does not know is AB_EINVAL. */
   ab_kind_options kinds[AB_KIND_COUNT];
-  uint32_t queue_capacity;   /* tasks queued per device before submit blocks (default 4096) */
+  uint32_t queue_capacity;   /* tasks queued per device before submit blocks (default 4096;
+                                at most AB_MAX_QUEUE) */
   uint64_t max_bytes_in_flight; /* per device, input bytes of queued and running tasks (0: none) */
   ab_oom_policy oom;         /* default ladder for every task */
   ab_spill_fn spill;
@@ -166,7 +179,7 @@ typedef struct ab_ctx ab_ctx;
 
 enum { AB_DRAIN = 0, AB_CANCEL = 1 };
 
-AB_API int ab_runtime_create(const ab_runtime_options *opt, ab_runtime **out);
+AB_API int ab_runtime_create(const ab_runtime_options *opt, ab_runtime **out); /* opt NULL: defaults */
 /* Stops accepting work; AB_DRAIN runs every accepted task, AB_CANCEL cancels those not yet
  * running (and asks running ones to stop). Returns once every future has completed and every
  * worker has exited. NULL is accepted. */
@@ -259,13 +272,13 @@ AB_API int ab_tensor_view(ab_tensor *t, int ndim, const int64_t *shape, const in
 /* t[i] along the first axis, as a view. */
 AB_API int ab_tensor_index(ab_tensor *t, int64_t i, ab_tensor **out);
 
-AB_API const DLTensor *ab_tensor_dl(const ab_tensor *t);
-AB_API uint32_t ab_tensor_flags(const ab_tensor *t);
-AB_API ab_device ab_tensor_device(const ab_tensor *t);
-AB_API size_t ab_tensor_nbytes(const ab_tensor *t);   /* elements x element size */
-AB_API bool ab_tensor_is_contiguous(const ab_tensor *t);
-AB_API ab_tensor *ab_tensor_retain(ab_tensor *t);
-AB_API void ab_tensor_release(ab_tensor *t);           /* NULL is accepted */
+AB_API const DLTensor *ab_tensor_dl(const ab_tensor *t);    /* NULL: NULL */
+AB_API uint32_t ab_tensor_flags(const ab_tensor *t);        /* NULL: 0 */
+AB_API ab_device ab_tensor_device(const ab_tensor *t);      /* NULL: {-1, -1} */
+AB_API size_t ab_tensor_nbytes(const ab_tensor *t);         /* elements x element size; NULL: 0 */
+AB_API bool ab_tensor_is_contiguous(const ab_tensor *t);    /* NULL: false */
+AB_API ab_tensor *ab_tensor_retain(ab_tensor *t);           /* returns t; NULL: NULL */
+AB_API void ab_tensor_release(ab_tensor *t);                /* NULL: nothing */
 
 /* ---------------------------------------------------------------------------------------------
  * Placement and submission options
@@ -358,20 +371,21 @@ typedef struct {
 AB_API int ab_submit(ab_runtime *rt, const ab_task_desc *d, ab_future **out);
 
 /* Inside a compute task */
-AB_API ab_device ab_ctx_device(ab_ctx *c);
+AB_API ab_device ab_ctx_device(ab_ctx *c); /* NULL: {-1, -1} */
 AB_API void *ab_ctx_stream(ab_ctx *c);   /* cudaStream_t, cl_command_queue, or NULL on the host */
 AB_API int ab_ctx_worker(ab_ctx *c);     /* index of the worker within its device's pool */
+                                         /* (ab_ctx_worker and ab_ctx_ninputs: NULL: AB_EINVAL) */
 /* Scratch memory from the worker's arena, freed when the task ends; counts against the budget
  * and walks the OOM ladder before returning AB_ENOMEM (return it from fn to park the task).
  * *ptr is device memory as the device names it: a host pointer, a cl_mem, a CUDA pointer. */
 AB_API int ab_ctx_alloc(ab_ctx *c, size_t bytes, void **ptr);
 AB_API int ab_ctx_ninputs(ab_ctx *c);
-AB_API ab_tensor *ab_ctx_input(ab_ctx *c, int i);   /* borrowed */
+AB_API ab_tensor *ab_ctx_input(ab_ctx *c, int i);   /* borrowed; NULL when i is out of range */
 /* A tensor for this task's output on its device; counts against the budget (OOM ladder). */
 AB_API int ab_ctx_alloc_tensor(ab_ctx *c, DLDataType dt, int ndim, const int64_t *shape, ab_tensor **out);
 /* The task's result; the future takes the caller's reference. */
 AB_API int ab_ctx_set_output(ab_ctx *c, ab_tensor *t);
-AB_API bool ab_ctx_cancelled(ab_ctx *c);
+AB_API bool ab_ctx_cancelled(ab_ctx *c);   /* NULL: false */
 
 /* ---------------------------------------------------------------------------------------------
  * Futures
@@ -398,8 +412,8 @@ AB_API int ab_future_wait_all(ab_future *const *fs, size_t n, int64_t timeout_ns
  * Futures of several runtimes may be mixed (completions in the others are then noticed within
  * a millisecond). */
 AB_API int ab_future_wait_any(ab_future *const *fs, size_t n, int64_t timeout_ns, size_t *which);
-AB_API ab_future *ab_future_retain(ab_future *f);
-AB_API void ab_future_release(ab_future *f);   /* NULL is accepted */
+AB_API ab_future *ab_future_retain(ab_future *f);   /* returns f; NULL: NULL */
+AB_API void ab_future_release(ab_future *f);        /* NULL: nothing */
 
 /* ---------------------------------------------------------------------------------------------
  * Tracing: a timeline of every task on every worker and stream, and of device memory, written
@@ -409,7 +423,8 @@ AB_API void ab_future_release(ab_future *f);   /* NULL is accepted */
  */
 typedef struct {
   size_t size;               /* sizeof(ab_trace_options); AB_TRACE_OPTIONS_INIT sets it */
-  uint32_t events_per_worker;/* ring capacity, rounded up to a power of two (default 1 << 16) */
+  uint32_t events_per_worker;/* ring capacity, rounded up to a power of two (default 1 << 16;
+                                more than 1 << 24 is taken as 1 << 24) */
 } ab_trace_options;
 
 #define AB_TRACE_OPTIONS_INIT {.size = sizeof(ab_trace_options)}

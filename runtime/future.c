@@ -59,14 +59,18 @@ void ab__future_free(ab_future *f) {
 }
 
 ab_future *ab_future_retain(ab_future *f) {
-  atomic_fetch_add_explicit(&f->refs, 1, memory_order_relaxed); /* taken only from a live ref */
+  if (f == NULL) return NULL;
+  int32_t was = atomic_fetch_add_explicit(&f->refs, 1, memory_order_relaxed); /* from a live ref */
+  AB__ASSERT(was > 0);
   return f;
 }
 
 void ab_future_release(ab_future *f) {
   if (f == NULL) return;
   /* acq_rel: the last releaser must see every other owner's writes before freeing */
-  if (atomic_fetch_sub_explicit(&f->refs, 1, memory_order_acq_rel) == 1) ab__future_free(f);
+  int32_t was = atomic_fetch_sub_explicit(&f->refs, 1, memory_order_acq_rel);
+  AB__ASSERT(was > 0);
+  if (was == 1) ab__future_free(f);
 }
 
 static void run_callbacks(ab_future *f) {

@@ -232,7 +232,9 @@ int ab_tensor_alloc(ab_runtime *rt, ab_device d, DLDataType dt, int ndim, const 
 }
 
 ab_tensor *ab_tensor_retain(ab_tensor *t) {
-  atomic_fetch_add_explicit(&t->refs, 1, memory_order_relaxed); /* taken only from a live ref */
+  if (t == NULL) return NULL;
+  int32_t was = atomic_fetch_add_explicit(&t->refs, 1, memory_order_relaxed); /* from a live ref */
+  AB__ASSERT(was > 0);
   return t;
 }
 
@@ -263,14 +265,16 @@ static void release_memory(ab_tensor *t) {
 void ab_tensor_release(ab_tensor *t) {
   if (t == NULL) return;
   /* acq_rel: the last releaser sees every other owner's use before freeing */
-  if (atomic_fetch_sub_explicit(&t->refs, 1, memory_order_acq_rel) != 1) return;
+  int32_t was = atomic_fetch_sub_explicit(&t->refs, 1, memory_order_acq_rel);
+  AB__ASSERT(was > 0);
+  if (was != 1) return;
   release_memory(t);
   tensor_free_struct(t);
 }
 
 const DLTensor *ab_tensor_dl(const ab_tensor *t) { return t ? &t->dl : NULL; }
 uint32_t ab_tensor_flags(const ab_tensor *t) { return t ? t->flags : 0; }
-ab_device ab_tensor_device(const ab_tensor *t) { return t->home; }
+ab_device ab_tensor_device(const ab_tensor *t) { return t ? t->home : (ab_device){-1, -1}; }
 size_t ab_tensor_nbytes(const ab_tensor *t) { return t ? t->nbytes : 0; }
 bool ab_tensor_is_contiguous(const ab_tensor *t) { return t && ab__contiguous(&t->dl); }
 

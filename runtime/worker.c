@@ -387,17 +387,17 @@ void ab__workers_join(ab__device *d) {
 }
 
 /* ---- the task context ----------------------------------------------------------------------- */
-ab_device ab_ctx_device(ab_ctx *c) { return c->w->dev->id; }
-void *ab_ctx_stream(ab_ctx *c) { return c->w->dev->ops->stream ? c->w->dev->ops->stream(c->w) : NULL; }
-int ab_ctx_worker(ab_ctx *c) { return c->w->index; }
-int ab_ctx_ninputs(ab_ctx *c) { return c->task->nin; }
+ab_device ab_ctx_device(ab_ctx *c) { return c ? c->w->dev->id : (ab_device){-1, -1}; }
+void *ab_ctx_stream(ab_ctx *c) { return c && c->w->dev->ops->stream ? c->w->dev->ops->stream(c->w) : NULL; }
+int ab_ctx_worker(ab_ctx *c) { return c ? c->w->index : AB_EINVAL; }
+int ab_ctx_ninputs(ab_ctx *c) { return c ? c->task->nin : AB_EINVAL; }
 
 ab_tensor *ab_ctx_input(ab_ctx *c, int i) {
   if (c == NULL || i < 0 || i >= c->task->nin) return NULL;
   return c->task->in[i].tensor;
 }
 
-bool ab_ctx_cancelled(ab_ctx *c) { return cancel_asked(c->w, c->task); }
+bool ab_ctx_cancelled(ab_ctx *c) { return c && cancel_asked(c->w, c->task); }
 
 /* A free record slot: the inline block, or a new one chained after it. */
 static int scratch_slot(ab_ctx *c, ab__scratch **out) {

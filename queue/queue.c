@@ -34,9 +34,9 @@ void ab__queue_fini(ab__queue *q, const ab_allocator *a) {
 static bool has_room(ab__queue *q) { return ck_ring_size(&q->ring) < q->limit; }
 
 static bool try_push(ab__queue *q, void *item) {
-  pthread_mutex_lock(&q->push_lock);
+  ab__lock(&q->push_lock, AB__RANK_PUSH);
   bool ok = has_room(q) && ck_ring_enqueue_spmc(&q->ring, q->buf, item);
-  pthread_mutex_unlock(&q->push_lock);
+  ab__unlock(&q->push_lock, AB__RANK_PUSH);
   if (ok) ck_ec32_inc(&q->work_ec, ab__ec_mode());
   return ok;
 }
@@ -64,7 +64,7 @@ int ab__queue_push(ab__queue *q, void *item, int mode, int64_t deadline_ns, bool
 }
 
 void ab__queue_push_always(ab__queue *q, void *item, ab__qnode *node) {
-  pthread_mutex_lock(&q->push_lock);
+  ab__lock(&q->push_lock, AB__RANK_PUSH);
   /* Keep FIFO order with earlier overflowed items: the ring only when the overflow is empty. */
   if (q->ovf_head != NULL || !ck_ring_enqueue_spmc(&q->ring, q->buf, item)) {
     node->next = NULL;
@@ -73,20 +73,20 @@ void ab__queue_push_always(ab__queue *q, void *item, ab__qnode *node) {
     q->ovf_tail = node;
     atomic_fetch_add_explicit(&q->novf, 1, memory_order_release); /* pairs with pop's acquire */
   }
-  pthread_mutex_unlock(&q->push_lock);
+  ab__unlock(&q->push_lock, AB__RANK_PUSH);
   ck_ec32_inc(&q->work_ec, ab__ec_mode());
 }
 
 static void *pop_overflow(ab__queue *q, size_t node_offset) {
   if (atomic_load_explicit(&q->novf, memory_order_acquire) == 0) return NULL;
-  pthread_mutex_lock(&q->push_lock);
+  ab__lock(&q->push_lock, AB__RANK_PUSH);
   ab__qnode *n = q->ovf_head;
   if (n) {
     q->ovf_head = n->next;
     if (q->ovf_head == NULL) q->ovf_tail = NULL;
     atomic_fetch_sub_explicit(&q->novf, 1, memory_order_relaxed); /* under the lock */
   }
-  pthread_mutex_unlock(&q->push_lock);
+  ab__unlock(&q->push_lock, AB__RANK_PUSH);
   return n ? (char *)n - node_offset : NULL;
 }
 

@@ -51,7 +51,7 @@ typedef struct {
   struct ck_ec32 work_ec;         /* bumped on every push */
   struct ck_ec32 space_ec;        /* bumped on pops while submitters wait for space */
   _Atomic int space_waiters;      /* submitters between "no room" and their wake-up */
-  pthread_mutex_t push_lock;      /* serialises producers; guards the overflow list */
+  pthread_mutex_t push_lock;      /* serialises producers; guards the overflow list; a leaf */
   ab__qnode *ovf_head, *ovf_tail;
   _Atomic uint32_t novf;
 } ab__queue;

@@ -133,7 +133,7 @@ static int host_to_device(ab__worker *w, const ab_tensor *src, void *dst, size_t
 static int device_to_host(ab__device *s, const ab_tensor *src, void *host, DLDataType dt, const ab__cast_params *p) {
   ab__worker *x = &s->xfer;
   int rc;
-  pthread_mutex_lock(&s->xfer_lock);
+  ab__lock(&s->xfer_lock, AB__RANK_XFER);
   if (fits(src, dt)) {
     rc = s->ops->download(x, host, src->dl.data, src->dl.byte_offset, src->nbytes);
   } else {
@@ -146,7 +146,7 @@ static int device_to_host(ab__device *s, const ab_tensor *src, void *host, DLDat
       scratch_free(s, tmp, bytes);
     }
   }
-  pthread_mutex_unlock(&s->xfer_lock);
+  ab__unlock(&s->xfer_lock, AB__RANK_XFER);
   return rc;
 }
 
@@ -159,7 +159,7 @@ static int stream_between(ab__device *s, ab__worker *w, const void *src, size_t 
   void *stage;
   int rc = host_scratch(rt, 2 * chunk, &stage);
   if (rc != 0) return rc;
-  pthread_mutex_lock(&s->xfer_lock);
+  ab__lock(&s->xfer_lock, AB__RANK_XFER);
   for (size_t done = 0, k = 0; done < bytes && rc == 0; done += chunk, k++) {
     size_t n = bytes - done < chunk ? bytes - done : chunk;
     char *buf = (char *)stage + (k % 2) * chunk;
@@ -167,7 +167,7 @@ static int stream_between(ab__device *s, ab__worker *w, const void *src, size_t 
     if (rc == 0) rc = s->ops->download(&s->xfer, buf, src, src_off + done, n);
     if (rc == 0) rc = w->dev->ops->upload(w, dst, dst_off + done, buf, n);
   }
-  pthread_mutex_unlock(&s->xfer_lock);
+  ab__unlock(&s->xfer_lock, AB__RANK_XFER);
   int f = w->dev->ops->finish(w);
   if (rc == 0) rc = f;
   host_scratch_free(rt, stage, 2 * chunk);
@@ -192,13 +192,13 @@ static int device_to_device(ab__device *s, ab__worker *w, const ab_tensor *src, 
   void *packed = NULL;
   int rc = 0;
   if (!ab__contiguous(&src->dl)) { /* pack on S first: only contiguous bytes travel */
-    pthread_mutex_lock(&s->xfer_lock);
+    ab__lock(&s->xfer_lock, AB__RANK_XFER);
     if ((rc = scratch(s, &s->xfer, src->nbytes, &packed)) == 0) {
       rc = s->ops->cast(&s->xfer, &src->dl, packed, 0, src->dl.dtype, NULL);
       int f = s->ops->finish(&s->xfer);
       if (rc == 0) rc = f;
     }
-    pthread_mutex_unlock(&s->xfer_lock);
+    ab__unlock(&s->xfer_lock, AB__RANK_XFER);
     if (rc != 0) goto out;
   }
   const void *sbase = packed ? packed : from->dl.data;
@@ -286,9 +286,9 @@ static int stack_range(ab_ctx *c, ab__cast_params *p, DLDataType dt) {
     /* our own worker, any host worker (host kernels keep no state), or S's transfer worker */
     bool foreign = s != c->w->dev && s->id.kind != AB_HOST;
     ab__worker *w = s == c->w->dev ? c->w : foreign ? &s->xfer : &s->workers[0];
-    if (foreign) pthread_mutex_lock(&s->xfer_lock);
+    if (foreign) ab__lock(&s->xfer_lock, AB__RANK_XFER);
     rc = s->ops->minmax(w, &sl->dl, &lo, &hi, &found);
-    if (foreign) pthread_mutex_unlock(&s->xfer_lock);
+    if (foreign) ab__unlock(&s->xfer_lock, AB__RANK_XFER);
     if (rc != 0) return rc;
     if (!found) continue;
     if (!p->have_range || lo < p->lo) p->lo = lo;

@@ -76,6 +76,7 @@ void ab_future_release(ab_future *f) {
 static void run_callbacks(ab_future *f) {
   /* acq_rel: acquire the nodes pushed with release; release orders DONE before the sentinel */
   ab__cb *list = atomic_exchange_explicit(&f->cbs, CLOSED, memory_order_acq_rel);
+  AB__ASSERT(list != CLOSED); /* callbacks run once */
   ab__cb *fifo = NULL;
   while (list) { /* reverse: callbacks run in the order they were added */
     ab__cb *next = list->next;
@@ -111,6 +112,7 @@ static void wake_any_waiters(ab_runtime *rt) {
 }
 
 bool ab__complete(ab_future *f, int status, ab_tensor *result, uint32_t from) {
+  AB__ASSERT(from == AB__PENDING || from == AB__RUNNING);
   uint32_t s = atomic_load_explicit(&f->state, memory_order_relaxed);
   do {
     if ((s & AB__PHASE) != from) {
@@ -126,6 +128,7 @@ bool ab__complete(ab_future *f, int status, ab_tensor *result, uint32_t from) {
   /* seq_cst (release at least: status and result before DONE; seq_cst for wait_any, see the
    * design notes). The exchange returns any WAITERS set meanwhile. */
   uint32_t old = atomic_exchange(&f->state, AB__DONE);
+  AB__ASSERT((old & AB__PHASE) == AB__COMPLETING); /* only the winner of the CAS writes DONE */
   if (old & AB__WAITERS) ab__futex_wake_all(&f->state);
   wake_any_waiters(f->rt);
   run_callbacks(f);

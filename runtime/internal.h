@@ -25,8 +25,13 @@
 #include "arraybridge.h"
 #include "queue/queue.h"
 
-/* Debug checks always compile; they run unless NDEBUG (jemalloc's config_debug). */
-#ifdef NDEBUG
+/* Debug checks (AB__ASSERT) always compile, so they cannot rot; whether they run is a constant
+ * the compiler folds away, as jemalloc's config_debug. AB_DEBUG=1 turns them on (every tree
+ * that builds the tests does: tests/CMakeLists.txt), AB_DEBUG=0 off; without AB_DEBUG they run
+ * unless NDEBUG is defined. The invariants they check are those the design notes state. */
+#if defined(AB_DEBUG)
+static const bool ab__debug = AB_DEBUG;
+#elif defined(NDEBUG)
 static const bool ab__debug = false;
 #else
 static const bool ab__debug = true;
@@ -38,6 +43,24 @@ _Noreturn void ab__panic(const char *file, int line, const char *what);
     if (ab__debug && !(e)) ab__panic(__FILE__, __LINE__, #e);                                \
   } while (0)
 #define AB__NOT_REACHED() ab__panic(__FILE__, __LINE__, "not reached")
+
+/* Lock ranks. A thread takes the runtime's locks in increasing rank only, so no two threads can
+ * deadlock on them; park_lock's rank leaves only the queue's push_lock below it (worker.c), and
+ * nothing is taken while push_lock or a pool's grow_lock is held. xfer_lock and trace_lock share
+ * a rank: neither is ever taken with the other. Debug builds check this with a mask per thread
+ * of the ranks held. */
+enum { AB__RANK_XFER = 0, AB__RANK_TRACE = 0, AB__RANK_PARK = 1, AB__RANK_PUSH = 2, AB__RANK_GROW = 3 };
+extern _Thread_local uint32_t ab__ranks_held;
+static inline void ab__lock(pthread_mutex_t *m, int rank) {
+  AB__ASSERT((ab__ranks_held >> rank) == 0); /* nothing of this rank or above is held */
+  pthread_mutex_lock(m);
+  if (ab__debug) ab__ranks_held |= 1u << rank;
+}
+static inline void ab__unlock(pthread_mutex_t *m, int rank) {
+  AB__ASSERT(ab__ranks_held & (1u << rank));
+  if (ab__debug) ab__ranks_held &= ~(1u << rank);
+  pthread_mutex_unlock(m);
+}
 
 typedef struct ab__device ab__device;
 typedef struct ab__worker ab__worker;
@@ -158,7 +181,7 @@ struct ab__device {
   _Atomic uint64_t used, peak;
   _Atomic uint32_t freed_gen;     /* bumped on every free: parked tasks retry when it moves */
 
-  pthread_mutex_t park_lock;      /* guards parked; rank: taken with no other runtime lock */
+  pthread_mutex_t park_lock;      /* guards parked; AB__RANK_PARK */
   ab_future *parked;
   _Atomic uint32_t nparked;
   _Atomic int64_t park_due;       /* earliest retry time of a parked task (INT64_MAX: none; 0: now) */
@@ -184,7 +207,7 @@ char *ab__mem_report(ab__device *d, const ab_future *t); /* malloc'd text, or NU
 
 /* ---- the runtime -------------------------------------------------------------------------- */
 struct ab_runtime {
-  _Atomic int64_t inflight;       /* accepted tasks not yet complete */
+  _Atomic int64_t inflight;       /* accepted tasks not yet complete; never below 0 */
   _Atomic int closing;            /* no new submissions */
   _Alignas(64) ab_runtime_options opt;
   _Atomic int trace_on;           /* read by every task: beside the read-mostly options */
@@ -199,7 +222,7 @@ struct ab_runtime {
   _Atomic int stopping;           /* workers exit */
   _Atomic uint32_t idle_word;     /* destroy sleeps here until inflight reaches 0 */
   _Atomic int64_t refs;           /* 1 for the owner + one per live future and pooled tensor */
-  pthread_mutex_t trace_lock;     /* serialises ab_trace_start, stop and write */
+  pthread_mutex_t trace_lock;     /* serialises ab_trace_start, stop and write; AB__RANK_TRACE */
   /* ab_future_wait_any sleeps on done_gen, which completions bump while any_waiters > 0: its
    * own line, written only while someone waits (future.c) */
   _Alignas(64) _Atomic uint32_t done_gen;

@@ -102,6 +102,9 @@ int ab__ec_wait(struct ck_ec32 *ec, uint32_t old, int64_t deadline_ns) {
   return ck_ec32_wait_pred(ec, &ec_mode, old, cut_step_at_deadline, tsp, tsp) == 0 ? 0 : AB_ETIMEDOUT;
 }
 
+/* Locks held by this thread, by rank (internal.h); kept only when debug checks run. */
+_Thread_local uint32_t ab__ranks_held;
+
 /* ---- the allocation hook ------------------------------------------------------------------- */
 void *ab__malloc(const ab_allocator *a, size_t n) {
   if (a && a->malloc_fn) return a->malloc_fn(n, a->arg);

@@ -59,14 +59,14 @@ static int run_body(ab_ctx *c) {
 
 /* ---- parking -------------------------------------------------------------------------------- */
 static void park(ab__device *d, ab_future *t) {
-  pthread_mutex_lock(&d->park_lock);
+  ab__lock(&d->park_lock, AB__RANK_PARK);
   t->park_next = d->parked;
   d->parked = t;
   atomic_fetch_add_explicit(&d->nparked, 1, memory_order_release); /* pairs with poll's acquire */
   /* relaxed: park_due is a hint for when to poll; the list itself is read under the lock */
   bool earlier = t->park_until < atomic_load_explicit(&d->park_due, memory_order_relaxed);
   if (earlier) atomic_store_explicit(&d->park_due, t->park_until, memory_order_relaxed);
-  pthread_mutex_unlock(&d->park_lock);
+  ab__unlock(&d->park_lock, AB__RANK_PARK);
   atomic_fetch_add_explicit(&d->stats.oom_parks, 1, memory_order_relaxed); /* stat */
   if (earlier) ab__wake_workers(d); /* sleeping workers wait for a later retry, or none */
 }
@@ -93,11 +93,13 @@ static int64_t park_poll(ab__device *d) {
   int64_t now = ab__now_ns(), next = -1;
   uint32_t gen = atomic_load_explicit(&d->freed_gen, memory_order_acquire);
   ab_future *dropped = NULL;
-  pthread_mutex_lock(&d->park_lock);
+  ab__lock(&d->park_lock, AB__RANK_PARK);
   ab_future **pp = &d->parked;
   while (*pp) {
     ab_future *t = *pp;
     bool done = is_done(t);
+    /* parked tasks are waiting, or being (or been) cancelled: never claimed by a worker */
+    AB__ASSERT((atomic_load_explicit(&t->state, memory_order_relaxed) & AB__PHASE) != AB__RUNNING);
     if (done || t->park_until <= now || (t->park_gen != gen && could_fit(d, t->park_need))) {
       *pp = t->park_next;
       atomic_fetch_sub_explicit(&d->nparked, 1, memory_order_relaxed); /* under the lock */
@@ -119,7 +121,7 @@ static int64_t park_poll(ab__device *d) {
   /* relaxed: hints for the between-task check (see the design notes) */
   atomic_store_explicit(&d->park_due, next < 0 ? INT64_MAX : next, memory_order_relaxed);
   atomic_store_explicit(&d->park_seen_gen, gen, memory_order_relaxed);
-  pthread_mutex_unlock(&d->park_lock);
+  ab__unlock(&d->park_lock, AB__RANK_PARK);
   while (dropped) {
     ab_future *t = dropped;
     dropped = t->park_next;
@@ -144,11 +146,11 @@ void ab__park_cancelled(ab_future *t) {
 }
 
 void ab__park_flush(ab__device *d, int status) {
-  pthread_mutex_lock(&d->park_lock);
+  ab__lock(&d->park_lock, AB__RANK_PARK);
   ab_future *list = d->parked;
   d->parked = NULL;
   atomic_store_explicit(&d->nparked, 0, memory_order_relaxed); /* under the lock */
-  pthread_mutex_unlock(&d->park_lock);
+  ab__unlock(&d->park_lock, AB__RANK_PARK);
   while (list) {
     ab_future *t = list;
     list = t->park_next;
@@ -161,6 +163,7 @@ void ab__park_flush(ab__device *d, int status) {
 static bool unclaim(ab_future *t) {
   uint32_t s = atomic_load_explicit(&t->state, memory_order_relaxed);
   for (;;) {
+    AB__ASSERT((s & AB__PHASE) == AB__RUNNING); /* only the worker running it unclaims it */
     if (s & AB__CANCEL_REQ) return false;
     uint32_t ns = (s & ~(uint32_t)AB__PHASE) | AB__PENDING;
     /* release: the task's ladder fields before a canceller or the next worker claims it */
@@ -215,6 +218,7 @@ static bool claim(ab_future *t) {
   /* acquire, already on the first load: the pointer came through ck_ring, whose ordering is
    * invisible to ThreadSanitizer; this load is the edge that pairs with the submit's release */
   uint32_t s = atomic_load_explicit(&t->state, memory_order_acquire);
+  AB__ASSERT((s & AB__PHASE) != AB__RUNNING); /* a task is queued once at a time */
   while ((s & AB__PHASE) == AB__PENDING)
     /* acquire: pairs with the submitter's release, so the task's fields are visible */
     if (atomic_compare_exchange_weak_explicit(&t->state, &s, (s & ~(uint32_t)AB__PHASE) | AB__RUNNING,

@@ -2,7 +2,10 @@
 #include "harness.h"
 
 #include <pthread.h>
+#include <signal.h>
 #include <stdlib.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 static int test_options_size_checked(void) {
   ab_runtime_options o;
@@ -548,6 +551,27 @@ static int test_counts_bounded(void) {
   return 0;
 }
 
+/* The library's debug checks run in the test builds: a broken invariant (here the in-flight
+ * count given back once more than taken, the failure that once hung destroy) stops the process
+ * at once with the check that failed, instead of corrupting state. */
+void ab__inflight_done(ab_runtime *rt); /* internal: the static library exposes it */
+static int test_asserts_enabled(void) {
+  ab_runtime *rt;
+  CHECK_OK(th_runtime(&rt, 1, 1));
+  fflush(NULL);
+  pid_t pid = fork();
+  CHECK(pid >= 0);
+  if (pid == 0) {
+    ab__inflight_done(rt); /* nothing in flight: must abort */
+    _exit(0);
+  }
+  int st = 0;
+  CHECK(waitpid(pid, &st, 0) == pid);
+  CHECK_MSG(WIFSIGNALED(st) && WTERMSIG(st) == SIGABRT, "the child was not stopped by a failed check (status %d)", st);
+  CHECK_OK(ab_runtime_destroy(rt, AB_DRAIN));
+  return 0;
+}
+
 static const ab_test_entry tests[] = {TEST_ENTRY(options_size_checked),
                                       TEST_ENTRY(devices_and_info),
                                       TEST_ENTRY(logical_split),
@@ -562,5 +586,6 @@ static const ab_test_entry tests[] = {TEST_ENTRY(options_size_checked),
                                       TEST_ENTRY(outlive_runtime),
                                       TEST_ENTRY(create_destroy_loop),
                                       TEST_ENTRY(counts_bounded),
+                                      TEST_ENTRY(asserts_enabled),
                                       TEST_END};
 AB_TEST_MAIN(tests)

@@ -27,10 +27,11 @@ size_t ab__dtype_size(DLDataType dt) {
 }
 
 bool ab__contiguous(const DLTensor *t) {
+  for (int i = 0; i < t->ndim; i++)
+    if (t->shape[i] == 0) return true; /* no element is out of place (and the product may not fit) */
   int64_t expect = 1;
   for (int i = t->ndim - 1; i >= 0; i--) {
     if (t->shape[i] == 1) continue; /* any stride is fine for a dimension of one */
-    if (t->shape[i] == 0) return true;
     if (t->strides && t->strides[i] != expect) return false;
     expect *= t->shape[i];
   }
@@ -40,11 +41,18 @@ bool ab__contiguous(const DLTensor *t) {
 int64_t ab__collapse(const DLTensor *t, int *nd, int64_t *shape, int64_t *bstride) {
   int64_t es = (int64_t)ab__dtype_size(t->dtype), numel = 1, compact = es;
   int n = 0;
+  for (int i = 0; i < t->ndim; i++)
+    if (t->shape[i] == 0) { /* empty: no element, and strides that need not fit in bytes */
+      *nd = 1;
+      shape[0] = 0;
+      bstride[0] = es;
+      return 0;
+    }
   for (int i = t->ndim - 1; i >= 0; i--) { /* innermost first, then reverse */
-    int64_t st = t->strides ? t->strides[i] * es : compact;
+    if (t->shape[i] == 1) continue; /* any stride: it is never multiplied out */
+    int64_t st = t->strides ? t->strides[i] * es : compact; /* within the checked extent */
     compact *= t->shape[i];
     numel *= t->shape[i];
-    if (t->shape[i] == 1) continue;
     if (n > 0 && st == bstride[n - 1] * shape[n - 1]) { /* contiguous with the inner dim: merge */
       shape[n - 1] *= t->shape[i];
       continue;
@@ -140,12 +148,17 @@ static int alloc_size(DLDataType dt, int ndim, const int64_t *shape, size_t *all
   size_t es = ab__dtype_size(dt);
   if (es == 0) return AB_EDTYPE;
   if (ndim < 0 || ndim > AB_MAX_NDIM || (ndim > 0 && shape == NULL)) return AB_EINVAL;
-  size_t bytes = es;
+  /* The strides of an empty tensor must fit too: its empty dimensions count as one. */
+  size_t span = es;
+  bool empty = false;
   for (int i = 0; i < ndim; i++) {
     if (shape[i] < 0) return AB_EINVAL;
-    if (shape[i] > 0 && bytes > SIZE_MAX / 2 / (size_t)shape[i]) return AB_EOVERFLOW;
-    bytes *= (size_t)shape[i];
+    empty |= shape[i] == 0;
+    size_t n = shape[i] > 0 ? (size_t)shape[i] : 1;
+    if (span > SIZE_MAX / 2 / n) return AB_EOVERFLOW;
+    span *= n;
   }
+  size_t bytes = empty ? 0 : span;
   *alloc = bytes ? (bytes + 63) & ~(size_t)63 : 64;
   return 0;
 }
@@ -153,7 +166,8 @@ static int alloc_size(DLDataType dt, int ndim, const int64_t *shape, size_t *all
 /* t describes ptr as a contiguous tensor on dev (as DLPack names it) and owns it. */
 static void own(ab_tensor *t, void *ptr, DLDevice dev, DLDataType dt, int ndim, const int64_t *shape) {
   int64_t strides[AB_MAX_NDIM];
-  compact_strides(ndim, shape, strides);
+  bool fits = compact_strides(ndim, shape, strides);
+  AB__ASSERT(fits); /* alloc_size bounded the product */
   DLTensor dl = {.data = ptr, .device = dev, .ndim = ndim, .dtype = dt, .shape = (int64_t *)shape};
   ab__tensor_fill(t, &dl, strides);
 }

@@ -11,7 +11,13 @@
  *   ab_future   a refcounted handle on the result of a task.
  *
  * Errors
- *   Every fallible call returns 0 or a negative AB_E* code; ab_strerror() names it.
+ *   Every fallible call returns 0 or a negative AB_E* code; ab_strerror() names it. Its
+ *   out-parameters are NULL after any failure (ab_unstack: every entry, see there).
+ *
+ * NULL
+ *   Every function accepts NULL for any pointer argument. Fallible ones return AB_EINVAL (or
+ *   treat it as documented, e.g. a NULL options pointer means the defaults); the others return
+ *   a neutral value, given beside each: NULL, 0, false, or the device {-1, -1}.
  *
  * The async contract (read this before using futures)
  *   1. A submit call (ab_submit, ab_convert, ab_stack, ab_unstack, ...) that returns an error
@@ -20,7 +26,8 @@
  *   2. A submit call that returns 0 hands the caller one reference on a future. That future
  *      completes exactly once, with a status: 0, AB_ECANCELED, AB_ENOMEM, an input's failure, or
  *      the task's own error code. This holds whatever happens after: cancel, out-of-memory,
- *      runtime destroy (AB_DRAIN runs it, AB_CANCEL cancels it).
+ *      runtime destroy (AB_DRAIN runs it, AB_CANCEL cancels it). A task that completes with 0
+ *      did all its work.
  *   3. A task whose inputs include futures becomes runnable when they have all completed. If one
  *      of them failed, the task does not run and completes with that input's status.
  *   4. Cancelling a task that has not started means it never runs; its future completes with
@@ -36,6 +43,9 @@
  *      AB_ENOMEM only at its end. Inputs are never modified, so nothing is lost.
  *   7. ab_runtime_destroy never strands a caller: every accepted future completes before it
  *      returns. Futures and tensors may outlive their runtime; release them when done.
+ *   8. Times are kept: retries come on their backoff schedule, OOM deadlines and the timeouts
+ *      of blocking submits and waits expire when they say, within 10% or 5 ms (whichever is
+ *      more), idle or busy, as far as the operating system schedules the thread that acts.
  *
  * Threads
  *   Every function is thread-safe, except that a runtime must not be used after (or while)
@@ -105,17 +115,28 @@ typedef struct {
 
 #define AB_ANY (-1)
 
+/* Upper bounds of the counts below; a larger value is AB_EINVAL (a default is clamped). */
+#define AB_MAX_WORKERS 1024          /* workers_per_device */
+#define AB_MAX_SPLIT 64              /* logical_split */
+#define AB_MAX_QUEUE (1u << 24)      /* queue_capacity */
+
 /* Per-kind settings. Zero fields take the defaults given. */
 typedef struct {
   bool disabled;             /* do not open devices of this kind */
-  int workers_per_device;    /* host: one per core; GPUs: 2 */
-  int logical_split;         /* split each physical device into N logical ones (default 1) */
+  int workers_per_device;    /* host: one per core; GPUs: 2 (1..AB_MAX_WORKERS) */
+  int logical_split;         /* split each physical device into N logical ones (default 1;
+                                1..AB_MAX_SPLIT) */
   uint64_t memory_limit;     /* bytes each physical device may hold (0: no limit on the host,
                                 the device's memory on GPUs); logical devices share it evenly */
   double memory_fraction;    /* alternatively, a fraction of the device's memory (0..1] */
 } ab_kind_options;
 
-/* The OOM ladder (see the contract, point 6). Zero fields take the defaults given. */
+/* The OOM ladder (see the contract, point 6). Zero fields take the defaults given. A parked
+ * task is retried after backoff_initial_ns, then after twice that, and so on up to
+ * backoff_max_ns between tries (1, 2, 4, ... 64, 100, 100 ms by default), and earlier when
+ * memory on its device is freed; each retry waits for a worker like any queued task, and
+ * that wait is not parked time. Retries keep this schedule within 10% (contract, point 8),
+ * also while the device's workers are busy with other tasks. */
 typedef struct {
   bool no_wait;              /* skip parking: fail with AB_ENOMEM after the spill step */
   bool allow_reroute;        /* after the deadline, try another device of the same kind
@@ -140,7 +161,8 @@ typedef struct {
   size_t size;               /* sizeof(ab_runtime_options); AB_RUNTIME_OPTIONS_INIT sets it.
                                 A size the library does not know is AB_EINVAL. */
   ab_kind_options kinds[AB_KIND_COUNT];
-  uint32_t queue_capacity;   /* tasks queued per device before submit blocks (default 4096) */
+  uint32_t queue_capacity;   /* tasks queued per device before submit blocks (default 4096;
+                                at most AB_MAX_QUEUE) */
   uint64_t max_bytes_in_flight; /* per device, input bytes of queued and running tasks (0: none) */
   ab_oom_policy oom;         /* default ladder for every task */
   ab_spill_fn spill;
@@ -157,7 +179,7 @@ typedef struct ab_ctx ab_ctx;
 
 enum { AB_DRAIN = 0, AB_CANCEL = 1 };
 
-AB_API int ab_runtime_create(const ab_runtime_options *opt, ab_runtime **out);
+AB_API int ab_runtime_create(const ab_runtime_options *opt, ab_runtime **out); /* opt NULL: defaults */
 /* Stops accepting work; AB_DRAIN runs every accepted task, AB_CANCEL cancels those not yet
  * running (and asks running ones to stop). Returns once every future has completed and every
  * worker has exited. NULL is accepted. */
@@ -219,7 +241,8 @@ enum { AB_TENSOR_READ_ONLY = 1u << 0, AB_TENSOR_IS_COPIED = 1u << 1 };
 
 /* Import takes ownership on success: the producer's deleter runs when the last reference is
  * released. On failure ownership stays with the caller and the deleter is not called.
- * Imports validate every field first: ndim, shapes and strides (no overflow), dtype, device. */
+ * Imports validate every field first: ndim, shapes and strides (no overflow), dtype, device.
+ * A tensor with no elements may have NULL data (DLPack allows it): nothing ever reads it. */
 AB_API int ab_tensor_import(DLManagedTensorVersioned *m, ab_tensor **out);
 AB_API int ab_tensor_import_legacy(DLManagedTensor *m, ab_tensor **out);
 /* Wrap memory the caller owns; `release(ctx)` runs when the last reference goes (may be NULL). */
@@ -239,19 +262,23 @@ AB_API int ab_tensor_alloc(ab_runtime *rt, ab_device d, DLDataType dt, int ndim,
  * (device kDLCPU), so code using it runs anywhere. AB_ENOMEM when pinned memory runs out
  * (no OOM ladder: pinned memory is not cached). */
 AB_API int ab_tensor_alloc_pinned(ab_runtime *rt, DLDataType dt, int ndim, const int64_t *shape, ab_tensor **out);
-/* A view sharing t's memory; shape/strides in elements; must lie inside t's extent. */
+/* A view sharing t's memory; shape/strides in elements (NULL: contiguous), its first element
+ * offset_elems elements from t's. AB_EINVAL unless every byte it reaches is one of t's, which
+ * also refuses offsets and strides whose arithmetic overflows. An empty view reaches no bytes:
+ * it may start wherever an element of t would be (t's empty dimensions counted as one long,
+ * as for the rows of an empty volume) or one past t's last byte. */
 AB_API int ab_tensor_view(ab_tensor *t, int ndim, const int64_t *shape, const int64_t *strides,
                           int64_t offset_elems, ab_tensor **out);
 /* t[i] along the first axis, as a view. */
 AB_API int ab_tensor_index(ab_tensor *t, int64_t i, ab_tensor **out);
 
-AB_API const DLTensor *ab_tensor_dl(const ab_tensor *t);
-AB_API uint32_t ab_tensor_flags(const ab_tensor *t);
-AB_API ab_device ab_tensor_device(const ab_tensor *t);
-AB_API size_t ab_tensor_nbytes(const ab_tensor *t);   /* elements x element size */
-AB_API bool ab_tensor_is_contiguous(const ab_tensor *t);
-AB_API ab_tensor *ab_tensor_retain(ab_tensor *t);
-AB_API void ab_tensor_release(ab_tensor *t);           /* NULL is accepted */
+AB_API const DLTensor *ab_tensor_dl(const ab_tensor *t);    /* NULL: NULL */
+AB_API uint32_t ab_tensor_flags(const ab_tensor *t);        /* NULL: 0 */
+AB_API ab_device ab_tensor_device(const ab_tensor *t);      /* NULL: {-1, -1} */
+AB_API size_t ab_tensor_nbytes(const ab_tensor *t);         /* elements x element size; NULL: 0 */
+AB_API bool ab_tensor_is_contiguous(const ab_tensor *t);    /* NULL: false */
+AB_API ab_tensor *ab_tensor_retain(ab_tensor *t);           /* returns t; NULL: NULL */
+AB_API void ab_tensor_release(ab_tensor *t);                /* NULL: nothing */
 
 /* ---------------------------------------------------------------------------------------------
  * Placement and submission options
@@ -267,7 +294,8 @@ typedef enum {
 } ab_place_policy;
 
 typedef enum {
-  AB_SUBMIT_BLOCK = 0,       /* wait for queue space (up to timeout_ns if > 0: AB_ETIMEDOUT) */
+  AB_SUBMIT_BLOCK = 0,       /* wait for queue space (up to timeout_ns if > 0: AB_ETIMEDOUT,
+                                kept as the contract's point 8 says) */
   AB_SUBMIT_TRY = 1,         /* AB_EAGAIN at once when the queue is full */
 } ab_submit_mode;
 
@@ -310,7 +338,8 @@ AB_API int ab_stack(ab_runtime *rt, ab_tensor *const *slices, size_t n, ab_devic
                     const ab_convert_options *o, ab_future **out);
 /* volume[i] for every i, on dst: views of volume when it is already there (zero-copy), copies
  * otherwise. out must hold volume's first dimension of futures. On failure, futures already
- * made are cancelled and released, and out is all NULL. */
+ * made are cancelled and released, and out is all NULL; only a NULL or 0-d volume (no length
+ * to go by) leaves out as it was. */
 AB_API int ab_unstack(ab_runtime *rt, ab_tensor *volume, ab_device dst, const ab_convert_options *o,
                       ab_future **out);
 
@@ -342,20 +371,21 @@ typedef struct {
 AB_API int ab_submit(ab_runtime *rt, const ab_task_desc *d, ab_future **out);
 
 /* Inside a compute task */
-AB_API ab_device ab_ctx_device(ab_ctx *c);
+AB_API ab_device ab_ctx_device(ab_ctx *c); /* NULL: {-1, -1} */
 AB_API void *ab_ctx_stream(ab_ctx *c);   /* cudaStream_t, cl_command_queue, or NULL on the host */
 AB_API int ab_ctx_worker(ab_ctx *c);     /* index of the worker within its device's pool */
+                                         /* (ab_ctx_worker and ab_ctx_ninputs: NULL: AB_EINVAL) */
 /* Scratch memory from the worker's arena, freed when the task ends; counts against the budget
  * and walks the OOM ladder before returning AB_ENOMEM (return it from fn to park the task).
  * *ptr is device memory as the device names it: a host pointer, a cl_mem, a CUDA pointer. */
 AB_API int ab_ctx_alloc(ab_ctx *c, size_t bytes, void **ptr);
 AB_API int ab_ctx_ninputs(ab_ctx *c);
-AB_API ab_tensor *ab_ctx_input(ab_ctx *c, int i);   /* borrowed */
+AB_API ab_tensor *ab_ctx_input(ab_ctx *c, int i);   /* borrowed; NULL when i is out of range */
 /* A tensor for this task's output on its device; counts against the budget (OOM ladder). */
 AB_API int ab_ctx_alloc_tensor(ab_ctx *c, DLDataType dt, int ndim, const int64_t *shape, ab_tensor **out);
 /* The task's result; the future takes the caller's reference. */
 AB_API int ab_ctx_set_output(ab_ctx *c, ab_tensor *t);
-AB_API bool ab_ctx_cancelled(ab_ctx *c);
+AB_API bool ab_ctx_cancelled(ab_ctx *c);   /* NULL: false */
 /* Explains the task's failure: the text (printf-style) becomes its future's message
  * (ab_future_message), and is printed on stderr when AB_DEBUG is set. Returns code, so a task
  * ends with `return ab_ctx_fail(c, AB_EDEVICE, "histogram: %s", cudaGetErrorName(e));`. A task
@@ -365,7 +395,8 @@ AB_API int ab_ctx_fail(ab_ctx *c, int code, const char *fmt, ...) __attribute__(
 /* ---------------------------------------------------------------------------------------------
  * Futures
  */
-/* 0 once complete; AB_ETIMEDOUT if timeout_ns (< 0: for ever; 0: poll) passes first. */
+/* 0 once complete; AB_ETIMEDOUT if timeout_ns (< 0: for ever; 0: poll) passes first, kept as
+ * the contract's point 8 says (the same for wait_all and wait_any). */
 AB_API int ab_future_wait(ab_future *f, int64_t timeout_ns);
 /* The status once complete (0 or AB_E*), AB_EPENDING before. */
 AB_API int ab_future_status(const ab_future *f);
@@ -381,10 +412,13 @@ AB_API int ab_future_then(ab_future *f, void (*cb)(ab_future *f, void *arg), voi
  * AB_EALREADY: already complete. */
 AB_API int ab_future_cancel(ab_future *f);
 AB_API int ab_future_wait_all(ab_future *const *fs, size_t n, int64_t timeout_ns);
-/* 0 and *which once one of them is complete. */
+/* 0 and *which (when which is not NULL) once one of them is complete; *which is untouched on
+ * failure. Registers nothing on the futures: polling it with a timeout leaves nothing behind.
+ * Futures of several runtimes may be mixed (completions in the others are then noticed within
+ * a millisecond). */
 AB_API int ab_future_wait_any(ab_future *const *fs, size_t n, int64_t timeout_ns, size_t *which);
-AB_API ab_future *ab_future_retain(ab_future *f);
-AB_API void ab_future_release(ab_future *f);   /* NULL is accepted */
+AB_API ab_future *ab_future_retain(ab_future *f);   /* returns f; NULL: NULL */
+AB_API void ab_future_release(ab_future *f);        /* NULL: nothing */
 
 /* ---------------------------------------------------------------------------------------------
  * Tracing: a timeline of every task on every worker and stream, and of device memory, written
@@ -394,7 +428,8 @@ AB_API void ab_future_release(ab_future *f);   /* NULL is accepted */
  */
 typedef struct {
   size_t size;               /* sizeof(ab_trace_options); AB_TRACE_OPTIONS_INIT sets it */
-  uint32_t events_per_worker;/* ring capacity, rounded up to a power of two (default 1 << 16) */
+  uint32_t events_per_worker;/* ring capacity, rounded up to a power of two (default 1 << 16;
+                                more than 1 << 24 is taken as 1 << 24) */
 } ab_trace_options;
 
 #define AB_TRACE_OPTIONS_INIT {.size = sizeof(ab_trace_options)}

@@ -34,9 +34,9 @@ void ab__queue_fini(ab__queue *q, const ab_allocator *a) {
 static bool has_room(ab__queue *q) { return ck_ring_size(&q->ring) < q->limit; }
 
 static bool try_push(ab__queue *q, void *item) {
-  pthread_mutex_lock(&q->push_lock);
+  ab__lock(&q->push_lock, AB__RANK_PUSH);
   bool ok = has_room(q) && ck_ring_enqueue_spmc(&q->ring, q->buf, item);
-  pthread_mutex_unlock(&q->push_lock);
+  ab__unlock(&q->push_lock, AB__RANK_PUSH);
   if (ok) ck_ec32_inc(&q->work_ec, ab__ec_mode());
   return ok;
 }
@@ -46,13 +46,8 @@ static int wait_for_space(ab__queue *q, int64_t deadline_ns, bool (*full)(void *
   uint32_t snap = ck_ec32_value(&q->space_ec);
   int rc = 0;
   if (!has_room(q) || (full && full(arg))) {
-    struct timespec ts, *tsp = NULL;
-    if (deadline_ns >= 0) {
-      ab__ec_deadline(&ts, deadline_ns);
-      tsp = &ts;
-    }
     if (deadline_ns >= 0 && ab__now_ns() >= deadline_ns) rc = AB_ETIMEDOUT;
-    else if (ck_ec32_wait(&q->space_ec, ab__ec_mode(), snap, tsp) != 0) rc = AB_ETIMEDOUT;
+    else rc = ab__ec_wait(&q->space_ec, snap, deadline_ns);
   }
   atomic_fetch_sub(&q->space_waiters, 1);
   return rc;
@@ -69,7 +64,7 @@ int ab__queue_push(ab__queue *q, void *item, int mode, int64_t deadline_ns, bool
 }
 
 void ab__queue_push_always(ab__queue *q, void *item, ab__qnode *node) {
-  pthread_mutex_lock(&q->push_lock);
+  ab__lock(&q->push_lock, AB__RANK_PUSH);
   /* Keep FIFO order with earlier overflowed items: the ring only when the overflow is empty. */
   if (q->ovf_head != NULL || !ck_ring_enqueue_spmc(&q->ring, q->buf, item)) {
     node->next = NULL;
@@ -78,20 +73,20 @@ void ab__queue_push_always(ab__queue *q, void *item, ab__qnode *node) {
     q->ovf_tail = node;
     atomic_fetch_add_explicit(&q->novf, 1, memory_order_release); /* pairs with pop's acquire */
   }
-  pthread_mutex_unlock(&q->push_lock);
+  ab__unlock(&q->push_lock, AB__RANK_PUSH);
   ck_ec32_inc(&q->work_ec, ab__ec_mode());
 }
 
 static void *pop_overflow(ab__queue *q, size_t node_offset) {
   if (atomic_load_explicit(&q->novf, memory_order_acquire) == 0) return NULL;
-  pthread_mutex_lock(&q->push_lock);
+  ab__lock(&q->push_lock, AB__RANK_PUSH);
   ab__qnode *n = q->ovf_head;
   if (n) {
     q->ovf_head = n->next;
     if (q->ovf_head == NULL) q->ovf_tail = NULL;
     atomic_fetch_sub_explicit(&q->novf, 1, memory_order_relaxed); /* under the lock */
   }
-  pthread_mutex_unlock(&q->push_lock);
+  ab__unlock(&q->push_lock, AB__RANK_PUSH);
   return n ? (char *)n - node_offset : NULL;
 }
 
@@ -111,12 +106,7 @@ void ab__queue_signal_space(ab__queue *q) {
 uint32_t ab__queue_snapshot(ab__queue *q) { return ck_ec32_value(&q->work_ec); }
 
 void ab__queue_wait(ab__queue *q, uint32_t snapshot, int64_t deadline_ns) {
-  struct timespec ts, *tsp = NULL;
-  if (deadline_ns >= 0) {
-    ab__ec_deadline(&ts, deadline_ns);
-    tsp = &ts;
-  }
-  ck_ec32_wait(&q->work_ec, ab__ec_mode(), snapshot, tsp);
+  ab__ec_wait(&q->work_ec, snapshot, deadline_ns);
 }
 
 void ab__queue_wake(ab__queue *q) { ck_ec32_inc(&q->work_ec, ab__ec_mode()); }

@@ -16,7 +16,9 @@
  *     full. Workers pop the ring first, then the overflow.
  *   - Sleeping: idle workers wait on work_ec, a ck_ec event count that every push increments;
  *     ck_ec only makes the futex call when a waiter has flagged itself, so a push to a busy
- *     device costs one atomic add. Submitters blocked on a full queue wait on space_ec. A pop
+ *     device costs one atomic add. Timed waits go through ab__ec_wait, which keeps ck_ec's
+ *     growing sleep steps from running past the deadline (a worker's next retry, a submit's
+ *     timeout). Submitters blocked on a full queue wait on space_ec. A pop
  *     increments it only when space_waiters says someone may be waiting: a waiter counts
  *     itself before it looks for room, a popper fences before it reads the count (both
  *     seq_cst), so either the waiter sees the room or the popper sees the waiter. (ck_ec's own
@@ -49,7 +51,7 @@ typedef struct {
   struct ck_ec32 work_ec;         /* bumped on every push */
   struct ck_ec32 space_ec;        /* bumped on pops while submitters wait for space */
   _Atomic int space_waiters;      /* submitters between "no room" and their wake-up */
-  pthread_mutex_t push_lock;      /* serialises producers; guards the overflow list */
+  pthread_mutex_t push_lock;      /* serialises producers; guards the overflow list; a leaf */
   ab__qnode *ovf_head, *ovf_tail;
   _Atomic uint32_t novf;
 } ab__queue;

@@ -149,7 +149,7 @@ static int host_to_device(ab__worker *w, const ab_tensor *src, void *dst, size_t
 static int device_to_host(ab__device *s, const ab_tensor *src, void *host, DLDataType dt, const ab__cast_params *p) {
   ab__worker *x = &s->xfer;
   int rc;
-  pthread_mutex_lock(&s->xfer_lock);
+  ab__lock(&s->xfer_lock, AB__RANK_XFER);
   if (fits(src, dt)) {
     rc = s->ops->download(x, host, src->dl.data, src->dl.byte_offset, src->nbytes);
   } else {
@@ -162,7 +162,7 @@ static int device_to_host(ab__device *s, const ab_tensor *src, void *host, DLDat
       scratch_free(s, tmp, bytes);
     }
   }
-  pthread_mutex_unlock(&s->xfer_lock);
+  ab__unlock(&s->xfer_lock, AB__RANK_XFER);
   return rc;
 }
 
@@ -175,7 +175,7 @@ static int stream_between(ab__device *s, ab__worker *w, const void *src, size_t 
   void *stage;
   int rc = host_scratch(rt, 2 * chunk, &stage);
   if (rc != 0) return rc;
-  pthread_mutex_lock(&s->xfer_lock);
+  ab__lock(&s->xfer_lock, AB__RANK_XFER);
   for (size_t done = 0, k = 0; done < bytes && rc == 0; done += chunk, k++) {
     size_t n = bytes - done < chunk ? bytes - done : chunk;
     char *buf = (char *)stage + (k % 2) * chunk;
@@ -183,7 +183,7 @@ static int stream_between(ab__device *s, ab__worker *w, const void *src, size_t 
     if (rc == 0) rc = s->ops->download(&s->xfer, buf, src, src_off + done, n);
     if (rc == 0) rc = w->dev->ops->upload(w, dst, dst_off + done, buf, n);
   }
-  pthread_mutex_unlock(&s->xfer_lock);
+  ab__unlock(&s->xfer_lock, AB__RANK_XFER);
   int f = w->dev->ops->finish(w);
   if (rc == 0) rc = f;
   host_scratch_free(rt, stage, 2 * chunk);
@@ -208,13 +208,13 @@ static int device_to_device(ab__device *s, ab__worker *w, const ab_tensor *src, 
   void *packed = NULL;
   int rc = 0;
   if (!ab__contiguous(&src->dl)) { /* pack on S first: only contiguous bytes travel */
-    pthread_mutex_lock(&s->xfer_lock);
+    ab__lock(&s->xfer_lock, AB__RANK_XFER);
     if ((rc = scratch(s, &s->xfer, src->nbytes, &packed)) == 0) {
       rc = s->ops->cast(&s->xfer, &src->dl, packed, 0, src->dl.dtype, NULL);
       int f = s->ops->finish(&s->xfer);
       if (rc == 0) rc = f;
     }
-    pthread_mutex_unlock(&s->xfer_lock);
+    ab__unlock(&s->xfer_lock, AB__RANK_XFER);
     if (rc != 0) goto out;
   }
   const void *sbase = packed ? packed : from->dl.data;
@@ -284,6 +284,7 @@ int ab__convert_run(ab_ctx *c) {
   ab_tensor *out;
   int rc = ab__tensor_alloc_on(d, c->w, dt, src->dl.ndim, src->shape, &out);
   if (rc != 0) return rc;
+  if (out->nbytes == 0) return finish_output(c, out, 0); /* nothing to move; src's data may be NULL */
   ab__cast_params p = {.mode = t->copt.cast};
   /* a big host array onto a device that pipelines its maps: several threads fill the staging
    * (tests turn it on for the other backends with ab__map_window_test) */
@@ -302,6 +303,7 @@ static int stack_range(ab_ctx *c, ab__cast_params *p, DLDataType dt) {
   if (p->mode != AB_CAST_STRETCH || !is_float(t->in[0].tensor->dl.dtype) || !is_int(dt)) return 0;
   for (int i = 0; i < t->nin; i++) {
     const ab_tensor *sl = t->in[i].tensor;
+    if (sl->nbytes == 0) continue; /* no range to find; its data may be NULL */
     int rc = 0;
     ab__device *s = source_device(c->w->dev->rt, sl, c->w->dev, &rc);
     if (s == NULL) return rc;
@@ -310,9 +312,9 @@ static int stack_range(ab_ctx *c, ab__cast_params *p, DLDataType dt) {
     /* our own worker, any host worker (host kernels keep no state), or S's transfer worker */
     bool foreign = s != c->w->dev && s->id.kind != AB_HOST;
     ab__worker *w = s == c->w->dev ? c->w : foreign ? &s->xfer : &s->workers[0];
-    if (foreign) pthread_mutex_lock(&s->xfer_lock);
+    if (foreign) ab__lock(&s->xfer_lock, AB__RANK_XFER);
     rc = s->ops->minmax(w, &sl->dl, &lo, &hi, &found);
-    if (foreign) pthread_mutex_unlock(&s->xfer_lock);
+    if (foreign) ab__unlock(&s->xfer_lock, AB__RANK_XFER);
     if (rc != 0) return rc;
     if (!found) continue;
     if (!p->have_range || lo < p->lo) p->lo = lo;
@@ -536,6 +538,7 @@ int ab__stack_run(ab_ctx *c) {
   if (rc == 0) rc = ab__tensor_alloc_on(d, c->w, dt, first->dl.ndim + 1, shape, &out);
   if (rc != 0) return rc;
   size_t slice = out->nbytes / (size_t)t->nin;
+  if (slice == 0) return finish_output(c, out, 0); /* empty slices: their data may be NULL */
   bool mapped = false;
   if (rc == 0) rc = stack_host_slices(c, out, slice, dt, &mapped);
   for (int i = 0; i < t->nin && rc == 0;) {

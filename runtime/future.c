@@ -17,6 +17,13 @@
  *   - A task in the system (queued, parked, waiting for inputs) holds one reference of its own;
  *     the caller of submit holds another. The runtime holds one reference per live future, so
  *     futures outlive ab_runtime_destroy safely.
+ *   - wait_any registers nothing on the futures: a caller polling with a timeout must not leave
+ *     a record on each of them per call. It counts itself in rt->any_waiters and sleeps on
+ *     rt->done_gen, which a completer bumps (and wakes) when it sees a waiter. The completer's
+ *     DONE exchange and its load of any_waiters, the waiter's increment and its loads of the
+ *     states, are seq_cst: either the completer sees the waiter, or the waiter sees DONE.
+ *   - Waiting spins briefly before it sleeps, bounded in time and by the deadline: on a busy
+ *     machine a sched_yield may last a whole time slice.
  */
 #include <sched.h>
 #include <string.h>
@@ -36,6 +43,7 @@ ab_future *ab__future_new(ab_runtime *rt) {
   atomic_init(&f->inline_cb_used, 0);
   atomic_init(&f->deps, 0);
   atomic_init(&f->dep_status, 0);
+  atomic_init(&f->dev, NULL);
   f->rt = rt;
   ab__runtime_ref(rt);
   return f;
@@ -51,19 +59,24 @@ void ab__future_free(ab_future *f) {
 }
 
 ab_future *ab_future_retain(ab_future *f) {
-  atomic_fetch_add_explicit(&f->refs, 1, memory_order_relaxed); /* taken only from a live ref */
+  if (f == NULL) return NULL;
+  int32_t was = atomic_fetch_add_explicit(&f->refs, 1, memory_order_relaxed); /* from a live ref */
+  AB__ASSERT(was > 0);
   return f;
 }
 
 void ab_future_release(ab_future *f) {
   if (f == NULL) return;
   /* acq_rel: the last releaser must see every other owner's writes before freeing */
-  if (atomic_fetch_sub_explicit(&f->refs, 1, memory_order_acq_rel) == 1) ab__future_free(f);
+  int32_t was = atomic_fetch_sub_explicit(&f->refs, 1, memory_order_acq_rel);
+  AB__ASSERT(was > 0);
+  if (was == 1) ab__future_free(f);
 }
 
 static void run_callbacks(ab_future *f) {
   /* acq_rel: acquire the nodes pushed with release; release orders DONE before the sentinel */
   ab__cb *list = atomic_exchange_explicit(&f->cbs, CLOSED, memory_order_acq_rel);
+  AB__ASSERT(list != CLOSED); /* callbacks run once */
   ab__cb *fifo = NULL;
   while (list) { /* reverse: callbacks run in the order they were added */
     ab__cb *next = list->next;
@@ -81,15 +94,25 @@ static void run_callbacks(ab_future *f) {
 }
 
 static void count_completion(ab_future *f, int status) {
-  if (f->dev == NULL) return;
-  ab__counters *c = &f->dev->stats;
+  ab__device *d = ab__task_dev(f);
+  if (d == NULL) return;
+  ab__counters *c = &d->stats;
   /* statistics only: relaxed */
   if (status == 0) atomic_fetch_add_explicit(&c->completed, 1, memory_order_relaxed);
   else if (status == AB_ECANCELED) atomic_fetch_add_explicit(&c->canceled, 1, memory_order_relaxed);
   else atomic_fetch_add_explicit(&c->failed, 1, memory_order_relaxed);
 }
 
+/* A completion that someone in wait_any may be sleeping for. */
+static void wake_any_waiters(ab_runtime *rt) {
+  /* seq_cst: pairs with wait_any's increment (see the design notes) */
+  if (atomic_load(&rt->any_waiters) == 0) return;
+  atomic_fetch_add_explicit(&rt->done_gen, 1, memory_order_release); /* DONE before the bump */
+  ab__futex_wake_all(&rt->done_gen);
+}
+
 bool ab__complete(ab_future *f, int status, ab_tensor *result, uint32_t from) {
+  AB__ASSERT(from == AB__PENDING || from == AB__RUNNING);
   uint32_t s = atomic_load_explicit(&f->state, memory_order_relaxed);
   do {
     if ((s & AB__PHASE) != from) {
@@ -102,9 +125,12 @@ bool ab__complete(ab_future *f, int status, ab_tensor *result, uint32_t from) {
   f->status = status;
   f->result = result;
   count_completion(f, status); /* before DONE: a waiter that wakes sees the counters moved */
-  /* release: status and result before DONE. The exchange returns any WAITERS set meanwhile. */
-  uint32_t old = atomic_exchange_explicit(&f->state, AB__DONE, memory_order_release);
+  /* seq_cst (release at least: status and result before DONE; seq_cst for wait_any, see the
+   * design notes). The exchange returns any WAITERS set meanwhile. */
+  uint32_t old = atomic_exchange(&f->state, AB__DONE);
+  AB__ASSERT((old & AB__PHASE) == AB__COMPLETING); /* only the winner of the CAS writes DONE */
   if (old & AB__WAITERS) ab__futex_wake_all(&f->state);
+  wake_any_waiters(f->rt);
   run_callbacks(f);
   if (f->counted) ab__inflight_done(f->rt);
   return true;
@@ -135,13 +161,18 @@ const char *ab_future_message(const ab_future *f) {
 
 /* Polls briefly before sleeping: most small tasks finish in less time than a futex round trip.
  * A few pauses, then yields: a pure spin would hold the core the worker needs when they share
- * one (4000 pauses, 110 us here, made a pinned round trip 12x slower). */
-static bool spin_until_done(const ab_future *f) {
+ * one (4000 pauses, 110 us here, made a pinned round trip 12x slower). The yields stop after
+ * SPIN_NS or at the deadline: with every core busy, each one may last a whole time slice
+ * (32 of them made a 20 ms timeout return after 45). */
+#define SPIN_NS 50000
+static bool spin_until_done(const ab_future *f, int64_t deadline) {
   for (int i = 0; i < 128; i++) {
     if (is_done(f)) return true;
     ab__cpu_relax();
   }
-  for (int i = 0; i < 32; i++) {
+  int64_t end = ab__now_ns() + SPIN_NS;
+  if (deadline >= 0 && deadline < end) end = deadline;
+  for (int i = 0; i < 32 && ab__now_ns() < end; i++) {
     sched_yield();
     if (is_done(f)) return true;
   }
@@ -153,7 +184,7 @@ int ab_future_wait(ab_future *f, int64_t timeout_ns) {
   if (is_done(f)) return 0;
   if (timeout_ns == 0) return AB_ETIMEDOUT;
   int64_t deadline = ab__deadline_after(timeout_ns);
-  if (spin_until_done(f)) return 0;
+  if (spin_until_done(f, deadline)) return 0;
   for (;;) {
     uint32_t s = atomic_load_explicit(&f->state, memory_order_acquire);
     if ((s & AB__PHASE) == AB__DONE) return 0;
@@ -207,7 +238,10 @@ int ab_future_cancel(ab_future *f) {
   for (;;) {
     switch (s & AB__PHASE) {
     case AB__PENDING:
-      if (ab__complete(f, AB_ECANCELED, NULL, AB__PENDING)) return 0;
+      if (ab__complete(f, AB_ECANCELED, NULL, AB__PENDING)) {
+        ab__park_cancelled(f); /* if it was parked, have it dropped now, not at its retry */
+        return 0;
+      }
       break;
     case AB__RUNNING:
       /* relaxed: the running task polls the flag; nothing else is published with it */
@@ -236,34 +270,19 @@ int ab_future_wait_all(ab_future *const *fs, size_t n, int64_t timeout_ns) {
   return 0;
 }
 
-/* wait_any: one waiter shared by a callback on each future. It is freed by whoever drops its
- * last reference: the waiting thread or the last callback, which may run long after. */
-typedef struct {
-  _Atomic uint32_t fired;
-  _Atomic int32_t refs;
-  ab__cb nodes[];
-} any_waiter;
-
-static void any_unref(any_waiter *w) {
-  if (atomic_fetch_sub_explicit(&w->refs, 1, memory_order_acq_rel) == 1) free(w);
-}
-
-static void any_fired(ab_future *f, void *arg) {
-  any_waiter *w = arg;
-  (void)f;
-  atomic_store_explicit(&w->fired, 1, memory_order_release);
-  ab__futex_wake_all(&w->fired);
-  any_unref(w);
-}
-
 static bool find_done(ab_future *const *fs, size_t n, size_t *which) {
   for (size_t i = 0; i < n; i++)
-    if (is_done(fs[i])) {
+    /* seq_cst: pairs with the completer's exchange (see the design notes) */
+    if ((atomic_load(&fs[i]->state) & AB__PHASE) == AB__DONE) {
       if (which) *which = i;
       return true;
     }
   return false;
 }
+
+/* Futures of other runtimes bump their own runtime's word, not the one this waiter sleeps on:
+ * with a mix, it looks again at least this often. */
+#define MIXED_POLL_NS 1000000
 
 int ab_future_wait_any(ab_future *const *fs, size_t n, int64_t timeout_ns, size_t *which) {
   if (fs == NULL || n == 0) return AB_EINVAL;
@@ -271,23 +290,25 @@ int ab_future_wait_any(ab_future *const *fs, size_t n, int64_t timeout_ns, size_
     if (fs[i] == NULL) return AB_EINVAL;
   if (find_done(fs, n, which)) return 0;
   if (timeout_ns == 0) return AB_ETIMEDOUT;
-  any_waiter *w = malloc(sizeof *w + n * sizeof(ab__cb));
-  if (w == NULL) return AB_ENOMEM;
-  atomic_init(&w->fired, 0);
-  atomic_init(&w->refs, (int32_t)n + 1);
-  for (size_t i = 0; i < n; i++) {
-    w->nodes[i] = (ab__cb){.fn = any_fired, .arg = w, .heap = false};
-    ab__then_internal(fs[i], &w->nodes[i]);
-  }
   int64_t deadline = ab__deadline_after(timeout_ns);
+  ab_runtime *rt = fs[0]->rt;
+  bool mixed = false;
+  for (size_t i = 1; i < n && !mixed; i++) mixed = fs[i]->rt != rt;
+  atomic_fetch_add(&rt->any_waiters, 1); /* seq_cst: see the design notes */
   int rc = 0;
-  while (!find_done(fs, n, which)) {
-    if (deadline >= 0 && ab__now_ns() >= deadline) {
+  for (;;) {
+    /* acquire: a bump read here comes after its DONE, which find_done then sees */
+    uint32_t gen = atomic_load_explicit(&rt->done_gen, memory_order_acquire);
+    if (find_done(fs, n, which)) break;
+    int64_t now = ab__now_ns();
+    if (deadline >= 0 && now >= deadline) {
       rc = AB_ETIMEDOUT;
       break;
     }
-    ab__futex_wait(&w->fired, 0, deadline);
+    int64_t until = deadline;
+    if (mixed && (until < 0 || until > now + MIXED_POLL_NS)) until = now + MIXED_POLL_NS;
+    ab__futex_wait(&rt->done_gen, gen, until);
   }
-  any_unref(w);
+  atomic_fetch_sub_explicit(&rt->any_waiters, 1, memory_order_relaxed); /* only stops the bumps */
   return rc;
 }

@@ -26,8 +26,13 @@
 #include "arraybridge.h"
 #include "queue/queue.h"
 
-/* Debug checks always compile; they run unless NDEBUG (jemalloc's config_debug). */
-#ifdef NDEBUG
+/* Debug checks (AB__ASSERT) always compile, so they cannot rot; whether they run is a constant
+ * the compiler folds away, as jemalloc's config_debug. AB_DEBUG=1 turns them on (every tree
+ * that builds the tests does: tests/CMakeLists.txt), AB_DEBUG=0 off; without AB_DEBUG they run
+ * unless NDEBUG is defined. The invariants they check are those the design notes state. */
+#if defined(AB_DEBUG)
+static const bool ab__debug = AB_DEBUG;
+#elif defined(NDEBUG)
 static const bool ab__debug = false;
 #else
 static const bool ab__debug = true;
@@ -50,6 +55,24 @@ bool ab__debug_env(void); /* AB_DEBUG is set (and not "0") */
   } while (0)
 #define AB__NOT_REACHED() ab__panic(__FILE__, __LINE__, "not reached")
 
+/* Lock ranks. A thread takes the runtime's locks in increasing rank only, so no two threads can
+ * deadlock on them; park_lock's rank leaves only the queue's push_lock below it (worker.c), and
+ * nothing is taken while push_lock or a pool's grow_lock is held. xfer_lock and trace_lock share
+ * a rank: neither is ever taken with the other. Debug builds check this with a mask per thread
+ * of the ranks held. */
+enum { AB__RANK_XFER = 0, AB__RANK_TRACE = 0, AB__RANK_PARK = 1, AB__RANK_PUSH = 2, AB__RANK_GROW = 3 };
+extern _Thread_local uint32_t ab__ranks_held;
+static inline void ab__lock(pthread_mutex_t *m, int rank) {
+  AB__ASSERT((ab__ranks_held >> rank) == 0); /* nothing of this rank or above is held */
+  pthread_mutex_lock(m);
+  if (ab__debug) ab__ranks_held |= 1u << rank;
+}
+static inline void ab__unlock(pthread_mutex_t *m, int rank) {
+  AB__ASSERT(ab__ranks_held & (1u << rank));
+  if (ab__debug) ab__ranks_held &= ~(1u << rank);
+  pthread_mutex_unlock(m);
+}
+
 typedef struct ab__device ab__device;
 typedef struct ab__worker ab__worker;
 typedef struct ab__device_ops ab__device_ops;
@@ -62,7 +85,9 @@ void ab__futex_wake_all(const _Atomic uint32_t *addr);
 void ab__sleep_ns(int64_t ns);
 static inline void ab__cpu_relax(void) { __builtin_ia32_pause(); }
 const struct ck_ec_mode *ab__ec_mode(void);
-void ab__ec_deadline(struct timespec *ts, int64_t deadline_ns);
+/* Sleeps while ec's value is old, until deadline_ns (absolute, ab__now_ns clock; < 0: none):
+ * 0 once it moved, AB_ETIMEDOUT at the deadline, kept to the futex's precision. */
+int ab__ec_wait(struct ck_ec32 *ec, uint32_t old, int64_t deadline_ns);
 int64_t ab__deadline_after(int64_t timeout_ns); /* -1 when timeout_ns < 0 */
 void *ab__malloc(const ab_allocator *a, size_t n);
 void *ab__calloc(const ab_allocator *a, size_t n);
@@ -167,9 +192,11 @@ struct ab__device {
   _Atomic uint64_t used, peak;
   _Atomic uint32_t freed_gen;     /* bumped on every free: parked tasks retry when it moves */
 
-  pthread_mutex_t park_lock;      /* guards parked; rank: taken with no other runtime lock */
+  pthread_mutex_t park_lock;      /* guards parked; AB__RANK_PARK */
   ab_future *parked;
   _Atomic uint32_t nparked;
+  _Atomic int64_t park_due;       /* earliest retry time of a parked task (INT64_MAX: none; 0: now) */
+  _Atomic uint32_t park_seen_gen; /* freed_gen at the last poll of the parked list */
 
   /* Written by submitters and workers alike: a cache line of their own. */
   _Alignas(64) _Atomic int64_t load_tasks; /* queued and running: least-loaded placement */
@@ -193,7 +220,7 @@ char *ab__mem_report(ab__device *d, const ab_future *t); /* malloc'd text, or NU
 
 /* ---- the runtime -------------------------------------------------------------------------- */
 struct ab_runtime {
-  _Atomic int64_t inflight;       /* accepted tasks not yet complete */
+  _Atomic int64_t inflight;       /* accepted tasks not yet complete; never below 0 */
   _Atomic int closing;            /* no new submissions */
   _Alignas(64) ab_runtime_options opt;
   _Atomic int trace_on;           /* read by every task: beside the read-mostly options */
@@ -208,7 +235,11 @@ struct ab_runtime {
   _Atomic int stopping;           /* workers exit */
   _Atomic uint32_t idle_word;     /* destroy sleeps here until inflight reaches 0 */
   _Atomic int64_t refs;           /* 1 for the owner + one per live future and pooled tensor */
-  pthread_mutex_t trace_lock;     /* serialises ab_trace_start, stop and write */
+  pthread_mutex_t trace_lock;     /* serialises ab_trace_start, stop and write; AB__RANK_TRACE */
+  /* ab_future_wait_any sleeps on done_gen, which completions bump while any_waiters > 0: its
+   * own line, written only while someone waits (future.c) */
+  _Alignas(64) _Atomic uint32_t done_gen;
+  _Atomic int32_t any_waiters;
   int64_t trace_t0;               /* when the last trace run started (CLOCK_MONOTONIC ns) */
   bool trace_tsc;                 /* records hold TSC ticks, mapped by the pairs below */
   int64_t trace_tsc0, trace_tsc1, trace_ns1; /* (tsc, ns) at start (ns: trace_t0) and stop */
@@ -316,8 +347,8 @@ struct ab_future {
 
   /* the task */
   uint8_t kind;
-  bool counted;                   /* holds an inflight count */
-  ab__device *dev;                /* where it is queued, parked or running */
+  bool counted;                   /* holds an inflight count; set before anyone else sees it */
+  _Atomic(ab__device *) dev;      /* where it is queued, parked or running: ab__task_dev */
   ab_place place;
   ab_oom_policy oom;
   _Atomic int32_t deps;           /* unresolved inputs, plus one while submitting */
@@ -344,6 +375,16 @@ struct ab_future {
   const char *name;               /* compute tasks: the trace label (NULL: "task") */
 };
 
+/* The device a task counts on. Set when it is placed, re-placed or requeued, read by whoever
+ * completes it, and a cancel may complete it while a worker requeues it: relaxed atomics, since
+ * the value only attributes statistics (the task's other fields are published by its state). */
+static inline ab__device *ab__task_dev(const ab_future *t) {
+  return atomic_load_explicit(&t->dev, memory_order_relaxed);
+}
+static inline void ab__task_set_dev(ab_future *t, ab__device *d) {
+  atomic_store_explicit(&t->dev, d, memory_order_relaxed);
+}
+
 ab_future *ab__future_new(ab_runtime *rt);      /* refs = 1; NULL on ENOMEM */
 /* Completes f once. from: the phase the caller saw (PENDING for cancel and dependency failure,
  * RUNNING for the worker). Returns false when f was already completing. Takes result's ref. */
@@ -357,6 +398,7 @@ void ab__task_requeue(ab__device *d, ab_future *t);  /* parked or re-routed: nev
 void ab__task_unaccount(ab__device *d, ab_future *t); /* the task left the device */
 void ab__device_unaccount(ab__device *d, uint64_t bytes); /* the same, for a task given away */
 void ab__task_release_inputs(ab_future *t);
+void ab__task_drop(ab_future *t); /* completed, leaving the system: its inputs, then its reference */
 void ab__inflight_done(ab_runtime *rt);
 
 /* trace.c: recording is one relaxed load when off (see trace.c's design notes) */
@@ -383,6 +425,7 @@ int ab__workers_start(ab__device *d);
 void ab__workers_join(ab__device *d);
 void ab__wake_workers(ab__device *d);
 void ab__park_flush(ab__device *d, int status); /* destroy: complete every parked task */
+void ab__park_cancelled(ab_future *t);           /* t was cancelled while pending: maybe parked */
 
 struct ab_ctx {
   ab__worker *w;

@@ -82,7 +82,28 @@ static const struct ck_ec_mode ec_mode = {.ops = &ec_ops, .single_producer = fal
 
 const struct ck_ec_mode *ab__ec_mode(void) { return &ec_mode; }
 
-void ab__ec_deadline(struct timespec *ts, int64_t deadline_ns) { to_timespec(ts, deadline_ns); }
+/* ck_ec sleeps in steps that grow from when the wait began (1, 4, 16, 64 ms... with the ops
+ * above) and compares the clock with the caller's deadline only between steps: a 20 ms
+ * deadline returned after 64 ms, a parked task's 2 ms retry came after 4. Its predicate may
+ * shorten each step: cut it at the deadline (ck_ec's own step, st->data's deadline). */
+static int cut_step_at_deadline(const struct ck_ec_wait_state *st, struct timespec *step) {
+  const struct timespec *dl = st->data;
+  if (dl && (step->tv_sec > dl->tv_sec || (step->tv_sec == dl->tv_sec && step->tv_nsec > dl->tv_nsec)))
+    *step = *dl;
+  return 0;
+}
+
+int ab__ec_wait(struct ck_ec32 *ec, uint32_t old, int64_t deadline_ns) {
+  struct timespec ts, *tsp = NULL;
+  if (deadline_ns >= 0) {
+    to_timespec(&ts, deadline_ns);
+    tsp = &ts;
+  }
+  return ck_ec32_wait_pred(ec, &ec_mode, old, cut_step_at_deadline, tsp, tsp) == 0 ? 0 : AB_ETIMEDOUT;
+}
+
+/* Locks held by this thread, by rank (internal.h); kept only when debug checks run. */
+_Thread_local uint32_t ab__ranks_held;
 
 /* ---- the allocation hook ------------------------------------------------------------------- */
 void *ab__malloc(const ab_allocator *a, size_t n) {

@@ -56,7 +56,7 @@ static void push_chain(ab__pool *p, ab__pool_hdr *first, ab__pool_hdr *last) {
 
 static int grow(ab__pool *p) {
   int rc = 0;
-  pthread_mutex_lock(&p->grow_lock);
+  ab__lock(&p->grow_lock, AB__RANK_GROW);
   if ((uint32_t)atomic_load_explicit(&p->head, memory_order_acquire) != 0) goto out; /* raced */
   uint32_t n = atomic_load_explicit(&p->nslabs, memory_order_relaxed);
   char *slab = n < AB__POOL_MAX_SLABS ? ab__malloc(p->alloc, p->stride * AB__POOL_SLAB) : NULL;
@@ -73,7 +73,7 @@ static int grow(ab__pool *p) {
   }
   push_chain(p, (ab__pool_hdr *)slab, (ab__pool_hdr *)(slab + (size_t)(AB__POOL_SLAB - 1) * p->stride));
 out:
-  pthread_mutex_unlock(&p->grow_lock);
+  ab__unlock(&p->grow_lock, AB__RANK_GROW);
   return rc;
 }
 

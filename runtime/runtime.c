@@ -17,10 +17,10 @@
 
 static int kind_workers(const ab_runtime *rt, const ab__device_ops *ops, int kind, int split) {
   int n = rt->opt.kinds[kind].workers_per_device;
-  if (n > 0) return n;
+  if (n > 0) return n; /* at most AB_MAX_WORKERS: check_options */
   if (ops->default_workers > 0) return ops->default_workers;
   n = ab__ncpu() / (split > 0 ? split : 1);
-  return n > 0 ? n : 1;
+  return n < 1 ? 1 : n > AB_MAX_WORKERS ? AB_MAX_WORKERS : n; /* a default is clamped */
 }
 
 static uint64_t kind_budget(const ab_kind_options *k, int kind, uint64_t total, int split) {
@@ -36,10 +36,11 @@ static int check_options(const ab_runtime_options *o) {
   if (o->size != sizeof(ab_runtime_options)) return AB_EINVAL;
   for (int k = 0; k < AB_KIND_COUNT; k++) {
     const ab_kind_options *ko = &o->kinds[k];
-    if (ko->workers_per_device < 0 || ko->logical_split < 0 || ko->logical_split > 64) return AB_EINVAL;
-    if (ko->memory_fraction < 0 || ko->memory_fraction > 1) return AB_EINVAL;
+    if (ko->workers_per_device < 0 || ko->workers_per_device > AB_MAX_WORKERS) return AB_EINVAL;
+    if (ko->logical_split < 0 || ko->logical_split > AB_MAX_SPLIT) return AB_EINVAL;
+    if (!(ko->memory_fraction >= 0 && ko->memory_fraction <= 1)) return AB_EINVAL; /* NaN too */
   }
-  if (o->queue_capacity > (1u << 24)) return AB_EINVAL;
+  if (o->queue_capacity > AB_MAX_QUEUE) return AB_EINVAL;
   return 0;
 }
 
@@ -72,6 +73,7 @@ static int device_init(ab_runtime *rt, ab__device *d, int kind, int index, int p
   if (split > 1) snprintf(d->name, sizeof d->name, "%.40s [%d/%d]", pi->name, (index % split + 1) % 100, split % 100);
   else snprintf(d->name, sizeof d->name, "%s", pi->name);
   d->budget = kind_budget(&rt->opt.kinds[kind], kind, pi->memory_total, split);
+  atomic_init(&d->park_due, INT64_MAX);
   if (pthread_mutex_init(&d->park_lock, NULL) != 0) return AB_ENOMEM;
   if (pthread_mutex_init(&d->xfer_lock, NULL) != 0) {
     pthread_mutex_destroy(&d->park_lock);
@@ -147,7 +149,7 @@ static void drop_leftovers(ab_runtime *rt) {
     while ((t = ab__queue_pop(&d->queue, offsetof(ab_future, qlink))) != NULL) {
       AB__ASSERT((atomic_load(&t->state) & AB__PHASE) == AB__DONE);
       ab__task_unaccount(d, t);
-      ab_future_release(t);
+      ab__task_drop(t);
     }
   }
 }

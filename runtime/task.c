@@ -12,7 +12,10 @@
  *     Whoever brings the count to zero calls ab__task_ready, which places and enqueues it
  *     without blocking: it may run on a worker or inside another future's completion.
  *   - The system's reference on a task is dropped by whoever takes it out of the system: the
- *     worker that ran or discarded it, or ab__task_ready when it is already complete.
+ *     worker that ran or discarded it, or ab__task_ready when it is already complete. A task
+ *     discarded without running (cancelled, or failed by an input) lets go of its inputs then
+ *     too (ab__task_drop), not when its caller releases the future: they may be memory that
+ *     others wait for. Nobody reads a completed task's inputs.
  */
 #include <string.h>
 
@@ -20,7 +23,9 @@
 
 void ab__inflight_done(ab_runtime *rt) {
   /* seq_cst: pairs with destroy's store of closing (see the design notes) */
-  if (atomic_fetch_sub(&rt->inflight, 1) == 1 && atomic_load(&rt->closing)) {
+  int64_t was = atomic_fetch_sub(&rt->inflight, 1);
+  AB__ASSERT(was >= 1); /* each accepted task gives its count back exactly once */
+  if (was == 1 && atomic_load(&rt->closing)) {
     atomic_fetch_add_explicit(&rt->idle_word, 1, memory_order_release);
     ab__futex_wake_all(&rt->idle_word);
   }
@@ -43,6 +48,12 @@ void ab__task_release_inputs(ab_future *t) {
   if (t->in && t->in != t->in_inline) ab__free(&t->rt->alloc, t->in);
   t->in = NULL;
   t->nin = 0;
+}
+
+void ab__task_drop(ab_future *t) {
+  AB__ASSERT((atomic_load_explicit(&t->state, memory_order_relaxed) & AB__PHASE) >= AB__COMPLETING);
+  ab__task_release_inputs(t);
+  ab_future_release(t);
 }
 
 static const ab_oom_policy *default_oom(ab_runtime *rt, const ab_oom_policy *p) {
@@ -134,7 +145,7 @@ static int enqueue_bounded(ab__device *d, ab_future *t, const ab_place *p) {
 }
 
 void ab__task_requeue(ab__device *d, ab_future *t) {
-  t->dev = d;
+  ab__task_set_dev(t, d);
   account(d, t);
   publish(t);
   ab__queue_push_always(&d->queue, t, &t->qlink);
@@ -184,21 +195,20 @@ void ab__task_ready(ab_future *t) {
     goto drop;
   }
   if (t->bytes == 0) t->bytes = input_bytes(t);
-  if (zero_copy(t)) { /* completed without running: give back its inflight count */
-    ab__inflight_done(t->rt);
-    goto drop;
-  }
+  /* Completed without running, unless a cancel got there first: either way the one that
+   * completed it gave back its inflight count. */
+  if (zero_copy(t)) goto drop;
   int err = 0;
   ab__device *d = place_task(t, &err);
   if (d == NULL) {
     fail_unrun(t, err);
     goto drop;
   }
-  if (t->dev == NULL) atomic_fetch_add_explicit(&d->submitted, 1, memory_order_relaxed); /* stat */
+  if (ab__task_dev(t) == NULL) atomic_fetch_add_explicit(&d->submitted, 1, memory_order_relaxed); /* stat */
   ab__task_requeue(d, t);
   return;
 drop:
-  ab_future_release(t);
+  ab__task_drop(t);
 }
 
 static void input_done(ab_future *f, void *arg) {
@@ -230,8 +240,9 @@ static int submit_task(ab_future *t, ab_future **out) {
   int nfut = has_future_inputs(t);
   if (nfut > 0) {
     if (t->place.policy == AB_PLACE_EXPLICIT) { /* known already: counted there from now on */
-      t->dev = ab__device_of(rt, t->place.device);
-      atomic_fetch_add_explicit(&t->dev->submitted, 1, memory_order_relaxed); /* stat */
+      ab__device *d = ab__device_of(rt, t->place.device);
+      ab__task_set_dev(t, d);
+      atomic_fetch_add_explicit(&d->submitted, 1, memory_order_relaxed); /* stat */
     }
     t->counted = true;
     atomic_store_explicit(&t->refs, 2, memory_order_relaxed); /* caller + system; not shared yet */
@@ -248,27 +259,26 @@ static int submit_task(ab_future *t, ab_future **out) {
     return 0;
   }
   if (t->bytes == 0) t->bytes = input_bytes(t);
-  if (zero_copy(t)) { /* completed at once, holds no inflight count */
-    ab__inflight_done(rt);
+  t->counted = true;
+  if (zero_copy(t)) { /* completed at once (nobody else holds t yet): the count is back */
     *out = t;
     return 0;
   }
   ab__device *d = place_task(t, &rc);
   if (d == NULL) goto fail_accepted;
-  t->dev = d;
-  t->counted = true;
+  ab__task_set_dev(t, d);
   atomic_store_explicit(&t->refs, 2, memory_order_relaxed); /* caller + system; not shared yet */
   rc = enqueue_bounded(d, t, &t->place);
   if (rc == 0) {
     *out = t;
     return 0;
   }
-  t->counted = false;
   atomic_store_explicit(&t->refs, 1, memory_order_relaxed); /* never published */
 fail_accepted:
+  t->counted = false;
   ab__inflight_done(rt);
 fail:
-  t->dev = NULL;
+  ab__task_set_dev(t, NULL);
   ab_future_release(t);
   return rc;
 }
@@ -333,7 +343,10 @@ static DLDataType target_dtype(const ab_future *t, const ab_tensor *src) {
   return t->copt.dtype.bits ? t->copt.dtype : src->dl.dtype;
 }
 
-/* Nothing to do: the source already is the answer. Completes t with a new reference on it. */
+/* Nothing to do: the source already is the answer. Completes t with a new reference on it,
+ * unless a cancel completed it first (true either way: t is done). Whoever completes t gives
+ * back its inflight count (t->counted); this function must not touch it, since a canceller
+ * may be reading it at this moment. */
 static bool zero_copy(ab_future *t) {
   if (t->kind != AB__TASK_CONVERT || t->copt.force_copy) return false;
   ab_tensor *src = t->in[0].tensor;
@@ -342,7 +355,6 @@ static bool zero_copy(ab_future *t) {
   ab_device home = ab_tensor_device(src);
   if (home.kind != t->dst.kind || (t->dst.index != AB_ANY && t->dst.index != home.index)) return false;
   if (ab__device_of(t->rt, home) == NULL) return false;
-  t->counted = false;
   ab__complete(t, 0, ab_tensor_retain(src), AB__PENDING);
   return true;
 }
@@ -408,13 +420,14 @@ static void release_all(ab_future **fs, int64_t n) {
 }
 
 int ab_unstack(ab_runtime *rt, ab_tensor *volume, ab_device dst, const ab_convert_options *o, ab_future **out) {
-  if (rt == NULL || volume == NULL || out == NULL) return AB_EINVAL;
+  if (volume == NULL || out == NULL) return AB_EINVAL; /* no length known: out is left alone */
   if (volume->dl.ndim < 1) return AB_ESHAPE;
+  int64_t n = volume->dl.shape[0];
+  for (int64_t i = 0; i < n; i++) out[i] = NULL; /* first: on any failure out is all NULL */
+  if (rt == NULL) return AB_EINVAL;
   int rc = check_convert_opts(rt, dst, o);
   if (rc != 0) return rc;
   if (atomic_load(&rt->closing)) return AB_ESHUTDOWN;
-  int64_t n = volume->dl.shape[0];
-  for (int64_t i = 0; i < n; i++) out[i] = NULL;
   for (int64_t i = 0; i < n && rc == 0; i++) {
     ab_tensor *view;
     rc = ab_tensor_index(volume, i, &view);

@@ -27,10 +27,11 @@ size_t ab__dtype_size(DLDataType dt) {
 }
 
 bool ab__contiguous(const DLTensor *t) {
+  for (int i = 0; i < t->ndim; i++)
+    if (t->shape[i] == 0) return true; /* no element is out of place (and the product may not fit) */
   int64_t expect = 1;
   for (int i = t->ndim - 1; i >= 0; i--) {
     if (t->shape[i] == 1) continue; /* any stride is fine for a dimension of one */
-    if (t->shape[i] == 0) return true;
     if (t->strides && t->strides[i] != expect) return false;
     expect *= t->shape[i];
   }
@@ -40,11 +41,18 @@ bool ab__contiguous(const DLTensor *t) {
 int64_t ab__collapse(const DLTensor *t, int *nd, int64_t *shape, int64_t *bstride) {
   int64_t es = (int64_t)ab__dtype_size(t->dtype), numel = 1, compact = es;
   int n = 0;
+  for (int i = 0; i < t->ndim; i++)
+    if (t->shape[i] == 0) { /* empty: no element, and strides that need not fit in bytes */
+      *nd = 1;
+      shape[0] = 0;
+      bstride[0] = es;
+      return 0;
+    }
   for (int i = t->ndim - 1; i >= 0; i--) { /* innermost first, then reverse */
-    int64_t st = t->strides ? t->strides[i] * es : compact;
+    if (t->shape[i] == 1) continue; /* any stride: it is never multiplied out */
+    int64_t st = t->strides ? t->strides[i] * es : compact; /* within the checked extent */
     compact *= t->shape[i];
     numel *= t->shape[i];
-    if (t->shape[i] == 1) continue;
     if (n > 0 && st == bstride[n - 1] * shape[n - 1]) { /* contiguous with the inner dim: merge */
       shape[n - 1] *= t->shape[i];
       continue;
@@ -103,12 +111,15 @@ void ab__tensor_fill(ab_tensor *t, const DLTensor *dl, const int64_t *strides) {
   t->nbytes = n;
 }
 
-static void compact_strides(int ndim, const int64_t *shape, int64_t *strides) {
+/* Row-major strides for shape; false when one does not fit in 64 bits (a view's shape may be
+ * anything; an allocation's size was checked before). */
+static bool compact_strides(int ndim, const int64_t *shape, int64_t *strides) {
   int64_t s = 1;
   for (int i = ndim - 1; i >= 0; i--) {
     strides[i] = s;
-    s *= shape[i] > 0 ? shape[i] : 1;
+    if (i > 0 && __builtin_mul_overflow(s, shape[i] > 0 ? shape[i] : 1, &s)) return false;
   }
+  return true;
 }
 
 int ab__dtype_index(DLDataType dt) {
@@ -138,12 +149,17 @@ static int alloc_size(DLDataType dt, int ndim, const int64_t *shape, size_t *all
   size_t es = ab__dtype_size(dt);
   if (es == 0) return AB_EDTYPE;
   if (ndim < 0 || ndim > AB_MAX_NDIM || (ndim > 0 && shape == NULL)) return AB_EINVAL;
-  size_t bytes = es;
+  /* The strides of an empty tensor must fit too: its empty dimensions count as one. */
+  size_t span = es;
+  bool empty = false;
   for (int i = 0; i < ndim; i++) {
     if (shape[i] < 0) return AB_EINVAL;
-    if (shape[i] > 0 && bytes > SIZE_MAX / 2 / (size_t)shape[i]) return AB_EOVERFLOW;
-    bytes *= (size_t)shape[i];
+    empty |= shape[i] == 0;
+    size_t n = shape[i] > 0 ? (size_t)shape[i] : 1;
+    if (span > SIZE_MAX / 2 / n) return AB_EOVERFLOW;
+    span *= n;
   }
+  size_t bytes = empty ? 0 : span;
   *alloc = bytes ? (bytes + 63) & ~(size_t)63 : 64;
   return 0;
 }
@@ -151,7 +167,8 @@ static int alloc_size(DLDataType dt, int ndim, const int64_t *shape, size_t *all
 /* t describes ptr as a contiguous tensor on dev (as DLPack names it) and owns it. */
 static void own(ab_tensor *t, void *ptr, DLDevice dev, DLDataType dt, int ndim, const int64_t *shape) {
   int64_t strides[AB_MAX_NDIM];
-  compact_strides(ndim, shape, strides);
+  bool fits = compact_strides(ndim, shape, strides);
+  AB__ASSERT(fits); /* alloc_size bounded the product */
   DLTensor dl = {.data = ptr, .device = dev, .ndim = ndim, .dtype = dt, .shape = (int64_t *)shape};
   ab__tensor_fill(t, &dl, strides);
 }
@@ -230,7 +247,9 @@ int ab_tensor_alloc(ab_runtime *rt, ab_device d, DLDataType dt, int ndim, const 
 }
 
 ab_tensor *ab_tensor_retain(ab_tensor *t) {
-  atomic_fetch_add_explicit(&t->refs, 1, memory_order_relaxed); /* taken only from a live ref */
+  if (t == NULL) return NULL;
+  int32_t was = atomic_fetch_add_explicit(&t->refs, 1, memory_order_relaxed); /* from a live ref */
+  AB__ASSERT(was > 0);
   return t;
 }
 
@@ -264,33 +283,68 @@ static void release_memory(ab_tensor *t) {
 void ab_tensor_release(ab_tensor *t) {
   if (t == NULL) return;
   /* acq_rel: the last releaser sees every other owner's use before freeing */
-  if (atomic_fetch_sub_explicit(&t->refs, 1, memory_order_acq_rel) != 1) return;
+  int32_t was = atomic_fetch_sub_explicit(&t->refs, 1, memory_order_acq_rel);
+  AB__ASSERT(was > 0);
+  if (was != 1) return;
   release_memory(t);
   tensor_free_struct(t);
 }
 
 const DLTensor *ab_tensor_dl(const ab_tensor *t) { return t ? &t->dl : NULL; }
 uint32_t ab_tensor_flags(const ab_tensor *t) { return t ? t->flags : 0; }
-ab_device ab_tensor_device(const ab_tensor *t) { return t->home; }
+ab_device ab_tensor_device(const ab_tensor *t) { return t ? t->home : (ab_device){-1, -1}; }
 size_t ab_tensor_nbytes(const ab_tensor *t) { return t ? t->nbytes : 0; }
 bool ab_tensor_is_contiguous(const ab_tensor *t) { return t && ab__contiguous(&t->dl); }
 
-/* Byte offsets of the lowest and highest element a layout touches, relative to its start. */
-static int extent(int ndim, const int64_t *shape, const int64_t *strides, int64_t es, int64_t *lo,
+/* Byte offsets of the lowest and highest byte a layout touches, relative to its start (empty:
+ * hi < lo). With span, empty dimensions count as one long: where its elements would be. Every
+ * dimension's arithmetic must fit in 64 bits, an empty layout's too (AB_EOVERFLOW). */
+static int extent(int ndim, const int64_t *shape, const int64_t *strides, int64_t es, bool span, int64_t *lo,
                   int64_t *hi) {
+  bool empty = false;
   *lo = 0;
   *hi = 0;
   for (int i = 0; i < ndim; i++) {
-    if (shape[i] == 0) {
-      *hi = -1; /* empty: touches nothing */
-      return 0;
-    }
+    empty |= shape[i] == 0;
     int64_t step;
-    if (__builtin_mul_overflow(shape[i] - 1, strides[i], &step) || __builtin_mul_overflow(step, es, &step))
+    if (__builtin_mul_overflow(shape[i] > 0 ? shape[i] - 1 : 0, strides[i], &step) ||
+        __builtin_mul_overflow(step, es, &step))
       return AB_EOVERFLOW;
     if (__builtin_add_overflow(step < 0 ? *lo : *hi, step, step < 0 ? lo : hi)) return AB_EOVERFLOW;
   }
   if (__builtin_add_overflow(*hi, es - 1, hi)) return AB_EOVERFLOW;
+  if (empty && !span) { /* touches nothing */
+    *lo = 0;
+    *hi = -1;
+  }
+  return 0;
+}
+
+/* Whether a view of t whose first element is off bytes past t's lies inside t: every byte it
+ * reaches ([vlo, vhi] from its first element) one of t's. An empty view reaches none: it may
+ * start wherever an element of t would be (t's empty dimensions counted as one long: the rows
+ * of an empty volume), or one past the last. Overflow anywhere means outside. */
+static bool inside(const ab_tensor *t, int64_t es, int64_t off, int64_t vlo, int64_t vhi) {
+  int64_t blo, bhi, lo, hi;
+  bool empty = vhi < vlo;
+  if (extent(t->dl.ndim, t->shape, t->strides, es, empty, &blo, &bhi) != 0) return false;
+  if (empty) return off >= blo && (off <= bhi || off - bhi == 1);
+  if (__builtin_add_overflow(off, vlo, &lo) || __builtin_add_overflow(off, vhi, &hi)) return false;
+  return bhi >= blo && lo >= blo && hi <= bhi;
+}
+
+/* The view's first element lies `at` bytes from t's data pointer. DLPack's byte_offset is
+ * unsigned: a negative one (a view into a tensor imported with negative strides, whose data
+ * points at its last-addressed element) moves the pointer instead, which only memory the host
+ * or CUDA addresses directly allows (a cl_mem is a handle). */
+static int place_view(const ab_tensor *t, int64_t at, DLTensor *dl) {
+  if (at >= 0) {
+    dl->byte_offset = (uint64_t)at;
+    return 0;
+  }
+  if (dl->device.device_type == kDLOpenCL) return AB_EINVAL;
+  dl->data = (void *)((uintptr_t)t->dl.data - (uintptr_t)(-(uint64_t)at)); /* an element of t's */
+  dl->byte_offset = 0;
   return 0;
 }
 
@@ -304,20 +358,18 @@ int ab_tensor_view(ab_tensor *t, int ndim, const int64_t *shape, const int64_t *
   int64_t es = (int64_t)ab__dtype_size(t->dl.dtype);
   int64_t st[AB_MAX_NDIM];
   if (strides) memcpy(st, strides, sizeof(int64_t) * (size_t)ndim);
-  else compact_strides(ndim, shape, st);
-  int64_t blo, bhi, vlo, vhi, off;
-  int rc = extent(t->dl.ndim, t->shape, t->strides, es, &blo, &bhi);
-  if (rc == 0) rc = extent(ndim, shape, st, es, &vlo, &vhi);
-  if (rc == 0 && __builtin_mul_overflow(offset_elems, es, &off)) rc = AB_EOVERFLOW;
-  if (rc != 0) return rc;
-  bool empty = vhi < vlo;
-  if (!empty && (off + vlo < blo || off + vhi > bhi || bhi < blo)) return AB_ESHAPE;
-  ab_tensor *v = ab__tensor_new(t->rt);
-  if (v == NULL) return AB_ENOMEM;
+  else if (!compact_strides(ndim, shape, st)) return AB_EINVAL;
+  /* Every byte of the view must be one of t's: anything else, overflow included, is EINVAL. */
+  int64_t vlo, vhi, off, at;
+  if (extent(ndim, shape, st, es, false, &vlo, &vhi) != 0 || __builtin_mul_overflow(offset_elems, es, &off) ||
+      !inside(t, es, off, vlo, vhi) || __builtin_add_overflow((int64_t)t->dl.byte_offset, off, &at))
+    return AB_EINVAL;
   DLTensor dl = t->dl;
   dl.ndim = ndim;
   dl.shape = (int64_t *)shape;
-  dl.byte_offset = t->dl.byte_offset + (uint64_t)off;
+  if (place_view(t, at, &dl) != 0) return AB_EINVAL;
+  ab_tensor *v = ab__tensor_new(t->rt);
+  if (v == NULL) return AB_ENOMEM;
   ab__tensor_fill(v, &dl, st);
   v->flags = t->flags & AB_TENSOR_READ_ONLY;
   v->owner = AB__OWN_VIEW;

@@ -172,7 +172,7 @@ static int make_rings(ab_runtime *rt, uint32_t n) {
 
 int ab_trace_start(ab_runtime *rt, const ab_trace_options *o) {
   if (rt == NULL || (o && o->size != sizeof(ab_trace_options))) return AB_EINVAL;
-  pthread_mutex_lock(&rt->trace_lock);
+  ab__lock(&rt->trace_lock, AB__RANK_TRACE);
   int rc = AB_EALREADY;
   if (!atomic_load_explicit(&rt->trace_on, memory_order_relaxed)) { /* written under the lock */
     rc = make_rings(rt, ring_size(o));
@@ -183,13 +183,13 @@ int ab_trace_start(ab_runtime *rt, const ab_trace_options *o) {
     rt->trace_tsc1 = rt->trace_tsc0, rt->trace_ns1 = rt->trace_t0; /* until stop */
     atomic_store(&rt->trace_on, 1); /* seq_cst: publishes the rings (design notes) */
   }
-  pthread_mutex_unlock(&rt->trace_lock);
+  ab__unlock(&rt->trace_lock, AB__RANK_TRACE);
   return rc;
 }
 
 int ab_trace_stop(ab_runtime *rt) {
   if (rt == NULL) return AB_EINVAL;
-  pthread_mutex_lock(&rt->trace_lock);
+  ab__lock(&rt->trace_lock, AB__RANK_TRACE);
   bool was_on = atomic_load_explicit(&rt->trace_on, memory_order_relaxed); /* written under the lock */
   atomic_store(&rt->trace_on, 0); /* seq_cst: Dekker with begin() */
   if (was_on) clock_pair(&rt->trace_tsc1, &rt->trace_ns1);
@@ -199,7 +199,7 @@ int ab_trace_stop(ab_runtime *rt) {
       /* acquire: pairs with end()'s release, so the last record is visible to the writer */
       while (atomic_load_explicit(&d->workers[j].trace_busy, memory_order_acquire)) sched_yield();
   }
-  pthread_mutex_unlock(&rt->trace_lock);
+  ab__unlock(&rt->trace_lock, AB__RANK_TRACE);
   return 0;
 }
 
@@ -316,13 +316,13 @@ static int write_json(ab_runtime *rt, FILE *f) {
 
 int ab_trace_write(ab_runtime *rt, const char *path) {
   if (rt == NULL || path == NULL) return AB_EINVAL;
-  pthread_mutex_lock(&rt->trace_lock);
+  ab__lock(&rt->trace_lock, AB__RANK_TRACE);
   int rc = AB_EBUSY;
   if (!atomic_load_explicit(&rt->trace_on, memory_order_relaxed)) { /* written under the lock */
     FILE *f = fopen(path, "w");
     rc = f ? write_json(rt, f) : AB_EINVAL;
     if (f && fclose(f) != 0) rc = AB_EINVAL;
   }
-  pthread_mutex_unlock(&rt->trace_lock);
+  ab__unlock(&rt->trace_lock, AB__RANK_TRACE);
   return rc;
 }

@@ -6,7 +6,9 @@
  *     submitter's release), runs it, and completes it with a CAS RUNNING -> COMPLETING. A task
  *     cancelled while queued fails the claim and is dropped: it never runs.
  *   - Idle workers spin briefly (a task usually arrives within microseconds in a busy pipeline),
- *     then sleep on the queue's event count. Parked tasks give the sleep a deadline.
+ *     then sleep on the queue's event count. Parked tasks give the sleep a deadline. The spin is
+ *     bounded in time, not only in rounds: on a loaded machine each sched_yield may hand the
+ *     core away for a whole time slice (64 of them once cost 90 ms before a 1 ms retry).
  *   - A backend with events (ops->record) has a task's work enqueued, not done, when its body
  *     returns: the worker records an event and keeps the task in its pending ring (scratch and
  *     inputs stay alive), runs the next one, and completes pending tasks in order as polling
@@ -17,8 +19,14 @@
  *     list with a retry time; frees on the device bump freed_gen and wake a worker, which sends
  *     parked tasks back to the queue at once. Past the deadline: re-route if allowed, else fail
  *     with AB_ENOMEM and a memory report.
+ *   - Retries keep their schedule however busy the device is: park_due holds the earliest retry
+ *     time, and a worker looks at it between tasks (one relaxed load while nothing is parked),
+ *     not only when its queue runs dry. A task parked with an earlier retry than the sleepers
+ *     know wakes them; a cancelled parked task makes the list due at once, so it is dropped
+ *     (with its inputs) without waiting for its retry time.
  *   - park_lock is a leaf lock: nothing else is taken while it is held, except the queue's
- *     overflow lock (leaf below it) when a task is sent back.
+ *     overflow lock (leaf below it) when a task is sent back. Tasks dropped from the list are
+ *     released after it is unlocked (a release may free memory, which wakes workers).
  */
 #include <sched.h>
 #include <string.h>
@@ -51,12 +59,16 @@ static int run_body(ab_ctx *c) {
 
 /* ---- parking -------------------------------------------------------------------------------- */
 static void park(ab__device *d, ab_future *t) {
-  pthread_mutex_lock(&d->park_lock);
+  ab__lock(&d->park_lock, AB__RANK_PARK);
   t->park_next = d->parked;
   d->parked = t;
   atomic_fetch_add_explicit(&d->nparked, 1, memory_order_release); /* pairs with poll's acquire */
-  pthread_mutex_unlock(&d->park_lock);
+  /* relaxed: park_due is a hint for when to poll; the list itself is read under the lock */
+  bool earlier = t->park_until < atomic_load_explicit(&d->park_due, memory_order_relaxed);
+  if (earlier) atomic_store_explicit(&d->park_due, t->park_until, memory_order_relaxed);
+  ab__unlock(&d->park_lock, AB__RANK_PARK);
   atomic_fetch_add_explicit(&d->stats.oom_parks, 1, memory_order_relaxed); /* stat */
+  if (earlier) ab__wake_workers(d); /* sleeping workers wait for a later retry, or none */
 }
 
 /* Whether a task short of `need` bytes may succeed now. A free wakes the parked tasks early only
@@ -69,21 +81,36 @@ static bool could_fit(ab__device *d, uint64_t need) {
   return used <= d->budget && d->budget - used >= need;
 }
 
-/* Sends due tasks back to the queue; returns the earliest retry time left (-1: none). */
+static bool is_done(const ab_future *t) {
+  /* acquire: a task cancelled while parked is dropped, and its completer's writes are seen */
+  return (atomic_load_explicit(&t->state, memory_order_acquire) & AB__PHASE) == AB__DONE;
+}
+
+/* Sends due tasks back to the queue and drops cancelled ones; returns the earliest retry time
+ * left (-1: none). */
 static int64_t park_poll(ab__device *d) {
   if (atomic_load_explicit(&d->nparked, memory_order_acquire) == 0) return -1;
   int64_t now = ab__now_ns(), next = -1;
   uint32_t gen = atomic_load_explicit(&d->freed_gen, memory_order_acquire);
-  pthread_mutex_lock(&d->park_lock);
+  ab_future *dropped = NULL;
+  ab__lock(&d->park_lock, AB__RANK_PARK);
   ab_future **pp = &d->parked;
   while (*pp) {
     ab_future *t = *pp;
-    if (t->park_until <= now || (t->park_gen != gen && could_fit(d, t->park_need))) {
+    bool done = is_done(t);
+    /* parked tasks are waiting, or being (or been) cancelled: never claimed by a worker */
+    AB__ASSERT((atomic_load_explicit(&t->state, memory_order_relaxed) & AB__PHASE) != AB__RUNNING);
+    if (done || t->park_until <= now || (t->park_gen != gen && could_fit(d, t->park_need))) {
       *pp = t->park_next;
+      atomic_fetch_sub_explicit(&d->nparked, 1, memory_order_relaxed); /* under the lock */
+      if (done) { /* cancelled while parked: nothing to retry */
+        t->park_next = dropped;
+        dropped = t;
+        continue;
+      }
       /* The deadline counts time parked, up to when the retry was due: not the time it waited
        * for a worker after that (workers busy with a long queue poll parked tasks late). */
       t->park_left -= (t->park_until < now ? t->park_until : now) - t->park_since;
-      atomic_fetch_sub_explicit(&d->nparked, 1, memory_order_relaxed); /* under the lock */
       atomic_fetch_add_explicit(&d->stats.oom_retries, 1, memory_order_relaxed); /* stat */
       ab__task_requeue(d, t);
       continue;
@@ -91,21 +118,44 @@ static int64_t park_poll(ab__device *d) {
     if (next < 0 || t->park_until < next) next = t->park_until;
     pp = &t->park_next;
   }
-  pthread_mutex_unlock(&d->park_lock);
+  /* relaxed: hints for the between-task check (see the design notes) */
+  atomic_store_explicit(&d->park_due, next < 0 ? INT64_MAX : next, memory_order_relaxed);
+  atomic_store_explicit(&d->park_seen_gen, gen, memory_order_relaxed);
+  ab__unlock(&d->park_lock, AB__RANK_PARK);
+  while (dropped) {
+    ab_future *t = dropped;
+    dropped = t->park_next;
+    ab__task_drop(t);
+  }
   return next;
 }
 
+/* Between two tasks: is a parked task due, or has memory been freed since the last poll? */
+static bool park_wants_poll(ab__device *d) {
+  if (atomic_load_explicit(&d->nparked, memory_order_relaxed) == 0) return false; /* a hint */
+  return atomic_load_explicit(&d->freed_gen, memory_order_relaxed) !=
+             atomic_load_explicit(&d->park_seen_gen, memory_order_relaxed) ||
+         ab__now_ns() >= atomic_load_explicit(&d->park_due, memory_order_relaxed);
+}
+
+void ab__park_cancelled(ab_future *t) {
+  ab__device *d = ab__task_dev(t);
+  if (d == NULL || atomic_load_explicit(&d->nparked, memory_order_relaxed) == 0) return;
+  atomic_store_explicit(&d->park_due, 0, memory_order_relaxed); /* it may be parked: poll now */
+  ab__wake_workers(d);
+}
+
 void ab__park_flush(ab__device *d, int status) {
-  pthread_mutex_lock(&d->park_lock);
+  ab__lock(&d->park_lock, AB__RANK_PARK);
   ab_future *list = d->parked;
   d->parked = NULL;
   atomic_store_explicit(&d->nparked, 0, memory_order_relaxed); /* under the lock */
-  pthread_mutex_unlock(&d->park_lock);
+  ab__unlock(&d->park_lock, AB__RANK_PARK);
   while (list) {
     ab_future *t = list;
     list = t->park_next;
     ab__complete(t, status, NULL, AB__PENDING);
-    ab_future_release(t); /* the system's reference */
+    ab__task_drop(t);
   }
 }
 
@@ -113,6 +163,7 @@ void ab__park_flush(ab__device *d, int status) {
 static bool unclaim(ab_future *t) {
   uint32_t s = atomic_load_explicit(&t->state, memory_order_relaxed);
   for (;;) {
+    AB__ASSERT((s & AB__PHASE) == AB__RUNNING); /* only the worker running it unclaims it */
     if (s & AB__CANCEL_REQ) return false;
     uint32_t ns = (s & ~(uint32_t)AB__PHASE) | AB__PENDING;
     /* release: the task's ladder fields before a canceller or the next worker claims it */
@@ -167,6 +218,7 @@ static bool claim(ab_future *t) {
   /* acquire, already on the first load: the pointer came through ck_ring, whose ordering is
    * invisible to ThreadSanitizer; this load is the edge that pairs with the submit's release */
   uint32_t s = atomic_load_explicit(&t->state, memory_order_acquire);
+  AB__ASSERT((s & AB__PHASE) != AB__RUNNING); /* a task is queued once at a time */
   while ((s & AB__PHASE) == AB__PENDING)
     /* acquire: pairs with the submitter's release, so the task's fields are visible */
     if (atomic_compare_exchange_weak_explicit(&t->state, &s, (s & ~(uint32_t)AB__PHASE) | AB__RUNNING,
@@ -276,7 +328,7 @@ static void run_one(ab__worker *w, ab_future *t) {
   return;
 drop:
   ab__task_unaccount(d, t);
-  ab_future_release(t); /* the system's reference */
+  ab__task_drop(t);
 }
 
 static size_t qlink_offset(void) { return offsetof(ab_future, qlink); }
@@ -285,14 +337,17 @@ static ab_future *pop(ab__device *d) { return ab__queue_pop(&d->queue, qlink_off
 
 /* Before sleeping, poll a little: a few pauses, then yields. Yielding hands the core to a
  * submitter or another worker when there are more threads than cores (a pure spin would steal
- * it), yet still picks up the next task within microseconds, far sooner than a futex wake-up. */
+ * it), yet still picks up the next task within microseconds, far sooner than a futex wake-up.
+ * At most SPIN_NS of yields: on a busy machine one yield can last a whole time slice. */
+#define SPIN_NS 100000
 static ab_future *spin_pop(ab__device *d) {
   for (int i = 0; i < 64; i++) {
     ab_future *t = pop(d);
     if (t) return t;
     ab__cpu_relax();
   }
-  for (int i = 0; i < 64; i++) {
+  int64_t end = ab__now_ns() + SPIN_NS;
+  for (int i = 0; i < 64 && ab__now_ns() < end; i++) {
     sched_yield();
     ab_future *t = pop(d);
     if (t) return t;
@@ -309,17 +364,21 @@ static void *worker_main(void *arg) {
   ab_runtime *rt = d->rt;
   for (;;) {
     if (w->npending) reap(w, false);
+    if (park_wants_poll(d)) park_poll(d);
     ab_future *t = pop(d);
     if (t == NULL && w->npending) { /* nothing new: wait for the device instead */
       reap(w, true);
       continue;
     }
     if (t == NULL) {
+      /* The snapshot before the parked list is read: a wake-up after it (a task parked with an
+       * earlier retry, a parked task cancelled, memory freed) ends the sleep below at once,
+       * instead of being lost until the retry time read here. */
+      uint32_t snap = ab__queue_snapshot(&d->queue);
       int64_t next_retry = park_poll(d);
       t = spin_pop(d);
       if (t == NULL) {
         if (atomic_load_explicit(&rt->stopping, memory_order_acquire)) return NULL;
-        uint32_t snap = ab__queue_snapshot(&d->queue);
         t = pop(d);
         if (t == NULL) {
           ab__queue_wait(&d->queue, snap, next_retry);
@@ -351,17 +410,17 @@ void ab__workers_join(ab__device *d) {
 }
 
 /* ---- the task context ----------------------------------------------------------------------- */
-ab_device ab_ctx_device(ab_ctx *c) { return c->w->dev->id; }
-void *ab_ctx_stream(ab_ctx *c) { return c->w->dev->ops->stream ? c->w->dev->ops->stream(c->w) : NULL; }
-int ab_ctx_worker(ab_ctx *c) { return c->w->index; }
-int ab_ctx_ninputs(ab_ctx *c) { return c->task->nin; }
+ab_device ab_ctx_device(ab_ctx *c) { return c ? c->w->dev->id : (ab_device){-1, -1}; }
+void *ab_ctx_stream(ab_ctx *c) { return c && c->w->dev->ops->stream ? c->w->dev->ops->stream(c->w) : NULL; }
+int ab_ctx_worker(ab_ctx *c) { return c ? c->w->index : AB_EINVAL; }
+int ab_ctx_ninputs(ab_ctx *c) { return c ? c->task->nin : AB_EINVAL; }
 
 ab_tensor *ab_ctx_input(ab_ctx *c, int i) {
   if (c == NULL || i < 0 || i >= c->task->nin) return NULL;
   return c->task->in[i].tensor;
 }
 
-bool ab_ctx_cancelled(ab_ctx *c) { return cancel_asked(c->w, c->task); }
+bool ab_ctx_cancelled(ab_ctx *c) { return c && cancel_asked(c->w, c->task); }
 
 /* The text waits in the thread's device note (errors.c) until the task ends: finish_task, on
  * this thread, makes it the future's message. */
@@ -388,8 +447,9 @@ static int scratch_slot(ab_ctx *c, ab__scratch **out) {
 }
 
 int ab_ctx_alloc(ab_ctx *c, size_t bytes, void **ptr) {
-  if (c == NULL || ptr == NULL) return AB_EINVAL;
+  if (ptr == NULL) return AB_EINVAL;
   *ptr = NULL;
+  if (c == NULL) return AB_EINVAL;
   ab__scratch *slot;
   int rc = scratch_slot(c, &slot);
   if (rc != 0) return rc;
@@ -404,7 +464,9 @@ int ab_ctx_alloc(ab_ctx *c, size_t bytes, void **ptr) {
 }
 
 int ab_ctx_alloc_tensor(ab_ctx *c, DLDataType dt, int ndim, const int64_t *shape, ab_tensor **out) {
-  if (c == NULL || out == NULL) return AB_EINVAL;
+  if (out == NULL) return AB_EINVAL;
+  *out = NULL;
+  if (c == NULL) return AB_EINVAL;
   return ab__tensor_alloc_on(c->w->dev, c->w, dt, ndim, shape, out);
 }
 

@@ -185,10 +185,54 @@ static int test_device_note_on_stderr_with_ab_debug(void) {
   return 0;
 }
 
+/* NULL is accepted by every function: fallible ones return AB_EINVAL, the others a neutral
+ * value (the header says which). ab_tensor_device, the retain functions and ab_ctx_* crashed. */
+static int test_null_everywhere(void) {
+  ab_device d = ab_tensor_device(NULL);
+  CHECK_EQ_INT(d.kind, -1);
+  CHECK_EQ_INT(d.index, -1);
+  CHECK_NULL(ab_tensor_retain(NULL));
+  CHECK_NULL(ab_future_retain(NULL));
+  ab_tensor_release(NULL);
+  ab_future_release(NULL);
+  CHECK_NULL(ab_tensor_dl(NULL));
+  CHECK_EQ_INT(ab_tensor_flags(NULL), 0);
+  CHECK_EQ_U64(ab_tensor_nbytes(NULL), 0);
+  CHECK(!ab_tensor_is_contiguous(NULL));
+  d = ab_ctx_device(NULL);
+  CHECK_EQ_INT(d.kind, -1);
+  CHECK_EQ_INT(d.index, -1);
+  CHECK_NULL(ab_ctx_stream(NULL));
+  CHECK_EQ_INT(ab_ctx_worker(NULL), AB_EINVAL);
+  CHECK_EQ_INT(ab_ctx_ninputs(NULL), AB_EINVAL);
+  CHECK_NULL(ab_ctx_input(NULL, 0));
+  CHECK(!ab_ctx_cancelled(NULL));
+  void *p = (void *)(uintptr_t)1;
+  CHECK_EQ_INT(ab_ctx_alloc(NULL, 8, &p), AB_EINVAL);
+  CHECK_NULL(p);
+  ab_tensor *t = (ab_tensor *)(uintptr_t)1;
+  CHECK_EQ_INT(ab_ctx_alloc_tensor(NULL, th_dt(kDLFloat, 32), 0, NULL, &t), AB_EINVAL);
+  CHECK_NULL(t);
+  CHECK_EQ_INT(ab_ctx_set_output(NULL, NULL), AB_EINVAL);
+  CHECK_EQ_INT(ab_future_status(NULL), AB_EINVAL);
+  CHECK_EQ_INT(ab_future_wait(NULL, 0), AB_EINVAL);
+  CHECK_EQ_INT(ab_future_cancel(NULL), AB_EINVAL);
+  CHECK_NULL(ab_future_message(NULL));
+  CHECK_EQ_INT(ab_runtime_destroy(NULL, AB_DRAIN), 0);
+  CHECK_EQ_INT(ab_runtime_devices(NULL, NULL, 0), AB_EINVAL);
+  CHECK_EQ_INT(ab_runtime_stats(NULL, NULL, 0), AB_EINVAL);
+  CHECK_EQ_INT(ab_runtime_fault(NULL, NULL), AB_EINVAL);
+  CHECK_EQ_INT(ab_trace_start(NULL, NULL), AB_EINVAL);
+  CHECK_EQ_INT(ab_trace_stop(NULL), AB_EINVAL);
+  CHECK_EQ_INT(ab_trace_write(NULL, NULL), AB_EINVAL);
+  return 0;
+}
+
 static const ab_test_entry tests[] = {
     TEST_ENTRY(strerror_every_code), TEST_ENTRY(err_name_every_code),
     TEST_ENTRY(codes_distinct_and_negative), TEST_ENTRY(unknown_and_zero), TEST_ENTRY(version),
     TEST_ENTRY(device_note_reaches_the_future), TEST_ENTRY(ctx_fail_sets_the_message),
     TEST_ENTRY(device_note_on_stderr_with_ab_debug),
+    TEST_ENTRY(null_everywhere),
     TEST_END};
 AB_TEST_MAIN(tests)

@@ -4,6 +4,7 @@
 
 #include <pthread.h>
 #include <stdlib.h>
+#include <unistd.h>
 
 static int make_rt(ab_runtime **rt, int workers) { return th_runtime(rt, workers, 1); }
 
@@ -278,6 +279,74 @@ static int test_wait_any(void) {
   CHECK_OK(ab_runtime_destroy(rt, AB_DRAIN));
   th_gate_destroy(&g1);
   th_gate_destroy(&g2);
+  return 0;
+}
+
+/* Resident memory of this process, bytes. */
+static int64_t resident_bytes(void) {
+  long pages = 0, rss = 0;
+  FILE *f = fopen("/proc/self/statm", "r");
+  if (f == NULL) return -1;
+  int n = fscanf(f, "%ld %ld", &pages, &rss);
+  fclose(f);
+  return n == 2 ? (int64_t)rss * sysconf(_SC_PAGESIZE) : -1;
+}
+
+/* A caller polling wait_any with a timeout stays the same size: each timed-out wait used to
+ * leave a record on every future it waited for until they completed (about 13 MB per 300k). */
+static int test_wait_any_polling_does_not_grow(void) {
+  ab_runtime *rt;
+  CHECK_OK(make_rt(&rt, 1));
+  th_gate g;
+  th_gate_init(&g);
+  ab_future *fs[2] = {0};
+  CHECK_OK(th_submit_gate(rt, th_host(0), &g, &fs[0]));
+  CHECK_OK(th_submit_fn(rt, th_host(0), th_count_task, NULL, &fs[1])); /* queued behind it */
+  size_t which = 99;
+  for (int i = 0; i < 1000; i++) CHECK_EQ_INT(ab_future_wait_any(fs, 2, 1, &which), AB_ETIMEDOUT);
+  int64_t before = resident_bytes();
+  long n = th_scaled(300000);
+  for (long i = 0; i < n; i++) {
+    int rc = ab_future_wait_any(fs, 2, 1, &which);
+    if (rc != AB_ETIMEDOUT) CHECK_EQ_INT(rc, AB_ETIMEDOUT);
+  }
+  int64_t grew = resident_bytes() - before;
+  printf("# %ld timed-out waits on 2 futures: resident memory grew by %lld KiB\n", n, (long long)grew / 1024);
+  CHECK_EQ_U64(which, 99); /* untouched on failure */
+  int64_t allowed = n * 16 > (1 << 20) ? n * 16 : (1 << 20);
+  CHECK_MSG(grew < allowed, "grew by %lld bytes over %ld waits", (long long)grew, n);
+  th_gate_open(&g, 1);
+  CHECK_OK(ab_future_wait_any(fs, 2, -1, &which));
+  CHECK_OK(ab_future_wait_all(fs, 2, -1));
+  for (int i = 0; i < 2; i++) ab_future_release(fs[i]);
+  CHECK_OK(ab_runtime_destroy(rt, AB_DRAIN));
+  th_gate_destroy(&g);
+  return 0;
+}
+
+/* wait_any over futures of two runtimes: a completion in either ends the wait. */
+static int test_wait_any_two_runtimes(void) {
+  ab_runtime *a, *b;
+  CHECK_OK(make_rt(&a, 1));
+  CHECK_OK(make_rt(&b, 1));
+  th_gate ga, gb;
+  th_gate_init(&ga);
+  th_gate_init(&gb);
+  ab_future *fs[2] = {0};
+  CHECK_OK(th_submit_gate(a, th_host(0), &ga, &fs[0]));
+  CHECK_OK(th_submit_gate(b, th_host(0), &gb, &fs[1]));
+  size_t which = 99;
+  CHECK_EQ_INT(ab_future_wait_any(fs, 2, TH_MS(5), &which), AB_ETIMEDOUT);
+  th_gate_open(&gb, 1); /* the second runtime's: not the word the waiter sleeps on */
+  CHECK_OK(ab_future_wait_any(fs, 2, TH_SEC(10), &which));
+  CHECK_EQ_INT(which, 1);
+  th_gate_open(&ga, 1);
+  CHECK_OK(ab_future_wait_all(fs, 2, -1));
+  for (int i = 0; i < 2; i++) ab_future_release(fs[i]);
+  CHECK_OK(ab_runtime_destroy(a, AB_DRAIN));
+  CHECK_OK(ab_runtime_destroy(b, AB_DRAIN));
+  th_gate_destroy(&ga);
+  th_gate_destroy(&gb);
   return 0;
 }
 
@@ -667,6 +736,8 @@ static const ab_test_entry tests[] = {TEST_ENTRY(wait_timeout_and_poll),
                                       TEST_ENTRY(then_release_and_submit_try),
                                       TEST_ENTRY(wait_all),
                                       TEST_ENTRY(wait_any),
+                                      TEST_ENTRY(wait_any_polling_does_not_grow),
+                                      TEST_ENTRY(wait_any_two_runtimes),
                                       TEST_ENTRY(cancel_queued_never_runs),
                                       TEST_ENTRY(cancel_after_completion),
                                       TEST_ENTRY(cancel_running),

@@ -2,7 +2,10 @@
 #include "harness.h"
 
 #include <pthread.h>
+#include <signal.h>
 #include <stdlib.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 static int test_options_size_checked(void) {
   ab_runtime_options o;
@@ -511,6 +514,64 @@ static int test_create_destroy_loop(void) {
   return 0;
 }
 
+/* Counts have upper bounds, refused with AB_EINVAL at once: INT_MAX workers per device used to
+ * allocate (and touch) gigabytes before failing. */
+static int test_counts_bounded(void) {
+  static const int workers[] = {INT32_MAX, AB_MAX_WORKERS + 1, 1 << 20};
+  for (size_t i = 0; i < sizeof workers / sizeof workers[0]; i++) {
+    for (int k = 0; k < AB_KIND_COUNT; k++) {
+      ab_runtime_options o;
+      th_options(&o);
+      o.kinds[k].workers_per_device = workers[i];
+      ab_runtime *rt = (ab_runtime *)(uintptr_t)1;
+      int64_t t0 = th_now_ns();
+      CHECK_EQ_INT(ab_runtime_create(&o, &rt), AB_EINVAL);
+      CHECK_NULL(rt);
+      CHECK(th_now_ns() - t0 < TH_SEC(1));
+    }
+  }
+  ab_runtime_options o;
+  th_options(&o);
+  o.kinds[AB_HOST].logical_split = AB_MAX_SPLIT + 1;
+  ab_runtime *rt = NULL;
+  CHECK_EQ_INT(ab_runtime_create(&o, &rt), AB_EINVAL);
+  th_options(&o);
+  o.queue_capacity = AB_MAX_QUEUE + 1;
+  CHECK_EQ_INT(ab_runtime_create(&o, &rt), AB_EINVAL);
+  /* the largest accepted values still make a runtime (host only, a few logical devices) */
+  th_options(&o);
+  o.kinds[AB_HOST].workers_per_device = 64;
+  o.kinds[AB_HOST].logical_split = 2;
+  o.queue_capacity = AB_MAX_QUEUE;
+  CHECK_OK(ab_runtime_create(&o, &rt));
+  ab_device_info info;
+  CHECK_OK(ab_device_info_get(rt, th_host(1), &info));
+  CHECK_EQ_INT(info.workers, 64);
+  CHECK_OK(ab_runtime_destroy(rt, AB_DRAIN));
+  return 0;
+}
+
+/* The library's debug checks run in the test builds: a broken invariant (here the in-flight
+ * count given back once more than taken, the failure that once hung destroy) stops the process
+ * at once with the check that failed, instead of corrupting state. */
+void ab__inflight_done(ab_runtime *rt); /* internal: the static library exposes it */
+static int test_asserts_enabled(void) {
+  ab_runtime *rt;
+  CHECK_OK(th_runtime(&rt, 1, 1));
+  fflush(NULL);
+  pid_t pid = fork();
+  CHECK(pid >= 0);
+  if (pid == 0) {
+    ab__inflight_done(rt); /* nothing in flight: must abort */
+    _exit(0);
+  }
+  int st = 0;
+  CHECK(waitpid(pid, &st, 0) == pid);
+  CHECK_MSG(WIFSIGNALED(st) && WTERMSIG(st) == SIGABRT, "the child was not stopped by a failed check (status %d)", st);
+  CHECK_OK(ab_runtime_destroy(rt, AB_DRAIN));
+  return 0;
+}
+
 static const ab_test_entry tests[] = {TEST_ENTRY(options_size_checked),
                                       TEST_ENTRY(devices_and_info),
                                       TEST_ENTRY(logical_split),
@@ -524,5 +585,7 @@ static const ab_test_entry tests[] = {TEST_ENTRY(options_size_checked),
                                       TEST_ENTRY(destroy_wakes_waiters),
                                       TEST_ENTRY(outlive_runtime),
                                       TEST_ENTRY(create_destroy_loop),
+                                      TEST_ENTRY(counts_bounded),
+                                      TEST_ENTRY(asserts_enabled),
                                       TEST_END};
 AB_TEST_MAIN(tests)

@@ -1,6 +1,7 @@
 /* test_stack.c: ab_stack and ab_unstack on host devices. */
 #include "harness.h"
 
+#include <sched.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -382,6 +383,243 @@ static int test_stack_in_windows(void) {
   return bad;
 }
 
+/* ---- a host stack's helper that never runs -------------------------------------------------- */
+/* A host stack copies half its slices itself and gives the other half to a helper task on
+ * another host worker. A helper that fails without running must not leave its half unwritten:
+ * the stack then copies it too (a status of 0 means every slice was written). */
+enum { BIG_SLICES = 32, BIG_SIDE = 512 }; /* 256 KiB u8 slices: the helper gets 16 of them */
+
+static int make_big_slices(ab_runtime *rt, ab_tensor **sl, int n, int side) {
+  int64_t shape[2] = {side, side};
+  for (int s = 0; s < n; s++) {
+    int r = ab_tensor_alloc(rt, th_host(0), TH_U8, 2, shape, &sl[s]);
+    if (r) return r;
+    memset(data_of(sl[s]), 1 + s % 251, (size_t)side * (size_t)side);
+  }
+  return 0;
+}
+
+/* Every slice of v holds its own value; returns the index of the first that does not, or -1. */
+static int bad_slice(ab_tensor *v, int n, int side) {
+  const uint8_t *p = data_of(v);
+  size_t slice = (size_t)side * (size_t)side;
+  for (int s = 0; s < n; s++)
+    for (size_t e = 0; e < slice; e += 997)
+      if (p[(size_t)s * slice + e] != 1 + s % 251 || p[(size_t)s * slice + slice - 1] != 1 + s % 251) return s;
+  return -1;
+}
+
+/* An injected launch fault fails the helper (a compute task) before it runs; the stack itself
+ * is a copy, which the fault leaves alone. (It used to complete with 0 and half its slices
+ * never written.) */
+static int test_stack_helper_fails(void) {
+  ab_runtime *rt;
+  CHECK_OK(th_runtime(&rt, 2, 1));
+  ab_tensor *sl[BIG_SLICES];
+  CHECK_OK(make_big_slices(rt, sl, BIG_SLICES, BIG_SIDE));
+  ab_fault_spec fs = {.op = AB_FAULT_LAUNCH, .device = th_host(AB_ANY), .nth = 1, .count = -1};
+  CHECK_OK(ab_runtime_fault(rt, &fs));
+  int helper_failed = 0;
+  for (int round = 0; round < 20; round++) {
+    ab_device_stats before, after;
+    CHECK_OK(th_stats(rt, th_host(0), &before));
+    ab_future *f = NULL;
+    CHECK_OK(ab_stack(rt, sl, BIG_SLICES, th_host(0), NULL, &f));
+    CHECK_OK(ab_future_wait(f, -1));
+    CHECK_OK(th_stats(rt, th_host(0), &after));
+    helper_failed += after.faults_injected > before.faults_injected;
+    ab_tensor *v = NULL;
+    CHECK_OK(ab_future_result(f, &v));
+    int bad = bad_slice(v, BIG_SLICES, BIG_SIDE);
+    CHECK_MSG(bad < 0, "round %d: the stack completed with 0, but slice %d was not written", round, bad);
+    ab_tensor_release(v);
+    ab_future_release(f);
+  }
+  printf("# the helper failed before the stack took its half back in %d of 20 rounds\n", helper_failed);
+  for (int s = 0; s < BIG_SLICES; s++) ab_tensor_release(sl[s]);
+  CHECK_OK(ab_runtime_destroy(rt, AB_DRAIN));
+  return 0;
+}
+
+/* Holds a worker until destroy(AB_CANCEL) asks it to stop, and notices at once. */
+static atomic_int held;
+static int hold_until_cancelled(ab_ctx *c, void *arg) {
+  (void)arg;
+  atomic_store(&held, 1);
+  while (!ab_ctx_cancelled(c)) sched_yield();
+  return AB_ECANCELED;
+}
+
+/* The field case: ab_runtime_destroy(AB_CANCEL) while a host stack copies its half. The other
+ * worker, freed by the cancel, pops the helper and cancels it without running it. The stack
+ * must still complete with every slice written (or fail): never 0 with half a volume. */
+static int test_stack_destroy_cancel(void) {
+  enum { N = 64, SIDE = 512 }; /* 256 KiB slices: copying our half takes a while */
+  int helper_cancelled = 0, rounds = 8;
+  for (int round = 0; round < rounds; round++) {
+    ab_runtime *rt;
+    CHECK_OK(th_runtime(&rt, 2, 1));
+    ab_tensor **sl = calloc(N, sizeof *sl);
+    CHECK_NOT_NULL(sl);
+    CHECK_OK(make_big_slices(rt, sl, N, SIDE));
+    atomic_store(&held, 0);
+    ab_future *hold = NULL, *f = NULL;
+    CHECK_OK(th_submit_fn(rt, th_host(0), hold_until_cancelled, NULL, &hold));
+    while (!atomic_load(&held)) sched_yield();
+    CHECK_OK(ab_stack(rt, sl, N, th_host(0), NULL, &f));
+    /* the helper is queued (the hold, the stack, then it): cancel now, while we copy our half */
+    ab_device_stats st;
+    do CHECK_OK(th_stats(rt, th_host(0), &st));
+    while (st.tasks_submitted < 3 && ab_future_status(f) == AB_EPENDING);
+    CHECK_OK(ab_runtime_destroy(rt, AB_CANCEL));
+    CHECK_OK(th_stats(rt, th_host(0), &st)); /* the counters outlive destroy until the futures go */
+    helper_cancelled += st.tasks_canceled >= 2; /* the hold and the helper */
+    int rc = ab_future_status(f);
+    CHECK_MSG(rc == 0 || rc == AB_ECANCELED, "stack status %d%s", rc, th_errstr(rc));
+    if (rc == 0) {
+      ab_tensor *v = NULL;
+      CHECK_OK(ab_future_result(f, &v));
+      int bad = bad_slice(v, N, SIDE);
+      CHECK_MSG(bad < 0, "round %d: the stack completed with 0, but slice %d was not written", round, bad);
+      ab_tensor_release(v);
+    }
+    ab_future_release(f);
+    ab_future_release(hold);
+    for (int s = 0; s < N; s++) ab_tensor_release(sl[s]);
+    free(sl);
+  }
+  printf("# the helper was cancelled without running in %d of %d rounds\n", helper_cancelled, rounds);
+  return 0;
+}
+
+/* ---- empty tensors whose data is NULL (DLPack allows it) ---------------------------------------- */
+static void no_release(void *ctx) { (void)ctx; }
+
+static int wrap_empty(const int64_t *shape, int ndim, DLDataType dt, ab_tensor **out) {
+  DLTensor dl = {.data = NULL, .device = {kDLCPU, 0}, .ndim = ndim, .dtype = dt, .shape = (int64_t *)shape};
+  return ab_tensor_wrap(&dl, 0, no_release, NULL, out);
+}
+
+/* Converted, stacked and unstacked without ever touching the NULL pointer (the old copies
+ * called memcpy(dst, NULL, 0), undefined behaviour that UBSan stops at). */
+static int test_empty_null_data(void) {
+  ab_runtime *rt;
+  CHECK_OK(th_runtime(&rt, 2, 2));
+  int64_t shape[2] = {0, 4};
+  ab_tensor *e[3];
+  for (int i = 0; i < 3; i++) CHECK_OK(wrap_empty(shape, 2, TH_U16, &e[i]));
+  CHECK_EQ_U64(ab_tensor_nbytes(e[0]), 0);
+  static const struct {
+    int dev;
+    bool force;
+    uint8_t code, bits;
+    int cast;
+  } cases[] = {
+      {0, true, 0, 0, AB_CAST_SATURATE},           {1, false, 0, 0, AB_CAST_SATURATE},
+      {0, false, kDLFloat, 32, AB_CAST_SATURATE}, {1, false, kDLUInt, 8, AB_CAST_SATURATE},
+  };
+  for (size_t k = 0; k < sizeof cases / sizeof cases[0]; k++) {
+    ab_convert_options o = AB_CONVERT_OPTIONS_INIT;
+    o.force_copy = cases[k].force;
+    if (cases[k].bits) o.dtype = th_dt(cases[k].code, cases[k].bits);
+    o.cast = cases[k].cast;
+    ab_future *f = NULL;
+    CHECK_OK(ab_convert(rt, e[0], th_host(cases[k].dev), &o, &f));
+    ab_tensor *t = NULL;
+    CHECK_OK(wait_result(f, &t));
+    CHECK_EQ_INT(ab_tensor_dl(t)->shape[0], 0);
+    CHECK_EQ_U64(ab_tensor_nbytes(t), 0);
+    ab_tensor_release(t);
+    ab_future_release(f);
+    /* stacked: [3, 0, 4], here and on the other device, with and without a cast */
+    CHECK_OK(ab_stack(rt, e, 3, th_host(cases[k].dev), &o, &f));
+    CHECK_OK(wait_result(f, &t));
+    CHECK_EQ_INT(ab_tensor_dl(t)->ndim, 3);
+    CHECK_EQ_INT(ab_tensor_dl(t)->shape[0], 3);
+    CHECK_EQ_INT(ab_tensor_dl(t)->shape[1], 0);
+    ab_tensor_release(t);
+    ab_future_release(f);
+  }
+  /* stretch over empty float slices: no range to find */
+  ab_tensor *ef[2];
+  for (int i = 0; i < 2; i++) CHECK_OK(wrap_empty(shape, 2, TH_F32, &ef[i]));
+  ab_convert_options so = AB_CONVERT_OPTIONS_INIT;
+  so.dtype = TH_U16;
+  so.cast = AB_CAST_STRETCH;
+  ab_future *f = NULL;
+  ab_tensor *t = NULL;
+  CHECK_OK(ab_stack(rt, ef, 2, th_host(1), &so, &f));
+  CHECK_OK(wait_result(f, &t));
+  CHECK_EQ_INT(ab_tensor_dl(t)->shape[0], 2);
+  ab_tensor_release(t);
+  ab_future_release(f);
+  /* an empty volume [2, 0, 4] unstacked here (views) and on the other device (copies) */
+  int64_t vshape[3] = {2, 0, 4};
+  ab_tensor *vol = NULL;
+  CHECK_OK(wrap_empty(vshape, 3, TH_U16, &vol));
+  for (int dev = 0; dev < 2; dev++) {
+    ab_future *fs[2] = {0};
+    CHECK_OK(ab_unstack(rt, vol, th_host(dev), NULL, fs));
+    for (int i = 0; i < 2; i++) {
+      CHECK_OK(wait_result(fs[i], &t));
+      CHECK_EQ_U64(ab_tensor_nbytes(t), 0);
+      ab_tensor_release(t);
+      ab_future_release(fs[i]);
+    }
+  }
+  ab_tensor_release(vol);
+  for (int i = 0; i < 2; i++) ab_tensor_release(ef[i]);
+  for (int i = 0; i < 3; i++) ab_tensor_release(e[i]);
+  CHECK_OK(ab_runtime_destroy(rt, AB_DRAIN));
+  return 0;
+}
+
+/* ---- ab_unstack's out[] on failure ------------------------------------------------------------- */
+#define SENT ((ab_future *)(uintptr_t)1)
+
+static bool all_null(ab_future **fs, int n) {
+  for (int i = 0; i < n; i++)
+    if (fs[i] != NULL) return false;
+  return true;
+}
+
+/* The header: "On failure ... out is all NULL". Every early error clears it too, whenever the
+ * volume says how long it is (a NULL or 0-d volume has no entries to clear). */
+static int test_unstack_errors_clear_out(void) {
+  ab_runtime *rt;
+  CHECK_OK(th_runtime(&rt, 1, 1));
+  int64_t shape[2] = {4, 3};
+  ab_tensor *vol = NULL;
+  CHECK_OK(ab_tensor_alloc(rt, th_host(0), TH_U8, 2, shape, &vol));
+  ab_future *fs[4];
+  ab_convert_options bad_size = AB_CONVERT_OPTIONS_INIT, bad_cast = AB_CONVERT_OPTIONS_INIT,
+                     bad_dtype = AB_CONVERT_OPTIONS_INIT, bad_mode = AB_CONVERT_OPTIONS_INIT;
+  bad_size.size = 3;
+  bad_cast.cast = 7;
+  bad_dtype.dtype = th_dt(kDLFloat, 12);
+  bad_mode.place.mode = 9;
+  struct {
+    ab_runtime *rt;
+    ab_device dst;
+    const ab_convert_options *o;
+    int rc;
+  } cases[] = {
+      {NULL, {AB_HOST, 0}, NULL, AB_EINVAL},   {rt, {AB_HOST, 5}, NULL, AB_ENODEV},
+      {rt, {AB_CUDA, 0}, NULL, AB_ENODEV},     {rt, {7, 0}, NULL, AB_ENODEV},
+      {rt, {AB_HOST, 0}, &bad_size, AB_EINVAL}, {rt, {AB_HOST, 0}, &bad_cast, AB_EINVAL},
+      {rt, {AB_HOST, 0}, &bad_dtype, AB_EDTYPE}, {rt, {AB_HOST, 0}, &bad_mode, AB_EINVAL},
+  };
+  for (size_t k = 0; k < sizeof cases / sizeof cases[0]; k++) {
+    for (int i = 0; i < 4; i++) fs[i] = SENT;
+    int rc = ab_unstack(cases[k].rt, vol, cases[k].dst, cases[k].o, fs);
+    CHECK_MSG(rc == cases[k].rc, "case %zu: %d%s", k, rc, th_errstr(rc));
+    CHECK_MSG(all_null(fs, 4), "case %zu: out[] not cleared", k);
+  }
+  ab_tensor_release(vol);
+  CHECK_OK(ab_runtime_destroy(rt, AB_DRAIN));
+  return 0;
+}
+
 static const ab_test_entry tests[] = {TEST_ENTRY(stack_contiguous),
                                       TEST_ENTRY(stack_in_windows),
                                       TEST_ENTRY(stack_noncontiguous_and_convert),
@@ -390,5 +628,9 @@ static const ab_test_entry tests[] = {TEST_ENTRY(stack_contiguous),
                                       TEST_ENTRY(unstack_views_same_device),
                                       TEST_ENTRY(unstack_copies_other_device),
                                       TEST_ENTRY(round_trip),
+                                      TEST_ENTRY(stack_helper_fails),
+                                      TEST_ENTRY(stack_destroy_cancel),
+                                      TEST_ENTRY(empty_null_data),
+                                      TEST_ENTRY(unstack_errors_clear_out),
                                       TEST_END};
 AB_TEST_MAIN(tests)

@@ -3,6 +3,7 @@
  * future must complete exactly once (counted by then-callbacks) with a status from the allowed
  * set. Iteration counts scale with AB_TEST_SCALE (0.1 under TSan).
  */
+#define _GNU_SOURCE
 #include "harness.h"
 
 #include <pthread.h>
@@ -587,10 +588,144 @@ static int try_and_block_round(void) {
   return 0;
 }
 
+/* ---- destroy that never returns: bounded ------------------------------------------------------ */
+typedef struct {
+  ab_runtime *rt;
+  int how, rc;
+} destroyer;
+
+static void *destroy_thread(void *arg) {
+  destroyer *d = arg;
+  d->rc = ab_runtime_destroy(d->rt, d->how);
+  return NULL;
+}
+
+/* ab_runtime_destroy on another thread, given `secs` to return: a hang fails the test (the
+ * hung thread dies with the test's process). */
+static int destroy_within(ab_runtime *rt, int how, int secs) {
+  destroyer d = {rt, how, -1};
+  pthread_t th;
+  CHECK_OK(pthread_create(&th, NULL, destroy_thread, &d));
+  struct timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  ts.tv_sec += secs;
+  int jr = pthread_timedjoin_np(th, NULL, &ts);
+  CHECK_MSG(jr == 0, "ab_runtime_destroy did not return within %d s", secs);
+  CHECK_OK(d.rc);
+  return 0;
+}
+
+/* ---- a conversion that turns out zero-copy, cancelled as its input completes ------------------ */
+static int small_output(ab_ctx *c, void *arg) {
+  (void)arg;
+  int64_t n = 16;
+  ab_tensor *t = NULL;
+  int r = ab_ctx_alloc_tensor(c, TH_U8, 1, &n, &t);
+  return r ? r : ab_ctx_set_output(c, t);
+}
+
+/* ab_convert_after on a host tensor, to the host: zero-copy once the input is known. The test
+ * cancels it the moment its input completes, while the worker's completion of the input is
+ * deciding that. Exactly one of the two completes it; destroy then returns. (The runtime's
+ * in-flight count used to be given back by both: it went negative and destroy hung.) */
+static int test_convert_after_cancel_race(void) {
+  ab_runtime *rt;
+  CHECK_OK(th_runtime(&rt, 1, 1));
+  int n = (int)th_scaled(40000), zero_copy = 0, cancelled = 0;
+  for (int i = 0; i < n; i++) {
+    ab_future *in = NULL, *conv = NULL;
+    CHECK_OK(th_submit_fn(rt, th_host(0), small_output, NULL, &in));
+    CHECK_OK(ab_convert_after(rt, in, th_host(0), NULL, &conv));
+    while (ab_future_status(in) == AB_EPENDING) {
+    }
+    int crc = ab_future_cancel(conv);
+    CHECK_OK(ab_future_wait(conv, -1));
+    int st = ab_future_status(conv);
+    CHECK_MSG(st == 0 || st == AB_ECANCELED, "iteration %d: status %d%s", i, st, th_errstr(st));
+    CHECK_EQ_INT(crc == 0, st == AB_ECANCELED); /* cancel said 0 exactly when it won */
+    if (st == 0) {
+      ab_tensor *a = NULL, *b = NULL;
+      CHECK_OK(ab_future_result(in, &a));
+      CHECK_OK(ab_future_result(conv, &b));
+      CHECK_EQ_PTR(a, b); /* zero-copy: the input's own tensor */
+      ab_tensor_release(a);
+      ab_tensor_release(b);
+    }
+    zero_copy += st == 0;
+    cancelled += st == AB_ECANCELED;
+    ab_future_release(in);
+    ab_future_release(conv);
+  }
+  fprintf(stderr, "# %d conversions: %d zero-copy, %d cancelled\n", n, zero_copy, cancelled);
+  return destroy_within(rt, AB_DRAIN, 20);
+}
+
+/* ---- cancelling parked tasks while workers send them back to the queue ------------------------- */
+static int oom_task(ab_ctx *c, void *arg) {
+  (void)c;
+  atomic_fetch_add((atomic_int *)arg, 1);
+  return AB_ENOMEM;
+}
+
+/* Tasks out of memory on every try, parked with a 20-50 us backoff, so that workers requeue
+ * them all the time; the test cancels each once it has run, at a random moment. Every one
+ * completes exactly once with AB_ECANCELED (or AB_ENOMEM past its deadline) and nothing stays
+ * parked. Under ThreadSanitizer this checks the cancel against the requeue. */
+static int test_cancel_parked_race(void) {
+  ab_runtime *rt;
+  CHECK_OK(th_runtime(&rt, 2, 1));
+  int rounds = (int)th_scaled(100);
+  enum { PER = 64 };
+  ab_oom_policy p = {.backoff_initial_ns = 20000, .backoff_max_ns = 50000, .deadline_ns = TH_SEC(5)};
+  uint32_t seed = 12345;
+  atomic_int runs[PER];
+  int counts[2] = {0}, attempts = 0;
+  for (int r = 0; r < rounds; r++) {
+    ab_future *fs[PER];
+    for (int i = 0; i < PER; i++) {
+      atomic_init(&runs[i], 0);
+      ab_task_desc d = AB_TASK_DESC_INIT;
+      d.fn = oom_task;
+      d.arg = &runs[i];
+      d.place.device = th_host(AB_ANY);
+      d.place.oom = &p;
+      CHECK_OK(ab_submit(rt, &d, &fs[i]));
+    }
+    for (int i = 0; i < PER; i++) {
+      while (atomic_load(&runs[i]) == 0) sched_yield(); /* parked at least once */
+      for (uint32_t k = xorshift(&seed) % 32; k > 0; k--) sched_yield();
+      int crc = ab_future_cancel(fs[i]);
+      CHECK_MSG(crc == 0 || crc == AB_EBUSY || crc == AB_EALREADY, "cancel: %d%s", crc, th_errstr(crc));
+    }
+    CHECK_OK(ab_future_wait_all(fs, PER, TH_SEC(20)));
+    for (int i = 0; i < PER; i++) {
+      int st = ab_future_status(fs[i]);
+      CHECK_MSG(st == AB_ECANCELED || st == AB_ENOMEM, "status %d%s", st, th_errstr(st));
+      counts[st == AB_ECANCELED]++;
+      attempts += atomic_load(&runs[i]);
+      ab_future_release(fs[i]);
+    }
+  }
+  /* the cancelled ones leave the parked list (a worker drops them): nothing stays there */
+  ab_device_stats st;
+  for (int i = 0; i < 2000; i++) {
+    CHECK_OK(th_stats(rt, th_host(0), &st));
+    if (st.parked == 0) break;
+    th_sleep_ns(TH_MS(1));
+  }
+  CHECK_EQ_U64(st.parked, 0);
+  CHECK_OK(destroy_within(rt, AB_DRAIN, 20));
+  fprintf(stderr, "# %d tasks: %d cancelled, %d out of memory, %d attempts\n", rounds * PER, counts[1],
+          counts[0], attempts);
+  return 0;
+}
+
 static const ab_test_entry tests[] = {TEST_ENTRY_T(many_submitters, 110),
                                       TEST_ENTRY_T(chains, 110),
                                       TEST_ENTRY_T(random_cancels, 110),
                                       TEST_ENTRY_T(destroy_cancel_midflight, 110),
                                       TEST_ENTRY_T(try_and_block_race, 110),
+                                      TEST_ENTRY_T(convert_after_cancel_race, 110),
+                                      TEST_ENTRY_T(cancel_parked_race, 110),
                                       TEST_END};
 AB_TEST_MAIN(tests)

@@ -512,6 +512,95 @@ static int test_tensor_input_reference(void) {
   return 0;
 }
 
+/* ---- out-parameters on every error path --------------------------------------------------------- */
+#define TSENT ((ab_tensor *)(uintptr_t)0x1)
+
+static void release_nothing(void *ctx) { (void)ctx; }
+
+/* What the header says a failed call leaves in its out-parameters: NULL, for every early
+ * error of every function that has one. */
+static int test_out_params_on_error(void) {
+  ab_runtime *rt;
+  CHECK_OK(th_runtime(&rt, 1, 1));
+  int64_t shape[2] = {4, 4}, neg = -1;
+  ab_tensor *t = NULL, *o = TSENT;
+  CHECK_OK(ab_tensor_alloc(rt, th_host(0), TH_F32, 2, shape, &t));
+  ab_runtime *r2 = (ab_runtime *)(uintptr_t)1;
+  ab_runtime_options bad = AB_RUNTIME_OPTIONS_INIT;
+  bad.size = 1;
+  CHECK_ERR_IN(ab_runtime_create(&bad, &r2), AB_EINVAL);
+  CHECK_NULL(r2);
+  r2 = (ab_runtime *)(uintptr_t)1;
+  bad = (ab_runtime_options)AB_RUNTIME_OPTIONS_INIT;
+  bad.kinds[AB_HOST].workers_per_device = -1;
+  CHECK_ERR_IN(ab_runtime_create(&bad, &r2), AB_EINVAL);
+  CHECK_NULL(r2);
+#define EXPECT_T(call, ...)                                                                   \
+  do {                                                                                        \
+    o = TSENT;                                                                                \
+    CHECK_ERR_IN(call, __VA_ARGS__);                                                          \
+    CHECK_NULL(o);                                                                            \
+  } while (0)
+  EXPECT_T(ab_tensor_alloc(NULL, th_host(0), TH_F32, 2, shape, &o), AB_EINVAL);
+  EXPECT_T(ab_tensor_alloc(rt, th_host(4), TH_F32, 2, shape, &o), AB_ENODEV);
+  EXPECT_T(ab_tensor_alloc(rt, th_host(0), th_dt(kDLFloat, 12), 2, shape, &o), AB_EDTYPE);
+  EXPECT_T(ab_tensor_alloc(rt, th_host(0), TH_F32, 1, &neg, &o), AB_EINVAL);
+  EXPECT_T(ab_tensor_alloc_pinned(NULL, TH_F32, 2, shape, &o), AB_EINVAL);
+  EXPECT_T(ab_tensor_alloc_pinned(rt, TH_F32, -1, shape, &o), AB_EINVAL);
+  EXPECT_T(ab_tensor_view(NULL, 1, shape, NULL, 0, &o), AB_EINVAL);
+  EXPECT_T(ab_tensor_view(t, 1, &neg, NULL, 0, &o), AB_EINVAL);
+  EXPECT_T(ab_tensor_view(t, 2, shape, NULL, 1, &o), AB_EINVAL);
+  EXPECT_T(ab_tensor_index(NULL, 0, &o), AB_EINVAL);
+  EXPECT_T(ab_tensor_index(t, 4, &o), AB_ESHAPE);
+  DLTensor dl = {.data = NULL, .device = {kDLCPU, 0}, .ndim = 1, .dtype = TH_F32, .shape = shape};
+  EXPECT_T(ab_tensor_wrap(&dl, 0, release_nothing, NULL, &o), AB_EINVAL); /* NULL data, 4 elements */
+  EXPECT_T(ab_tensor_wrap(NULL, 0, release_nothing, NULL, &o), AB_EINVAL);
+  dl.data = &neg;
+  EXPECT_T(ab_tensor_wrap(&dl, 1u << 7, release_nothing, NULL, &o), AB_EINVAL);
+  DLManagedTensorVersioned mv = {.version = {9, 0}, .dl_tensor = dl};
+  EXPECT_T(ab_tensor_import(&mv, &o), AB_ENOTSUP);
+  EXPECT_T(ab_tensor_import(NULL, &o), AB_EINVAL);
+  DLManagedTensor ml = {.dl_tensor = dl};
+  ml.dl_tensor.ndim = -1;
+  EXPECT_T(ab_tensor_import_legacy(&ml, &o), AB_EINVAL);
+  EXPECT_T(ab_tensor_import_legacy(NULL, &o), AB_EINVAL);
+  DLManagedTensorVersioned *ev = (DLManagedTensorVersioned *)(uintptr_t)1;
+  CHECK_ERR_IN(ab_tensor_export(NULL, &ev), AB_EINVAL);
+  CHECK_NULL(ev);
+  DLManagedTensor *el = (DLManagedTensor *)(uintptr_t)1;
+  CHECK_ERR_IN(ab_tensor_export_legacy(NULL, &el), AB_EINVAL);
+  CHECK_NULL(el);
+#undef EXPECT_T
+  /* submits */
+  ab_future *f = SENTINEL, *done = NULL;
+  CHECK_OK(th_submit_fn(rt, th_host(0), nop, NULL, &done));
+  CHECK_OK(ab_future_wait(done, -1));
+  ab_convert_options co = AB_CONVERT_OPTIONS_INIT;
+  co.size = 0;
+  CHECK_ERR_IN(ab_convert(rt, t, th_host(0), &co, &f), AB_EINVAL);
+  CHECK_NULL(f);
+  f = SENTINEL;
+  CHECK_ERR_IN(ab_convert(rt, NULL, th_host(0), NULL, &f), AB_EINVAL);
+  CHECK_NULL(f);
+  f = SENTINEL;
+  CHECK_ERR_IN(ab_convert_after(rt, done, th_host(6), NULL, &f), AB_ENODEV);
+  CHECK_NULL(f);
+  f = SENTINEL;
+  CHECK_ERR_IN(ab_stack(rt, &t, 0, th_host(0), NULL, &f), AB_EINVAL);
+  CHECK_NULL(f);
+  f = SENTINEL;
+  CHECK_ERR_IN(ab_stack(NULL, &t, 1, th_host(0), NULL, &f), AB_EINVAL);
+  CHECK_NULL(f);
+  /* a result that is not there */
+  o = TSENT;
+  CHECK_EQ_INT(ab_future_result(done, &o), 0);
+  CHECK_NULL(o); /* a task without an output */
+  ab_future_release(done);
+  ab_tensor_release(t);
+  CHECK_OK(ab_runtime_destroy(rt, AB_DRAIN));
+  return 0;
+}
+
 static const ab_test_entry tests[] = {TEST_ENTRY(bad_args),
                                       TEST_ENTRY(unknown_device),
                                       TEST_ENTRY(try_full_queue),
@@ -521,5 +610,6 @@ static const ab_test_entry tests[] = {TEST_ENTRY(bad_args),
                                       TEST_ENTRY(set_output_result),
                                       TEST_ENTRY(ctx_bad_args),
                                       TEST_ENTRY(tensor_input_reference),
+                                      TEST_ENTRY(out_params_on_error),
                                       TEST_END};
 AB_TEST_MAIN(tests)

@@ -288,6 +288,129 @@ static int test_nested_views(void) {
   return 0;
 }
 
+/* Every view whose bytes do not lie inside its base is refused with AB_EINVAL, whatever the
+ * arithmetic would overflow to (an offset near INT64_MAX on a 64-byte tensor was accepted, and
+ * converting the view then read far outside it). Views that do fit, near the edges, work. */
+static int test_view_bounds_hostile(void) {
+  ab_runtime *rt = NULL;
+  CHECK_OK(th_runtime(&rt, 1, 1));
+  int64_t n = 64;
+  ab_tensor *t = NULL;
+  CHECK_OK(ab_tensor_alloc(rt, th_host(0), TH_U8, 1, &n, &t));
+  uint8_t *p = ab_tensor_dl(t)->data;
+  for (int i = 0; i < 64; i++) p[i] = (uint8_t)i;
+  int64_t i32n = 16;
+  ab_tensor *t32 = NULL; /* 4-byte elements: offset * 4 overflows sooner */
+  CHECK_OK(ab_tensor_alloc(rt, th_host(0), TH_I32, 1, &i32n, &t32));
+  static const struct {
+    int ndim;
+    int64_t shape[2], strides[2], offset;
+  } bad[] = {
+      {1, {1}, {1}, INT64_MAX},
+      {1, {2}, {1}, INT64_MAX},
+      {1, {1}, {1}, INT64_MAX - 1},
+      {1, {64}, {1}, INT64_MAX - 62},
+      {1, {1}, {1}, INT64_MIN},
+      {1, {2}, {-1}, INT64_MIN + 1},
+      {1, {1}, {1}, 64},
+      {1, {1}, {1}, -1},
+      {1, {2}, {INT64_MAX}, 0},
+      {1, {2}, {INT64_MIN}, 63},
+      {1, {3}, {INT64_MAX / 2 + 1}, 0},
+      {2, {2, 2}, {INT64_MAX, 1}, 0},
+      {2, {2, 2}, {-INT64_MAX, -INT64_MAX}, INT64_MAX},
+      {2, {INT64_MAX, 2}, {0, 1}, 63},
+      {1, {65}, {1}, 0},
+      {1, {33}, {2}, 0},
+      {1, {2}, {64}, 0},
+  };
+  for (size_t k = 0; k < sizeof bad / sizeof bad[0]; k++) {
+    ab_tensor *v = (ab_tensor *)(uintptr_t)1;
+    int rc = ab_tensor_view(t, bad[k].ndim, bad[k].shape, bad[k].strides, bad[k].offset, &v);
+    CHECK_MSG(rc == AB_EINVAL, "case %zu: %d%s", k, rc, th_errstr(rc));
+    CHECK_NULL(v);
+    v = (ab_tensor *)(uintptr_t)1;
+    rc = ab_tensor_view(t32, bad[k].ndim, bad[k].shape, bad[k].strides, bad[k].offset, &v);
+    CHECK_MSG(rc == AB_EINVAL, "case %zu (i32): %d%s", k, rc, th_errstr(rc));
+    CHECK_NULL(v);
+  }
+  /* element offsets that overflow only once scaled by the element size */
+  ab_tensor *v = (ab_tensor *)(uintptr_t)1;
+  int64_t one = 1;
+  CHECK_EQ_INT(ab_tensor_view(t32, 1, &one, NULL, INT64_MAX / 4 + 1, &v), AB_EINVAL);
+  CHECK_NULL(v);
+  CHECK_EQ_INT(ab_tensor_view(t32, 1, &one, NULL, INT64_MAX / 2, &v), AB_EINVAL);
+  /* the last byte; a reversed full view; a stride-0 broadcast; empty views at either end */
+  struct {
+    int ndim;
+    int64_t shape[2], strides[2], offset, first;
+  } good[] = {{1, {1}, {1}, 63, 63}, {1, {64}, {-1}, 63, 63}, {2, {4, 8}, {0, 8}, 7, 7},
+              {1, {0}, {1}, 64, -1}, {1, {0}, {1}, 0, -1},   {2, {2, 0}, {1, 1}, 63, -1}};
+  for (size_t k = 0; k < sizeof good / sizeof good[0]; k++) {
+    CHECK_OK(ab_tensor_view(t, good[k].ndim, good[k].shape, good[k].strides, good[k].offset, &v));
+    if (good[k].first >= 0) {
+      int64_t zero[2] = {0, 0};
+      CHECK_EQ_INT(*(uint8_t *)th_elem(ab_tensor_dl(v), zero), good[k].first);
+    }
+    ab_future *f = NULL;
+    CHECK_OK(ab_convert(rt, v, th_host(0), NULL, &f));
+    CHECK_OK(ab_future_wait(f, -1));
+    CHECK_OK(ab_future_status(f));
+    ab_future_release(f);
+    ab_tensor_release(v);
+  }
+  /* empty views may start one past the end, not further */
+  int64_t zero = 0;
+  CHECK_EQ_INT(ab_tensor_view(t, 1, &zero, NULL, 65, &v), AB_EINVAL);
+  CHECK_EQ_INT(ab_tensor_view(t, 1, &zero, NULL, INT64_MAX, &v), AB_EINVAL);
+  CHECK_EQ_INT(ab_tensor_view(t, 1, &zero, NULL, -1, &v), AB_EINVAL);
+  ab_tensor_release(t32);
+  ab_tensor_release(t);
+  CHECK_OK(ab_runtime_destroy(rt, AB_DRAIN));
+  return 0;
+}
+
+/* A tensor imported with negative strides, its data pointing at its last-addressed row (as
+ * numpy exports a[::-1]): its rows are views below that pointer, which DLPack's unsigned
+ * byte_offset cannot say; the view moves its data pointer instead, and reads the right bytes. */
+static void nothing(void *ctx) { (void)ctx; }
+static int test_view_below_data_pointer(void) {
+  ab_runtime *rt = NULL;
+  CHECK_OK(th_runtime(&rt, 1, 1));
+  int32_t buf[12];
+  for (int i = 0; i < 12; i++) buf[i] = i;
+  int64_t shape[2] = {3, 4}, strides[2] = {-4, 1};
+  DLTensor dl = {.data = buf + 8, .device = {kDLCPU, 0}, .ndim = 2, .dtype = TH_I32, .shape = shape, .strides = strides};
+  ab_tensor *t = NULL;
+  CHECK_OK(ab_tensor_wrap(&dl, 0, nothing, NULL, &t));
+  for (int64_t r = 0; r < 3; r++) {
+    ab_tensor *row = NULL;
+    CHECK_OK(ab_tensor_index(t, r, &row));
+    const DLTensor *rd = ab_tensor_dl(row);
+    for (int64_t j = 0; j < 4; j++) CHECK_EQ_INT(*(int32_t *)th_elem(rd, &j), (2 - r) * 4 + j);
+    ab_future *f = NULL;
+    CHECK_OK(ab_convert(rt, row, th_host(0), &(ab_convert_options){.size = sizeof(ab_convert_options), .force_copy = true}, &f));
+    ab_tensor *c = NULL;
+    CHECK_OK(ab_future_wait(f, -1));
+    CHECK_OK(ab_future_result(f, &c));
+    CHECK_EQ_INT(((int32_t *)ab_tensor_dl(c)->data)[3], (2 - r) * 4 + 3);
+    /* and back through DLPack: the export's offsets are valid */
+    DLManagedTensorVersioned *m = NULL;
+    CHECK_OK(ab_tensor_export(row, &m));
+    ab_tensor *again = NULL;
+    CHECK_OK(ab_tensor_import(m, &again));
+    int64_t j0 = 0;
+    CHECK_EQ_INT(*(int32_t *)th_elem(ab_tensor_dl(again), &j0), (2 - r) * 4);
+    ab_tensor_release(again);
+    ab_tensor_release(c);
+    ab_future_release(f);
+    ab_tensor_release(row);
+  }
+  ab_tensor_release(t);
+  CHECK_OK(ab_runtime_destroy(rt, AB_DRAIN));
+  return 0;
+}
+
 /* ---- wrap --------------------------------------------------------------------------------- */
 static int released;
 static void on_release(void *ctx) {
@@ -719,6 +842,8 @@ static const ab_test_entry tests[] = {TEST_ENTRY(alloc_basic),
                                       TEST_ENTRY(alloc_rejects),
                                       TEST_ENTRY(view_and_index),
                                       TEST_ENTRY(nested_views),
+                                      TEST_ENTRY(view_bounds_hostile),
+                                      TEST_ENTRY(view_below_data_pointer),
                                       TEST_ENTRY(wrap),
                                       TEST_ENTRY(export_versioned),
                                       TEST_ENTRY(export_legacy),

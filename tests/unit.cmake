@@ -9,6 +9,8 @@ ab_add_test(test_runtime LABELS unit SOURCES test_runtime.c)
 ab_add_test(test_placement LABELS unit SOURCES test_placement.c)
 ab_add_test(test_oom LABELS unit SOURCES test_oom.c TIMEOUT 120)
 ab_add_test(test_alloc_sweep LABELS unit SOURCES test_alloc_sweep.c TIMEOUT 240)
+# The header's times: backoff schedule, OOM deadline, submit and wait timeouts (about 10 s).
+ab_add_test(test_timing LABELS unit SOURCES test_timing.c TIMEOUT 120)
 target_link_libraries(test_convert PRIVATE m) # the scalar reference uses trunc, ldexp, isnan
 # Tracing: every trace written is parsed back with Python's json module (tests/trace_check.py).
 # Its OpenCL test skips without OpenCL devices; the environment gives it pocl's three.

@@ -41,7 +41,8 @@ static void put(sbuf *s, const char *fmt, ...) {
   for (;;) {
     va_list ap;
     va_start(ap, fmt);
-    int n = vsnprintf(s->buf + s->len, s->cap - s->len, fmt, ap);
+    /* the first call has no buffer yet: measure only (NULL + 0 is undefined in C) */
+    int n = vsnprintf(s->buf ? s->buf + s->len : NULL, s->cap - s->len, fmt, ap);
     va_end(ap);
     if (n < 0) {
       s->oom = true;

@@ -4,66 +4,16 @@
 
 #include "cli/steps.h"
 
-static const DLDataType U16 = {kDLUInt, 16, 1}, U8 = {kDLUInt, 8, 1};
-
-static int input(ab_ctx *c, int ndim, const DLTensor **out) { return steps_input_u16(c, ndim, out); }
+static const DLDataType U16 = {kDLUInt, 16, 1};
 
 static const uint16_t *u16_in(const DLTensor *x) {
   return (const uint16_t *)((const char *)x->data + x->byte_offset);
 }
 
-static int64_t numel(const DLTensor *x) {
-  int64_t n = 1;
-  for (int i = 0; i < x->ndim; i++) n *= x->shape[i];
-  return n;
-}
-
-static int host_normalise(ab_ctx *c, void *arg) {
-  const DLTensor *x;
-  int rc = input(c, 3, &x);
-  if (rc != 0) return rc;
-  uint32_t *hist;
-  if ((rc = ab_ctx_alloc(c, 65536 * sizeof *hist, (void **)&hist)) != 0) return rc;
-  memset(hist, 0, 65536 * sizeof *hist);
-  const uint16_t *v = u16_in(x);
-  int64_t n = numel(x);
-  for (int64_t i = 0; i < n; i++) hist[v[i]]++;
-  uint32_t lo, hi;
-  steps_percentiles(hist, (uint64_t)n, &lo, &hi);
-  ab_tensor *out;
-  if ((rc = ab_ctx_alloc_tensor(c, U16, 3, x->shape, &out)) != 0) return rc;
-  uint16_t *o = ab_tensor_dl(out)->data;
-  for (int64_t i = 0; i < n; i++) o[i] = steps_scale(v[i], lo, hi);
-  return ab_ctx_set_output(c, out);
-}
-
-static int64_t clampi(int64_t v, int64_t hi) { return v < 0 ? 0 : v > hi ? hi : v; }
-
-static int host_filter(ab_ctx *c, void *arg) {
-  const DLTensor *x;
-  int rc = input(c, 3, &x);
-  if (rc != 0) return rc;
-  ab_tensor *out;
-  if ((rc = ab_ctx_alloc_tensor(c, U16, 3, x->shape, &out)) != 0) return rc;
-  int64_t nz = x->shape[0], h = x->shape[1], w = x->shape[2];
-  const uint16_t *v = u16_in(x);
-  uint16_t *o = ab_tensor_dl(out)->data;
-  for (int64_t z = 0; z < nz; z++) {
-    const uint16_t *s = v + z * h * w;
-    for (int64_t y = 0; y < h; y++)
-      for (int64_t xx = 0; xx < w; xx++) {
-        uint32_t sum = 0;
-        for (int dy = -1; dy <= 1; dy++)
-          for (int dx = -1; dx <= 1; dx++) sum += s[clampi(y + dy, h - 1) * w + clampi(xx + dx, w - 1)];
-        o[(z * h + y) * w + xx] = (uint16_t)((sum + 4) / 9);
-      }
-  }
-  return ab_ctx_set_output(c, out);
-}
-
 static int host_project(ab_ctx *c, void *arg) {
+  (void)arg;
   const DLTensor *x;
-  int rc = input(c, 3, &x);
+  int rc = steps_input_u16(c, 3, &x);
   if (rc != 0) return rc;
   ab_tensor *out;
   if ((rc = ab_ctx_alloc_tensor(c, U16, 2, x->shape + 1, &out)) != 0) return rc;
@@ -77,25 +27,66 @@ static int host_project(ab_ctx *c, void *arg) {
   return ab_ctx_set_output(c, out);
 }
 
-static int host_threshold(ab_ctx *c, void *arg) {
+/* One pass of the separable filter along a line of n values spaced `step` apart. */
+static void filter_line(const uint16_t *in, uint16_t *out, int64_t n, int64_t step, const screen_pipeline *p) {
+  int r = p->radius;
+  for (int64_t x = 0; x < n; x++) {
+    uint32_t a = 0, s = 0;
+    for (int i = -r; i <= r; i++) {
+      if (x + i < 0 || x + i >= n) continue;
+      uint32_t w = p->weight[abs(i)];
+      a += w * in[(x + i) * step];
+      s += w;
+    }
+    out[x * step] = (uint16_t)((a + s / 2) / s);
+  }
+}
+
+static int host_filter(ab_ctx *c, void *arg) {
+  const screen_pipeline *p = arg;
   const DLTensor *x;
-  int rc = input(c, 2, &x);
+  int rc = steps_input_u16(c, 2, &x);
   if (rc != 0) return rc;
   ab_tensor *out;
-  if ((rc = ab_ctx_alloc_tensor(c, U8, 2, x->shape, &out)) != 0) return rc;
-  int64_t n = numel(x);
+  if ((rc = ab_ctx_alloc_tensor(c, U16, 2, x->shape, &out)) != 0) return rc;
+  int64_t h = x->shape[0], w = x->shape[1];
+  uint16_t *t;
+  if ((rc = ab_ctx_alloc(c, (size_t)(h * w) * sizeof *t, (void **)&t)) != 0) {
+    ab_tensor_release(out);
+    return rc;
+  }
   const uint16_t *v = u16_in(x);
-  uint8_t *o = ab_tensor_dl(out)->data;
-  for (int64_t i = 0; i < n; i++) o[i] = v[i] >= SCREEN_THRESHOLD;
+  uint16_t *o = ab_tensor_dl(out)->data;
+  for (int64_t y = 0; y < h; y++) filter_line(v + y * w, t + y * w, w, 1, p);
+  for (int64_t xx = 0; xx < w; xx++) filter_line(t + xx, o + xx, h, w, p);
+  return ab_ctx_set_output(c, out);
+}
+
+static int host_normalise(ab_ctx *c, void *arg) {
+  const screen_pipeline *p = arg;
+  const DLTensor *x;
+  int rc = steps_input_u16(c, 2, &x);
+  if (rc != 0) return rc;
+  uint32_t *hist;
+  if ((rc = ab_ctx_alloc(c, 65536 * sizeof *hist, (void **)&hist)) != 0) return rc;
+  memset(hist, 0, 65536 * sizeof *hist);
+  const uint16_t *v = u16_in(x);
+  int64_t n = x->shape[0] * x->shape[1];
+  for (int64_t i = 0; i < n; i++) hist[v[i]]++;
+  uint32_t lo, hi;
+  steps_percentiles(hist, (uint64_t)n, p, &lo, &hi);
+  ab_tensor *out;
+  if ((rc = ab_ctx_alloc_tensor(c, U16, 2, x->shape, &out)) != 0) return rc;
+  uint16_t *o = ab_tensor_dl(out)->data;
+  for (int64_t i = 0; i < n; i++) o[i] = steps_scale(v[i], lo, hi);
   return ab_ctx_set_output(c, out);
 }
 
 const screen_steps screen_steps_host = {
     .kind = AB_HOST,
-    .normalise = host_normalise,
-    .filter = host_filter,
     .project = host_project,
-    .threshold = host_threshold,
+    .filter = host_filter,
+    .normalise = host_normalise,
 };
 
 const screen_steps *steps_for(int kind) {

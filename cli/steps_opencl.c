@@ -24,18 +24,15 @@
 
 #include "cli/steps.h"
 
-#define STR_(x) #x
-#define STR(x) STR_(x)
-
 static const char *source =
     "__kernel void zero(__global uint *h) { h[get_global_id(0)] = 0; }\n"
     "__kernel void hist(__global const ushort *v, ulong off, __global uint *h) {\n"
     "  atomic_inc(&h[v[off + get_global_id(0)]]);\n"
     "}\n"
     /* the same rule as steps_percentiles(); lo and hi go after the 65536 bins */
-    "__kernel void percentiles(__global uint *lohi, ulong n) {\n"
+    "__kernel void percentiles(__global uint *lohi, ulong n, ulong p_lo, ulong p_hi) {\n"
     "  __global const uint *h = lohi;\n"
-    "  ulong rank_lo = n * " STR(SCREEN_P_LO) " / 1000, rank_hi = n * " STR(SCREEN_P_HI) " / 1000, cum = 0;\n"
+    "  ulong rank_lo = n * p_lo / 1000, rank_hi = n * p_hi / 1000, cum = 0;\n"
     "  uint l = 0, hi = 65535; int have_lo = 0;\n"
     "  for (uint v = 0; v < 65536; v++) {\n"
     "    cum += h[v];\n"
@@ -49,25 +46,26 @@ static const char *source =
     "  size_t i = get_global_id(0); uint x = v[off + i], lo = lohi[65536], hi = lohi[65537];\n"
     "  o[i] = x <= lo ? 0 : x >= hi ? 65535 : (ushort)((x - lo) * 65535u / (hi - lo));\n"
     "}\n"
-    "__kernel void box3(__global const ushort *v, __global ushort *o) {\n"
-    "  int x = get_global_id(0), y = get_global_id(1), z = get_global_id(2);\n"
+    /* one pass of the separable filter (steps.h): along x (dx 1) or along y (dx 0) */
+    "__kernel void smooth(__global const ushort *v, ulong off, __global ushort *o, __global const ushort *wt,\n"
+    "                     int r, int along_x) {\n"
+    "  int x = get_global_id(0), y = get_global_id(1);\n"
     "  int w = get_global_size(0), h = get_global_size(1);\n"
-    "  __global const ushort *s = v + (size_t)z * w * h;\n"
-    "  uint sum = 0;\n"
-    "  for (int dy = -1; dy <= 1; dy++)\n"
-    "    for (int dx = -1; dx <= 1; dx++)\n"
-    "      sum += s[clamp(y + dy, 0, h - 1) * w + clamp(x + dx, 0, w - 1)];\n"
-    "  o[((size_t)z * h + y) * w + x] = (ushort)((sum + 4) / 9);\n"
+    "  int n = along_x ? w : h, at = along_x ? x : y;\n"
+    "  uint a = 0, s = 0;\n"
+    "  for (int i = -r; i <= r; i++) {\n"
+    "    if (at + i < 0 || at + i >= n) continue;\n"
+    "    uint k = wt[abs(i)];\n"
+    "    a += k * v[off + (along_x ? (size_t)y * w + x + i : (size_t)(y + i) * w + x)];\n"
+    "    s += k;\n"
+    "  }\n"
+    "  o[(size_t)y * w + x] = (ushort)((a + s / 2) / s);\n"
     "}\n"
-    "__kernel void maxz(__global const ushort *v, __global ushort *o, int nz) {\n"
+    "__kernel void maxz(__global const ushort *v, ulong off, __global ushort *o, int nz) {\n"
     "  size_t i = get_global_id(0), hw = get_global_size(0);\n"
-    "  ushort m = v[i];\n"
-    "  for (int z = 1; z < nz; z++) m = max(m, v[z * hw + i]);\n"
+    "  ushort m = v[off + i];\n"
+    "  for (int z = 1; z < nz; z++) m = max(m, v[off + z * hw + i]);\n"
     "  o[i] = m;\n"
-    "}\n"
-    "__kernel void threshold(__global const ushort *v, __global uchar *o) {\n"
-    "  size_t i = get_global_id(0);\n"
-    "  o[i] = v[i] >= " STR(SCREEN_THRESHOLD) ";\n"
     "}\n";
 
 #define MAX_PROGRAMS 64
@@ -152,7 +150,7 @@ static int launch(ab_ctx *c, const char *name, int dims, const size_t *global, i
   return cl_rc(e);
 }
 
-static const DLDataType U16 = {kDLUInt, 16, 1}, U8 = {kDLUInt, 8, 1};
+static const DLDataType U16 = {kDLUInt, 16, 1};
 
 /* Input 0 as a buffer and an element offset, checked like the host's. */
 static int input(ab_ctx *c, int ndim, const DLTensor **out, cl_mem *mem, cl_ulong *off) {
@@ -181,70 +179,65 @@ static int finish(ab_ctx *c, int rc, ab_tensor *out) {
   return ab_ctx_set_output(c, out);
 }
 
-static int ocl_normalise(ab_ctx *c, void *arg) {
-  const DLTensor *x;
-  cl_mem in, scratch, o;
-  cl_ulong off;
-  int rc = input(c, 3, &x, &in, &off);
-  if (rc != 0) return rc;
-  /* 65536 bins, then lo and hi */
-  if ((rc = ab_ctx_alloc(c, (65536 + 2) * sizeof(cl_uint), (void **)&scratch)) != 0) return rc;
-  ab_tensor *out;
-  if ((rc = output(c, U16, 3, x->shape, &out, &o)) != 0) return rc;
-  cl_ulong n = (cl_ulong)(x->shape[0] * x->shape[1] * x->shape[2]);
-  size_t bins = 65536, one = 1, all = (size_t)n;
-  rc = launch(c, "zero", 1, &bins, 1, (karg[]){ARG(scratch)});
-  if (rc == 0) rc = launch(c, "hist", 1, &all, 3, (karg[]){ARG(in), ARG(off), ARG(scratch)});
-  if (rc == 0) rc = launch(c, "percentiles", 1, &one, 2, (karg[]){ARG(scratch), ARG(n)});
-  if (rc == 0) rc = launch(c, "scale", 1, &all, 4, (karg[]){ARG(in), ARG(off), ARG(o), ARG(scratch)});
-  return finish(c, rc, out);
-}
-
-static int ocl_filter(ab_ctx *c, void *arg) {
-  const DLTensor *x;
-  cl_mem in, o;
-  cl_ulong off;
-  int rc = input(c, 3, &x, &in, &off);
-  if (rc != 0) return rc;
-  if (off != 0) return AB_ESHAPE; /* stacks come whole from ab_stack and normalise */
-  ab_tensor *out;
-  if ((rc = output(c, U16, 3, x->shape, &out, &o)) != 0) return rc;
-  size_t g[3] = {(size_t)x->shape[2], (size_t)x->shape[1], (size_t)x->shape[0]};
-  return finish(c, launch(c, "box3", 3, g, 2, (karg[]){ARG(in), ARG(o)}), out);
-}
-
 static int ocl_project(ab_ctx *c, void *arg) {
+  (void)arg;
   const DLTensor *x;
   cl_mem in, o;
   cl_ulong off;
   int rc = input(c, 3, &x, &in, &off);
   if (rc != 0) return rc;
-  if (off != 0) return AB_ESHAPE;
   ab_tensor *out;
   if ((rc = output(c, U16, 2, x->shape + 1, &out, &o)) != 0) return rc;
   size_t hw = (size_t)(x->shape[1] * x->shape[2]);
   cl_int nz = (cl_int)x->shape[0];
-  return finish(c, launch(c, "maxz", 1, &hw, 3, (karg[]){ARG(in), ARG(o), ARG(nz)}), out);
+  return finish(c, launch(c, "maxz", 1, &hw, 4, (karg[]){ARG(in), ARG(off), ARG(o), ARG(nz)}), out);
 }
 
-static int ocl_threshold(ab_ctx *c, void *arg) {
+static int ocl_filter(ab_ctx *c, void *arg) {
+  const screen_pipeline *p = arg;
   const DLTensor *x;
-  cl_mem in, o;
+  cl_mem in, t, wt, o;
+  cl_ulong off, zero = 0;
+  int rc = input(c, 2, &x, &in, &off);
+  if (rc != 0) return rc;
+  size_t g[2] = {(size_t)x->shape[1], (size_t)x->shape[0]}, wbytes = (size_t)(p->radius + 1) * sizeof(uint16_t);
+  if ((rc = ab_ctx_alloc(c, g[0] * g[1] * sizeof(uint16_t), (void **)&t)) != 0) return rc;
+  if ((rc = ab_ctx_alloc(c, wbytes, (void **)&wt)) != 0) return rc;
+  /* the weights live as long as the run: a write that does not block is safe */
+  cl_int e = clEnqueueWriteBuffer(ab_ctx_stream(c), wt, CL_FALSE, 0, wbytes, p->weight, 0, NULL, NULL);
+  if (e != CL_SUCCESS) return cl_rc(e);
+  ab_tensor *out;
+  if ((rc = output(c, U16, 2, x->shape, &out, &o)) != 0) return rc;
+  cl_int r = p->radius, along_x = 1, along_y = 0;
+  rc = launch(c, "smooth", 2, g, 6, (karg[]){ARG(in), ARG(off), ARG(t), ARG(wt), ARG(r), ARG(along_x)});
+  if (rc == 0) rc = launch(c, "smooth", 2, g, 6, (karg[]){ARG(t), ARG(zero), ARG(o), ARG(wt), ARG(r), ARG(along_y)});
+  return finish(c, rc, out);
+}
+
+static int ocl_normalise(ab_ctx *c, void *arg) {
+  const screen_pipeline *p = arg;
+  const DLTensor *x;
+  cl_mem in, scratch, o;
   cl_ulong off;
   int rc = input(c, 2, &x, &in, &off);
   if (rc != 0) return rc;
-  if (off != 0) return AB_ESHAPE;
+  /* 65536 bins, then lo and hi */
+  if ((rc = ab_ctx_alloc(c, (65536 + 2) * sizeof(cl_uint), (void **)&scratch)) != 0) return rc;
   ab_tensor *out;
-  if ((rc = output(c, U8, 2, x->shape, &out, &o)) != 0) return rc;
-  size_t n = (size_t)(x->shape[0] * x->shape[1]);
-  return finish(c, launch(c, "threshold", 1, &n, 2, (karg[]){ARG(in), ARG(o)}), out);
+  if ((rc = output(c, U16, 2, x->shape, &out, &o)) != 0) return rc;
+  cl_ulong n = (cl_ulong)(x->shape[0] * x->shape[1]), p_lo = p->p_lo, p_hi = p->p_hi;
+  size_t bins = 65536, one = 1, all = (size_t)n;
+  rc = launch(c, "zero", 1, &bins, 1, (karg[]){ARG(scratch)});
+  if (rc == 0) rc = launch(c, "hist", 1, &all, 3, (karg[]){ARG(in), ARG(off), ARG(scratch)});
+  if (rc == 0) rc = launch(c, "percentiles", 1, &one, 4, (karg[]){ARG(scratch), ARG(n), ARG(p_lo), ARG(p_hi)});
+  if (rc == 0) rc = launch(c, "scale", 1, &all, 4, (karg[]){ARG(in), ARG(off), ARG(o), ARG(scratch)});
+  return finish(c, rc, out);
 }
 
 const screen_steps screen_steps_opencl = {
     .kind = AB_OPENCL,
-    .normalise = ocl_normalise,
-    .filter = ocl_filter,
     .project = ocl_project,
-    .threshold = ocl_threshold,
+    .filter = ocl_filter,
+    .normalise = ocl_normalise,
     .cleanup = opencl_cleanup,
 };

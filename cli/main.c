@@ -6,6 +6,7 @@
 #include <errno.h>
 #include <getopt.h>
 #include <inttypes.h>
+#include <malloc.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -68,6 +69,7 @@ static const char usage_screen[] =
     "  --devices LIST         all (default), or kinds and devices: host,opencl,cuda,opencl:1\n"
     "  --memory-limit BYTES   a budget per device (suffixes K, M, G)\n"
     "  --inflight N           stacks in flight per device, 1-8 (2)\n"
+    "  --host-workers N       host threads (loading, identifying, host steps), 1-256 (one per core)\n"
     "\n"
     "exit status: 0 every image ran; 1 fatal (unreadable plate folder, unwritable output);\n"
     "2 bad usage, or a configuration that can run nothing (no device, a budget below one\n"
@@ -189,7 +191,8 @@ static int pick(ab_runtime *rt, const char *list, const device_list *l, ab_devic
   return usage_error("--devices %s: no device here with screening steps (see `arraybridge devices`)%s", list, "");
 }
 
-int screen_runtime(const char *list, uint64_t memory_limit, ab_runtime **rt, ab_device *devs, int *ndevs) {
+int screen_runtime(const char *list, uint64_t memory_limit, int host_workers, ab_runtime **rt, ab_device *devs,
+                   int *ndevs) {
   device_list l;
   int status = parse_devices(list, &l);
   if (status != 0) return status;
@@ -200,6 +203,7 @@ int screen_runtime(const char *list, uint64_t memory_limit, ab_runtime **rt, ab_
     o.kinds[k].disabled = !named && k != AB_HOST; /* the host always: loading and identifying run there */
     o.kinds[k].memory_limit = memory_limit;
   }
+  o.kinds[AB_HOST].workers_per_device = host_workers;
   int rc = ab_runtime_create(&o, rt);
   if (rc != 0) {
     fprintf(stderr, "arraybridge: cannot start the runtime: %s\n", ab_strerror(rc));
@@ -295,7 +299,7 @@ static int rescale_opt(const char *v, screen_pipeline *p) {
 enum {
   O_PLATE = 256, O_LAYOUT, O_PATTERN, O_SEGMENT, O_Z, O_WELLS, O_SITES, O_CHANNELS, O_SIZE, O_SEED, O_FILTER,
   O_RESCALE, O_THRESHOLD, O_MIN_SIZE, O_OBJECTS, O_HEATMAP, O_HEATMAP_COL, O_RESUME, O_OVERWRITE, O_TRACE, O_DEVICES,
-  O_MEMORY, O_INFLIGHT, O_BITS,
+  O_MEMORY, O_INFLIGHT, O_BITS, O_HOST_WORKERS,
 };
 
 static const struct option screen_long[] = {
@@ -311,8 +315,8 @@ static const struct option screen_long[] = {
     {"resume", no_argument, NULL, O_RESUME},           {"overwrite", no_argument, NULL, O_OVERWRITE},
     {"trace", required_argument, NULL, O_TRACE},       {"quiet", no_argument, NULL, 'q'},
     {"devices", required_argument, NULL, O_DEVICES},   {"memory-limit", required_argument, NULL, O_MEMORY},
-    {"inflight", required_argument, NULL, O_INFLIGHT}, {"help", no_argument, NULL, 'h'},
-    {NULL, 0, NULL, 0},
+    {"inflight", required_argument, NULL, O_INFLIGHT}, {"host-workers", required_argument, NULL, O_HOST_WORKERS},
+    {"help", no_argument, NULL, 'h'},                   {NULL, 0, NULL, 0},
 };
 
 static const struct option make_plate_long[] = {
@@ -396,6 +400,7 @@ static int screen_option(int c, const char *v, parsed *p) {
                ? 0
                : usage_error("--memory-limit '%s': want bytes above 0, with K, M, G or T for KiB...TiB%s", v, "");
   case O_INFLIGHT: return int_opt("--inflight", v, 1, 8, &o->inflight);
+  case O_HOST_WORKERS: return int_opt("--host-workers", v, 1, 256, &o->host_workers);
   default: return usage_error("unknown option%s%s", "", "");
   }
 }
@@ -562,6 +567,10 @@ static void defaults(parsed *p, int argc, char **argv) {
 }
 
 int main(int argc, char **argv) {
+  /* Stacks of slices are read, used and freed at a high rate: keep their memory in the heap for
+   * the next stack instead of mapping fresh (page-faulting) memory for every slice. */
+  mallopt(M_MMAP_THRESHOLD, 32 << 20);
+  mallopt(M_TRIM_THRESHOLD, 256 << 20);
   if (argc < 2) {
     fputs(usage_main, stderr);
     return EXIT_USAGE;

@@ -6,11 +6,17 @@
  * libtiff reports errors through a process-wide handler; each thread keeps its last message in
  * a thread-local buffer, so stacks can be read on several workers at once.
  */
+#include <errno.h>
+#include <fcntl.h>
 #include <stdarg.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
 #include <tiffio.h>
+#include <unistd.h>
 
 #include "cli/plate.h"
 
@@ -94,86 +100,127 @@ static uint16_t **alloc_slices(int z, size_t plane) {
   return s;
 }
 
-/* Opens path and checks every page; *pages, *h, *w on success (*h nonzero: must match). */
-static TIFF *open_checked(const char *path, int *pages, uint32_t *h, uint32_t *w, char *err, size_t errlen) {
+/* ---- file access: libtiff reads through a mapping made with MAP_POPULATE, so the whole file
+ * is mapped in one call instead of one page fault per 4 KiB (or one read() per strip). */
+static int fd_of(thandle_t h) { return (int)(intptr_t)h; }
+
+static tmsize_t t_read(thandle_t h, void *buf, tmsize_t n) {
+  tmsize_t done = 0;
+  while (done < n) {
+    ssize_t k = read(fd_of(h), (char *)buf + done, (size_t)(n - done));
+    if (k < 0 && errno == EINTR) continue;
+    if (k <= 0) break;
+    done += k;
+  }
+  return done;
+}
+
+static tmsize_t t_write(thandle_t h, void *buf, tmsize_t n) {
+  (void)h, (void)buf, (void)n;
+  return -1;
+}
+
+static toff_t t_seek(thandle_t h, toff_t off, int whence) { return (toff_t)lseek(fd_of(h), (off_t)off, whence); }
+static int t_close(thandle_t h) { return close(fd_of(h)); }
+
+static toff_t t_size(thandle_t h) {
+  struct stat st;
+  return fstat(fd_of(h), &st) == 0 ? (toff_t)st.st_size : 0;
+}
+
+static int t_map(thandle_t h, void **base, toff_t *size) {
+  *size = t_size(h);
+  if (*size == 0) return 0;
+  *base = mmap(NULL, (size_t)*size, PROT_READ, MAP_PRIVATE | MAP_POPULATE, fd_of(h), 0);
+  return *base != MAP_FAILED;
+}
+
+static void t_unmap(thandle_t h, void *base, toff_t size) {
+  (void)h;
+  munmap(base, (size_t)size);
+}
+
+static TIFF *open_read(const char *path) {
+  int fd = open(path, O_RDONLY | O_CLOEXEC);
+  if (fd < 0) {
+    snprintf(tiff_msg, sizeof tiff_msg, "%s", strerror(errno));
+    return NULL;
+  }
+  TIFF *t = TIFFClientOpen(path, "r", (thandle_t)(intptr_t)fd, t_read, t_write, t_seek, t_close, t_size, t_map,
+                           t_unmap);
+  if (t == NULL) close(fd);
+  return t;
+}
+
+/* Opens path: *pages is the length of its chain of pages (read once, for the page-number check). */
+static TIFF *open_tiff(const char *path, int *pages, char *err, size_t errlen) {
   tiff_quiet();
   tiff_msg[0] = 0;
-  TIFF *t = TIFFOpen(path, "r");
+  TIFF *t = open_read(path);
   if (t == NULL) {
     snprintf(err, errlen, "%s is not a readable TIFF: %s", base(path), tiff_msg[0] ? tiff_msg : "cannot open");
     return NULL;
   }
   int n = TIFFNumberOfDirectories(t);
+  uint16_t page = 0, total = 0;
   if (tiff_msg[0]) { /* the chain of pages breaks off: a truncated or damaged file */
     snprintf(err, errlen, "%s: page %d of the file unreadable (truncated?): %s", base(path), n + 1, tiff_msg);
-    TIFFClose(t);
-    return NULL;
-  }
-  uint16_t page = 0, total = 0;
-  if (n > 0 && TIFFSetDirectory(t, 0) && TIFFGetField(t, TIFFTAG_PAGENUMBER, &page, &total) && total > 1 &&
-      total != n) {
-    snprintf(err, errlen, "%s has %d pages, its page numbers say %u (truncated?)", base(path), n, total);
-    TIFFClose(t);
-    return NULL;
-  }
-  for (int i = 0; i < n; i++)
-    if (!TIFFSetDirectory(t, (tdir_t)i) || check_page(t, path, i, h, w, err, errlen) != 0) {
-      if (!err[0]) snprintf(err, errlen, "%s page %d unreadable: %s", base(path), i + 1, tiff_msg);
-      TIFFClose(t);
-      return NULL;
-    }
-  if (n == 0) {
+  } else if (n == 0) {
     snprintf(err, errlen, "%s has no pages", base(path));
-    TIFFClose(t);
-    return NULL;
+  } else if (!TIFFSetDirectory(t, 0)) {
+    snprintf(err, errlen, "%s page 1 unreadable: %s", base(path), tiff_msg);
+  } else if (TIFFGetField(t, TIFFTAG_PAGENUMBER, &page, &total) && total > 1 && total != n) {
+    snprintf(err, errlen, "%s has %d pages, its page numbers say %u (truncated?)", base(path), n, total);
+  } else {
+    *pages = n;
+    return t;
   }
-  *pages = n;
-  return t;
+  TIFFClose(t);
+  return NULL;
 }
 
-/* Pages [0, n) of t into s->slices[z0 ...]. */
-static int read_pages(TIFF *t, const char *path, int n, plate_stack *s, int z0, char *err, size_t errlen) {
+/* Pages [0, n) of t, in order (TIFFReadDirectory steps along the chain), checked and read into
+ * s->slices[z0 ...], allocating the stack at its first plane. */
+static int read_pages(TIFF *t, const char *path, int n, plate_stack *s, int z0, int nz, char *err, size_t errlen) {
+  uint32_t h = (uint32_t)s->h, w = (uint32_t)s->w;
   for (int i = 0; i < n; i++) {
-    if (!TIFFSetDirectory(t, (tdir_t)i)) {
+    if (i > 0 && !TIFFReadDirectory(t)) {
       snprintf(err, errlen, "%s page %d unreadable: %s", base(path), i + 1, tiff_msg);
       return -1;
     }
-    if (read_page(t, path, i, s->slices[z0 + i], (uint32_t)s->h, (uint32_t)s->w, err, errlen) != 0) return -1;
+    if (check_page(t, path, i, &h, &w, err, errlen) != 0) return -1;
+    if (s->slices == NULL) {
+      s->z = nz, s->h = (int)h, s->w = (int)w;
+      if ((s->slices = alloc_slices(nz, (size_t)h * w * sizeof(uint16_t))) == NULL) {
+        snprintf(err, errlen, "out of memory for %s", base(path));
+        return -1;
+      }
+    }
+    if (read_page(t, path, i, s->slices[z0 + i], h, w, err, errlen) != 0) return -1;
   }
   return 0;
 }
 
 static int load_pages(const char *path, plate_stack *s, char *err, size_t errlen) {
   int pages;
-  uint32_t h = 0, w = 0;
-  TIFF *t = open_checked(path, &pages, &h, &w, err, errlen);
+  TIFF *t = open_tiff(path, &pages, err, errlen);
   if (t == NULL) return -1;
-  s->z = pages, s->h = (int)h, s->w = (int)w;
-  s->slices = alloc_slices(pages, (size_t)h * w * sizeof(uint16_t));
-  int rc = s->slices ? read_pages(t, path, pages, s, 0, err, errlen) : -1;
-  if (s->slices == NULL) snprintf(err, errlen, "out of memory for %s", base(path));
+  int rc = read_pages(t, path, pages, s, 0, pages, err, errlen);
   TIFFClose(t);
   return rc;
 }
 
 static int load_planes(const plate_source *src, plate_stack *s, char *err, size_t errlen) {
-  uint32_t h = 0, w = 0;
   for (int z = 0; z < src->nplanes; z++) {
     int pages;
-    TIFF *t = open_checked(src->planes[z], &pages, &h, &w, err, errlen);
+    TIFF *t = open_tiff(src->planes[z], &pages, err, errlen);
     if (t == NULL) return -1;
     int rc = 0;
     if (pages != 1) {
       snprintf(err, errlen, "%s has %d pages: a plane file holds one", base(src->planes[z]), pages);
       rc = -1;
-    } else if (s->slices == NULL) {
-      s->z = src->nplanes, s->h = (int)h, s->w = (int)w;
-      if ((s->slices = alloc_slices(s->z, (size_t)h * w * sizeof(uint16_t))) == NULL) {
-        snprintf(err, errlen, "out of memory");
-        rc = -1;
-      }
     }
-    if (rc == 0) rc = read_pages(t, src->planes[z], 1, s, z, err, errlen);
+    if (rc == 0) rc = read_pages(t, src->planes[z], 1, s, z, src->nplanes, err, errlen);
     TIFFClose(t);
     if (rc != 0) return -1;
   }

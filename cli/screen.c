@@ -50,7 +50,7 @@ typedef struct {
   ab_future *load;
   plate_stack st[PLATE_MAX_CHANNELS];
   char err[400];
-  uint64_t need;                  /* device bytes its chain holds */
+  uint64_t need[MAX_SCREEN_DEVICES]; /* device bytes its chain would hold on each device */
   double t0;
   ab_future *f[MAX_FUTURES];
   const char *fname[MAX_FUTURES];
@@ -142,17 +142,28 @@ static int wrap(plate_stack *s, ab_tensor **out) {
   return 0;
 }
 
-static int stack_channel(run *r, ab_device d, plate_stack *s, job *j) {
+/* The channel's projection on d: from the slices where the kind projects them in place, else
+ * from a volume that ab_stack makes on d. */
+static int project_channel(run *r, ab_device d, const screen_steps *st, plate_stack *s, job *j) {
   ab_tensor **t = calloc((size_t)s->z, sizeof *t);
-  int rc = t ? wrap(s, t) : AB_ENOMEM;
-  if (rc == 0) {
+  ab_input *in = calloc((size_t)s->z, sizeof *in);
+  int rc = t && in ? wrap(s, t) : AB_ENOMEM;
+  bool wrapped = rc == 0;
+  if (rc == 0 && st->project_slices) {
+    for (int k = 0; k < s->z; k++) in[k].tensor = t[k];
+    rc = submit_step(r, d, AB_PLACE_EXPLICIT, st->project_slices, NULL, "project", in, s->z, j);
+  } else if (rc == 0) {
     ab_convert_options co = AB_CONVERT_OPTIONS_INIT;
     co.place.policy = AB_PLACE_EXPLICIT, co.place.device = d;
     j->fname[j->nf] = "stack";
     rc = ab_stack(r->rt, t, (size_t)s->z, d, &co, &j->f[j->nf++]);
-    for (int k = 0; k < s->z; k++) ab_tensor_release(t[k]);
+    if (rc == 0)
+      rc = submit_step(r, d, AB_PLACE_EXPLICIT, st->project, NULL, "project", &(ab_input){.future = j->f[j->nf - 1]},
+                       1, j);
   }
+  for (int k = 0; wrapped && k < s->z; k++) ab_tensor_release(t[k]); /* the tasks hold their own */
   free(t);
+  free(in);
   return rc;
 }
 
@@ -163,10 +174,7 @@ static int submit_chain(run *r, job *j) {
   int nch = r->plate.nchannels, rc = 0;
   ab_future *proj[PLATE_MAX_CHANNELS];
   for (int k = 0; k < nch && rc == 0; k++) {
-    rc = stack_channel(r, d, &j->st[k], j);
-    if (rc == 0)
-      rc = submit_step(r, d, AB_PLACE_EXPLICIT, st->project, NULL, "project", &(ab_input){.future = j->f[j->nf - 1]},
-                       1, j);
+    rc = project_channel(r, d, st, &j->st[k], j);
     proj[k] = rc == 0 ? j->f[j->nf - 1] : NULL;
   }
   ab_input in[1 + PLATE_MAX_CHANNELS] = {{0}};
@@ -209,11 +217,16 @@ static void chain_error(job *j) {
 }
 
 /* ---- placement ------------------------------------------------------------------------------ */
-/* Device bytes a chain holds until it ends: each channel's stack and projection, and the
- * segmentation channel's filter, its scratch, the normalised image and the histogram. */
-static uint64_t chain_bytes(const job *j, int nch) {
-  uint64_t plane = (uint64_t)j->st[0].h * j->st[0].w * 2, b = 3 * plane + 65538 * 4;
-  for (int k = 0; k < nch; k++) b += (uint64_t)j->st[k].z * plane + plane;
+/* Device bytes a chain holds on a device of `kind` at its peak: each channel's projection (and
+ * its stacked volume where the kind stacks), the filter's output and scratch, the normalised
+ * image, the histogram (and on the host the scale table), and on the host the identify task's
+ * scratch (a byte and an int32 per pixel) and the copies that come from other devices. At least
+ * this much, so that a chain a budget can never hold is not started there. */
+static uint64_t chain_bytes(const job *j, int nch, int kind) {
+  uint64_t plane = (uint64_t)j->st[0].h * j->st[0].w * 2, b = 3 * plane;
+  for (int k = 0; k < nch; k++) b += plane + (steps_for(kind)->project_slices ? 0 : (uint64_t)j->st[k].z * plane);
+  if (kind == AB_HOST) b += 65536 * 4 + 65536 * 2 + 5 * plane / 2 + (uint64_t)(nch + 1) * plane;
+  else b += (65536 + 2) * 4;
   return b;
 }
 
@@ -242,14 +255,14 @@ static int pick_device(run *r, const job *j) {
   int best = -1;
   bool fits_somewhere = false;
   for (int s = 0; s < r->ndevs; s++) {
-    if (j->need > r->budget[s]) continue;
+    if (j->need[s] > r->budget[s]) continue;
     fits_somewhere = true;
     double t = finish_time(r, s, now);
     if (best < 0 || t < best_t) best = s, best_t = t;
   }
   if (!fits_somewhere) return -2;
   bool room = r->inflight[best] < (r->measured[best] ? r->o->inflight : 1) &&
-              r->used[best] + j->need <= r->budget[best];
+              r->used[best] + j->need[best] <= r->budget[best];
   return room ? best : -1;
 }
 
@@ -347,7 +360,7 @@ static void launch(run *r, job *j, int slot) {
   j->state = J_RUNNING;
   r->inflight[slot]++;
   r->stacks[slot]++;
-  r->used[slot] += j->need;
+  r->used[slot] += j->need[slot];
 }
 
 /* Gives ready images to devices, lowest image first, while the best device has room. */
@@ -365,7 +378,7 @@ static void place_ready(run *r) {
     }
     char need[32];
     snprintf(first->err, sizeof first->err, "needs about %s of device memory: no device's budget holds it "
-             "(see --memory-limit)", human_bytes(first->need, need, sizeof need));
+             "(see --memory-limit)", human_bytes(first->need[0], need, sizeof need));
     if (r->ok == 0 && count(r, J_RUNNING) == 0) { /* nothing can run: a usage error, not a failed image */
       fprintf(stderr, "arraybridge: a %dx%dx%d stack %s\n", first->st[0].z, first->st[0].h, first->st[0].w,
               first->err);
@@ -388,7 +401,7 @@ static void loaded(run *r, job *j) {
     free_job(r, j);
     return;
   }
-  j->need = chain_bytes(j, r->plate.nchannels);
+  for (int s = 0; s < r->ndevs; s++) j->need[s] = chain_bytes(j, r->plate.nchannels, r->devs[s].kind);
   j->state = J_READY;
 }
 
@@ -403,7 +416,7 @@ static void finished(run *r, job *j) {
   }
   row(r, j->image, s, st, j->err, &j->id);
   r->inflight[s]--;
-  r->used[s] -= j->need;
+  r->used[s] -= j->need[s];
   release_chain(j, false);
   j->state = J_FREE;
 }
@@ -441,8 +454,8 @@ static void screen_plate(run *r) {
   for (;;) {
     if (interrupted && !r->stop) r->stop = true;
     if (r->stop) stop_now(r);
+    if (!r->stop) place_ready(r); /* before more loads: a chain's first step then finds its slices in cache */
     start_loads(r);
-    if (!r->stop) place_ready(r);
     bool active = count(r, J_LOADING) + count(r, J_READY) + count(r, J_RUNNING) > 0;
     if (!active && (r->stop || r->next >= r->plate.n)) break;
     harvest(r);
@@ -639,9 +652,12 @@ static int check_budgets(run *r) {
   if (!r->plate.synthetic) return 0;
   job probe = {0};
   for (int k = 0; k < r->plate.nchannels; k++) probe.st[k] = (plate_stack){.z = r->plate.z, .h = r->plate.h, .w = r->plate.w};
-  uint64_t need = chain_bytes(&probe, r->plate.nchannels);
-  for (int s = 0; s < r->ndevs; s++)
-    if (need <= r->budget[s]) return 0;
+  uint64_t need = UINT64_MAX;
+  for (int s = 0; s < r->ndevs; s++) {
+    uint64_t n = chain_bytes(&probe, r->plate.nchannels, r->devs[s].kind);
+    if (n <= r->budget[s]) return 0;
+    need = n < need ? n : need;
+  }
   char b1[32], b2[32];
   fprintf(stderr, "arraybridge: a %dx%dx%d stack needs about %s of device memory; --memory-limit %s holds none: "
           "raise it\n", r->plate.z, r->plate.h, r->plate.w, human_bytes(need, b1, sizeof b1),
@@ -649,9 +665,27 @@ static int check_budgets(run *r) {
   return EXIT_USAGE;
 }
 
+/* Two outputs on one path would overwrite each other (the sidecar is the CSV's name with .json). */
+static int distinct_outputs(const screen_options *o, const char *json) {
+  const char *names[] = {"--out", "its sidecar", "--objects", "--heatmap", "--trace"};
+  const char *paths[] = {o->out_csv, json, o->objects, o->heatmap, o->trace};
+  for (int i = 0; i < 5; i++)
+    for (int k = i + 1; k < 5; k++)
+      if (paths[i] && paths[k] && strcmp(paths[i], paths[k]) == 0) {
+        fprintf(stderr, "arraybridge: %s and %s are both %s: give them different files\n", names[i], names[k],
+                paths[i]);
+        return EXIT_USAGE;
+      }
+  return 0;
+}
+
 static int prepare(run *r) {
   const screen_options *o = r->o;
   char err[700];
+  char *json = output_json_path(o->out_csv);
+  int same = json ? distinct_outputs(o, json) : EXIT_FATAL;
+  free(json);
+  if (same != 0) return same;
   screen_pipeline *pl = (screen_pipeline *)&o->pipeline; /* the segment index is set here, once */
   int status = open_plate(r, err, sizeof err);
   if (status == 0) status = resolve_channels(r, pl, err, sizeof err);
@@ -740,7 +774,7 @@ int screen_run(const screen_options *o) {
   run *r = calloc(1, sizeof *r);
   if (r == NULL) return EXIT_FATAL;
   r->o = o;
-  int status = screen_runtime(o->devices, o->memory_limit, &r->rt, r->devs, &r->ndevs);
+  int status = screen_runtime(o->devices, o->memory_limit, o->host_workers, &r->rt, r->devs, &r->ndevs);
   if (status != 0) {
     free(r);
     return status;

@@ -31,6 +31,7 @@ typedef struct {
   const char *devices;            /* "all", or a list of kinds and kind:index */
   uint64_t memory_limit;          /* 0: none */
   int inflight;                   /* stacks in flight per device */
+  int host_workers;               /* 0: one per core */
   /* the command line, for the record */
   int argc;
   char **argv;
@@ -41,7 +42,8 @@ int screen_run(const screen_options *o);
 /* A runtime for the device list ("all", "host,opencl", "opencl:1"): the kinds it names are
  * opened (the host always: loading and identifying run there); *devs gets the devices to screen
  * on. 0, or an exit status after printing why. */
-int screen_runtime(const char *list, uint64_t memory_limit, ab_runtime **rt, ab_device *devs, int *ndevs);
+int screen_runtime(const char *list, uint64_t memory_limit, int host_workers, ab_runtime **rt, ab_device *devs,
+                   int *ndevs);
 const char *kind_name(int kind);
 /* "1.5 GiB" */
 const char *human_bytes(uint64_t b, char *buf, size_t n);

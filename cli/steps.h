@@ -14,6 +14,12 @@
  *
  *   project    [z, y, x] u16 -> [y, x] u16: out[y][x] = max over z of in[z][y][x].
  *
+ *   project_slices (optional; NULL where a kind has none)
+ *              z inputs, each a [y, x] u16 slice on the task's device -> [y, x] u16: the same
+ *              maximum, read from the slices where they are. A kind that has it skips ab_stack
+ *              (the host: its slices are already in its memory, and a volume nobody keeps is
+ *              8 MiB written and read again per stack for nothing).
+ *
  *   filter     [y, x] u16 -> [y, x] u16: a separable Gaussian with integer weights, normalised
  *              at the edges (the window is cut at the image border and divided by the weights
  *              that remain, as CellProfiler's smoothing with a mask does). With r = p->radius
@@ -66,6 +72,7 @@ void screen_pipeline_weights(screen_pipeline *p);
 typedef struct {
   int kind;                       /* ab_kind */
   ab_task_fn project, filter, normalise;
+  ab_task_fn project_slices;      /* NULL: ab_stack, then project */
   void (*cleanup)(void);          /* frees cached programs; NULL: nothing to free */
 } screen_steps;
 

@@ -386,6 +386,10 @@ case_outputs() {
   one_line "--segment 3: the plate's channels are 1, 2"
   expect 2 "$CLI" screen --plate "$W/p" --out "$W/r3.csv" --heatmap "$W/x.png" --heatmap-column wells
   one_line "--heatmap-column wells: not a numeric column"
+  expect 2 "$CLI" screen --plate "$W/p" --out "$W/r3.csv" --trace "$W/r3.json"
+  one_line "its sidecar and --trace are both .*/r3.json: give them different files"
+  expect 2 "$CLI" screen --plate "$W/p" --out "$W/r3.csv" --objects "$W/r3.csv"
+  one_line "--out and --objects are both"
 }
 
 # --trace: valid JSON, one track per worker (and per stream on OpenCL devices), every step.
@@ -400,7 +404,7 @@ case_trace() {
   grep -qx "streams $streams" "$W/sum" || fail "want $streams stream tracks"
   grep -qx "named 8" "$W/sum" || fail "want 8 normalise events"
   grep -qx "bad 0" "$W/sum" || fail "malformed events"
-  for step in load stack project filter identify; do
+  for step in load project filter identify; do
     python3 "$HERE/trace_check.py" "$W/t.json" $step >"$W/sum"
     grep -qx "named 8" "$W/sum" || fail "want 8 $step events"
   done

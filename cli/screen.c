@@ -78,6 +78,8 @@ struct run {
   double t0, last_bar;
   bool bar;
   char *pipeline_line;
+  char left_out[256];             /* devices --devices all left to the host (see leave_to_host) */
+  int left_out_len;
 };
 
 static volatile sig_atomic_t interrupted;
@@ -557,7 +559,9 @@ static int write_record(run *r, bool complete, double secs) {
     device_label(r->devs[s], d, sizeof d);
     fprintf(f, "%s\"%s\"", s ? ", " : "", d);
   }
-  fputs("],\n", f);
+  fputs("], \"left_to_the_host\": ", f);
+  json_string(f, r->left_out);
+  fputs(",\n", f);
   json_files(f, r);
   fprintf(f, "  \"complete\": %s,\n  \"images\": {\"plate\": %d, \"from_earlier_runs\": %d, \"this_run\": %d, "
           "\"ok\": %d, \"failed\": %d, \"seconds\": %.3f}\n}\n", complete ? "true" : "false", r->plate.n, r->skipped,
@@ -580,6 +584,8 @@ static void summary(run *r, double secs) {
   printf(") in %.2f s\n", secs);
   printf("throughput: %.2f images/s; bytes moved %s; OOM retries %" PRIu64 "\n", r->ok / secs,
          human_bytes(bytes, b1, sizeof b1), retries);
+  if (r->left_out_len)
+    printf("left to the host (CPU devices on its own cores; name them in --devices to use them): %s\n", r->left_out);
   printf("\n%-10s %7s %7s %11s %10s  %s\n", "device", "stacks", "tasks", "bytes", "mem peak",
          "oom: events trims syncs spills parks retries reroutes failures");
   for (int i = 0; i < n && i < 64; i++) {
@@ -665,6 +671,57 @@ static int check_budgets(run *r) {
   return EXIT_USAGE;
 }
 
+/* With --devices all, devices that compute on the host's own cores (pocl's OpenCL CPU devices)
+ * are left to the host device: they would add the copies of their path and no cores. Named
+ * (--devices opencl, host,opencl:1) they are used like any other. */
+static void leave_to_host(run *r, const bool *host_cores) {
+  bool have_host = false;
+  for (int s = 0; s < r->ndevs; s++) have_host |= r->devs[s].kind == AB_HOST;
+  if (!have_host || strcmp(r->o->devices, "all") != 0) return;
+  int n = 0;
+  for (int s = 0; s < r->ndevs; s++) {
+    if (!host_cores[s]) {
+      r->devs[n++] = r->devs[s];
+      continue;
+    }
+    char d[32];
+    device_label(r->devs[s], d, sizeof d);
+    r->left_out_len += snprintf(r->left_out + r->left_out_len, sizeof r->left_out - (size_t)r->left_out_len, "%s%s",
+                                r->left_out_len ? ", " : "", d);
+    if (r->left_out_len >= (int)sizeof r->left_out) r->left_out_len = (int)sizeof r->left_out - 1;
+  }
+  r->ndevs = n;
+}
+
+/* Each device's steps prepare (build their kernels) before the clock starts, all at once. */
+static int prepare_devices(run *r) {
+  ab_future *f[MAX_SCREEN_DEVICES] = {NULL};
+  bool host_cores[MAX_SCREEN_DEVICES] = {false};
+  int rc = 0;
+  for (int s = 0; s < r->ndevs; s++) {
+    const screen_steps *st = steps_for(r->devs[s].kind);
+    if (st->prepare == NULL) continue;
+    ab_task_desc t = AB_TASK_DESC_INIT;
+    t.fn = st->prepare, t.arg = &host_cores[s], t.name = "prepare";
+    t.place.policy = AB_PLACE_EXPLICIT, t.place.device = r->devs[s];
+    if ((rc = ab_submit(r->rt, &t, &f[s])) != 0) break;
+  }
+  for (int s = 0; s < r->ndevs; s++) {
+    if (f[s] == NULL) continue;
+    ab_future_wait(f[s], -1);
+    int st = ab_future_status(f[s]);
+    if (st != 0 && rc == 0) {
+      char d[32];
+      device_label(r->devs[s], d, sizeof d);
+      fprintf(stderr, "arraybridge: the screening steps cannot start on %s: %s\n", d, ab_strerror(st));
+      rc = st;
+    }
+    ab_future_release(f[s]);
+  }
+  if (rc == 0) leave_to_host(r, host_cores);
+  return rc == 0 ? 0 : EXIT_FATAL;
+}
+
 /* Two outputs on one path would overwrite each other (the sidecar is the CSV's name with .json). */
 static int distinct_outputs(const screen_options *o, const char *json) {
   const char *names[] = {"--out", "its sidecar", "--objects", "--heatmap", "--trace"};
@@ -693,6 +750,7 @@ static int prepare(run *r) {
     fprintf(stderr, "arraybridge: %s\n", err);
     return status;
   }
+  if ((status = prepare_devices(r)) != 0) return status;
   for (int s = 0; s < r->ndevs; s++) {
     ab_device_info info;
     r->budget[s] = ab_device_info_get(r->rt, r->devs[s], &info) == 0 ? info.budget : UINT64_MAX;

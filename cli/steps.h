@@ -73,6 +73,9 @@ typedef struct {
   int kind;                       /* ab_kind */
   ab_task_fn project, filter, normalise;
   ab_task_fn project_slices;      /* NULL: ab_stack, then project */
+  ab_task_fn prepare;             /* run once per device before the plate starts (builds kernels);
+                                     arg is a bool *: set it when the device computes on the
+                                     host's own CPU cores (an OpenCL CPU device). NULL: nothing */
   void (*cleanup)(void);          /* frees cached programs; NULL: nothing to free */
 } screen_steps;
 

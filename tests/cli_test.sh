@@ -115,13 +115,14 @@ case_screen_small() {
 case_same_everywhere() {
   local devs=(host all) d
   if ((OPENCL)); then
+    devs+=(host,opencl) # all devices of both kinds (all leaves CPU OpenCL devices to the host)
     for ((i = 0; i < $(n_opencl); i++)); do devs+=("opencl:$i"); done
   fi
   for d in "${devs[@]}"; do
     # two channels, a wider filter and a manual threshold: every step's arithmetic is compared
     "$CLI" screen "${SMALL[@]}" --channels 2 --filter-size 5 --devices "$d" --out "$W/$d.csv" --quiet
     "$CLI" screen "${SMALL[@]}" --threshold 0.25 --rescale 0.5,99.5 --devices "$d" --out "$W/$d-m.csv" --quiet
-    if [[ $d != all ]]; then
+    if [[ $d != all && $d != *,* ]]; then
       local other
       local want=$d
       [[ $d == *:* ]] || want="$d:[0-9]*" # a kind: any device of it
@@ -134,6 +135,15 @@ case_same_everywhere() {
     cmp -s "$W/host-m.cut" "$W/$d-m.cut" || { diff "$W/host-m.cut" "$W/$d-m.cut" || true; fail "$d differs (manual)"; }
   done
   cmp -s "$W/host.cut" "$W/host-m.cut" && fail "the threshold and rescale options changed nothing"
+  # devices that --devices all left to the host ran nothing
+  local left
+  left=$("${FILES[@]}" json "$W/all.json" left_to_the_host | tr -d ' ' | tr ',' ' ')
+  echo "left to the host: ${left:-none}"
+  for d in $left; do
+    [[ $d == opencl:* ]] || fail "$d left to the host"
+    grep -q ",$d," "$W/all.csv" && fail "$d was left to the host but ran images"
+  done
+  true
   echo "identical on: ${devs[*]}"
 }
 

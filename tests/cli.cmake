@@ -14,6 +14,6 @@ if(TARGET arraybridge_cli)
                 memory_limit resume outputs trace)
     add_test(NAME cli_${_c}
              COMMAND bash ${CMAKE_CURRENT_SOURCE_DIR}/cli_test.sh ${_c} $<TARGET_FILE:arraybridge_cli> ${_ab_cli_opencl})
-    set_tests_properties(cli_${_c} PROPERTIES LABELS cli TIMEOUT 120 SKIP_RETURN_CODE 77 ENVIRONMENT "${_ab_cli_env}")
+    set_tests_properties(cli_${_c} PROPERTIES LABELS cli TIMEOUT 300 SKIP_RETURN_CODE 77 ENVIRONMENT "${_ab_cli_env}")
   endforeach()
 endif()

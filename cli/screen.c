@@ -37,7 +37,7 @@
 #include "cli/plate.h"
 
 #define MAX_FUTURES (3 * PLATE_MAX_CHANNELS + 4)
-#define PREFETCH 2 /* loaded or loading images beyond one per device */
+#define PREFETCH 2 /* loaded or loading images beyond one per device, with host workers to spare */
 
 typedef enum { J_FREE, J_LOADING, J_READY, J_RUNNING } job_state;
 
@@ -72,7 +72,7 @@ struct run {
   job *jobs;
   int njobs;
   int next, todo, done, ok, failed, skipped, written;
-  int want_z;
+  int want_z, prefetch;
   bool stop, never_fits;
   int write_errno;
   double t0, last_bar;
@@ -321,7 +321,7 @@ static int count(const run *r, job_state s) {
 
 /* Starts loading the next images that need it, up to the prefetch window. */
 static void start_loads(run *r) {
-  while (!r->stop && r->next < r->plate.n && count(r, J_LOADING) + count(r, J_READY) < r->ndevs + PREFETCH) {
+  while (!r->stop && r->next < r->plate.n && count(r, J_LOADING) + count(r, J_READY) < r->ndevs + r->prefetch) {
     int i = r->next++;
     if (output_done(&r->out, &r->plate, i)) continue;
     if (r->plate.images[i].error) {
@@ -771,7 +771,11 @@ static int prepare(run *r) {
     fprintf(stderr, "arraybridge: cannot write %s: %s\n", r->out.json, strerror(errno));
     return EXIT_FATAL;
   }
-  r->njobs = r->ndevs * o->inflight + r->ndevs + PREFETCH;
+  /* Loads ahead keep host workers busy while the main thread starts chains; with one worker they
+   * would only run before, and evict from cache, the slices of the chain that waits behind them. */
+  ab_device_info host;
+  r->prefetch = ab_device_info_get(r->rt, (ab_device){AB_HOST, 0}, &host) == 0 && host.workers > 1 ? PREFETCH : 0;
+  r->njobs = r->ndevs * o->inflight + r->ndevs + r->prefetch;
   r->jobs = calloc((size_t)r->njobs, sizeof *r->jobs);
   if (r->jobs == NULL) return EXIT_FATAL;
   if (o->trace && ab_trace_start(r->rt, NULL) != 0) {

@@ -54,7 +54,7 @@ common=(-DAB_WITH_CUDA=ON -DAB_CUDA_ARCHITECTURES="$ARCH" -DAB_SANITIZE= -DAB_BU
 log "tests (build/gpu-tests, RelWithDebInfo, $ARCH)"
 cmake -S "$ROOT" -B build/gpu-tests "${common[@]}" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DAB_BUILD_TESTS=ON \
   -DAB_BUILD_BENCH=OFF -DAB_BUILD_CLI=OFF -DCMAKE_INSTALL_RPATH='$ORIGIN/../lib' >/dev/null
-tests=(test_cuda_nodriver test_cuda_errors test_cuda_kernel_logic test_cuda_interop
+tests=(test_cuda_nodriver test_cuda_errors test_cuda_kernel_logic test_cuda_screen_logic test_cuda_interop
   test_cuda_convert test_cuda_stack test_cuda_oom)
 cmake --build build/gpu-tests -j "$JOBS" --target "${tests[@]}"
 

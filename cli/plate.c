@@ -1,350 +1,530 @@
 /*
- * cli/plate.c: plates. A synthetic stack is cells as 3D Gaussian blobs (a few microns: 3-8 px
- * at 512 px) on a background with a gentle gradient, with Poisson noise, as a widefield camera
- * sees them (3-7 px wide, as at 20x); how many cells a well has follows its column, like a
- * dose series. Everything is
- * drawn from a generator seeded by (seed, image), so any image can be made alone and in any
- * order, and a plate is the same on every run.
+ * cli/plate.c: plates from folders: the layout presets, the file-name pattern matcher, and the
+ * scan that turns matched files into images (well, site, timepoint) with their channels and
+ * planes. Problems that concern one image (a duplicate file, a missing channel or plane) are
+ * kept on that image, so it becomes an error row and the rest of the plate runs.
  */
 #define _GNU_SOURCE /* asprintf */
 #include "cli/plate.h"
 
+#include <ctype.h>
 #include <dirent.h>
-#include <math.h>
-#include <stdarg.h>
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
-#include <tiffio.h>
+#include <sys/stat.h>
 
-/* ---- random numbers ------------------------------------------------------------------------- */
-static uint64_t splitmix(uint64_t *s) {
-  uint64_t z = (*s += 0x9e3779b97f4a7c15ull);
-  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-  return z ^ (z >> 31);
+const plate_layout plate_layouts[] = {
+    {"simple", "{well}_s{site}[_w{channel}][_z{z}]", "A01_s2.tif (one multi-page stack per site)"},
+    {"imagexpress", "[TimePoint_{timepoint}/][ZStep_{z}/]{*}_{well}[_s{site}][_w{channel:1}[{*}]]",
+     "Plate_B03_s1_w1.tif"},
+    {"operetta", "r{row:2}c{col:2}f{site:2}p{z:2}-ch{channel}sk{timepoint}fk{*}fl{*}",
+     "r02c03f01p01-ch1sk1fk1fl1.tiff"},
+    {NULL, NULL, NULL},
+};
+
+const plate_layout *plate_layout_named(const char *name) {
+  for (const plate_layout *l = plate_layouts; l->name; l++)
+    if (strcasecmp(l->name, name) == 0) return l;
+  return NULL;
 }
 
-static double uniform(uint64_t *s) { return (double)(splitmix(s) >> 11) * 0x1.0p-53; }
+void plate_format(int wells, int *rows, int *cols) {
+  if (wells <= 96) *rows = 8, *cols = 12;
+  else if (wells <= 384) *rows = 16, *cols = 24;
+  else *rows = 32, *cols = 48;
+}
 
-#define NORMALS 4096
-static float normals[NORMALS]; /* standard normal deviates, Box-Muller from a fixed seed */
+void plate_well_name(int row, int col, char *out, size_t n) {
+  unsigned c = (unsigned)(col + 1) % 1000u; /* at most 3 digits, whatever the caller passes */
+  if (row < 26) snprintf(out, n, "%c%02u", 'A' + row % 26, c);
+  else snprintf(out, n, "A%c%02u", 'A' + (row - 26) % 26, c);
+}
 
-static void init_normals(void) {
-  if (normals[1] != 0) return;
-  uint64_t s = 12345;
-  for (int i = 0; i < NORMALS; i += 2) {
-    double u = uniform(&s) + 1e-12, v = uniform(&s), r = sqrt(-2 * log(u));
-    normals[i] = (float)(r * cos(2 * M_PI * v));
-    normals[i + 1] = (float)(r * sin(2 * M_PI * v));
+/* ---- the pattern matcher -------------------------------------------------------------------- */
+/* A pattern compiles to a flat array of nodes. An optional group is a node whose content is the
+ * nodes up to its `end`; a sequence runs from one index to another, skipping over groups it does
+ * not enter. Matching is backtracking with continuations: after a group's content, the rest of
+ * the enclosing sequence follows. */
+enum { N_LIT, N_ANY, N_OPT, N_FIELD };
+enum { F_WELL, F_ROW, F_COL, F_SITE, F_CHANNEL, F_Z, F_TIME, F_COUNT };
+static const char *const field_names[] = {"well", "row", "col", "site", "channel", "z", "timepoint"};
+
+#define MAX_NODES 256
+
+typedef struct {
+  int type, end;           /* N_OPT: content is [index + 1, end) */
+  char ch;                 /* N_LIT */
+  int field, width;        /* N_FIELD; width 0: any number of digits */
+} node;
+
+typedef struct {
+  node n[MAX_NODES];
+  int count;
+} program;
+
+static const char *compile_seq(const char **p, program *pg, char close) {
+  while (**p && **p != close) {
+    if (pg->count == MAX_NODES) return "pattern too long";
+    node *x = &pg->n[pg->count++];
+    memset(x, 0, sizeof *x);
+    char c = *(*p)++;
+    if (c == ']' || c == '}') return "unbalanced ] or }";
+    if (c == '[') {
+      x->type = N_OPT;
+      int self = pg->count - 1;
+      const char *e = compile_seq(p, pg, ']');
+      if (e) return e;
+      if (**p != ']') return "unclosed [";
+      (*p)++;
+      pg->n[self].end = pg->count;
+    } else if (c == '{') {
+      const char *q = strchr(*p, '}');
+      if (q == NULL) return "unclosed {";
+      char name[24];
+      int len = (int)(q - *p), width = 0;
+      if (len <= 0 || len >= (int)sizeof name) return "empty or long {field}";
+      snprintf(name, sizeof name, "%.*s", len, *p);
+      *p = q + 1;
+      char *colon = strchr(name, ':');
+      if (colon) {
+        *colon = 0;
+        width = atoi(colon + 1);
+        if (width < 1 || width > 9) return "a {field:N} width must be 1 to 9";
+      }
+      if (strcmp(name, "*") == 0) {
+        x->type = N_ANY;
+        continue;
+      }
+      if (strcmp(name, "column") == 0) strcpy(name, "col");
+      x->type = N_FIELD;
+      x->width = width;
+      x->field = -1;
+      for (int f = 0; f < F_COUNT; f++)
+        if (strcmp(name, field_names[f]) == 0) x->field = f;
+      if (x->field < 0) return "unknown {field}: use well, row, col, site, channel, z, timepoint or *";
+      if (width && x->field == F_WELL) return "{well} takes no width";
+    } else {
+      x->type = N_LIT;
+      x->ch = c;
+    }
+  }
+  return NULL;
+}
+
+static const char *compile(const char *pattern, program *pg) {
+  pg->count = 0;
+  if (pattern == NULL || !*pattern) return "empty pattern";
+  const char *p = pattern, *e = compile_seq(&p, pg, 0);
+  return e ? e : *p ? "unbalanced ]" : NULL;
+}
+
+const char *plate_pattern_error(const char *pattern) {
+  program pg;
+  return compile(pattern, &pg);
+}
+
+typedef struct cont {
+  int i, end;
+  const struct cont *next;
+} cont;
+
+typedef struct {
+  int v[F_COUNT];          /* -1: not set; F_WELL unused (it sets F_ROW and F_COL) */
+} captures;
+
+/* Letters as a plate row: A..Z are 0..25, AA..AF 26..31. -1 otherwise. */
+static int row_letters(const char *s, int n) {
+  int a = toupper((unsigned char)s[0]);
+  if (n == 1) return a >= 'A' && a <= 'Z' ? a - 'A' : -1;
+  int b = toupper((unsigned char)s[1]);
+  return a == 'A' && b >= 'A' && b < 'A' + PLATE_MAX_ROWS - 26 ? 26 + b - 'A' : -1;
+}
+
+static int digits_value(const char *s, int n) {
+  int v = 0;
+  for (int i = 0; i < n; i++) v = v * 10 + (s[i] - '0');
+  return v;
+}
+
+static int count_digits(const char *s, int max) {
+  int n = 0;
+  while (n < max && isdigit((unsigned char)s[n])) n++;
+  return n;
+}
+
+static int count_letters(const char *s, int max) {
+  int n = 0;
+  while (n < max && isalpha((unsigned char)s[n])) n++;
+  return n;
+}
+
+static bool run(const program *pg, int i, int end, const char *s, const cont *k, captures *c);
+
+/* Sets field f to v (agreeing with an earlier capture of it) and matches the rest. */
+static bool bind(const program *pg, int i, int end, const char *s, const cont *k, captures *c, int f, int v) {
+  if (c->v[f] >= 0 && c->v[f] != v) return false;
+  int old = c->v[f];
+  c->v[f] = v;
+  if (run(pg, i + 1, end, s, k, c)) return true;
+  c->v[f] = old;
+  return false;
+}
+
+static bool run_well(const program *pg, int i, int end, const char *s, const cont *k, captures *c) {
+  for (int l = count_letters(s, 2); l >= 1; l--) {
+    int row = row_letters(s, l);
+    if (row < 0) continue;
+    for (int d = count_digits(s + l, 3); d >= 1; d--) {
+      int col = digits_value(s + l, d) - 1;
+      if (col < 0 || col >= PLATE_MAX_COLS || (c->v[F_ROW] >= 0 && c->v[F_ROW] != row)) continue;
+      int old = c->v[F_ROW];
+      c->v[F_ROW] = row;
+      if (bind(pg, i, end, s + l + d, k, c, F_COL, col)) return true;
+      c->v[F_ROW] = old;
+    }
+  }
+  return false;
+}
+
+static bool run_field(const program *pg, int i, int end, const char *s, const cont *k, captures *c) {
+  const node *x = &pg->n[i];
+  if (x->field == F_WELL) return run_well(pg, i, end, s, k, c);
+  if (x->field == F_ROW && x->width == 0)
+    for (int l = count_letters(s, 2); l >= 1; l--) {
+      int row = row_letters(s, l);
+      if (row >= 0 && bind(pg, i, end, s + l, k, c, F_ROW, row)) return true;
+    }
+  int have = count_digits(s, 9);
+  for (int d = x->width ? x->width : have; d >= 1 && d <= have; d--) {
+    int v = digits_value(s, d);
+    if (x->field == F_ROW || x->field == F_COL) {
+      int max = x->field == F_ROW ? PLATE_MAX_ROWS : PLATE_MAX_COLS;
+      if (v < 1 || v > max) continue;
+      v -= 1; /* 1-based in names, 0-based here */
+    }
+    if (bind(pg, i, end, s + d, k, c, x->field, v)) return true;
+    if (x->width) break;
+  }
+  return false;
+}
+
+static bool run(const program *pg, int i, int end, const char *s, const cont *k, captures *c) {
+  if (i == end) return k ? run(pg, k->i, k->end, s, k->next, c) : *s == 0;
+  const node *x = &pg->n[i];
+  switch (x->type) {
+  case N_LIT:
+    return *s && tolower((unsigned char)*s) == tolower((unsigned char)x->ch) && run(pg, i + 1, end, s + 1, k, c);
+  case N_ANY:
+    for (size_t len = 0;; len++) {
+      if (run(pg, i + 1, end, s + len, k, c)) return true;
+      if (!s[len]) return false;
+    }
+  case N_OPT: {
+    cont after = {x->end, end, k};
+    captures saved = *c;
+    if (run(pg, i + 1, x->end, s, &after, c)) return true;
+    *c = saved;
+    return run(pg, x->end, end, s, k, c);
+  }
+  default:
+    return run_field(pg, i, end, s, k, c);
   }
 }
 
-/* Poisson(lambda): Knuth's product for small means, the normal approximation above. */
-static uint16_t poisson(uint64_t *s, double lambda) {
-  double v;
-  if (lambda < 20) {
-    double l = exp(-lambda), p = uniform(s);
-    int k = 0;
-    while (p > l && k < 100) {
-      p *= uniform(s);
-      k++;
-    }
-    v = k;
-  } else {
-    v = lambda + sqrt(lambda) * normals[splitmix(s) % NORMALS] + 0.5;
+bool plate_match(const char *pattern, const char *name, plate_fields *f) {
+  program pg;
+  if (compile(pattern, &pg) != NULL) return false;
+  captures c;
+  for (int j = 0; j < F_COUNT; j++) c.v[j] = -1;
+  if (!run(&pg, 0, pg.count, name, NULL, &c) || c.v[F_ROW] < 0 || c.v[F_COL] < 0) return false;
+  *f = (plate_fields){.row = c.v[F_ROW], .col = c.v[F_COL], .site = c.v[F_SITE], .channel = c.v[F_CHANNEL],
+                      .z = c.v[F_Z], .timepoint = c.v[F_TIME]};
+  return true;
+}
+
+/* ---- scanning a folder ---------------------------------------------------------------------- */
+typedef struct {
+  char *rel;               /* relative path without extension */
+  char *path;              /* the file */
+} found;
+
+typedef struct {
+  found *v;
+  int n, cap;
+} found_list;
+
+static bool is_tiff(const char *name, size_t *stem) {
+  const char *dot = strrchr(name, '.');
+  if (!dot || (strcasecmp(dot, ".tif") != 0 && strcasecmp(dot, ".tiff") != 0)) return false;
+  *stem = (size_t)(dot - name);
+  return true;
+}
+
+static int add_found(found_list *l, const char *dir, const char *rel, size_t stem) {
+  if (l->n == l->cap) {
+    int cap = l->cap ? 2 * l->cap : 256;
+    found *v = realloc(l->v, sizeof *v * (size_t)cap);
+    if (v == NULL) return -1;
+    l->v = v, l->cap = cap;
   }
-  return v < 0 ? 0 : v > 65535 ? 65535 : (uint16_t)v;
-}
-
-/* ---- plates --------------------------------------------------------------------------------- */
-static void well_name(int i, int wells, char *out, size_t n) {
-  int cols = wells > 96 ? 24 : 12;
-  snprintf(out, n, "%c%02d", 'A' + (i / cols) % 26, i % cols + 1);
-}
-
-int plate_synthetic(plate *p, int wells, int sites, int z, int h, int w, uint64_t seed) {
-  memset(p, 0, sizeof *p);
-  p->images = calloc((size_t)wells * (size_t)sites, sizeof *p->images);
-  if (p->images == NULL) return -1;
-  for (int i = 0; i < wells; i++)
-    for (int s = 0; s < sites; s++) {
-      plate_image *im = &p->images[p->n++];
-      well_name(i, wells, im->well, sizeof im->well);
-      im->site = s + 1;
-    }
-  p->synthetic = true;
-  p->z = z, p->h = h, p->w = w;
-  p->seed = seed;
+  found *f = &l->v[l->n];
+  if (asprintf(&f->path, "%s/%s", dir, rel) < 0) return -1;
+  f->rel = strndup(rel, stem);
+  if (f->rel == NULL) {
+    free(f->path);
+    return -1;
+  }
+  l->n++;
   return 0;
 }
 
-static int by_path(const void *a, const void *b) {
-  return strcmp(((const plate_image *)a)->path, ((const plate_image *)b)->path);
-}
-
-static bool is_tiff(const char *name) {
-  const char *dot = strrchr(name, '.');
-  return dot && (strcasecmp(dot, ".tif") == 0 || strcasecmp(dot, ".tiff") == 0);
-}
-
-/* "A01_s2.tif": well A01, site 2; anything else: the name without its extension, site 1. */
-static void parse_name(const char *name, plate_image *im) {
-  char well[16];
-  int site;
-  char rest[8];
-  if (sscanf(name, "%15[A-Za-z0-9]_s%d.%7s", well, &site, rest) == 3) {
-    snprintf(im->well, sizeof im->well, "%s", well);
-    im->site = site;
-    return;
-  }
-  snprintf(im->well, sizeof im->well, "%.*s", (int)(strrchr(name, '.') - name), name);
-  im->site = 1;
-}
-
-int plate_open_dir(plate *p, const char *dir, char *err, size_t errlen) {
-  memset(p, 0, sizeof *p);
+/* Every TIFF under root/rel, `depth` folder levels down at most. Subfolders that cannot be
+ * read are reported on stderr and skipped (their images then show as missing planes). */
+static int scan(const char *root, const char *rel, int depth, found_list *l, char *err, size_t errlen) {
+  char *dir = NULL;
+  if (asprintf(&dir, "%s%s%s", root, *rel ? "/" : "", rel) < 0) return -1;
   DIR *d = opendir(dir);
   if (d == NULL) {
-    snprintf(err, errlen, "cannot open plate folder %s: %m", dir);
-    return -1;
+    if (*rel == 0) snprintf(err, errlen, "cannot read plate folder %s: %s", dir, strerror(errno));
+    else fprintf(stderr, "arraybridge: cannot read %s: %s: skipped\n", dir, strerror(errno));
+    free(dir);
+    return *rel == 0 ? -1 : 0;
   }
-  int cap = 0;
+  int rc = 0;
   struct dirent *e;
-  while ((e = readdir(d)) != NULL) {
-    if (!is_tiff(e->d_name)) continue;
-    if (p->n == cap) {
-      cap = cap ? cap * 2 : 64;
-      plate_image *more = realloc(p->images, sizeof *more * (size_t)cap);
-      if (more == NULL) break;
-      p->images = more;
+  while (rc == 0 && (e = readdir(d)) != NULL) {
+    if (e->d_name[0] == '.') continue;
+    char *sub = NULL, *full = NULL;
+    if (asprintf(&sub, "%s%s%s", rel, *rel ? "/" : "", e->d_name) < 0) return closedir(d), free(dir), -1;
+    struct stat st;
+    size_t stem = 0;
+    bool tiff = is_tiff(e->d_name, &stem);
+    if (asprintf(&full, "%s/%s", root, sub) >= 0 && stat(full, &st) == 0) {
+      if (S_ISDIR(st.st_mode) && depth > 0) rc = scan(root, sub, depth - 1, l, err, errlen);
+      else if (S_ISREG(st.st_mode) && tiff) rc = add_found(l, root, sub, strlen(sub) - strlen(e->d_name) + stem);
     }
-    plate_image *im = &p->images[p->n];
-    memset(im, 0, sizeof *im);
-    if (asprintf(&im->path, "%s/%s", dir, e->d_name) < 0) break;
-    parse_name(e->d_name, im);
-    p->n++;
+    free(full);
+    free(sub);
   }
   closedir(d);
-  if (p->n == 0) {
-    snprintf(err, errlen, "no .tif or .tiff files in %s", dir);
-    plate_free(p);
-    return -1;
+  free(dir);
+  return rc;
+}
+
+/* ---- building images ------------------------------------------------------------------------ */
+typedef struct {
+  plate_fields f;
+  int channel;             /* index into the plate's channels */
+  const found *file;
+} entry;
+
+static int by_key(const void *a, const void *b) {
+  const entry *x = a, *y = b;
+  const int kx[] = {x->f.row, x->f.col, x->f.site, x->f.timepoint, x->channel, x->f.z};
+  const int ky[] = {y->f.row, y->f.col, y->f.site, y->f.timepoint, y->channel, y->f.z};
+  for (int i = 0; i < 6; i++)
+    if (kx[i] != ky[i]) return kx[i] < ky[i] ? -1 : 1;
+  return strcmp(x->file->rel, y->file->rel);
+}
+
+static bool same_image(const entry *a, const entry *b) {
+  return a->f.row == b->f.row && a->f.col == b->f.col && a->f.site == b->f.site && a->f.timepoint == b->f.timepoint;
+}
+
+static void image_error(plate_image *im, const char *fmt, const char *a, const char *b, int v) {
+  if (im->error) return; /* the first problem names the image's failure */
+  char buf[512];
+  snprintf(buf, sizeof buf, fmt, a, b, v);
+  im->error = strdup(buf);
+}
+
+/* The files of one image's channel: entries [a, b), sorted by z. */
+static int fill_source(plate_image *im, const plate *p, int c, const entry *e, int a, int b) {
+  plate_source *s = &im->src[c];
+  const char *ch = p->channel_name[c];
+  if (a == b) {
+    image_error(im, "channel %s missing: no file for it%s", ch, "", 0);
+    return 0;
   }
-  qsort(p->images, (size_t)p->n, sizeof *p->images, by_path);
+  int stacks = 0;
+  for (int i = a; i < b; i++) stacks += e[i].f.z < 0;
+  if (stacks > 0 && stacks < b - a) {
+    image_error(im, "both a stack file and plane files for channel %s (%s)", ch, e[a].file->rel, 0);
+    return 0;
+  }
+  if (stacks > 1) {
+    image_error(im, "duplicate: %s and %s name the same image", e[a].file->rel, e[a + 1].file->rel, 0);
+    return 0;
+  }
+  if (stacks == 1) return (s->path = strdup(e[a].file->path)) ? 0 : -1;
+  for (int i = a + 1; i < b; i++) {
+    if (e[i].f.z == e[i - 1].f.z) {
+      image_error(im, "duplicate plane: %s and %s are the same plane", e[i - 1].file->rel, e[i].file->rel, 0);
+      return 0;
+    }
+    if (e[i].f.z != e[i - 1].f.z + 1) {
+      image_error(im, "channel %s: plane %s%d missing", ch, "", e[i - 1].f.z + 1);
+      return 0;
+    }
+  }
+  s->planes = calloc((size_t)(b - a), sizeof *s->planes);
+  if (s->planes == NULL) return -1;
+  s->nplanes = b - a;
+  for (int i = a; i < b; i++)
+    if ((s->planes[i - a] = strdup(e[i].file->path)) == NULL) return -1;
   return 0;
+}
+
+static int build_images(plate *p, entry *e, int n) {
+  qsort(e, (size_t)n, sizeof *e, by_key);
+  int images = 0;
+  for (int i = 0; i < n; i++) images += i == 0 || !same_image(&e[i - 1], &e[i]);
+  p->images = calloc((size_t)images, sizeof *p->images);
+  if (p->images == NULL) return -1;
+  int maxrow = 0, maxcol = 0;
+  for (int a = 0; a < n;) {
+    int b = a;
+    while (b < n && same_image(&e[a], &e[b])) b++;
+    plate_image *im = &p->images[p->n++];
+    im->row = e[a].f.row, im->col = e[a].f.col, im->site = e[a].f.site, im->timepoint = e[a].f.timepoint;
+    plate_well_name(im->row, im->col, im->well, sizeof im->well);
+    maxrow = im->row > maxrow ? im->row : maxrow;
+    maxcol = im->col > maxcol ? im->col : maxcol;
+    for (int c = 0, i = a; c < p->nchannels; c++) {
+      int j = i;
+      while (j < b && e[j].channel == c) j++;
+      if (fill_source(im, p, c, e, i, j) != 0) return -1;
+      i = j;
+    }
+    a = b;
+  }
+  p->rows = maxrow < 8 && maxcol < 12 ? 8 : maxrow < 16 && maxcol < 24 ? 16 : 32;
+  p->cols = p->rows == 8 ? 12 : p->rows == 16 ? 24 : 48;
+  return 0;
+}
+
+/* The plate's channels: the distinct channel numbers, ascending. */
+static int number_channels(plate *p, entry *e, int n, char *err, size_t errlen) {
+  int ids[64], nids = 0;
+  for (int i = 0; i < n; i++) {
+    int id = e[i].f.channel < 0 ? 1 : e[i].f.channel, k = 0;
+    while (k < nids && ids[k] != id) k++;
+    if (k == nids) {
+      if (nids == PLATE_MAX_CHANNELS) {
+        snprintf(err, errlen, "more than %d channels (up to channel %d in %s)", PLATE_MAX_CHANNELS, id,
+                 e[i].file->rel);
+        return -1;
+      }
+      ids[nids++] = id;
+    }
+  }
+  for (int i = 1; i < nids; i++) /* insertion sort: a handful */
+    for (int j = i; j > 0 && ids[j - 1] > ids[j]; j--) {
+      int t = ids[j];
+      ids[j] = ids[j - 1], ids[j - 1] = t;
+    }
+  p->nchannels = nids;
+  for (int c = 0; c < nids; c++) {
+    p->channel_id[c] = ids[c];
+    snprintf(p->channel_name[c], sizeof p->channel_name[c], "%d", ids[c]);
+  }
+  for (int i = 0; i < n; i++) {
+    int id = e[i].f.channel < 0 ? 1 : e[i].f.channel;
+    for (int c = 0; c < nids; c++)
+      if (ids[c] == id) e[i].channel = c;
+  }
+  return 0;
+}
+
+static int count_matches(const found_list *l, const char *pattern) {
+  int n = 0;
+  plate_fields f;
+  for (int i = 0; i < l->n; i++) n += plate_match(pattern, l->v[i].rel, &f);
+  return n;
+}
+
+static const char *pick_layout(const found_list *l, const char *layout, const char *pattern, char *err, size_t errlen,
+                               const plate_layout **preset) {
+  *preset = NULL;
+  if (pattern) return pattern;
+  if (layout) {
+    *preset = plate_layout_named(layout);
+    return (*preset)->pattern; /* main.c checked the name */
+  }
+  int best = 0;
+  for (const plate_layout *x = plate_layouts; x->name; x++) {
+    int m = count_matches(l, x->pattern);
+    if (m > best) best = m, *preset = x;
+  }
+  if (*preset) return (*preset)->pattern;
+  snprintf(err, errlen, "no file name matches a known layout (%s, e.g. %s, ...): give --pattern; first: %s",
+           plate_layouts[0].name, plate_layouts[0].example, l->v[0].rel);
+  return NULL;
+}
+
+int plate_open_dir(plate *p, const char *dir, const char *layout, const char *pattern, char *err, size_t errlen) {
+  memset(p, 0, sizeof *p);
+  found_list l = {0};
+  entry *e = NULL;
+  int rc = scan(dir, "", 3, &l, err, errlen);
+  if (rc == 0 && l.n == 0) {
+    snprintf(err, errlen, "no .tif or .tiff files in %s", dir);
+    rc = -1;
+  }
+  const char *pat = rc == 0 ? pick_layout(&l, layout, pattern, err, errlen, &p->layout) : NULL;
+  if (pat == NULL) rc = -1;
+  static const plate_layout custom = {NULL, NULL, NULL};
+  if (rc == 0 && p->layout == NULL) p->layout = &custom;
+  if (rc == 0 && (e = calloc((size_t)l.n, sizeof *e)) == NULL) rc = -1;
+  p->unmatched = rc == 0 ? calloc(10, sizeof *p->unmatched) : NULL;
+  for (int i = 0; rc == 0 && i < l.n; i++) {
+    if (plate_match(pat, l.v[i].rel, &e[p->nmatched].f)) {
+      entry *x = &e[p->nmatched++];
+      x->file = &l.v[i];
+      if (x->f.site < 0) x->f.site = 1;
+      if (x->f.timepoint < 0) x->f.timepoint = 1;
+      p->planes_per_file |= x->f.z >= 0;
+    } else if (p->nunmatched++ < 10 && p->unmatched) {
+      p->unmatched[p->nunmatched_kept++] = strdup(l.v[i].path);
+    }
+  }
+  if (rc == 0 && p->nmatched == 0) {
+    snprintf(err, errlen, "no file in %s matches the pattern %s (first: %s)", dir, pat, l.v[0].rel);
+    rc = -1;
+  }
+  if (rc == 0) rc = number_channels(p, e, p->nmatched, err, errlen);
+  if (rc == 0 && build_images(p, e, p->nmatched) != 0) {
+    snprintf(err, errlen, "out of memory");
+    rc = -1;
+  }
+  for (int i = 0; i < l.n; i++) free(l.v[i].rel), free(l.v[i].path);
+  free(l.v);
+  free(e);
+  if (rc != 0) plate_free(p);
+  return rc;
 }
 
 void plate_free(plate *p) {
-  for (int i = 0; i < p->n; i++) free(p->images[i].path);
+  for (int i = 0; i < p->n; i++) {
+    plate_image *im = &p->images[i];
+    for (int c = 0; c < PLATE_MAX_CHANNELS; c++) {
+      free(im->src[c].path);
+      for (int z = 0; z < im->src[c].nplanes; z++) free(im->src[c].planes[z]);
+      free(im->src[c].planes);
+    }
+    free(im->error);
+  }
+  for (int i = 0; i < p->nunmatched_kept; i++) free(p->unmatched[i]);
+  free(p->unmatched);
   free(p->images);
   memset(p, 0, sizeof *p);
 }
 
-void plate_free_slices(uint16_t **slices, int z) {
-  for (int i = 0; slices && i < z; i++) free(slices[i]);
-  free(slices);
-}
-
-static uint16_t **alloc_slices(int z, int h, int w) {
-  uint16_t **s = calloc((size_t)z, sizeof *s);
-  for (int i = 0; s && i < z; i++) {
-    s[i] = malloc((size_t)h * (size_t)w * sizeof **s);
-    if (s[i] == NULL) {
-      plate_free_slices(s, i);
-      return NULL;
-    }
-  }
-  return s;
-}
-
-/* ---- synthetic stacks ----------------------------------------------------------------------- */
-typedef struct {
-  double x, y, z, sxy, sz, amp;
-} cell;
-
-/* Adds one cell's blob to the float volume: separable, so one exp per axis and pixel. */
-static void add_cell(float *vol, int nz, int h, int w, const cell *c, float *gx, float *gy) {
-  int r = (int)ceil(3 * c->sxy);
-  int x0 = (int)c->x - r, y0 = (int)c->y - r, n = 2 * r + 1;
-  for (int i = 0; i < n; i++) {
-    double dx = x0 + i - c->x, dy = y0 + i - c->y;
-    gx[i] = (float)exp(-dx * dx / (2 * c->sxy * c->sxy));
-    gy[i] = (float)exp(-dy * dy / (2 * c->sxy * c->sxy));
-  }
-  for (int z = 0; z < nz; z++) {
-    double dz = z - c->z;
-    float a = (float)(c->amp * exp(-dz * dz / (2 * c->sz * c->sz)));
-    if (a < 1) continue;
-    for (int j = 0; j < n; j++) {
-      int y = y0 + j;
-      if (y < 0 || y >= h) continue;
-      float *row = vol + ((size_t)z * h + y) * w;
-      for (int i = 0; i < n; i++) {
-        int x = x0 + i;
-        if (x >= 0 && x < w) row[x] += a * gy[j] * gx[i];
-      }
-    }
-  }
-}
-
-static int synth(const plate *p, int i, uint16_t **slices) {
-  int nz = p->z, h = p->h, w = p->w;
-  init_normals();
-  float *vol = calloc((size_t)nz * h * w, sizeof *vol);
-  float *g = malloc(sizeof *g * 2 * (size_t)(w + h + 64));
-  if (vol == NULL || g == NULL) {
-    free(vol);
-    free(g);
-    return -1;
-  }
-  uint64_t s = p->seed * 0x100000001b3ull + (uint64_t)i;
-  int col = 0;
-  sscanf(p->images[i].well + 1, "%d", &col);
-  /* cells per 512x512 field: 20 to 85, rising with the column */
-  int ncells = (int)((20 + 5 * (col % 12) + splitmix(&s) % 10) * (double)w * h / (512.0 * 512.0)) + 2;
-  for (int k = 0; k < ncells; k++) {
-    cell c = {.x = uniform(&s) * w, .y = uniform(&s) * h, .z = nz * (0.3 + 0.4 * uniform(&s)),
-              .sxy = 3 + 4 * uniform(&s), .sz = 1 + nz * 0.15 * uniform(&s), .amp = 600 + 2400 * uniform(&s)};
-    add_cell(vol, nz, h, w, &c, g, g + w + h + 32);
-  }
-  for (int z = 0; z < nz; z++)
-    for (int y = 0; y < h; y++)
-      for (int x = 0; x < w; x++) {
-        double bg = 100 + 20.0 * x / w + 10.0 * y / h; /* uneven illumination */
-        slices[z][(size_t)y * w + x] = poisson(&s, bg + vol[((size_t)z * h + y) * w + x]);
-      }
-  free(vol);
-  free(g);
-  return 0;
-}
-
-/* ---- TIFF ----------------------------------------------------------------------------------- */
-static _Thread_local char tiff_msg[256];
-
-static void tiff_error(const char *module, const char *fmt, va_list ap) {
-  vsnprintf(tiff_msg, sizeof tiff_msg, fmt, ap);
-}
-
-static void tiff_quiet(void) {
-  TIFFSetErrorHandler(tiff_error);
-  TIFFSetWarningHandler(NULL);
-}
-
-/* Checks the current page: 16-bit unsigned, one sample, strips, and h x w when *h is set. */
-static int check_page(TIFF *t, int page, uint32_t *h, uint32_t *w, char *err, size_t errlen) {
-  uint32_t pw = 0, ph = 0;
-  uint16_t bits = 0, spp = 1, fmt = SAMPLEFORMAT_UINT;
-  TIFFGetField(t, TIFFTAG_IMAGEWIDTH, &pw);
-  TIFFGetField(t, TIFFTAG_IMAGELENGTH, &ph);
-  TIFFGetFieldDefaulted(t, TIFFTAG_BITSPERSAMPLE, &bits);
-  TIFFGetFieldDefaulted(t, TIFFTAG_SAMPLESPERPIXEL, &spp);
-  TIFFGetFieldDefaulted(t, TIFFTAG_SAMPLEFORMAT, &fmt);
-  if (bits != 16 || spp != 1 || fmt != SAMPLEFORMAT_UINT) {
-    snprintf(err, errlen, "page %d is %u-bit, %u sample(s), format %u: need 16-bit unsigned grey", page + 1,
-             bits, spp, fmt);
-    return -1;
-  }
-  if (TIFFIsTiled(t)) {
-    snprintf(err, errlen, "page %d is tiled: only striped TIFFs are read", page + 1);
-    return -1;
-  }
-  if (*h && (ph != *h || pw != *w)) {
-    snprintf(err, errlen, "page %d is %ux%u, page 1 is %ux%u", page + 1, pw, ph, *w, *h);
-    return -1;
-  }
-  *h = ph, *w = pw;
-  return 0;
-}
-
-static int read_page(TIFF *t, int page, uint16_t *dst, uint32_t h, uint32_t w, char *err, size_t errlen) {
-  for (uint32_t y = 0; y < h; y++)
-    if (TIFFReadScanline(t, dst + (size_t)y * w, y, 0) < 0) {
-      snprintf(err, errlen, "page %d, row %u unreadable (truncated?): %s", page + 1, y, tiff_msg);
-      return -1;
-    }
-  return 0;
-}
-
-static int load_tiff(const char *path, uint16_t ***out, int *z, int *h, int *w, char *err, size_t errlen) {
-  tiff_quiet();
-  tiff_msg[0] = 0;
-  TIFF *t = TIFFOpen(path, "r");
-  if (t == NULL) {
-    snprintf(err, errlen, "not a readable TIFF: %s", tiff_msg[0] ? tiff_msg : "cannot open");
-    return -1;
-  }
-  int pages = TIFFNumberOfDirectories(t);
-  uint32_t ph = 0, pw = 0;
-  for (int i = 0; i < pages; i++)
-    if (!TIFFSetDirectory(t, (uint16_t)i) || check_page(t, i, &ph, &pw, err, errlen) != 0) {
-      if (!err[0]) snprintf(err, errlen, "page %d unreadable: %s", i + 1, tiff_msg);
-      TIFFClose(t);
-      return -1;
-    }
-  uint16_t **s = pages > 0 ? alloc_slices(pages, (int)ph, (int)pw) : NULL;
-  int rc = s ? 0 : -1;
-  if (s == NULL) snprintf(err, errlen, "%s", pages > 0 ? "out of memory" : "no pages");
-  for (int i = 0; i < pages && rc == 0; i++)
-    rc = TIFFSetDirectory(t, (uint16_t)i) ? read_page(t, i, s[i], ph, pw, err, errlen) : -1;
-  TIFFClose(t);
-  if (rc != 0) {
-    if (!err[0]) snprintf(err, errlen, "unreadable: %s", tiff_msg);
-    plate_free_slices(s, pages);
-    return -1;
-  }
-  *out = s, *z = pages, *h = (int)ph, *w = (int)pw;
-  return 0;
-}
-
-int plate_load(const plate *p, int i, uint16_t ***slices, int *z, int *h, int *w, char *err, size_t errlen) {
-  err[0] = 0;
-  if (!p->synthetic) return load_tiff(p->images[i].path, slices, z, h, w, err, errlen);
-  uint16_t **s = alloc_slices(p->z, p->h, p->w);
-  if (s == NULL || synth(p, i, s) != 0) {
-    plate_free_slices(s, s ? p->z : 0);
-    snprintf(err, errlen, "out of memory");
-    return -1;
-  }
-  *slices = s, *z = p->z, *h = p->h, *w = p->w;
-  return 0;
-}
-
-int plate_write_tiff(const char *path, uint16_t *const *slices, int z, int h, int w, int bits, char *err,
-                     size_t errlen) {
-  tiff_quiet();
-  TIFF *t = TIFFOpen(path, "w");
-  if (t == NULL) {
-    snprintf(err, errlen, "cannot create %s: %s", path, tiff_msg);
-    return -1;
-  }
-  uint8_t *row8 = malloc((size_t)w);
-  int rc = row8 ? 0 : -1;
-  for (int k = 0; k < z && rc == 0; k++) {
-    TIFFSetField(t, TIFFTAG_IMAGEWIDTH, (uint32_t)w);
-    TIFFSetField(t, TIFFTAG_IMAGELENGTH, (uint32_t)h);
-    TIFFSetField(t, TIFFTAG_BITSPERSAMPLE, (uint16_t)bits);
-    TIFFSetField(t, TIFFTAG_SAMPLESPERPIXEL, (uint16_t)1);
-    TIFFSetField(t, TIFFTAG_SAMPLEFORMAT, (uint16_t)SAMPLEFORMAT_UINT);
-    TIFFSetField(t, TIFFTAG_PHOTOMETRIC, (uint16_t)PHOTOMETRIC_MINISBLACK);
-    TIFFSetField(t, TIFFTAG_PLANARCONFIG, (uint16_t)PLANARCONFIG_CONTIG);
-    TIFFSetField(t, TIFFTAG_ROWSPERSTRIP, (uint32_t)16);
-    TIFFSetField(t, TIFFTAG_SUBFILETYPE, (uint32_t)FILETYPE_PAGE);
-    TIFFSetField(t, TIFFTAG_PAGENUMBER, (uint16_t)k, (uint16_t)z);
-    for (int y = 0; y < h && rc == 0; y++) {
-      const uint16_t *src = slices[k] + (size_t)y * w;
-      void *row = (void *)src;
-      if (bits == 8) {
-        for (int x = 0; x < w; x++) row8[x] = (uint8_t)(src[x] >> 8);
-        row = row8;
-      }
-      if (TIFFWriteScanline(t, row, (uint32_t)y, 0) < 0) rc = -1;
-    }
-    if (rc == 0 && !TIFFWriteDirectory(t)) rc = -1;
-  }
-  free(row8);
-  TIFFClose(t);
-  if (rc != 0) snprintf(err, errlen, "writing %s failed: %s", path, tiff_msg[0] ? tiff_msg : "out of memory");
-  return rc;
+void plate_stack_free(plate_stack *s) {
+  for (int i = 0; s->slices && i < s->z; i++) free(s->slices[i]);
+  free(s->slices);
+  s->slices = NULL;
 }

@@ -1,47 +1,90 @@
 /*
  * cli/screen.c: `arraybridge screen`, the screening job.
  *
- * Every z-stack goes through one chain of tasks on one device, each step a task whose input is
- * the previous step's future, so the chain runs without the caller waiting in between:
- *
- *   ab_stack(slices) -> normalise -> filter -> project -> threshold      (on the chosen device)
- *   project, threshold -> ab_convert_after(host) -> count                (on the host)
- *
- * Placement is explicit per stack: the device with the fewest stacks in flight (ties: round
- * robin), so faster devices take more. Backpressure: at most `inflight` stacks per device are
- * loaded and in flight; the loader waits for any one to finish before reading the next file.
- * Results are kept per image and written in plate order, so a CSV does not depend on timing.
+ * Design notes
+ *   - An image (one site of one well) goes through: a load task on a host worker (every channel
+ *     read and checked on its own), then, on one device, per channel ab_stack -> project, and
+ *     for the segmentation channel filter -> normalise; the results come to the host
+ *     (ab_convert_after, zero-copy there) and one identify task thresholds, labels and measures.
+ *     Each step is a task whose inputs are the previous steps' futures, so the main thread only
+ *     starts chains and harvests them; it never waits between steps.
+ *   - Memory is bounded: at most `inflight` chains per device (fewer where the device's budget
+ *     holds fewer), and at most a few loaded images waiting for a device. A plate of any size
+ *     runs in the same memory; rows go to disk as images finish.
+ *   - Placement: each loaded image goes to the device expected to finish it first, from each
+ *     device's measured chain time (an average of its recent chains) and the chains it has in
+ *     flight; a device with no measurement yet takes one chain at a time until it has one. When
+ *     the best device is busy the image waits for it rather than going to a slower one, so
+ *     adding a slow device never makes the plate slower.
+ *   - Interrupts: SIGINT or SIGTERM stops loading; chains in flight finish and their rows are
+ *     written; the run says where it stopped and exits 128 + the signal. A second signal kills
+ *     the process at once (SA_RESETHAND): every row written so far is on disk already.
  */
+#define _GNU_SOURCE /* open_memstream */
 #include "cli/screen.h"
 
+#include <errno.h>
 #include <inttypes.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
 
+#include "cli/identify.h"
+#include "cli/output.h"
 #include "cli/plate.h"
-#include "cli/steps.h"
 
-#define MIN_AREA 8 /* pixels: smaller foreground specks are noise, not cells */
-#define CHAIN 8
+#define MAX_FUTURES (3 * PLATE_MAX_CHANNELS + 4)
+#define PREFETCH 2 /* loaded or loading images beyond one per device, with host workers to spare */
 
-typedef struct {
-  int status;                     /* 0 or AB_E*; 1: not run */
-  char error[240];
-  int slot;                       /* screening device, -1: none */
-  int64_t objects, area_sum, fg_px, npix;
-  uint64_t intensity_sum;
-} result;
+typedef enum { J_FREE, J_LOADING, J_READY, J_RUNNING } job_state;
+
+typedef struct run run;
 
 typedef struct {
+  job_state state;
   int image, slot;
-  ab_future *f[CHAIN];            /* stack, normalise, filter, project, threshold, mask, proj, count */
+  run *r;
+  ab_future *load;
+  plate_stack st[PLATE_MAX_CHANNELS];
+  char err[400];
+  uint64_t need[MAX_SCREEN_DEVICES]; /* device bytes its chain would hold on each device */
+  double t0;
+  ab_future *f[MAX_FUTURES];
+  const char *fname[MAX_FUTURES];
+  int nf;
+  identify_result id;
 } job;
 
-static const char *const step_names[CHAIN] = {"stack", "normalise", "filter", "project",
-                                              "threshold", "mask to host", "projection to host", "count"};
+struct run {
+  const screen_options *o;
+  ab_runtime *rt;
+  ab_device devs[MAX_SCREEN_DEVICES];
+  int ndevs;
+  /* per device */
+  int inflight[MAX_SCREEN_DEVICES], stacks[MAX_SCREEN_DEVICES], measured[MAX_SCREEN_DEVICES];
+  uint64_t used[MAX_SCREEN_DEVICES], budget[MAX_SCREEN_DEVICES];
+  double chain_s[MAX_SCREEN_DEVICES];
+  plate plate;
+  screen_output out;
+  job *jobs;
+  int njobs;
+  int next, todo, done, ok, failed, skipped, written;
+  int want_z, prefetch;
+  bool stop, never_fits;
+  int write_errno;
+  double t0, last_bar;
+  bool bar;
+  char *pipeline_line;
+  char left_out[256];             /* devices --devices all left to the host (see leave_to_host) */
+  int left_out_len;
+};
+
+static volatile sig_atomic_t interrupted;
+
+static void on_signal(int sig) { interrupted = sig; }
 
 static double now_s(void) {
   struct timespec ts;
@@ -49,188 +92,189 @@ static double now_s(void) {
   return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
 }
 
-/* ---- the count step (host) ------------------------------------------------------------------ */
-/* Size of the 8-connected component at i, clearing it from `left`. */
-static int64_t flood(uint8_t *left, int32_t *stack, int64_t h, int64_t w, int64_t i) {
-  int64_t n = 0, top = 0;
-  stack[top++] = (int32_t)i;
-  left[i] = 0;
-  while (top > 0) {
-    int64_t p = stack[--top], y = p / w, x = p % w;
-    n++;
-    for (int dy = -1; dy <= 1; dy++)
-      for (int dx = -1; dx <= 1; dx++) {
-        int64_t yy = y + dy, xx = x + dx;
-        if (yy < 0 || yy >= h || xx < 0 || xx >= w || !left[yy * w + xx]) continue;
-        left[yy * w + xx] = 0;
-        stack[top++] = (int32_t)(yy * w + xx);
-      }
-  }
-  return n;
-}
+static void device_label(ab_device d, char *buf, size_t n) { snprintf(buf, n, "%s:%d", kind_name(d.kind), d.index); }
 
-static const void *data_of(ab_tensor *t) {
-  const DLTensor *x = ab_tensor_dl(t);
-  return (const char *)x->data + x->byte_offset;
-}
-
-static int count_task(ab_ctx *c, void *arg) {
-  result *r = arg;
-  ab_tensor *mask = ab_ctx_input(c, 0), *proj = ab_ctx_input(c, 1);
-  const DLTensor *m = ab_tensor_dl(mask);
-  if (m->ndim != 2 || !ab_tensor_is_contiguous(mask) || !ab_tensor_is_contiguous(proj)) return AB_ESHAPE;
-  int64_t h = m->shape[0], w = m->shape[1], n = h * w;
-  uint8_t *left;
-  int32_t *stack;
-  int rc = ab_ctx_alloc(c, (size_t)n, (void **)&left);
-  if (rc == 0) rc = ab_ctx_alloc(c, (size_t)n * sizeof *stack, (void **)&stack);
-  if (rc != 0) return rc;
-  memcpy(left, data_of(mask), (size_t)n); /* inputs stay untouched */
-  const uint16_t *p = data_of(proj);
-  r->objects = r->area_sum = r->fg_px = 0;
-  r->intensity_sum = 0;
-  for (int64_t i = 0; i < n; i++) {
-    r->intensity_sum += p[i];
-    r->fg_px += ((const uint8_t *)data_of(mask))[i];
-    if (!left[i]) continue;
-    int64_t area = flood(left, stack, h, w, i);
-    if (area >= MIN_AREA) {
-      r->objects++;
-      r->area_sum += area;
+/* ---- loading (a task on a host worker) ------------------------------------------------------ */
+static int load_task(ab_ctx *c, void *arg) {
+  (void)c;
+  job *j = arg;
+  const plate *p = &j->r->plate;
+  for (int k = 0; k < p->nchannels; k++) {
+    if (plate_load(p, j->image, k, j->r->want_z, &j->st[k], j->err, sizeof j->err) != 0) return AB_EINVAL;
+    if (k > 0 && (j->st[k].h != j->st[0].h || j->st[k].w != j->st[0].w)) {
+      snprintf(j->err, sizeof j->err, "channel %s is %dx%d, channel %s is %dx%d", p->channel_name[k], j->st[k].w,
+               j->st[k].h, p->channel_name[0], j->st[0].w, j->st[0].h);
+      return AB_ESHAPE;
     }
   }
-  r->npix = n;
   return 0;
 }
 
-/* ---- one stack's chain ---------------------------------------------------------------------- */
-static int submit_step(ab_runtime *rt, ab_device d, int policy, ab_task_fn fn, void *arg, const char *name,
-                       const ab_input *in, int nin, ab_future **out) {
-  ab_task_desc t = AB_TASK_DESC_INIT;
-  t.fn = fn;
-  t.arg = arg;
-  t.name = name;
-  t.inputs = in;
-  t.ninputs = nin;
-  t.place.policy = policy;
-  t.place.device = d;
-  return ab_submit(rt, &t, out);
+static void free_stacks(job *j) {
+  for (int k = 0; k < PLATE_MAX_CHANNELS; k++) plate_stack_free(&j->st[k]);
 }
 
-static int submit_chain(ab_runtime *rt, ab_device d, ab_tensor **slices, int z, job *j, result *r) {
+/* ---- one image's chain ---------------------------------------------------------------------- */
+static int submit_step(run *r, ab_device d, int policy, ab_task_fn fn, void *arg, const char *name,
+                       const ab_input *in, int nin, job *j) {
+  ab_task_desc t = AB_TASK_DESC_INIT;
+  t.fn = fn, t.arg = arg, t.name = name, t.inputs = in, t.ninputs = nin;
+  t.place.policy = policy, t.place.device = d;
+  j->fname[j->nf] = name;
+  return ab_submit(r->rt, &t, &j->f[j->nf++]);
+}
+
+static int to_host(run *r, ab_future *src, const char *name, job *j) {
+  j->fname[j->nf] = name;
+  return ab_convert_after(r->rt, src, (ab_device){AB_HOST, 0}, NULL, &j->f[j->nf++]);
+}
+
+/* Host tensors over a loaded stack; the last reference frees each slice. */
+static int wrap(plate_stack *s, ab_tensor **out) {
+  for (int k = 0; k < s->z; k++) {
+    int64_t shape[2] = {s->h, s->w};
+    DLTensor dl = {.data = s->slices[k], .device = {kDLCPU, 0}, .ndim = 2, .dtype = {kDLUInt, 16, 1}, .shape = shape};
+    int rc = ab_tensor_wrap(&dl, 0, free, s->slices[k], &out[k]);
+    if (rc != 0) {
+      for (int i = 0; i < k; i++) ab_tensor_release(out[i]);
+      return rc; /* the stack still owns every slice */
+    }
+  }
+  for (int k = 0; k < s->z; k++) s->slices[k] = NULL; /* the tensors own them now */
+  return 0;
+}
+
+/* The channel's projection on d: from the slices where the kind projects them in place, else
+ * from a volume that ab_stack makes on d. */
+static int project_channel(run *r, ab_device d, const screen_steps *st, plate_stack *s, job *j) {
+  ab_tensor **t = calloc((size_t)s->z, sizeof *t);
+  ab_input *in = calloc((size_t)s->z, sizeof *in);
+  int rc = t && in ? wrap(s, t) : AB_ENOMEM;
+  bool wrapped = rc == 0;
+  if (rc == 0 && st->project_slices) {
+    for (int k = 0; k < s->z; k++) in[k].tensor = t[k];
+    rc = submit_step(r, d, AB_PLACE_EXPLICIT, st->project_slices, NULL, "project", in, s->z, j);
+  } else if (rc == 0) {
+    ab_convert_options co = AB_CONVERT_OPTIONS_INIT;
+    co.place.policy = AB_PLACE_EXPLICIT, co.place.device = d;
+    j->fname[j->nf] = "stack";
+    rc = ab_stack(r->rt, t, (size_t)s->z, d, &co, &j->f[j->nf++]);
+    if (rc == 0)
+      rc = submit_step(r, d, AB_PLACE_EXPLICIT, st->project, NULL, "project", &(ab_input){.future = j->f[j->nf - 1]},
+                       1, j);
+  }
+  for (int k = 0; wrapped && k < s->z; k++) ab_tensor_release(t[k]); /* the tasks hold their own */
+  free(t);
+  free(in);
+  return rc;
+}
+
+static int submit_chain(run *r, job *j) {
+  ab_device d = r->devs[j->slot];
   const screen_steps *st = steps_for(d.kind);
-  ab_convert_options co = AB_CONVERT_OPTIONS_INIT;
-  co.place.policy = AB_PLACE_EXPLICIT;
-  co.place.device = d;
-  int rc = ab_stack(rt, slices, (size_t)z, d, &co, &j->f[0]);
-  ab_task_fn fns[4] = {st->normalise, st->filter, st->project, st->threshold};
-  for (int k = 0; k < 4 && rc == 0; k++)
-    rc = submit_step(rt, d, AB_PLACE_EXPLICIT, fns[k], NULL, step_names[k + 1], &(ab_input){.future = j->f[k]},
-                     1, &j->f[k + 1]);
-  ab_device host = {AB_HOST, 0};
-  if (rc == 0) rc = ab_convert_after(rt, j->f[4], host, NULL, &j->f[5]);
-  if (rc == 0) rc = ab_convert_after(rt, j->f[3], host, NULL, &j->f[6]);
-  ab_input in[2] = {{.future = j->f[5]}, {.future = j->f[6]}};
-  host.index = AB_ANY;
-  if (rc == 0) rc = submit_step(rt, host, AB_PLACE_AUTO, count_task, r, "count", in, 2, &j->f[7]);
+  const screen_pipeline *pl = &r->o->pipeline;
+  int nch = r->plate.nchannels, rc = 0;
+  ab_future *proj[PLATE_MAX_CHANNELS];
+  for (int k = 0; k < nch && rc == 0; k++) {
+    rc = project_channel(r, d, st, &j->st[k], j);
+    proj[k] = rc == 0 ? j->f[j->nf - 1] : NULL;
+  }
+  ab_input in[1 + PLATE_MAX_CHANNELS] = {{0}};
+  if (rc == 0)
+    rc = submit_step(r, d, AB_PLACE_EXPLICIT, st->filter, (void *)pl, "filter",
+                     &(ab_input){.future = proj[pl->segment]}, 1, j);
+  if (rc == 0)
+    rc = submit_step(r, d, AB_PLACE_EXPLICIT, st->normalise, (void *)pl, "normalise",
+                     &(ab_input){.future = j->f[j->nf - 1]}, 1, j);
+  if (rc == 0 && (rc = to_host(r, j->f[j->nf - 1], "normalised to host", j)) == 0) in[0].future = j->f[j->nf - 1];
+  for (int k = 0; k < nch && rc == 0; k++)
+    if ((rc = to_host(r, proj[k], "projection to host", j)) == 0) in[1 + k] = (ab_input){.future = j->f[j->nf - 1]};
+  j->id.p = pl;
+  j->id.nchannels = nch;
+  j->id.want_objects = r->o->objects != NULL;
+  if (rc == 0)
+    rc = submit_step(r, (ab_device){AB_HOST, AB_ANY}, AB_PLACE_AUTO, identify_task, &j->id, "identify", in, 1 + nch,
+                     j);
   return rc;
 }
 
 static void release_chain(job *j, bool cancel) {
-  for (int k = CHAIN - 1; k >= 0; k--) {
+  for (int k = j->nf - 1; k >= 0; k--) {
     if (j->f[k] && cancel) ab_future_cancel(j->f[k]);
     ab_future_release(j->f[k]);
     j->f[k] = NULL;
   }
+  j->nf = 0;
 }
 
 /* The first step that failed names the error. */
-static void chain_error(job *j, result *r) {
-  for (int k = 0; k < CHAIN; k++) {
-    int st = j->f[k] ? ab_future_status(j->f[k]) : 0;
+static void chain_error(job *j) {
+  for (int k = 0; k < j->nf; k++) {
+    int st = ab_future_status(j->f[k]);
     if (st == 0) continue;
     const char *msg = ab_future_message(j->f[k]);
-    snprintf(r->error, sizeof r->error, "%s failed: %s%s%s", step_names[k], ab_strerror(st), msg ? ": " : "",
-             msg ? msg : "");
+    snprintf(j->err, sizeof j->err, "%s failed: %s%s%s", j->fname[k], ab_strerror(st), msg ? ": " : "", msg ? msg : "");
     return;
   }
 }
 
-/* Host tensors over the loaded slices; the last reference frees each slice. */
-static int wrap_slices(uint16_t **s, int z, int h, int w, ab_tensor **out) {
-  for (int k = 0; k < z; k++) {
-    int64_t shape[2] = {h, w};
-    DLTensor dl = {.data = s[k], .device = {kDLCPU, 0}, .ndim = 2, .dtype = {kDLUInt, 16, 1}, .shape = shape};
-    int rc = ab_tensor_wrap(&dl, 0, free, s[k], &out[k]);
-    if (rc != 0) {
-      for (int i = 0; i < k; i++) ab_tensor_release(out[i]);
-      return rc; /* the caller still owns every slice */
-    }
-  }
-  return 0;
+/* ---- placement ------------------------------------------------------------------------------ */
+/* Device bytes a chain holds on a device of `kind` at its peak: each channel's projection (and
+ * its stacked volume where the kind stacks), the filter's output and scratch, the normalised
+ * image, the histogram (and on the host the scale table), and on the host the identify task's
+ * scratch (a byte and an int32 per pixel) and the copies that come from other devices. At least
+ * this much, so that a chain a budget can never hold is not started there. */
+static uint64_t chain_bytes(const job *j, int nch, int kind) {
+  uint64_t plane = (uint64_t)j->st[0].h * j->st[0].w * 2, b = 3 * plane;
+  for (int k = 0; k < nch; k++) b += plane + (steps_for(kind)->project_slices ? 0 : (uint64_t)j->st[k].z * plane);
+  if (kind == AB_HOST) b += 65536 * 4 + 65536 * 2 + 5 * plane / 2 + (uint64_t)(nch + 1) * plane;
+  else b += (65536 + 2) * 4;
+  return b;
 }
 
-/* ---- the run -------------------------------------------------------------------------------- */
-typedef struct {
-  const screen_options *o;
-  ab_runtime *rt;
-  ab_device devs[MAX_SCREEN_DEVICES];
-  int ndevs, rr;
-  int inflight[MAX_SCREEN_DEVICES], stacks[MAX_SCREEN_DEVICES];
-  int cap[MAX_SCREEN_DEVICES];    /* stacks in flight the device's budget holds (see set_caps) */
-  plate plate;
-  result *results;
-  job *jobs;                      /* njobs in flight */
-  int njobs, done, failed;
-  int pz, ph, pw;                 /* the plate's stack shape, from its first readable stack */
-  double t0, last_bar;
-  bool bar;
-} run;
+static double oldest_start(const run *r, int slot) {
+  double t = 0;
+  for (int i = 0; i < r->njobs; i++)
+    if (r->jobs[i].state == J_RUNNING && r->jobs[i].slot == slot && (t == 0 || r->jobs[i].t0 < t)) t = r->jobs[i].t0;
+  return t;
+}
 
-/* The device with room and the fewest stacks in flight (ties: round robin); -1 if none has room. */
-static int pick_device(run *r) {
+/* When a new chain on slot s would finish, if it started as soon as s has room. */
+static double finish_time(const run *r, int s, double now) {
+  double est = r->chain_s[s];
+  if (r->inflight[s] == 0) return now + est;
+  double oldest = oldest_start(r, s);
+  if (r->measured[s] == 0) est = now - oldest; /* a lower bound: its first chain is still going */
+  bool room = r->inflight[s] < r->o->inflight && r->measured[s] > 0;
+  if (room) return now + est;
+  double free_at = oldest + est > now ? oldest + est : now;
+  return free_at + est;
+}
+
+/* The slot for job j now, -1 to wait for one, -2 when no device's budget can ever hold it. */
+static int pick_device(run *r, const job *j) {
+  double now = now_s(), best_t = 0;
   int best = -1;
-  for (int k = 0; k < r->ndevs; k++) {
-    int s = (r->rr + k) % r->ndevs;
-    if (r->inflight[s] < r->cap[s] && (best < 0 || r->inflight[s] < r->inflight[best])) best = s;
+  bool fits_somewhere = false;
+  for (int s = 0; s < r->ndevs; s++) {
+    if (j->need[s] > r->budget[s]) continue;
+    fits_somewhere = true;
+    double t = finish_time(r, s, now);
+    if (best < 0 || t < best_t) best = s, best_t = t;
   }
-  if (best >= 0) r->rr = (best + 1) % r->ndevs;
-  return best;
+  if (!fits_somewhere) return -2;
+  bool room = r->inflight[best] < (r->measured[best] ? r->o->inflight : 1) &&
+              r->used[best] + j->need[best] <= r->budget[best];
+  return room ? best : -1;
 }
 
-/* Once the stack size is known: a chain holds about three stacks on its device until it ends
- * (the stack, normalised and filtered volumes, which its futures keep) plus the histogram and
- * the 2D results, so a budget of B holds B / that many chains. Fewer in flight beats chains
- * that each hold a part of the budget and wait on the OOM ladder for the rest. */
-static void set_caps(run *r) {
-  uint64_t stack = (uint64_t)r->pz * r->ph * r->pw * 2, per = 3 * stack + 6ull * r->ph * r->pw + (65538 * 4);
-  for (int k = 0; k < r->ndevs; k++) {
-    ab_device_info info;
-    r->cap[k] = r->o->inflight;
-    if (ab_device_info_get(r->rt, r->devs[k], &info) != 0 || info.budget == UINT64_MAX) continue;
-    uint64_t fit = info.budget / per;
-    if (fit == 0) { /* left out: its stacks would only wait out the OOM ladder's deadline */
-      char need[32], have[32];
-      fprintf(stderr, "arraybridge: a %dx%dx%d stack needs about %s on %s:%d, whose budget is %s: left out\n",
-              r->pz, r->ph, r->pw, human_bytes(per, need, sizeof need), kind_name(r->devs[k].kind),
-              r->devs[k].index, human_bytes(info.budget, have, sizeof have));
-    }
-    if (fit < (uint64_t)r->cap[k]) r->cap[k] = (int)fit;
-  }
-}
-
-static bool has_room(run *r) {
-  for (int k = 0; k < r->ndevs; k++)
-    if (r->inflight[k] < r->cap[k]) return true;
-  return false;
-}
-
+/* ---- progress and rows ---------------------------------------------------------------------- */
 static void progress(run *r, bool force) {
   if (!r->bar) return;
   double t = now_s();
   if (!force && t - r->last_bar < 0.1) return;
   r->last_bar = t;
-  int n = r->plate.n, width = 30, fill = n ? r->done * width / n : width;
+  int n = r->todo, width = 30, fill = n ? r->done * width / n : width;
   double rate = r->done / (t - r->t0 + 1e-9);
   fprintf(stderr, "\r  [%.*s%.*s] %d/%d images  %.1f images/s  %d failed  ", fill,
           "##############################", width - fill, "------------------------------", r->done, n, rate,
@@ -238,130 +282,310 @@ static void progress(run *r, bool force) {
   if (force) fputc('\n', stderr);
 }
 
-static void finish_job(run *r, int which) {
-  job *j = &r->jobs[which];
-  result *res = &r->results[j->image];
-  res->status = ab_future_status(j->f[CHAIN - 1]);
-  if (res->status != 0) {
-    chain_error(j, res);
-    r->failed++;
+static void row(run *r, int image, int slot, int status, const char *error, const identify_result *id) {
+  char dev[32] = "";
+  if (slot >= 0) device_label(r->devs[slot], dev, sizeof dev);
+  if (r->write_errno == 0 && output_row(&r->out, &r->plate, image, dev, status, error, id) != 0) {
+    r->write_errno = errno ? errno : EIO;
+    r->stop = true; /* nothing more could be kept */
+  } else if (r->write_errno == 0) {
+    r->written++;
   }
+  r->done++;
+  if (status == 0) r->ok++;
+  else r->failed++;
+  progress(r, false);
+}
+
+static void free_job(run *r, job *j) {
+  free_stacks(j);
+  if (j->load) ab_future_release(j->load);
+  j->load = NULL;
   release_chain(j, false);
-  r->inflight[j->slot]--;
-  r->done++;
-  r->jobs[which] = r->jobs[--r->njobs];
-  progress(r, false);
+  j->state = J_FREE;
+  (void)r;
 }
 
-/* Waits until one job in flight is done and records it. */
-static void harvest_one(run *r) {
-  ab_future *finals[MAX_SCREEN_DEVICES * 8];
-  for (int i = 0; i < r->njobs; i++) finals[i] = r->jobs[i].f[CHAIN - 1];
-  size_t which = 0;
-  if (ab_future_wait_any(finals, (size_t)r->njobs, -1, &which) == 0) finish_job(r, (int)which);
+/* ---- the main loop -------------------------------------------------------------------------- */
+static job *free_slot(run *r) {
+  for (int i = 0; i < r->njobs; i++)
+    if (r->jobs[i].state == J_FREE) return &r->jobs[i];
+  return NULL;
 }
 
-static void fail_image(run *r, int i, int status, const char *msg) {
-  r->results[i].status = status;
-  snprintf(r->results[i].error, sizeof r->results[i].error, "%s", msg);
-  r->failed++;
-  r->done++;
-  progress(r, false);
+static int count(const run *r, job_state s) {
+  int n = 0;
+  for (int i = 0; i < r->njobs; i++) n += r->jobs[i].state == s;
+  return n;
 }
 
-/* Loads image i, checks it against the plate, and starts its chain. */
-static void start_image(run *r, int i) {
-  uint16_t **s;
-  int z, h, w;
-  char err[200];
-  if (plate_load(&r->plate, i, &s, &z, &h, &w, err, sizeof err) != 0) {
-    fail_image(r, i, AB_EINVAL, err);
-    return;
+/* Starts loading the next images that need it, up to the prefetch window. */
+static void start_loads(run *r) {
+  while (!r->stop && r->next < r->plate.n && count(r, J_LOADING) + count(r, J_READY) < r->ndevs + r->prefetch) {
+    int i = r->next++;
+    if (output_done(&r->out, &r->plate, i)) continue;
+    if (r->plate.images[i].error) {
+      row(r, i, -1, AB_EINVAL, r->plate.images[i].error, NULL);
+      continue;
+    }
+    job *j = free_slot(r);
+    if (j == NULL) {
+      r->next--;
+      return;
+    }
+    j->image = i, j->r = r, j->err[0] = 0, j->nf = 0;
+    ab_task_desc t = AB_TASK_DESC_INIT;
+    t.fn = load_task, t.arg = j, t.name = "load";
+    t.place.policy = AB_PLACE_AUTO, t.place.device = (ab_device){AB_HOST, AB_ANY};
+    int rc = ab_submit(r->rt, &t, &j->load);
+    if (rc != 0) {
+      row(r, i, -1, rc, "cannot start loading", NULL);
+      continue;
+    }
+    j->state = J_LOADING;
   }
-  if (r->pz == 0) {
-    r->pz = z, r->ph = h, r->pw = w;
-    set_caps(r); /* nothing is in flight yet: every device keeps room for one */
-  }
-  if (z != r->pz || h != r->ph || w != r->pw) {
-    snprintf(err, sizeof err, "stack is %dx%dx%d (z x h x w), the plate's first is %dx%dx%d", z, h, w, r->pz,
-             r->ph, r->pw);
-    plate_free_slices(s, z);
-    fail_image(r, i, AB_ESHAPE, err);
-    return;
-  }
-  ab_tensor **t = calloc((size_t)z, sizeof *t);
-  int rc = t ? wrap_slices(s, z, h, w, t) : AB_ENOMEM;
-  if (rc != 0) {
-    plate_free_slices(s, z);
-    free(t);
-    fail_image(r, i, rc, "cannot wrap the slices");
-    return;
-  }
-  free(s); /* the tensors own the slices now */
-  int slot = pick_device(r);
-  if (slot < 0) { /* every device was left out by set_caps */
-    for (int k = 0; k < z; k++) ab_tensor_release(t[k]);
-    free(t);
-    fail_image(r, i, AB_ENOMEM, "no device's budget holds a stack (see --memory-limit)");
-    return;
-  }
-  job *j = &r->jobs[r->njobs];
-  *j = (job){.image = i, .slot = slot};
-  r->results[i].slot = j->slot;
-  rc = submit_chain(r->rt, r->devs[j->slot], t, z, j, &r->results[i]);
-  for (int k = 0; k < z; k++) ab_tensor_release(t[k]);
-  free(t);
+}
+
+static void launch(run *r, job *j, int slot) {
+  j->slot = slot;
+  j->t0 = now_s();
+  int rc = submit_chain(r, j);
+  free_stacks(j); /* the stacks' tensors own what they hold */
   if (rc != 0) {
     release_chain(j, true);
+    char err[80];
     snprintf(err, sizeof err, "submit failed: %s", ab_strerror(rc));
-    fail_image(r, i, rc, err);
+    row(r, j->image, slot, rc, err, NULL);
+    free_job(r, j);
     return;
   }
-  r->inflight[j->slot]++;
-  r->stacks[j->slot]++;
-  r->njobs++;
+  j->state = J_RUNNING;
+  r->inflight[slot]++;
+  r->stacks[slot]++;
+  r->used[slot] += j->need[slot];
 }
 
-/* ---- output --------------------------------------------------------------------------------- */
-static void device_label(ab_device d, char *buf, size_t n) { snprintf(buf, n, "%s:%d", kind_name(d.kind), d.index); }
-
-static int write_csv(run *r, FILE *f) {
-  fprintf(f, "well,site,device,status,objects,mean_area,foreground_px,mean_intensity,error\n");
-  for (int i = 0; i < r->plate.n; i++) {
-    const result *x = &r->results[i];
-    char dev[32] = "";
-    if (x->slot >= 0) device_label(r->devs[x->slot], dev, sizeof dev);
-    char well[sizeof r->plate.images[i].well];
-    snprintf(well, sizeof well, "%s", r->plate.images[i].well);
-    for (char *p = well; *p; p++)
-      if (*p == ',' || *p == '"') *p = '_'; /* a file name's well: keep the row's columns */
-    fprintf(f, "%s,%d,%s,%s,", well, r->plate.images[i].site, dev,
-            x->status == 0 ? "ok" : ab_err_name(x->status));
-    if (x->status == 0)
-      fprintf(f, "%" PRId64 ",%.2f,%" PRId64 ",%.3f,\n", x->objects,
-              x->objects ? (double)x->area_sum / (double)x->objects : 0.0, x->fg_px,
-              (double)x->intensity_sum / (double)x->npix);
-    else {
-      char e[sizeof x->error];
-      snprintf(e, sizeof e, "%s", x->error);
-      for (char *p = e; *p; p++)
-        if (*p == '"' || *p == '\n' || *p == '\r') *p = *p == '"' ? '\'' : ' '; /* one quoted line */
-      fprintf(f, ",,,,\"%s\"\n", e);
+/* Gives ready images to devices, lowest image first, while the best device has room. */
+static void place_ready(run *r) {
+  for (;;) {
+    job *first = NULL;
+    for (int i = 0; i < r->njobs; i++)
+      if (r->jobs[i].state == J_READY && (first == NULL || r->jobs[i].image < first->image)) first = &r->jobs[i];
+    if (first == NULL) return;
+    int slot = pick_device(r, first);
+    if (slot == -1) return;
+    if (slot >= 0) {
+      launch(r, first, slot);
+      continue;
     }
+    char need[32];
+    snprintf(first->err, sizeof first->err, "needs about %s of device memory: no device's budget holds it "
+             "(see --memory-limit)", human_bytes(first->need[0], need, sizeof need));
+    if (r->ok == 0 && count(r, J_RUNNING) == 0) { /* nothing can run: a usage error, not a failed image */
+      fprintf(stderr, "arraybridge: a %dx%dx%d stack %s\n", first->st[0].z, first->st[0].h, first->st[0].w,
+              first->err);
+      r->never_fits = r->stop = true;
+      free_job(r, first);
+      return;
+    }
+    row(r, first->image, -1, AB_ENOMEM, first->err, NULL);
+    free_job(r, first);
   }
-  return ferror(f) ? -1 : 0;
 }
 
+static void loaded(run *r, job *j) {
+  int st = ab_future_status(j->load);
+  ab_future_release(j->load);
+  j->load = NULL;
+  if (st != 0 || r->stop) {
+    if (st != 0 && st != AB_ECANCELED)
+      row(r, j->image, -1, st, j->err[0] ? j->err : ab_strerror(st), NULL);
+    free_job(r, j);
+    return;
+  }
+  for (int s = 0; s < r->ndevs; s++) j->need[s] = chain_bytes(j, r->plate.nchannels, r->devs[s].kind);
+  j->state = J_READY;
+}
+
+static void finished(run *r, job *j) {
+  ab_future *last = j->f[j->nf - 1];
+  int st = ab_future_status(last), s = j->slot;
+  if (st != 0) chain_error(j);
+  else { /* a running average of the device's chain time, for placement */
+    double t = now_s() - j->t0;
+    r->chain_s[s] = r->measured[s] ? 0.7 * r->chain_s[s] + 0.3 * t : t;
+    r->measured[s]++;
+  }
+  row(r, j->image, s, st, j->err, &j->id);
+  r->inflight[s]--;
+  r->used[s] -= j->need[s];
+  release_chain(j, false);
+  j->state = J_FREE;
+}
+
+/* Waits (up to 100 ms, so that signals and the progress bar are seen) for a load or a chain. */
+static void harvest(run *r) {
+  ab_future *fs[256];
+  int nf = 0;
+  for (int i = 0; i < r->njobs && nf < 256; i++) {
+    job *j = &r->jobs[i];
+    if (j->state == J_LOADING) fs[nf++] = j->load;
+    else if (j->state == J_RUNNING) fs[nf++] = j->f[j->nf - 1];
+  }
+  size_t which;
+  if (nf == 0 || ab_future_wait_any(fs, (size_t)nf, 100 * 1000 * 1000, &which) != 0) return;
+  for (int i = 0; i < r->njobs; i++) {
+    job *j = &r->jobs[i];
+    if (j->state == J_LOADING && ab_future_status(j->load) != AB_EPENDING) loaded(r, j);
+    else if (j->state == J_RUNNING && ab_future_status(j->f[j->nf - 1]) != AB_EPENDING) finished(r, j);
+  }
+}
+
+/* Stopping (a signal, a failed write, nothing fits): loads are cancelled, ready images dropped,
+ * chains in flight finish. */
+static void stop_now(run *r) {
+  for (int i = 0; i < r->njobs; i++) {
+    job *j = &r->jobs[i];
+    if (j->state == J_LOADING) ab_future_cancel(j->load);
+    if (j->state == J_READY) free_job(r, j);
+  }
+}
+
+static void screen_plate(run *r) {
+  r->t0 = now_s();
+  for (;;) {
+    if (interrupted && !r->stop) r->stop = true;
+    if (r->stop) stop_now(r);
+    if (!r->stop) place_ready(r); /* before more loads: a chain's first step then finds its slices in cache */
+    start_loads(r);
+    bool active = count(r, J_LOADING) + count(r, J_READY) + count(r, J_RUNNING) > 0;
+    if (!active && (r->stop || r->next >= r->plate.n)) break;
+    harvest(r);
+  }
+  progress(r, true);
+}
+
+/* ---- the record of the run ------------------------------------------------------------------ */
+static void json_string(FILE *f, const char *s) {
+  fputc('"', f);
+  for (; s && *s; s++) {
+    if (*s == '"' || *s == '\\') fprintf(f, "\\%c", *s);
+    else if ((unsigned char)*s < 0x20) fprintf(f, "\\u%04x", *s);
+    else fputc(*s, f);
+  }
+  fputc('"', f);
+}
+
+/* One line of JSON with every parameter that decides a result (--resume compares it). */
+static char *pipeline_line(const screen_options *o, const plate *p) {
+  const screen_pipeline *pl = &o->pipeline;
+  char *buf = NULL;
+  size_t len = 0;
+  FILE *f = open_memstream(&buf, &len);
+  if (f == NULL) return NULL;
+  fprintf(f, "{\"projection\": \"max\", \"filter\": \"gaussian\", \"filter_size\": %g, \"sigma\": %.6g, "
+          "\"filter_radius\": %d, \"filter_weights\": [", pl->filter_size, pl->filter_size / 2.35, pl->radius);
+  for (int i = 0; i <= pl->radius; i++) fprintf(f, "%s%u", i ? ", " : "", pl->weight[i]);
+  fprintf(f, "], \"rescale_percentiles\": [%g, %g], \"threshold\": ", pl->p_lo / 10.0, pl->p_hi / 10.0);
+  if (pl->otsu) fputs("\"otsu\"", f);
+  else fprintf(f, "%g", pl->threshold);
+  fprintf(f, ", \"min_size\": %d, \"connectivity\": 8, \"segmentation_channel\": ", pl->min_area);
+  json_string(f, p->channel_name[pl->segment]);
+  fputs(", \"channels\": [", f);
+  for (int c = 0; c < p->nchannels; c++) {
+    if (c) fputs(", ", f);
+    json_string(f, p->channel_name[c]);
+  }
+  fputs("]}", f);
+  fclose(f);
+  return buf;
+}
+
+static void json_files(FILE *f, const run *r) {
+  const screen_options *o = r->o;
+  fputs("  \"files\": {\"results\": ", f);
+  json_string(f, o->out_csv);
+  fputs(", \"parameters\": ", f);
+  json_string(f, r->out.json);
+  const char *names[] = {"objects", "heatmap", "trace"}, *paths[] = {o->objects, o->heatmap, o->trace};
+  for (int i = 0; i < 3; i++)
+    if (paths[i]) {
+      fprintf(f, ", \"%s\": ", names[i]);
+      json_string(f, paths[i]);
+    }
+  fputs("},\n", f);
+}
+
+static void json_plate(FILE *f, const run *r) {
+  const plate *p = &r->plate;
+  const screen_options *o = r->o;
+  fputs("  \"plate\": {", f);
+  if (p->synthetic) {
+    fprintf(f, "\"synthetic\": {\"wells\": %d, \"sites\": %d, \"channels\": %d, \"z\": %d, \"size\": \"%dx%d\", "
+            "\"seed\": %" PRIu64 "}", o->wells, o->sites, o->channels, p->z, p->w, p->h, p->seed);
+  } else {
+    fputs("\"folder\": ", f);
+    json_string(f, o->plate_dir);
+    fputs(", \"layout\": ", f);
+    json_string(f, p->layout->name ? p->layout->name : "custom");
+    fputs(", \"pattern\": ", f);
+    json_string(f, o->pattern ? o->pattern : p->layout->pattern);
+    fprintf(f, ", \"matched_files\": %d, \"unmatched_files\": %d, \"unmatched_examples\": [", p->nmatched,
+            p->nunmatched);
+    for (int i = 0; i < p->nunmatched_kept; i++) {
+      if (i) fputs(", ", f);
+      json_string(f, p->unmatched[i]);
+    }
+    fputc(']', f);
+  }
+  fprintf(f, ", \"format\": %d, \"images\": %d},\n", p->rows * p->cols, p->n);
+}
+
+static int write_record(run *r, bool complete, double secs) {
+  char *buf = NULL;
+  size_t len = 0;
+  FILE *f = open_memstream(&buf, &len);
+  if (f == NULL) return -1;
+  fprintf(f, "{\n  \"arraybridge\": \"%s\",\n  \"command\": [", ab_version());
+  for (int i = 0; i < r->o->argc; i++) {
+    if (i) fputs(", ", f);
+    json_string(f, r->o->argv[i]);
+  }
+  fputs("],\n", f);
+  json_plate(f, r);
+  fprintf(f, "  \"pipeline\": %s,\n  \"devices\": [", r->pipeline_line);
+  for (int s = 0; s < r->ndevs; s++) {
+    char d[32];
+    device_label(r->devs[s], d, sizeof d);
+    fprintf(f, "%s\"%s\"", s ? ", " : "", d);
+  }
+  fputs("], \"left_to_the_host\": ", f);
+  json_string(f, r->left_out);
+  fputs(",\n", f);
+  json_files(f, r);
+  fprintf(f, "  \"complete\": %s,\n  \"images\": {\"plate\": %d, \"from_earlier_runs\": %d, \"this_run\": %d, "
+          "\"ok\": %d, \"failed\": %d, \"seconds\": %.3f}\n}\n", complete ? "true" : "false", r->plate.n, r->skipped,
+          r->done, r->ok, r->failed, secs);
+  fclose(f);
+  int rc = output_write_json(&r->out, buf);
+  free(buf);
+  return rc;
+}
+
+/* ---- summary -------------------------------------------------------------------------------- */
 static void summary(run *r, double secs) {
   ab_device_stats st[64];
   int n = ab_runtime_stats(r->rt, st, 64);
   uint64_t bytes = 0, retries = 0;
   for (int i = 0; i < n && i < 64; i++) bytes += st[i].bytes_moved, retries += st[i].oom_retries;
-  double mpix = (double)(r->done - r->failed) * r->pz * r->ph * r->pw / 1e6;
   char b1[32], b2[32];
-  printf("\nscreened %d images (%d ok, %d failed) in %.2f s\n", r->plate.n, r->done - r->failed, r->failed, secs);
-  printf("throughput: %.2f images/s, %.1f Mpixel/s; bytes moved %s; OOM retries %" PRIu64 "\n",
-         (r->done - r->failed) / secs, mpix / secs, human_bytes(bytes, b1, sizeof b1), retries);
+  printf("\nscreened %d images (%d ok, %d failed", r->done, r->ok, r->failed);
+  if (r->skipped) printf("; %d done by an earlier run", r->skipped);
+  printf(") in %.2f s\n", secs);
+  printf("throughput: %.2f images/s; bytes moved %s; OOM retries %" PRIu64 "\n", r->ok / secs,
+         human_bytes(bytes, b1, sizeof b1), retries);
+  if (r->left_out_len)
+    printf("left to the host (CPU devices on its own cores; name them in --devices to use them): %s\n", r->left_out);
   printf("\n%-10s %7s %7s %11s %10s  %s\n", "device", "stacks", "tasks", "bytes", "mem peak",
          "oom: events trims syncs spills parks retries reroutes failures");
   for (int i = 0; i < n && i < 64; i++) {
@@ -378,45 +602,233 @@ static void summary(run *r, double secs) {
   }
 }
 
-static int open_plate(run *r) {
+static void list_files(const run *r, bool heatmap_ok, bool trace_ok) {
   const screen_options *o = r->o;
-  char err[300];
-  if (o->plate_dir == NULL)
-    return plate_synthetic(&r->plate, o->wells, o->sites, o->z, o->h, o->w, o->seed) == 0 ? 0 : -1;
-  if (plate_open_dir(&r->plate, o->plate_dir, err, sizeof err) == 0) return 0;
-  fprintf(stderr, "arraybridge: %s\n", err);
-  return -1;
+  printf("\nfiles:\n  %-11s %s\n  %-11s %s\n", "results", o->out_csv, "parameters", r->out.json);
+  if (o->objects) printf("  %-11s %s\n", "objects", o->objects);
+  if (o->heatmap && heatmap_ok) printf("  %-11s %s (%s)\n", "heatmap", o->heatmap, o->heatmap_column);
+  if (o->trace && trace_ok) printf("  %-11s %s\n", "trace", o->trace);
 }
 
-static int screen_plate(run *r) {
-  r->t0 = now_s();
-  for (int i = 0; i < r->plate.n; i++) {
-    while (!has_room(r) && r->njobs > 0) harvest_one(r); /* no room and none in flight: see start_image */
-    start_image(r, i);
+/* ---- the run -------------------------------------------------------------------------------- */
+static int open_plate(run *r, char *err, size_t errlen) {
+  const screen_options *o = r->o;
+  if (o->plate_dir == NULL) {
+    if (plate_synthetic(&r->plate, o->wells, o->sites, o->channels, o->z, o->h, o->w, o->seed) == 0) return 0;
+    snprintf(err, errlen, "out of memory");
+    return EXIT_FATAL;
   }
-  while (r->njobs > 0) harvest_one(r);
-  progress(r, true);
+  if (plate_open_dir(&r->plate, o->plate_dir, o->layout, o->pattern, err, errlen) != 0) return EXIT_FATAL;
+  r->want_z = o->z_given ? o->z : 0;
+  const plate *p = &r->plate;
+  if (p->nunmatched) {
+    fprintf(stderr, "arraybridge: %d TIFF file(s) match no pattern and are left out:", p->nunmatched);
+    for (int i = 0; i < p->nunmatched_kept; i++) fprintf(stderr, " %s", p->unmatched[i]);
+    fprintf(stderr, "%s\n", p->nunmatched > p->nunmatched_kept ? " ..." : "");
+  }
   return 0;
 }
 
-static int finish_run(run *r, FILE *csv) {
+/* The segmentation channel by name, and the heatmap column, once the plate's channels are known. */
+static int resolve_channels(run *r, screen_pipeline *pl, char *err, size_t errlen) {
+  const plate *p = &r->plate;
+  pl->segment = 0;
+  if (r->o->segment) {
+    pl->segment = -1;
+    for (int c = 0; c < p->nchannels; c++)
+      if (strcmp(p->channel_name[c], r->o->segment) == 0) pl->segment = c;
+    if (pl->segment < 0) {
+      snprintf(err, errlen, "--segment %s: the plate's channels are %s%s%s%s", r->o->segment, p->channel_name[0],
+               p->nchannels > 1 ? ", " : "", p->nchannels > 1 ? p->channel_name[1] : "", p->nchannels > 2 ? ", ..." : "");
+      return EXIT_USAGE;
+    }
+  }
+  if (r->o->heatmap && !output_has_column(p, r->o->heatmap_column)) {
+    char *h = output_header(p);
+    snprintf(err, errlen, "--heatmap-column %s: not a numeric column; this run's columns are %s", r->o->heatmap_column,
+             h ? h : "?");
+    free(h);
+    return EXIT_USAGE;
+  }
+  return 0;
+}
+
+/* A synthetic plate's stacks all have one size: a budget that holds none is known at once. */
+static int check_budgets(run *r) {
+  if (!r->plate.synthetic) return 0;
+  job probe = {0};
+  for (int k = 0; k < r->plate.nchannels; k++) probe.st[k] = (plate_stack){.z = r->plate.z, .h = r->plate.h, .w = r->plate.w};
+  uint64_t need = UINT64_MAX;
+  for (int s = 0; s < r->ndevs; s++) {
+    uint64_t n = chain_bytes(&probe, r->plate.nchannels, r->devs[s].kind);
+    if (n <= r->budget[s]) return 0;
+    need = n < need ? n : need;
+  }
+  char b1[32], b2[32];
+  fprintf(stderr, "arraybridge: a %dx%dx%d stack needs about %s of device memory; --memory-limit %s holds none: "
+          "raise it\n", r->plate.z, r->plate.h, r->plate.w, human_bytes(need, b1, sizeof b1),
+          human_bytes(r->o->memory_limit, b2, sizeof b2));
+  return EXIT_USAGE;
+}
+
+/* With --devices all, devices that compute on the host's own cores (pocl's OpenCL CPU devices)
+ * are left to the host device: they would add the copies of their path and no cores. Named
+ * (--devices opencl, host,opencl:1) they are used like any other. */
+static void leave_to_host(run *r, const bool *host_cores) {
+  bool have_host = false;
+  for (int s = 0; s < r->ndevs; s++) have_host |= r->devs[s].kind == AB_HOST;
+  if (!have_host || strcmp(r->o->devices, "all") != 0) return;
+  int n = 0;
+  for (int s = 0; s < r->ndevs; s++) {
+    if (!host_cores[s]) {
+      r->devs[n++] = r->devs[s];
+      continue;
+    }
+    char d[32];
+    device_label(r->devs[s], d, sizeof d);
+    r->left_out_len += snprintf(r->left_out + r->left_out_len, sizeof r->left_out - (size_t)r->left_out_len, "%s%s",
+                                r->left_out_len ? ", " : "", d);
+    if (r->left_out_len >= (int)sizeof r->left_out) r->left_out_len = (int)sizeof r->left_out - 1;
+  }
+  r->ndevs = n;
+}
+
+/* Each device's steps prepare (build their kernels) before the clock starts, all at once. */
+static int prepare_devices(run *r) {
+  ab_future *f[MAX_SCREEN_DEVICES] = {NULL};
+  bool host_cores[MAX_SCREEN_DEVICES] = {false};
+  int rc = 0;
+  for (int s = 0; s < r->ndevs; s++) {
+    const screen_steps *st = steps_for(r->devs[s].kind);
+    if (st->prepare == NULL) continue;
+    ab_task_desc t = AB_TASK_DESC_INIT;
+    t.fn = st->prepare, t.arg = &host_cores[s], t.name = "prepare";
+    t.place.policy = AB_PLACE_EXPLICIT, t.place.device = r->devs[s];
+    if ((rc = ab_submit(r->rt, &t, &f[s])) != 0) break;
+  }
+  for (int s = 0; s < r->ndevs; s++) {
+    if (f[s] == NULL) continue;
+    ab_future_wait(f[s], -1);
+    int st = ab_future_status(f[s]);
+    if (st != 0 && rc == 0) {
+      char d[32];
+      device_label(r->devs[s], d, sizeof d);
+      fprintf(stderr, "arraybridge: the screening steps cannot start on %s: %s\n", d, ab_strerror(st));
+      rc = st;
+    }
+    ab_future_release(f[s]);
+  }
+  if (rc == 0) leave_to_host(r, host_cores);
+  return rc == 0 ? 0 : EXIT_FATAL;
+}
+
+/* Two outputs on one path would overwrite each other (the sidecar is the CSV's name with .json). */
+static int distinct_outputs(const screen_options *o, const char *json) {
+  const char *names[] = {"--out", "its sidecar", "--objects", "--heatmap", "--trace"};
+  const char *paths[] = {o->out_csv, json, o->objects, o->heatmap, o->trace};
+  for (int i = 0; i < 5; i++)
+    for (int k = i + 1; k < 5; k++)
+      if (paths[i] && paths[k] && strcmp(paths[i], paths[k]) == 0) {
+        fprintf(stderr, "arraybridge: %s and %s are both %s: give them different files\n", names[i], names[k],
+                paths[i]);
+        return EXIT_USAGE;
+      }
+  return 0;
+}
+
+static int prepare(run *r) {
+  const screen_options *o = r->o;
+  char err[700];
+  char *json = output_json_path(o->out_csv);
+  int same = json ? distinct_outputs(o, json) : EXIT_FATAL;
+  free(json);
+  if (same != 0) return same;
+  screen_pipeline *pl = (screen_pipeline *)&o->pipeline; /* the segment index is set here, once */
+  int status = open_plate(r, err, sizeof err);
+  if (status == 0) status = resolve_channels(r, pl, err, sizeof err);
+  if (status != 0) {
+    fprintf(stderr, "arraybridge: %s\n", err);
+    return status;
+  }
+  if ((status = prepare_devices(r)) != 0) return status;
+  for (int s = 0; s < r->ndevs; s++) {
+    ab_device_info info;
+    r->budget[s] = ab_device_info_get(r->rt, r->devs[s], &info) == 0 ? info.budget : UINT64_MAX;
+  }
+  if ((status = check_budgets(r)) != 0) return status;
+  r->pipeline_line = pipeline_line(o, &r->plate);
+  r->out.csv = o->out_csv, r->out.objects = o->objects, r->out.heatmap = o->heatmap, r->out.column = o->heatmap_column;
+  status = r->pipeline_line ? output_open(&r->out, &r->plate, o->resume, o->overwrite, r->pipeline_line, err,
+                                          sizeof err)
+                            : EXIT_FATAL;
+  if (status != 0) {
+    fprintf(stderr, "arraybridge: %s\n", status == EXIT_FATAL && !r->pipeline_line ? "out of memory" : err);
+    return status;
+  }
+  for (int i = 0; i < r->plate.n; i++) r->skipped += output_done(&r->out, &r->plate, i);
+  r->todo = r->plate.n - r->skipped;
+  if (write_record(r, false, 0) != 0) {
+    fprintf(stderr, "arraybridge: cannot write %s: %s\n", r->out.json, strerror(errno));
+    return EXIT_FATAL;
+  }
+  /* Loads ahead keep host workers busy while the main thread starts chains; with one worker they
+   * would only run before, and evict from cache, the slices of the chain that waits behind them. */
+  ab_device_info host;
+  r->prefetch = ab_device_info_get(r->rt, (ab_device){AB_HOST, 0}, &host) == 0 && host.workers > 1 ? PREFETCH : 0;
+  r->njobs = r->ndevs * o->inflight + r->ndevs + r->prefetch;
+  r->jobs = calloc((size_t)r->njobs, sizeof *r->jobs);
+  if (r->jobs == NULL) return EXIT_FATAL;
+  if (o->trace && ab_trace_start(r->rt, NULL) != 0) {
+    fprintf(stderr, "arraybridge: cannot start tracing\n");
+    return EXIT_FATAL;
+  }
+  return 0;
+}
+
+static int finish_run(run *r) {
   double secs = now_s() - r->t0;
+  const screen_options *o = r->o;
   int status = r->failed ? EXIT_SOME_FAILED : EXIT_OK;
-  if (write_csv(r, csv) != 0 || fclose(csv) != 0) {
-    fprintf(stderr, "arraybridge: writing %s failed\n", r->o->out_csv);
+  if (r->never_fits) status = EXIT_USAGE;
+  if (interrupted) status = 128 + interrupted;
+  if (output_close(&r->out) != 0 && r->write_errno == 0) r->write_errno = errno ? errno : EIO;
+  if (r->write_errno) {
+    fprintf(stderr, "arraybridge: writing the results failed: %s; %d rows were written before\n",
+            strerror(r->write_errno), r->written);
     status = EXIT_FATAL;
   }
-  if (r->o->trace) {
+  bool trace_ok = false, heat_ok = false;
+  if (o->trace) {
     int rc = ab_trace_stop(r->rt);
-    if (rc == 0) rc = ab_trace_write(r->rt, r->o->trace);
+    if (rc == 0) rc = ab_trace_write(r->rt, o->trace);
+    trace_ok = rc == 0;
     if (rc != 0) {
-      fprintf(stderr, "arraybridge: writing the trace %s failed: %s\n", r->o->trace, ab_strerror(rc));
+      fprintf(stderr, "arraybridge: writing the trace %s failed: %s\n", o->trace, ab_strerror(rc));
       status = EXIT_FATAL;
     }
   }
-  if (!r->o->quiet) summary(r, secs);
+  char err[600];
+  if (o->heatmap && r->write_errno == 0) {
+    heat_ok = output_heatmap(&r->out, &r->plate, err, sizeof err) == 0;
+    if (!heat_ok) {
+      fprintf(stderr, "arraybridge: heatmap: %s\n", err);
+      status = EXIT_FATAL;
+    }
+  }
+  bool complete = r->done + r->skipped == r->plate.n;
+  if (write_record(r, complete, secs) != 0) {
+    fprintf(stderr, "arraybridge: cannot write %s: %s\n", r->out.json, strerror(errno));
+    status = EXIT_FATAL;
+  }
+  if (!o->quiet) {
+    summary(r, secs);
+    list_files(r, heat_ok, trace_ok);
+  }
+  if (interrupted || (!complete && r->write_errno == 0 && !r->never_fits))
+    fprintf(stderr, "arraybridge: interrupted: %d of %d images have rows in %s; --resume finishes the plate\n",
+            r->done + r->skipped, r->plate.n, o->out_csv);
   if (r->failed) fprintf(stderr, "arraybridge: %d of %d images failed; see the error column of %s\n", r->failed,
-                         r->plate.n, r->o->out_csv);
+                         r->done, o->out_csv);
   return status;
 }
 
@@ -424,37 +836,33 @@ int screen_run(const screen_options *o) {
   run *r = calloc(1, sizeof *r);
   if (r == NULL) return EXIT_FATAL;
   r->o = o;
-  int status = screen_runtime(o->devices, o->memory_limit, &r->rt, r->devs, &r->ndevs);
+  int status = screen_runtime(o->devices, o->memory_limit, o->host_workers, &r->rt, r->devs, &r->ndevs);
   if (status != 0) {
     free(r);
     return status;
   }
-  FILE *csv = NULL;
-  if (open_plate(r) != 0) status = EXIT_FATAL;
-  else if ((csv = fopen(o->out_csv, "w")) == NULL) {
-    fprintf(stderr, "arraybridge: cannot write %s: %m\n", o->out_csv);
-    status = EXIT_FATAL;
-  }
-  r->results = status ? NULL : calloc((size_t)r->plate.n, sizeof *r->results);
-  r->jobs = status ? NULL : calloc((size_t)(o->inflight * r->ndevs), sizeof *r->jobs);
-  if (status == 0 && (r->results == NULL || r->jobs == NULL)) status = EXIT_FATAL;
-  for (int i = 0; status == 0 && i < r->plate.n; i++) r->results[i] = (result){.status = 1, .slot = -1};
-  for (int k = 0; k < r->ndevs; k++) r->cap[k] = o->inflight; /* until the first stack is read */
-  if (status == 0 && o->trace && ab_trace_start(r->rt, NULL) != 0) {
-    fprintf(stderr, "arraybridge: cannot start tracing\n");
-    status = EXIT_FATAL;
-  }
+  status = prepare(r);
+  struct sigaction sa = {.sa_handler = on_signal, .sa_flags = SA_RESETHAND | SA_RESTART}, old_int, old_term;
+  sigemptyset(&sa.sa_mask);
   if (status == 0) {
+    interrupted = 0;
+    sigaction(SIGINT, &sa, &old_int);
+    sigaction(SIGTERM, &sa, &old_term);
     r->bar = !o->quiet && isatty(STDERR_FILENO);
     screen_plate(r);
-    status = finish_run(r, csv);
-    csv = NULL;
+    status = finish_run(r);
+    sigaction(SIGINT, &old_int, NULL);
+    sigaction(SIGTERM, &old_term, NULL);
   }
-  if (csv) fclose(csv);
   ab_runtime_destroy(r->rt, AB_DRAIN);
+  for (int i = 0; r->jobs && i < r->njobs; i++) {
+    free_stacks(&r->jobs[i]);
+    free(r->jobs[i].id.objs);
+  }
   steps_cleanup();
+  output_free(&r->out);
   plate_free(&r->plate);
-  free(r->results);
+  free(r->pipeline_line);
   free(r->jobs);
   free(r);
   return status;

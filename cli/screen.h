@@ -7,29 +7,43 @@
 
 #include <arraybridge.h>
 
+#include "cli/steps.h"
+
 /* Exit statuses (documented in `arraybridge --help` and the README). */
-enum { EXIT_OK = 0, EXIT_FATAL = 1, EXIT_USAGE = 2, EXIT_SOME_FAILED = 3 };
+enum { EXIT_OK = 0, EXIT_FATAL = 1, EXIT_USAGE = 2, EXIT_SOME_FAILED = 3, EXIT_INTERRUPTED = 130 };
 
 #define MAX_SCREEN_DEVICES 32
 
 typedef struct {
+  /* the plate */
   const char *plate_dir;          /* NULL: synthetic */
-  const char *out_csv;
-  const char *trace;              /* NULL: no trace */
-  int wells, sites, z, h, w;
+  const char *layout, *pattern;   /* both NULL: the preset that matches most files */
+  int wells, sites, channels, z, h, w;
+  bool z_given;                   /* --z with --plate: every stack must have z planes */
   uint64_t seed;
+  const char *segment;            /* the segmentation channel's name; NULL: the first */
+  /* the pipeline */
+  screen_pipeline pipeline;
+  /* output */
+  const char *out_csv, *objects, *heatmap, *heatmap_column, *trace;
+  bool resume, overwrite, quiet;
+  /* devices */
   const char *devices;            /* "all", or a list of kinds and kind:index */
   uint64_t memory_limit;          /* 0: none */
   int inflight;                   /* stacks in flight per device */
-  bool quiet;
+  int host_workers;               /* 0: one per core */
+  /* the command line, for the record */
+  int argc;
+  char **argv;
 } screen_options;
 
 int screen_run(const screen_options *o);
 
 /* A runtime for the device list ("all", "host,opencl", "opencl:1"): the kinds it names are
- * opened (the host always: counting runs there); *devs gets the devices to screen on.
- * 0, or an exit status after printing why. */
-int screen_runtime(const char *list, uint64_t memory_limit, ab_runtime **rt, ab_device *devs, int *ndevs);
+ * opened (the host always: loading and identifying run there); *devs gets the devices to screen
+ * on. 0, or an exit status after printing why. */
+int screen_runtime(const char *list, uint64_t memory_limit, int host_workers, ab_runtime **rt, ab_device *devs,
+                   int *ndevs);
 const char *kind_name(int kind);
 /* "1.5 GiB" */
 const char *human_bytes(uint64_t b, char *buf, size_t n);

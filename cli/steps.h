@@ -1,16 +1,43 @@
 /*
  * cli/steps.h: the screening pipeline's device steps, one implementation per device kind.
  *
- * Every step is an ab_task_fn: input 0 is the previous step's tensor on the task's device, the
- * output a new tensor there. The arithmetic is integer throughout, so every kind gives the same
- * bits and a plate's results do not depend on which device ran a stack:
+ * The pipeline is CellProfiler's usual one for z-stacks (MakeProjection, Smooth,
+ * RescaleIntensity, then IdentifyPrimaryObjects): per channel the stack is projected, and the
+ * segmentation channel's projection is smoothed and rescaled on the device; thresholding,
+ * labelling and measuring run on the host (cli/identify.c), the same code whatever device ran
+ * the steps.
  *
- *   normalise  [z, y, x] u16 -> u16: a 65536-bin histogram of the stack, lo and hi its 1st and
- *              99.9th percentiles (the smallest value whose cumulative count exceeds n*p),
- *              then v -> 0 below lo, 65535 above hi, (v - lo) * 65535 / (hi - lo) between
- *   filter     [z, y, x] u16 -> u16: a 3x3 box mean per slice, (sum + 4) / 9, edges clamped
- *   project    [z, y, x] u16 -> [y, x] u16: the maximum over z
- *   threshold  [y, x] u16 -> [y, x] u8: 1 where the value is >= SCREEN_THRESHOLD, else 0
+ * Every step is an ab_task_fn: input 0 is the previous step's tensor on the task's device, the
+ * output a new tensor there; `arg` is the run's const screen_pipeline (NULL for project). The
+ * arithmetic is integer throughout, so every kind gives the same bits and a plate's results do
+ * not depend on which device ran a stack. Exactly:
+ *
+ *   project    [z, y, x] u16 -> [y, x] u16: out[y][x] = max over z of in[z][y][x].
+ *
+ *   project_slices (optional; NULL where a kind has none)
+ *              z inputs, each a [y, x] u16 slice on the task's device -> [y, x] u16: the same
+ *              maximum, read from the slices where they are. A kind that has it skips ab_stack
+ *              (the host: its slices are already in its memory, and a volume nobody keeps is
+ *              8 MiB written and read again per stack for nothing).
+ *
+ *   filter     [y, x] u16 -> [y, x] u16: a separable Gaussian with integer weights, normalised
+ *              at the edges (the window is cut at the image border and divided by the weights
+ *              that remain, as CellProfiler's smoothing with a mask does). With r = p->radius
+ *              and w[i] = p->weight[i] (w[0] + 2 * (w[1] + ... + w[r]) == 1 << 14):
+ *                rows:    a = sum over i in [-r, r], 0 <= x + i < W of  w[|i|] * in[y][x + i]
+ *                         s = sum of w[|i|] over the same i
+ *                         t[y][x] = (a + s / 2) / s                      (u32 math, t is u16)
+ *                columns: b = sum over j in [-r, r], 0 <= y + j < H of  w[|j|] * t[y + j][x]
+ *                         s = sum of w[|j|] over the same j
+ *                         out[y][x] = (b + s / 2) / s
+ *              (integer division; a, b < 2^30.) Where the whole window fits, s == 1 << 14 and
+ *              this is (a + 8192) >> 14. r == 0 copies.
+ *
+ *   normalise  [y, x] u16 -> [y, x] u16: a 65536-bin histogram of the n = y * x values; lo and
+ *              hi are the p->p_lo and p->p_hi per-mille percentiles: the smallest value v whose
+ *              cumulative count exceeds n * p / 1000 (u64, integer division); if hi <= lo,
+ *              hi = lo + 1. Then out = 0 where v <= lo, 65535 where v >= hi, and
+ *              (v - lo) * 65535 / (hi - lo) between (u32 math).
  *
  * A kind without a row in the table (one this build has no backend for) is not offered for
  * screening. Adding one is a new steps_<kind>.c (steps_cuda.cu for CUDA) and a row in
@@ -21,13 +48,35 @@
 
 #include <arraybridge.h>
 
-#define SCREEN_THRESHOLD 19661u /* 30% of the normalised range */
-#define SCREEN_P_LO 10   /* per mille: the 1st percentile */
-#define SCREEN_P_HI 999  /* the 99.9th: cells fill only a few percent of a stack's voxels */
+#define SCREEN_MAX_RADIUS 64      /* the filter's half-width in pixels */
+#define SCREEN_WEIGHT_ONE (1u << 14)
+
+/* Everything that decides a result, fixed for a run (the CSV's sidecar JSON records it). */
+typedef struct {
+  /* filter (device): CellProfiler's Smooth "Gaussian Filter" of `filter_size` pixels: sigma is
+   * filter_size / 2.35, the window reaches int(4 sigma + 0.5) pixels (scipy's truncate=4). */
+  double filter_size;
+  int radius;
+  uint16_t weight[SCREEN_MAX_RADIUS + 1];
+  /* normalise (device) */
+  uint32_t p_lo, p_hi;            /* per mille: 10 and 999 are the 1st and 99.9th percentiles */
+  /* identify (host) */
+  bool otsu;                      /* else a manual threshold */
+  double threshold;               /* manual: a fraction of the normalised range, (0, 1] */
+  int min_area;                   /* pixels: smaller objects are dropped */
+  int segment;                    /* the channel segmented (an index into the plate's channels) */
+} screen_pipeline;
+
+/* Fills the filter's radius and weights from p->filter_size (see above). */
+void screen_pipeline_weights(screen_pipeline *p);
 
 typedef struct {
   int kind;                       /* ab_kind */
-  ab_task_fn normalise, filter, project, threshold;
+  ab_task_fn project, filter, normalise;
+  ab_task_fn project_slices;      /* NULL: ab_stack, then project */
+  ab_task_fn prepare;             /* run once per device before the plate starts (builds kernels);
+                                     arg is a bool *: set it when the device computes on the
+                                     host's own CPU cores (an OpenCL CPU device). NULL: nothing */
   void (*cleanup)(void);          /* frees cached programs; NULL: nothing to free */
 } screen_steps;
 
@@ -55,8 +104,9 @@ static inline int steps_input_u16(ab_ctx *c, int ndim, const DLTensor **out) {
 }
 
 /* Shared by every kind: the percentile rule, on a histogram (host memory). */
-static inline void steps_percentiles(const uint32_t *hist, uint64_t n, uint32_t *lo, uint32_t *hi) {
-  uint64_t rank_lo = n * SCREEN_P_LO / 1000, rank_hi = n * SCREEN_P_HI / 1000, cum = 0;
+static inline void steps_percentiles(const uint32_t *hist, uint64_t n, const screen_pipeline *p, uint32_t *lo,
+                                     uint32_t *hi) {
+  uint64_t rank_lo = n * p->p_lo / 1000, rank_hi = n * p->p_hi / 1000, cum = 0;
   uint32_t l = 0, h = 65535;
   bool have_lo = false;
   for (uint32_t v = 0; v < 65536; v++) {
@@ -70,7 +120,7 @@ static inline void steps_percentiles(const uint32_t *hist, uint64_t n, uint32_t 
       break;
     }
   }
-  if (h <= l) h = l + 1; /* a flat stack: avoid dividing by zero */
+  if (h <= l) h = l + 1; /* a flat image: avoid dividing by zero */
   *lo = l;
   *hi = h;
 }

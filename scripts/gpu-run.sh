@@ -13,8 +13,10 @@
 #             a skipped test is a failure on a GPU machine (except those that need two GPUs
 #             on a machine with one)
 #   screen    `arraybridge screen` of a synthetic plate on the host, on --devices cuda and on
-#             --devices all: every CSV equal to the host's (the device column aside); then
-#             tests/cli_test.sh same_everywhere (each device alone)
+#             --devices all: every CSV's rows equal to the host's (sorted, as rows come in the
+#             order images finish; the device column aside), every sidecar JSON complete and
+#             with the host run's pipeline; then tests/cli_test.sh same_everywhere (each
+#             device alone)
 #   pytest    python/tests/test_gpu.py with this machine's python3 (torch, CuPy) and the carried
 #             extension; a skip is a failure on a GPU machine
 #   bench     bench/run cuda_h2d cuda_d2h cuda_stack cuda_convert screen_gpu, JSON lines
@@ -120,6 +122,8 @@ done
 CLI=$B/cli/arraybridge
 PLATE=(--wells 8 --sites 2 --z 8 --size 256x192 --seed 3)
 W=$(mktemp -d)
+trap 'rm -rf "$W"' EXIT
+side() { python3 tests/cli_files.py json "$W/$1.json" "$2" 2>>"$O/screen.log"; } # a value of a run's sidecar
 run_capped "$O/screen.log" 30 "$CLI" devices
 ncuda=$(awk '$1 == "cuda" && $NF == "yes"' "$O/screen.log" | wc -l)
 for d in host cuda all; do
@@ -132,11 +136,21 @@ for d in host cuda all; do
     verdict "screen --devices $d" FAIL "$(status $RC)"
     continue
   fi
-  cut -d, -f1,2,4- "$W/$d.csv" >"$W/$d.cut"
-  ran_on=$(tail -n +2 "$W/$d.csv" | cut -d, -f3 | sed 's/:.*//' | sort | uniq -c | awk '{printf "%s%s x%s", s, $2, $1; s = ", "}')
-  if [[ $d != host ]] && ! cmp -s "$W/host.cut" "$W/$d.cut"; then
+  # rows are written as images finish: compare them sorted, without the device column (the 4th)
+  tail -n +2 "$W/$d.csv" | cut -d, -f1-3,5- | sort >"$W/$d.cut"
+  ran_on=$(tail -n +2 "$W/$d.csv" | cut -d, -f4 | sed 's/:.*//' | sort | uniq -c | awk '{printf "%s%s x%s", s, $2, $1; s = ", "}')
+  # the sidecar (FILE.json): the run completed, and the pipeline is the host run's, weights and all
+  complete=$(side "$d" complete) pipeline=$(side "$d" pipeline) devices=$(side "$d" devices)
+  echo "$d: complete $complete, devices $devices" >>"$O/screen.log"
+  if [[ $complete != true ]]; then
+    verdict "screen --devices $d" FAIL "the sidecar says complete: ${complete:-nothing}"
+  elif [[ $d != host && $pipeline != "$(side host pipeline)" ]]; then
+    verdict "screen --devices $d" FAIL "the sidecar's pipeline differs from the host run's"
+  elif [[ $d != host ]] && ! cmp -s "$W/host.cut" "$W/$d.cut"; then
     diff "$W/host.cut" "$W/$d.cut" >>"$O/screen.log"
     verdict "screen --devices $d" FAIL "CSV differs from the host's"
+  elif [[ $d == cuda && ($ran_on != cuda* || $ran_on == *,*) ]]; then
+    verdict "screen --devices $d" FAIL "images ran on $ran_on"
   else
     verdict "screen --devices $d" PASS "$(($(wc -l <"$W/$d.csv") - 1)) images on $ran_on"
   fi
@@ -145,7 +159,6 @@ run_capped "$O/screen.log" 120 bash tests/cli_test.sh same_everywhere "$CLI" 1
 if ((RC == 0)); then verdict "cli_test same_everywhere" PASS "$(grep -h '^identical on' "$O/screen.log" | tail -1)"
 else verdict "cli_test same_everywhere" FAIL "$(status $RC)"
 fi
-rm -rf "$W"
 
 # ---- pytest -----------------------------------------------------------------------------------
 PYP=$B/python
@@ -199,7 +212,8 @@ sanitize() {
   else verdict "$name" FAIL "$(status $RC)${sum:+: $sum}"
   fi
 }
-SMALL=(screen --wells 2 --sites 1 --z 4 --size 128x96 --devices cuda --out /tmp/ab-sanitize.csv --quiet)
+# --overwrite: the second tool's run replaces the first one's results
+SMALL=(screen --wells 2 --sites 1 --z 4 --size 128x96 --devices cuda --out "$W/sanitize.csv" --overwrite --quiet)
 sanitize "memcheck screen" 60 "${CS[@]}" --tool memcheck "$CLI" "${SMALL[@]}"
 sanitize "racecheck screen" 60 "${CS[@]}" --tool racecheck "$CLI" "${SMALL[@]}"
 sanitize "memcheck stack" 90 "${CS[@]}" --tool memcheck "$B/tests/test_cuda_stack" stack_same_device stack_pageable

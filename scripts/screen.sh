@@ -2,7 +2,9 @@
 # scripts/screen.sh [SCREEN OPTIONS...]: the main job. Builds build/release (Release, no tests,
 # no benchmarks) when its `arraybridge` command is missing or older than the sources, then runs
 # `arraybridge screen "$@"` on every device (a synthetic 96-well plate unless --plate DIR is
-# given; `build/release/cli/arraybridge --help` lists the options).
+# given; `build/release/cli/arraybridge screen --help` lists the options). It needs only what
+# `scripts/setup.sh job` installs. The results go to results.csv (and results.json) unless
+# --out says otherwise; a second run asks for --resume or --overwrite rather than replace them.
 #
 # Without POCL_DEVICES set, pocl shows one OpenCL CPU device; POCL_DEVICES="pthread pthread
 # pthread" gives three, as the tests use. AB_JOBS: build parallelism (default: the cores).

@@ -1,10 +1,19 @@
 #!/usr/bin/env bash
-# scripts/setup.sh: install what the build, the tests and the benchmarks need: Debian's packages,
-# then the Python side in two virtual environments (PyPI's frameworks are newer than Debian's):
-#   .venv       numpy, torch (CPU), jax, tensorflow-cpu, pyopencl, pyclesperanto, dask, pytest
-#               (python/requirements.txt)
-#   .venv-peer  arraybridge from PyPI, the benchmark peer, which has our import name
-#               (python/requirements-peer.txt)
+# scripts/setup.sh [job|test|bench]: install what a purpose needs, and nothing more.
+#
+#   job     Debian packages to build the library and run the screening job (`arraybridge
+#           screen`): the compiler, CMake, concurrencykit, jemalloc, DLPack, OpenCL with pocl,
+#           libtiff and zlib. No Python.
+#   test    (the default) everything scripts/test.sh needs: the job's packages, clang and its
+#           sanitizer runtimes, StarPU (the task benchmark's peer, built with the tests),
+#           help2man (the installed man page; a build without it installs none), and the
+#           Python side in two virtual environments (PyPI's frameworks are newer than Debian's):
+#             .venv       numpy, torch (CPU), jax, tensorflow-cpu, pyopencl, pyclesperanto, dask,
+#                         pytest (python/requirements.txt)
+#             .venv-peer  arraybridge from PyPI, the benchmark peer, which has our import name
+#                         (python/requirements-peer.txt)
+#   bench   the test side and .venv-cp: CellProfiler's module library, the screening job's peer,
+#           with its own numpy 1.x (bench/py/requirements-cellprofiler.txt)
 # Idempotent: when dpkg lists every package and each venv's requirements are unchanged since its
 # last install, it does nothing, so reruns take about a second.
 #
@@ -13,17 +22,34 @@
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")/.." && pwd)"
+PURPOSE=${1:-test}
 
-PACKAGES=(
-  cmake pkg-config ninja-build gcc clang
-  libclang-rt-14-dev # sanitizer and libFuzzer runtimes for clang 14
+JOB_PACKAGES=(
+  cmake make pkg-config gcc libc6-dev
   libck-dev libjemalloc-dev libdlpack-dev
-  ocl-icd-opencl-dev opencl-headers pocl-opencl-icd clinfo # OpenCL on the CPU (pocl)
-  libstarpu-dev # the task-overhead benchmark's peer
-  libtiff-dev   # plate input for the main job
-  help2man      # the arraybridge command's man page, from its --help
+  ocl-icd-opencl-dev opencl-headers pocl-opencl-icd # OpenCL on the CPU (pocl)
+  libtiff-dev zlib1g-dev                            # plates in; the heatmap PNG out
+)
+TEST_PACKAGES=(
+  ninja-build clang clinfo
+  libclang-rt-14-dev # sanitizer and libFuzzer runtimes for clang 14
+  libstarpu-dev      # the task-overhead benchmark's peer
+  help2man           # the command's man page, from its --help (the install test checks it)
   python3-venv
 )
+
+case $PURPOSE in
+  job) PACKAGES=("${JOB_PACKAGES[@]}") ;;
+  test | bench) PACKAGES=("${JOB_PACKAGES[@]}" "${TEST_PACKAGES[@]}") ;;
+  -h | --help)
+    sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed '$d; s/^# \{0,1\}//'
+    exit 0
+    ;;
+  *)
+    echo "setup: unknown purpose '$PURPOSE': use job, test or bench (scripts/setup.sh --help)" >&2
+    exit 2
+    ;;
+esac
 
 log() { printf 'setup: %s\n' "$*" >&2; }
 
@@ -31,11 +57,6 @@ installed() {
   # dpkg -s exits 0 for removed-but-configured packages too; check the status line.
   dpkg-query -W -f='${db:Status-Abbrev}' "$1" 2>/dev/null | grep -q '^ii'
 }
-
-missing=()
-for p in "${PACKAGES[@]}"; do
-  installed "$p" || missing+=("$p")
-done
 
 # venv DIR REQUIREMENTS: create DIR and install REQUIREMENTS unless they are what it last got.
 venv() {
@@ -53,14 +74,22 @@ venv() {
 }
 
 python_side() {
-  [[ "${AB_SETUP_NO_PYTHON:-0}" == 1 ]] && return 0
+  [[ $PURPOSE == job || "${AB_SETUP_NO_PYTHON:-0}" == 1 ]] && return 0
   venv "$ROOT/.venv" "$ROOT/python/requirements.txt"
   venv "$ROOT/.venv-peer" "$ROOT/python/requirements-peer.txt"
-  log "python: $ROOT/.venv and $ROOT/.venv-peer ready"
+  if [[ $PURPOSE == bench ]]; then
+    venv "$ROOT/.venv-cp" "$ROOT/bench/py/requirements-cellprofiler.txt"
+  fi
+  log "python: the virtual environments for $PURPOSE are ready"
 }
 
+missing=()
+for p in "${PACKAGES[@]}"; do
+  installed "$p" || missing+=("$p")
+done
+
 if ((${#missing[@]} == 0)); then
-  log "all ${#PACKAGES[@]} packages installed"
+  log "all ${#PACKAGES[@]} packages for $PURPOSE installed"
   python_side
   exit 0
 fi

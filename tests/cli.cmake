@@ -10,9 +10,10 @@ if(TARGET arraybridge_cli)
   if(AB_HAVE_OPENCL)
     set(_ab_cli_opencl 1)
   endif()
-  foreach(_c devices screen_small same_everywhere bad_inputs memory_limit trace)
+  foreach(_c devices command_line screen_small same_everywhere layouts big_plates bounded_memory bad_inputs
+                memory_limit resume outputs trace)
     add_test(NAME cli_${_c}
              COMMAND bash ${CMAKE_CURRENT_SOURCE_DIR}/cli_test.sh ${_c} $<TARGET_FILE:arraybridge_cli> ${_ab_cli_opencl})
-    set_tests_properties(cli_${_c} PROPERTIES LABELS cli TIMEOUT 120 SKIP_RETURN_CODE 77 ENVIRONMENT "${_ab_cli_env}")
+    set_tests_properties(cli_${_c} PROPERTIES LABELS cli TIMEOUT 300 SKIP_RETURN_CODE 77 ENVIRONMENT "${_ab_cli_env}")
   endforeach()
 endif()

@@ -9,10 +9,12 @@ foreach(_t nodriver convert stack oom)
   endif()
 endforeach()
 
-# The CUDA screening steps' per-pixel code (cli/steps_pixel.h) on the host against the host
-# steps (cli/steps_host.c): plain C, so it runs in every tree, with or without nvcc.
+# The CUDA screening steps' per-pixel code and tiling (cli/steps_pixel.h) on the host against
+# the host steps (cli/steps_host.c, with the filter weights of cli/pipeline.c): plain C, so it
+# runs in every tree, with or without nvcc.
 ab_add_test(test_cuda_screen_logic LABELS cuda SOURCES test_cuda_screen_logic.c ${PROJECT_SOURCE_DIR}/cli/steps_host.c
-  TIMEOUT 120)
+  ${PROJECT_SOURCE_DIR}/cli/pipeline.c TIMEOUT 120)
+target_link_libraries(test_cuda_screen_logic PRIVATE m)
 
 # The kernels' per-element logic (devices/cuda/sat.cuh) on the host against the host kernels:
 # runs without a GPU, in trees that have nvcc. nvcc builds the reference with the kernels' flags.

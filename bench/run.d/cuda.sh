@@ -87,8 +87,9 @@ bench_cuda_convert() {
 }
 
 # screen_gpu: `arraybridge screen` on CUDA device 0 alone against the same plate on the host
-# device alone (one worker per core), BENCH_ROUNDS (3) alternating rounds after a warm-up, the
-# plate of BENCH_SCREEN_ARGS (bench/run.d/screen.sh). ratio = cuda / host images per second.
+# device alone (one worker per core), BENCH_ROUNDS (3) alternating rounds after a warm-up, on the
+# TIFF plate bench/run.d/screen.sh writes (BENCH_SCREEN_ARGS). ratio = cuda / host images per
+# second.
 bench_screen_gpu() {
   cuda_ready screen_gpu || return 0
   build_targets arraybridge_cli
@@ -97,11 +98,12 @@ bench_screen_gpu() {
     return 0
   fi
   screen_env
+  screen_plate
   local r rounds=${BENCH_ROUNDS:-3}
-  screen_once "$TMP/sg_warm" cuda:0
+  screen_once "$TMP/sg_warm" --devices cuda:0 # the plate in the page cache, the kernels loaded
   for ((r = 1; r <= rounds; r++)); do
-    screen_once "$TMP/sg_cuda" cuda:0
-    screen_once "$TMP/sg_host" host
+    screen_once "$TMP/sg_cuda" --devices cuda:0
+    screen_once "$TMP/sg_host" --devices host
   done
   log "screen_gpu cuda:0: images/s $(raw_all "$TMP/sg_cuda" images_per_s)"
   log "screen_gpu host: images/s $(raw_all "$TMP/sg_host" images_per_s)"

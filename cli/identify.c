@@ -1,0 +1,121 @@
+/* cli/identify.c: the host's part of every image (see identify.h). */
+#include "cli/identify.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <arraybridge.h>
+
+static const uint16_t *data_of(ab_tensor *t) {
+  const DLTensor *x = ab_tensor_dl(t);
+  return (const uint16_t *)((const char *)x->data + x->byte_offset);
+}
+
+/* Otsu's threshold over 256 bins, in the order scikit-image computes it. */
+static uint32_t otsu(const uint16_t *v, int64_t n) {
+  uint64_t hist[256] = {0};
+  for (int64_t i = 0; i < n; i++) hist[v[i] >> 8]++;
+  int used = 0;
+  for (int k = 0; k < 256; k++) used += hist[k] != 0;
+  if (used <= 1) return v[0]; /* one value: scikit-image returns it, and everything is foreground */
+  uint64_t w1 = 0, total = 0;
+  double s1 = 0, stotal = 0;
+  for (int k = 0; k < 256; k++) total += hist[k], stotal += (double)hist[k] * k;
+  double best = -1;
+  int at = 0;
+  for (int k = 0; k < 255; k++) {
+    w1 += hist[k];
+    s1 += (double)hist[k] * k;
+    uint64_t w2 = total - w1;
+    if (w1 == 0 || w2 == 0) continue;
+    double m1 = s1 / (double)w1, m2 = (stotal - s1) / (double)w2;
+    double var = (double)w1 * (double)w2 * (m1 - m2) * (m1 - m2);
+    if (var > best) best = var, at = k;
+  }
+  return 256u * (uint32_t)at + 128u;
+}
+
+typedef struct {
+  int64_t h, w;
+  int nch;
+  const uint16_t *ch[PLATE_MAX_CHANNELS];
+  uint8_t *left;           /* foreground not yet in an object */
+  int32_t *stack;
+} image;
+
+/* The 8-connected object at pixel i: its pixels leave `left`, its sums go to o. */
+static void flood(image *m, int64_t i, screen_object *o) {
+  int64_t top = 0, w = m->w, h = m->h;
+  memset(o, 0, sizeof *o);
+  m->stack[top++] = (int32_t)i;
+  m->left[i] = 0;
+  while (top > 0) {
+    int64_t q = m->stack[--top], y = q / w, x = q % w;
+    o->area++;
+    o->sum_x += x, o->sum_y += y;
+    for (int c = 0; c < m->nch; c++) o->sum[c] += m->ch[c][q];
+    for (int64_t yy = y > 0 ? y - 1 : 0; yy <= y + 1 && yy < h; yy++)
+      for (int64_t xx = x > 0 ? x - 1 : 0; xx <= x + 1 && xx < w; xx++)
+        if (m->left[yy * w + xx]) {
+          m->left[yy * w + xx] = 0;
+          m->stack[top++] = (int32_t)(yy * w + xx);
+        }
+  }
+}
+
+static int keep(identify_result *r, const screen_object *o) {
+  r->objects++;
+  r->area_sum += o->area;
+  for (int c = 0; c < r->nchannels; c++) r->obj_sum[c] += o->sum[c];
+  if (!r->want_objects) return 0;
+  if (r->objects > r->cap) {
+    int64_t cap = r->cap ? 2 * r->cap : 64;
+    screen_object *more = realloc(r->objs, sizeof *more * (size_t)cap);
+    if (more == NULL) return AB_ENOMEM;
+    r->objs = more, r->cap = cap;
+  }
+  r->objs[r->objects - 1] = *o;
+  return 0;
+}
+
+void identify_reset(identify_result *r) {
+  r->threshold = 0;
+  r->npix = r->fg_px = r->objects = r->area_sum = 0;
+  memset(r->sum, 0, sizeof r->sum);
+  memset(r->obj_sum, 0, sizeof r->obj_sum);
+}
+
+int identify_task(ab_ctx *c, void *arg) {
+  identify_result *r = arg;
+  identify_reset(r); /* a task may run again after the OOM ladder parked it */
+  if (ab_ctx_ninputs(c) != 1 + r->nchannels) return AB_EINVAL;
+  image m = {.nch = r->nchannels};
+  const DLTensor *seg = ab_tensor_dl(ab_ctx_input(c, 0));
+  if (seg->ndim != 2 || seg->dtype.bits != 16) return AB_ESHAPE;
+  m.h = seg->shape[0], m.w = seg->shape[1];
+  for (int k = 0; k <= r->nchannels; k++) {
+    ab_tensor *t = ab_ctx_input(c, k);
+    const DLTensor *x = ab_tensor_dl(t);
+    if (x->ndim != 2 || x->shape[0] != m.h || x->shape[1] != m.w || !ab_tensor_is_contiguous(t)) return AB_ESHAPE;
+    if (k > 0) m.ch[k - 1] = data_of(t);
+  }
+  int64_t n = m.h * m.w;
+  int rc = ab_ctx_alloc(c, (size_t)n, (void **)&m.left);
+  if (rc == 0) rc = ab_ctx_alloc(c, (size_t)n * sizeof *m.stack, (void **)&m.stack);
+  if (rc != 0) return rc;
+  const uint16_t *v = data_of(ab_ctx_input(c, 0));
+  r->threshold = r->p->otsu ? otsu(v, n) : (uint32_t)lround(r->p->threshold * 65535);
+  for (int64_t i = 0; i < n; i++) m.left[i] = v[i] >= r->threshold;
+  for (int k = 0; k < r->nchannels; k++)
+    for (int64_t i = 0; i < n; i++) r->sum[k] += m.ch[k][i];
+  r->npix = n;
+  for (int64_t i = 0; i < n; i++) {
+    r->fg_px += v[i] >= r->threshold;
+    if (!m.left[i]) continue;
+    screen_object o;
+    flood(&m, i, &o);
+    if (o.area >= r->p->min_area && (rc = keep(r, &o)) != 0) return rc;
+  }
+  return 0;
+}

@@ -37,8 +37,17 @@ def is_oom(exc):
     from ._core import OutOfMemoryError
     if isinstance(exc, (OutOfMemoryError,) + _oom_types()):
         return True
-    msg = str(exc).lower()
+    msg = safe_str(exc).lower()
     return any(p in msg for p in _PATTERNS)
+
+
+def safe_str(exc):
+    """str(exc), or a stand-in when the exception's __str__ itself raises: whatever is wrong with
+    an exception, it must still reach the caller as itself."""
+    try:
+        return str(exc)
+    except Exception:  # noqa: BLE001 - any failure of a user's __str__
+        return f"<{type(exc).__name__}: str() failed>"
 
 
 def framework_of(exc):

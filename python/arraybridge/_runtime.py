@@ -1,8 +1,9 @@
 """Devices and the process-wide default runtime."""
 import atexit
+import os
 import threading
 
-from . import _core
+from . import _core, _opencl
 
 KINDS = {"host": _core.HOST, "cpu": _core.HOST, "opencl": _core.OPENCL, "cuda": _core.CUDA, "gpu": _core.CUDA}
 KIND_NAMES = {_core.HOST: "host", _core.OPENCL: "opencl", _core.CUDA: "cuda"}
@@ -37,8 +38,21 @@ def parse_device(device, default_kind=_core.HOST):
 
 
 def device_name(dev):
+    """(kind, index) -> "cuda:0", "opencl:1", "host:0"."""
     kind, index = dev
     return f"{KIND_NAMES.get(kind, kind)}:{index}"
+
+
+class Runtime(_core.Runtime):
+    """An arraybridge runtime (see _core.Runtime for the options). Made here rather than from
+    the extension directly, it first makes loading the OpenCL drivers safe next to TensorFlow,
+    and opens no OpenCL device where that cannot be done (arraybridge/_opencl.py)."""
+
+    def __init__(self, workers=None, memory_limit=None, logical_split=None, disable=(), **options):
+        disable = tuple(disable or ())
+        if "opencl" not in disable and _opencl.opencl_refused():
+            disable += ("opencl",)
+        super().__init__(workers, memory_limit, logical_split, disable, **options)
 
 
 _default = None
@@ -53,7 +67,7 @@ def runtime():
         return rt
     with _lock:
         if _default is None:
-            _default = _core.Runtime()
+            _default = Runtime()
             atexit.register(_close_default)
         return _default
 
@@ -63,6 +77,33 @@ def _close_default():
     rt, _default = _default, None
     if rt is not None:
         rt.close()
+
+
+def _before_fork():
+    """Frameworks that initialised a driver in this process: a forked child must not use it
+    (arraybridge's own runtimes are accounted for by the extension)."""
+    import sys
+    if "pyclesperanto" in sys.modules or "pyclesperanto_prototype" in sys.modules:
+        _core._note_opened(_core.OPENCL)  # they initialise OpenCL when imported
+    torch = sys.modules.get("torch")
+    cuda = getattr(torch, "cuda", None)
+    try:
+        if cuda is not None and cuda.is_initialized():
+            _core._note_opened(_core.CUDA)
+    except Exception:  # noqa: BLE001 - a half-imported torch: nothing initialised
+        pass
+
+
+def _after_fork_in_child():
+    """The parent's default runtime has no worker threads here: the child makes its own on first
+    use (the old one is dropped; the extension leaks what it held rather than join threads
+    that do not exist)."""
+    global _default, _lock
+    _default = None
+    _lock = threading.Lock()
+
+
+os.register_at_fork(before=_before_fork, after_in_child=_after_fork_in_child)
 
 
 def has_kind(rt, kind):

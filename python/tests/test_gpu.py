@@ -54,8 +54,8 @@ def test_executor_makes_the_worker_stream_current(cuda_rt):
             cur = _core.current()
             return cur[0], cur[3], torch.cuda.current_stream().cuda_stream, x.is_cuda, x.device.index
 
-        kind, stream, torch_stream, is_cuda, index = ex.submit(probe, np.ones(4, np.float32), device="cuda:0",
-                                                                input_type="torch").result()
+        kind, stream, torch_stream, is_cuda, index = ex.options(device="cuda:0", input_type="torch").submit(
+            probe, np.ones(4, np.float32)).result()
         assert kind == _core.CUDA and stream == torch_stream and is_cuda and index == 0
 
 
@@ -70,7 +70,7 @@ def test_torch_cuda_oom_enters_the_ladder(cuda_rt):
         return "ok"
 
     with ab.Executor(1, devices="cuda") as ex:
-        assert ex.submit(flaky, device="cuda:0").result(timeout=30) == "ok"
+        assert ex.options(device="cuda:0").submit(flaky).result(timeout=30) == "ok"
     assert len(calls) == 3
 
 

@@ -483,3 +483,107 @@ def test_an_exception_whose_str_raises_reaches_the_caller_as_itself(ex):
 
     with pytest.raises(_Unprintable):
         decorated(np.zeros(2))
+
+
+# ---- submit's keywords, options, futures as arguments, device names -----------------------------
+def test_submit_passes_every_keyword_to_fn(ex):
+    def echo(*args, **kwargs):
+        return args, kwargs
+
+    kw = {"device": "cuda:0", "input_type": "torch", "output_type": "numpy", "oom_retry": False, "fn": 1}
+    assert ex.submit(echo, 1, **kw).result() == ((1,), kw)
+    torch = pytest.importorskip("torch")
+    t = ex.submit(torch.zeros, 3, device="cpu", dtype=torch.float64).result()
+    assert t.device.type == "cpu" and t.dtype == torch.float64 and t.shape == (3,)
+
+
+def test_options_place_and_convert_and_are_reusable(ex):
+    host = ex.options(device="host:0", output_type="numpy")
+    assert "host:0" in repr(host)
+    got = [host.submit(lambda: _core.current()[:2]).result() for _ in range(5)]
+    assert set(got) == {(_core.HOST, 0)}
+    assert list(host.map(lambda a, b: a + b, range(4), range(4))) == [0, 2, 4, 6]
+    pytest.importorskip("torch")
+    r = ex.options(input_type="torch", output_type="numpy").submit(lambda x, y=None: x + y, np.ones(2),
+                                                                     y=np.ones(2))
+    assert isinstance(r.result(), np.ndarray) and r.result().tolist() == [2, 2]
+
+
+def test_devices_are_named(ex):
+    names = ex.devices()
+    assert names[0] == "host:0" and all(isinstance(n, str) for n in names)
+    assert {n.split(":")[0] for n in names} <= {"host", "opencl", "cuda"}
+    assert ex.device_info(names[-1])["device"] == ab.parse_device(names[-1])
+
+
+def test_futures_among_arguments_are_resolved_first(ex):
+    import collections
+    Pair = collections.namedtuple("Pair", "a b")
+    a, b = ex.submit(int, 2), ex.submit(int, 3)
+    f = ex.submit(lambda x, ys, d, p, k=None: (x, ys, d, p, k), a, [b, (a, 7)], {"z": b}, Pair(a, b), k=a)
+    assert f.result(timeout=10) == (2, [3, (2, 7)], {"z": 3}, Pair(2, 3), 2)
+    with cf.ThreadPoolExecutor(1) as other:  # any concurrent.futures.Future will do
+        assert ex.submit(lambda x: x + 1, other.submit(int, 41)).result(timeout=10) == 42
+
+
+def test_a_task_waiting_for_its_inputs_holds_no_worker():
+    with ab.Executor(1) as ex, cf.ThreadPoolExecutor(1) as other:
+        gate = threading.Event()
+        slow = other.submit(gate.wait, 20)
+        dependent = ex.submit(lambda x: ("after", x), slow)
+        # dependent waits for its input outside the queue: the executor's one worker is free
+        assert ex.submit(int, 5).result(timeout=10) == 5
+        assert not dependent.done()
+        gate.set()
+        assert dependent.result(timeout=10) == ("after", True)
+        # chains many deep, on one worker, submitted before any of it ran
+        gate2 = threading.Event()
+        f = ex.submit(gate2.wait, 20)
+        for _ in range(200):
+            f = ex.submit(lambda x: x + 1 if x is not True else 1, f)
+        gate2.set()
+        assert f.result(timeout=20) == 200
+
+
+def test_a_failed_or_cancelled_input_fails_the_dependent_without_running_it():
+    ran = []
+    with ab.Executor(1) as ex:
+        def boom():
+            raise KeyError("input broke")
+
+        dep = ex.submit(ran.append, [ex.submit(boom)])
+        with pytest.raises(KeyError, match="input broke"):
+            dep.result(timeout=10)
+        gate = threading.Event()
+        ex.submit(gate.wait, 20)
+        queued = ex.submit(int, 1)
+        dep2 = ex.submit(ran.append, {"x": queued})
+        assert queued.cancel()
+        with pytest.raises(cf.CancelledError):
+            dep2.result(timeout=10)
+        dep3 = ex.submit(ran.append, ex.submit(int, 2))
+        assert dep3.cancel() or dep3.done()  # waiting for its input: cancellable
+        gate.set()
+        cf.wait([dep3], timeout=10)
+    assert ran == [] or ran == [2] and not dep3.cancelled()
+
+
+def test_logical_devices_map_to_physical_framework_indexes(opencl_devices):
+    """With logical_split, runtime device opencl:5 is physical OpenCL device 2: a task there asking
+    for pyclesperanto data must get it on pyclesperanto's device 2, not 5 (which does not exist).
+    The same mapping serves CUDA (torch, cupy: checked on a GPU in test_gpu.py)."""
+    pytest.importorskip("pyclesperanto")
+    if len(opencl_devices) < 2 or len(ab.available_device_ids("pyclesperanto")) < len(opencl_devices):
+        pytest.skip("needs several OpenCL devices pyclesperanto sees too")
+    from arraybridge import _plan
+    n = len(opencl_devices)
+    with ab.Executor(1, devices="opencl", logical_split={"opencl": 2}) as ex:
+        last = f"opencl:{2 * n - 1}"
+        assert ex.device_info(last)["physical"] == n - 1
+        f = ex.options(device=last, input_type="pyclesperanto", output_type="numpy").submit(
+            lambda x: x * 2, np.arange(3, dtype=np.float32))
+        assert f.result(timeout=30).tolist() == [0, 2, 4]
+    phys = {(_core.CUDA, 3): 1}
+    assert _plan.framework_device((_core.CUDA, 3, 0, 0), ab.MemoryType.TORCH, phys) == 1
+    assert _plan.framework_device((_core.CUDA, 3, 0, 0), ab.MemoryType.NUMPY, phys) is None
+    assert _plan.framework_device((_core.HOST, 0, 0, 0), ab.MemoryType.TORCH, phys) is None

@@ -65,6 +65,8 @@ class Future(_cf.Future):
     _exception = None
     _task = None  # the runtime's Future; None until the task is handed to the runtime
     _oom_retry = True
+    _oom_deadline = _oom.DEADLINE  # the executor's oom_deadline
+    _oom_since = None  # when fn first ran out of memory (time.monotonic())
     _last_oom = None
     _w = None   # concurrent.futures' _waiters, once someone waits
     _cb = None  # _done_callbacks, once someone adds one
@@ -165,9 +167,21 @@ class Future(_cf.Future):
             self._invoke_callbacks()
 
     def _ab_raised(self, exc: BaseException) -> bool:
-        """fn raised exc: True to be parked and run again (a framework out-of-memory error)."""
+        """fn raised exc: True to be parked and run again (a framework out-of-memory error).
+
+        The deadline is wall-clock time since the first out-of-memory error, fn's own running
+        time included (the runtime's ladder counts the time parked): past it the task fails
+        here rather than being parked again."""
         if self._oom_retry and _oom.is_oom(exc):
-            _oom.clear_cache(exc)
+            now = _time.monotonic()
+            if self._oom_since is None:
+                self._oom_since = now
+            elif now - self._oom_since >= self._oom_deadline:
+                self._last_oom = exc
+                self._ab_end(_ENOMEM, f"out of memory for {now - self._oom_since:.3f} s, past the deadline "
+                                      f"({self._oom_deadline:g} s)")
+                return False
+            _oom.relieve(exc, None, self._oom_deadline - (now - self._oom_since))
             self._last_oom = exc
             return True
         self.set_exception(exc)
@@ -281,6 +295,7 @@ class Executor(_cf.Executor):
         self._closer = None
         self._call = self._runtime.call
         self._pid = _os.getpid()
+        self._oom_deadline = _oom.DEADLINE if oom_deadline is None else float(oom_deadline)
         # Accepted tasks not yet handed to the runtime: waiting for input futures, or for room.
         self._held = _threading.Condition(_threading.Lock())
         self._held_count = 0
@@ -329,6 +344,8 @@ class Executor(_cf.Executor):
         if (args or kwargs) and _has_future(args, kwargs):
             return self._submit(fn, args, kwargs, None)
         fut = Future(self._condition)
+        if self._oom_deadline != _oom.DEADLINE:
+            fut._oom_deadline = self._oom_deadline
         try:
             fut._task = self._call(fut, fn, args, kwargs or None)
         except _core.QueueFullError:  # a task or a callback submitting: it must not block
@@ -341,6 +358,8 @@ class Executor(_cf.Executor):
         if self._shutdown:
             raise RuntimeError("cannot schedule new futures after shutdown")
         fut = Future(self._condition)
+        if self._oom_deadline != _oom.DEADLINE:
+            fut._oom_deadline = self._oom_deadline
         if opts is not None and not opts.oom_retry:
             fut._oom_retry = False
         if (args or kwargs) and _has_future(args, kwargs):

@@ -26,10 +26,11 @@ def memory_stats(rt=None):
 
 
 def cleanup_all_gpu_frameworks(device_id=None):
-    """Free the caches of every GPU framework already imported (arraybridge 0.2.9's version
-    looked the modules up in the wrong namespace and never freed anything). Returns the names
-    of the frameworks it cleaned."""
-    names = [n for n in ("torch", "cupy", "jax", "tensorflow") if n in sys.modules]
+    """Free the caches of every GPU framework already imported (torch's and cupy's memory pools,
+    jax's compiled executables; TensorFlow keeps none) and collect garbage (arraybridge 0.2.9's
+    version looked the modules up in the wrong namespace and never freed anything). Returns the
+    names of the frameworks it cleaned."""
+    names = [n for n in _oom._CLEARERS if n in sys.modules]
     _oom.clear_cache(None, device_id)
     return names
 

@@ -1,7 +1,10 @@
 """Devices and the process-wide default runtime."""
+from __future__ import annotations
+
 import atexit
 import os
 import threading
+from typing import Any, Optional, Tuple, Union
 
 from . import _core, _opencl
 
@@ -9,7 +12,7 @@ KINDS = {"host": _core.HOST, "cpu": _core.HOST, "opencl": _core.OPENCL, "cuda": 
 KIND_NAMES = {_core.HOST: "host", _core.OPENCL: "opencl", _core.CUDA: "cuda"}
 
 
-def kind_name(name):
+def kind_name(name: str) -> str:
     """"host", "opencl" or "cuda" for a kind's name or alias ("cpu", "gpu")."""
     kind = KINDS.get(name)
     if kind is None:
@@ -17,7 +20,7 @@ def kind_name(name):
     return KIND_NAMES[kind]
 
 
-def parse_device(device, default_kind=_core.HOST):
+def parse_device(device: Union[str, Tuple[Any, int], None], default_kind: int = _core.HOST) -> Tuple[int, int]:
     """'host', 'opencl', 'opencl:1', 'cuda:0', (kind, index) or None -> (kind, index).
 
     An index of -1 (_core.ANY) means any device of that kind."""
@@ -37,7 +40,7 @@ def parse_device(device, default_kind=_core.HOST):
     raise TypeError(f"device must be a str or a (kind, index) tuple, not {type(device).__name__}")
 
 
-def device_name(dev):
+def device_name(dev: Tuple[int, int]) -> str:
     """(kind, index) -> "cuda:0", "opencl:1", "host:0"."""
     kind, index = dev
     return f"{KIND_NAMES.get(kind, kind)}:{index}"
@@ -48,7 +51,8 @@ class Runtime(_core.Runtime):
     the extension directly, it first makes loading the OpenCL drivers safe next to TensorFlow,
     and opens no OpenCL device where that cannot be done (arraybridge/_opencl.py)."""
 
-    def __init__(self, workers=None, memory_limit=None, logical_split=None, disable=(), **options):
+    def __init__(self, workers: Optional[dict] = None, memory_limit: Optional[dict] = None,
+                 logical_split: Optional[dict] = None, disable: Tuple[str, ...] = (), **options: Any) -> None:
         disable = tuple(disable or ())
         if "opencl" not in disable and _opencl.opencl_refused():
             disable += ("opencl",)
@@ -59,7 +63,7 @@ _default = None
 _lock = threading.Lock()
 
 
-def runtime():
+def runtime() -> "Runtime":
     """The process-wide runtime the arraybridge API uses (created on first use, closed at exit)."""
     global _default
     rt = _default

@@ -112,3 +112,12 @@ os.register_at_fork(before=_before_fork, after_in_child=_after_fork_in_child)
 
 def has_kind(rt, kind):
     return any(k == kind for k, _ in rt.devices())
+
+
+def on_physical(rt: Any, kind: int, physical: int) -> Tuple[int, int]:
+    """rt's device of that kind on physical device `physical` (a GPU as torch and cupy number
+    it): the first of its logical devices when rt splits devices (logical_split)."""
+    for k, i in rt.devices():
+        if k == kind and rt.device_info(k, i)["physical"] == physical:
+            return (k, i)
+    raise _core.DeviceError(f"the runtime has no {KIND_NAMES.get(kind, kind)} device on physical device {physical}")

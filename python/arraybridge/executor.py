@@ -392,17 +392,17 @@ class Executor(_cf.Executor):
         with self._held:
             self._held_count += 1
             self._overflow.append((fut, task))
-            if self._pump is None:
-                self._pump = _threading.Thread(target=self._pump_loop, name="arraybridge-overflow", daemon=True)
-                self._pump.start()
-            self._held.notify_all()
+            self._start_pump()
 
     def _pump_loop(self) -> None:
+        me = _threading.current_thread()
         while True:
             with self._held:
+                idle_until = _time.monotonic() + 1.0
                 while not self._overflow:
-                    if self._shutdown and self._held_count == 0:
-                        self._pump = None
+                    if (self._shutdown and self._held_count == 0) or _time.monotonic() > idle_until:
+                        if self._pump is me:  # a later overflow starts another
+                            self._pump = None
                         return
                     self._held.wait(0.1)
                 fut, task = self._overflow.popleft()
@@ -430,6 +430,8 @@ class Executor(_cf.Executor):
                 self._held.notify_all()
 
     def _start_pump(self) -> None:
+        """With self._held held: a pump thread that will see the overflow list (it leaves after
+        a second with nothing to do, and before the runtime closes)."""
         if self._pump is None:
             self._pump = _threading.Thread(target=self._pump_loop, name="arraybridge-overflow", daemon=True)
             self._pump.start()
@@ -466,6 +468,10 @@ class Executor(_cf.Executor):
         with self._held:
             while self._held_count and self._pid == _os.getpid():
                 self._held.wait(0.1)
+            pump = self._pump
+            self._held.notify_all()
+        if pump is not None and self._pid == _os.getpid():
+            pump.join()  # it has nothing left to hand over: gone before the workers
         self._runtime.close(cancel=cancel)
 
 

@@ -13,7 +13,7 @@ from typing import Any, Callable, List, Optional, Sequence, Union
 import numpy as _np
 
 from . import _core, _dtypes
-from ._runtime import has_kind, runtime
+from ._runtime import has_kind, on_physical, runtime
 from .convert import _detect, _TO_NUMPY, convert_memory, device_of, target_index
 from .devices import GpuId
 from .dlpack import asdlpack
@@ -58,7 +58,7 @@ def stack_slices(slices: Sequence[Any], memory_type: Union[str, MemoryType], gpu
     rt = rt or runtime()
     on_gpu = gpu_id is not None and target in (MemoryType.TORCH, MemoryType.CUPY)
     if on_gpu and has_kind(rt, _core.CUDA):
-        volume = rt.stack([asdlpack(s) for s in slices], (_core.CUDA, gpu_id)).result()
+        volume = rt.stack([asdlpack(s) for s in slices], on_physical(rt, _core.CUDA, gpu_id)).result()
         return _from_runtime(volume, target, gpu_id)
     items = []
     for s in slices:
@@ -153,7 +153,7 @@ def cast(data: Any, dtype: Any, mode: str = "saturate", *, rt: Optional[_core.Ru
     if on_device and has_kind(rt, _core.CUDA):
         t = asdlpack(data)
         out = rt.convert(t, t.device, dtype=_dtypes.to_dl(dtype), cast=_MODES[mode]).result()
-        return _from_runtime(out, mt, t.device[1])
+        return _from_runtime(out, mt, out.dl_device[1])  # the physical GPU, as cupy numbers it
     host = _TO_NUMPY[mt](data)
     out = rt.convert(asdlpack(host), _HOST, dtype=_dtypes.to_dl(dtype), cast=_MODES[mode]).result()
     arr = _np.asarray(out)

@@ -585,6 +585,8 @@ def test_logical_devices_map_to_physical_framework_indexes(opencl_devices):
     with ab.Executor(1, devices="opencl", logical_split={"opencl": 2}) as ex:
         last = f"opencl:{2 * n - 1}"
         assert ex.device_info(last)["physical"] == n - 1
+        from arraybridge._runtime import on_physical  # and back: stacking onto GPU k uses it
+        assert on_physical(ex.runtime, _core.OPENCL, n - 1) == (_core.OPENCL, 2 * n - 2)
         f = ex.options(device=last, input_type="pyclesperanto", output_type="numpy").submit(
             lambda x: x * 2, np.arange(3, dtype=np.float32))
         assert f.result(timeout=30).tolist() == [0, 2, 4]

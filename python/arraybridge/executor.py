@@ -304,6 +304,8 @@ class Executor(_cf.Executor):
         self._cancel_held = False
         _live.add(self)
         self._default = None if default_device is None else Options(self, default_device)
+        # submit's fast path: no default device, the default deadline (futures need no setting)
+        self._plain = self._default is None and self._oom_deadline == _oom.DEADLINE
 
     @property
     def runtime(self) -> Runtime:
@@ -337,15 +339,9 @@ class Executor(_cf.Executor):
         return a concurrent.futures.Future. Every keyword goes to fn; for placement and
         conversions use ``options(...).submit``. Futures among the arguments are inputs (see
         the module's notes)."""
-        if self._default is not None:
+        if not self._plain or self._shutdown or ((args or kwargs) and _has_future(args, kwargs)):
             return self._submit(fn, args, kwargs, self._default)
-        if self._shutdown:
-            raise RuntimeError("cannot schedule new futures after shutdown")
-        if (args or kwargs) and _has_future(args, kwargs):
-            return self._submit(fn, args, kwargs, None)
         fut = Future(self._condition)
-        if self._oom_deadline != _oom.DEADLINE:
-            fut._oom_deadline = self._oom_deadline
         try:
             fut._task = self._call(fut, fn, args, kwargs or None)
         except _core.QueueFullError:  # a task or a callback submitting: it must not block

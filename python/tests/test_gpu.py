@@ -74,21 +74,6 @@ def test_torch_cuda_oom_enters_the_ladder(cuda_rt):
     assert len(calls) == 3
 
 
-def test_cupy_paths():
-    cupy = pytest.importorskip("cupy")
-    try:
-        n = cupy.cuda.runtime.getDeviceCount()
-    except Exception:  # noqa: BLE001
-        n = 0
-    if n == 0:
-        pytest.skip("no CUDA device for cupy")
-    c = ab.convert_memory(np.arange(5, dtype=np.float32), "numpy", "cupy", n - 1)
-    assert c.device.id == n - 1  # arraybridge 0.2.9 put it on the current device instead
-    t = ab.convert_memory(c, "cupy", "torch", n - 1)
-    assert t.device.index == n - 1
-    np.testing.assert_array_equal(ab.convert_memory(t, "torch", "numpy"), np.arange(5))
-
-
 def _per_thread_streams(call, default_stream):
     """Calls call() twice on each of three threads: every thread its own stream, kept across its
     calls, never the default one."""
@@ -160,3 +145,19 @@ def test_executor_on_logical_cuda_devices_uses_the_physical_gpu(cuda_rt):
         idx, current, logical = ex.options(device=last, input_type="torch").submit(
             probe, np.ones(4, np.float32)).result(timeout=60)
     assert idx == current == phys and logical == int(last.split(":")[1])
+
+
+def test_cupy_paths():
+    cupy = pytest.importorskip("cupy")
+    try:
+        n = cupy.cuda.runtime.getDeviceCount()
+    except Exception:  # noqa: BLE001
+        n = 0
+    if n == 0:
+        pytest.skip("no CUDA device for cupy")
+    c = ab.convert_memory(np.arange(5, dtype=np.float32), "numpy", "cupy", n - 1)
+    assert c.device.id == n - 1  # arraybridge 0.2.9 put it on the current device instead
+    t = ab.convert_memory(c, "cupy", "torch", n - 1)
+    assert t.device.index == n - 1
+    np.testing.assert_array_equal(ab.convert_memory(t, "torch", "numpy"), np.arange(5))
+

@@ -160,4 +160,3 @@ def test_cupy_paths():
     t = ab.convert_memory(c, "cupy", "torch", n - 1)
     assert t.device.index == n - 1
     np.testing.assert_array_equal(ab.convert_memory(t, "torch", "numpy"), np.arange(5))
-

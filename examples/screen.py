@@ -1,14 +1,14 @@
 #!/usr/bin/env python3
 """The screening job in Python on arraybridge.Executor: every stack of a synthetic plate through
-stack -> normalise -> Gaussian filter -> max projection -> count, each step a task chained to the
-previous one by its future (no thread blocks between steps), with real framework functions:
-torch for the volume steps, NumPy and SciPy for counting. Tasks go to the host workers, or to
-the CUDA devices (torch tensors on the GPU) when the runtime has any.
+stack -> normalise -> Gaussian filter -> max projection -> count, each step a task whose input is
+the previous step's future (the runtime starts it when that one is done: no thread blocks
+between steps), with real framework functions: torch for the volume steps, NumPy and SciPy for
+counting. Tasks go to the host workers, or to the CUDA devices (torch tensors on the GPU) when
+the runtime has any.
 
     examples/screen.py [--wells 8 --sites 2 --z 16 --size 256 --workers N --out results.csv]
 """
 import argparse
-import concurrent.futures as cf
 import csv
 import os
 import sys
@@ -20,39 +20,19 @@ import arraybridge as ab  # noqa: E402
 import screen_pipeline as sp  # noqa: E402
 
 
-def chain(ex, first, steps):
-    """A future for steps[-1](...steps[0](first.result())), each step submitted to ex when the
-    previous one completes, from that task's completion callback."""
-    out = cf.Future()
-
-    def advance(i, fut):
-        exc = fut.exception()
-        if exc is not None:
-            out.set_exception(exc)
-            return
-        if i == len(steps):
-            out.set_result(fut.result())
-            return
-        fn, opts = steps[i]
-        try:
-            nxt = ex.submit(fn, fut.result(), **opts)
-        except Exception as e:  # noqa: BLE001 - e.g. the executor was shut down
-            out.set_exception(e)
-            return
-        nxt.add_done_callback(lambda f: advance(i + 1, f))
-
-    first.add_done_callback(lambda f: advance(0, f))
-    return out
+def screen_stack(ex, slices, device=None):
+    """The future of one stack's (objects, mean, foreground): five tasks, each taking the previous
+    one's future as its argument."""
+    on = ex.options(device=device)
+    vol = on.submit(ab.stack_slices, slices, "torch")
+    norm = ex.options(device=device, input_type="torch").submit(sp.normalise, vol)  # onto the device's GPU
+    proj = on.submit(sp.project, on.submit(sp.gaussian, norm))
+    return ex.options(device=device, input_type="numpy").submit(sp.count, proj)
 
 
 def screen(ex, plate, device=None):
     """{(well, site): (objects, mean, foreground)} for the plate, every stack in flight at once."""
-    dev = {"device": device} if device else {}
-    steps = [(sp.normalise, dev), (sp.gaussian, dev), (sp.project, dev), (sp.count, {**dev, "input_type": "numpy"})]
-    futures = {}
-    for well, site, slices in plate:
-        stacked = ex.submit(ab.stack_slices, slices, "torch", **dev)
-        futures[(well, site)] = chain(ex, stacked, steps)
+    futures = {(well, site): screen_stack(ex, slices, device) for well, site, slices in plate}
     return {k: f.result() for k, f in futures.items()}
 
 
@@ -69,7 +49,7 @@ def main(argv=None):
     a = p.parse_args(argv)
     plate = sp.make_plate(a.wells, a.sites, a.z, (a.size, a.size), a.seed)
     with ab.Executor(a.workers) as ex:
-        device = "cuda" if any(k == ab._core.CUDA for k, _ in ex.devices()) else None
+        device = "cuda" if any(d.startswith("cuda:") for d in ex.devices()) else None
         t0 = time.perf_counter()
         if a.trace:
             with ex.trace(a.trace):

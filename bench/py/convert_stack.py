@@ -23,9 +23,9 @@ ROUNDS = int(os.environ.get("BENCH_ROUNDS", 5))
 ITERS = int(os.environ.get("BENCH_PY_CONVERT_ITERS", 20000))
 SLICES = int(os.environ.get("BENCH_SLICES", 1000))
 
-try:  # arraybridge >= 0.5 names devices; 0.2.x and ours take gpu_id=None for host memory
+try:  # arraybridge >= 0.5 names devices, and ours takes its device objects too: both run this
     from arraybridge.devices import HOST as DEVICE
-except ImportError:
+except ImportError:  # 0.2.x: gpu_id=None for host memory
     DEVICE = None
 
 

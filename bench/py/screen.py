@@ -1,6 +1,6 @@
 """py_screen, one side: the screening pipeline of examples/screen_pipeline.py over a synthetic
 plate, in images (stacks) per second.
-  ours  arraybridge.Executor, each step a task chained by its future (examples/screen.py)
+  ours  arraybridge.Executor, each step a task taking the previous step's future (examples/screen.py)
   peer  arraybridge from PyPI plus concurrent.futures.ThreadPoolExecutor, one task per stack
         (stack_slices into torch, then the same steps), the way its users run it today
 Both with BENCH_PY_WORKERS threads (default: the number of cores). Prints "<side>_images_per_s v".

@@ -3,19 +3,30 @@
 Same-device conversions are zero-copy through each framework's own fast path (DLPack or a
 shared buffer); anything else goes through host memory unless allow_cpu_roundtrip=False.
 Differences from arraybridge 0.2.9, on purpose:
-  * gpu_id is honoured for every framework and validated (a device that does not exist is a
-    ValueError listing the ones that do); gpu_id=None keeps GPU data where it is and puts host
-    data in the target framework's host memory where it has one (numpy, torch, jax, tensorflow).
+  * gpu_id is honoured for every GPU framework and validated (a device that does not exist is a
+    ValueError listing the ones that do); a CPU-only target (numpy) ignores it; gpu_id=None
+    keeps GPU data where it is and puts host data in the target framework's host memory where
+    it has one (numpy, torch, jax, tensorflow). arraybridge 0.5's device objects (HOST,
+    AcceleratorDevice(i), NamedDevice(name)) are accepted in its place.
   * torch tensors are detached before going to NumPy (requires_grad works).
   * the data must be of source_type (MemoryConversionError otherwise), and an unknown type is a
     ValueError naming the valid ones.
   * a read-only NumPy array going to torch (which cannot mark memory read-only) is copied rather
-    than shared writable.
+    than shared writable; negative strides (torch has none), big-endian data and NumPy scalars
+    are converted rather than refused.
+  * allow_cpu_roundtrip=False refuses every conversion that would take device data (CUDA, or
+    pyclesperanto's OpenCL memory) through host memory onto a device again.
 """
+from __future__ import annotations
+
 import importlib
+
+from typing import Any, List, Optional, Union
 
 import numpy as _np
 
+from ._oom import safe_str
+from .devices import Device, GpuId, HostDevice, NamedDevice, as_gpu_id
 from .types import MemoryConversionError, MemoryType, memory_type
 
 _M = MemoryType
@@ -42,25 +53,25 @@ _MODULE_TYPES = {"numpy": _M.NUMPY, "torch": _M.TORCH, "cupy": _M.CUPY, "jax": _
                  "pyclesperanto_cuda": _M.PYCLESPERANTO}
 
 
-def detect_memory_type(data):
+def detect_memory_type(data: Any) -> str:
     """The memory type of data as a string ("numpy", "torch", ...); ValueError if it is none."""
     return _detect(data).value
 
 
-def _detect(data):
+def _detect(data: Any) -> MemoryType:
     t = type(data)
     mt = _TYPE_CACHE.get(t)
     if mt is not None:
         return mt
     mt = _MODULE_TYPES.get(t.__module__.split(".")[0])
-    if mt is None or (mt is _M.NUMPY and not isinstance(data, _np.ndarray)):
+    if mt is None or (mt is _M.NUMPY and not isinstance(data, (_np.ndarray, _np.generic))):
         raise ValueError(f"Unknown memory type for {t.__module__}.{t.__qualname__}")
     _TYPE_CACHE[t] = mt
     return mt
 
 
 # ---- devices --------------------------------------------------------------------------------
-def available_device_ids(mt):
+def available_device_ids(mt: Union[str, MemoryType]) -> List[int]:
     """GPU indexes the framework of memory type mt can use here."""
     mt = memory_type(mt)
     if mt is _M.NUMPY:
@@ -85,14 +96,38 @@ def available_device_ids(mt):
     return []
 
 
-def _check_gpu(mt, gpu_id):
-    if gpu_id is None:
-        return
-    if not isinstance(gpu_id, int) or isinstance(gpu_id, bool) or gpu_id < 0:
-        raise ValueError(f"gpu_id must be a non-negative int or None, not {gpu_id!r}")
+def target_index(mt: MemoryType, where: GpuId) -> Optional[int]:
+    """The framework device index to convert onto: gpu_id (an int, or None for host memory) or an
+    arraybridge 0.5 device object, validated against the devices the framework has. NumPy, which
+    has only host memory, ignores it (so the seed's convert_memory(..., "numpy", gpu_id=0) works
+    everywhere)."""
+    if where is None or type(where) is HostDevice:
+        if mt is _M.CUPY and where is not None:
+            raise ValueError("cupy has no host device: pass an AcceleratorDevice (or gpu_id)")
+        return None
+    if mt is _M.NUMPY:
+        if isinstance(where, Device) or (isinstance(where, int) and not isinstance(where, bool) and where >= 0):
+            return None
+    named = isinstance(where, NamedDevice)
+    where = as_gpu_id(where)
+    if named:  # pyclesperanto's devices have names
+        if mt is not _M.PYCLESPERANTO:
+            raise ValueError(f"{mt.value} names no devices; use AcceleratorDevice(index) or gpu_id")
+        names = list(_mod(mt).list_available_devices())
+        if where not in names:
+            raise ValueError(f"pyclesperanto has no device named {where!r}; available: {names}")
+        return names.index(where)
+    if not isinstance(where, int) or isinstance(where, bool) or where < 0:
+        raise ValueError(f"gpu_id must be a non-negative int, a device object or None, not {where!r}")
     ids = available_device_ids(mt)
-    if gpu_id not in ids:
-        raise ValueError(f"{mt.value} has no device {gpu_id}; available: {ids}")
+    if where not in ids:
+        raise ValueError(f"{mt.value} has no device {where}; available: {ids}")
+    return where
+
+
+def on_device(data: Any, mt: MemoryType) -> bool:
+    """Whether data lives in device memory (CUDA, or pyclesperanto's OpenCL), not host memory."""
+    return mt is _M.CUPY or mt is _M.PYCLESPERANTO or device_of(data, mt) is not None
 
 
 def device_of(data, mt=None):
@@ -139,8 +174,9 @@ _TO_NUMPY = {
 def _numpy_to_torch(a, gpu_id):
     torch = _mod(_M.TORCH)
     flags = a.flags
-    if not (flags.writeable and flags.aligned) or a.dtype.byteorder == ">":
-        a = _np.array(a, dtype=a.dtype.newbyteorder("="), copy=True)  # never share read-only memory
+    if not (flags.writeable and flags.aligned) or a.dtype.byteorder == ">" or any(s < 0 for s in a.strides):
+        # never share read-only memory; torch has no negative strides
+        a = _np.array(a, dtype=a.dtype.newbyteorder("="), copy=True)
     t = torch.from_numpy(a)
     return t if gpu_id is None else t.to(f"cuda:{gpu_id}", non_blocking=False)
 
@@ -216,8 +252,12 @@ def _move_same_type(mt):
         if mt is _M.JAX:
             jax = _mod(mt)
             return jax.device_put(x, [d for d in jax.devices() if d.platform == "gpu"][gpu_id])
-        return _FROM_NUMPY[mt](_TO_NUMPY[mt](x), gpu_id)  # tensorflow, pyclesperanto: via the host
+        raise _ViaHost()  # tensorflow, pyclesperanto: convert_memory goes through the host
     return convert
+
+
+class _ViaHost(Exception):
+    """A direct path that has no way but through host memory (the caller takes it, or refuses)."""
 
 
 def _cupy_on(x, gpu_id):
@@ -244,12 +284,27 @@ def _direct(src, tgt):
 _PATHS = {}
 
 
-def convert_memory(data, source_type, target_type, gpu_id=None, *, allow_cpu_roundtrip=True):
+def _host_array(a):
+    """A NumPy source every framework takes: scalars as 0-d arrays, big-endian data byte-swapped."""
+    if type(a) is not _np.ndarray:
+        a = _np.asarray(a)
+    if a.dtype.byteorder == ">":
+        a = a.astype(a.dtype.newbyteorder("="))
+    return a
+
+
+def convert_memory(data: Any, source_type: Union[str, MemoryType], target_type: Union[str, MemoryType],
+                   gpu_id: GpuId = None, *, device: GpuId = None, allow_cpu_roundtrip: bool = True) -> Any:
     """data, of memory type source_type, as target_type (on GPU gpu_id for GPU frameworks).
+
+    gpu_id: an int (a GPU for torch, cupy, jax, tensorflow; an OpenCL device for pyclesperanto),
+    None (host memory where the target has it; GPU data stays where it is), or one of arraybridge
+    0.5's device objects (also as device=). NumPy targets ignore it.
 
     Zero-copy when the data can stay where it is; otherwise one copy (device moves) or a host
     round trip (frameworks that share no device memory, e.g. pyclesperanto's OpenCL and CUDA).
-    allow_cpu_roundtrip=False refuses host round trips for data on a GPU (OpenHCS's strict mode)."""
+    allow_cpu_roundtrip=False refuses any round trip through host memory from device memory to
+    device memory (OpenHCS's strict mode), pyclesperanto's OpenCL memory included."""
     key = (source_type, target_type)
     path = _PATHS.get(key)
     if path is None:
@@ -259,25 +314,39 @@ def convert_memory(data, source_type, target_type, gpu_id=None, *, allow_cpu_rou
     actual = _detect(data)
     if actual is not src:
         raise MemoryConversionError(src.value, tgt.value, "convert_memory", f"the data is {actual.value}, not {src.value}")
+    if device is not None:
+        if gpu_id is not None:
+            raise TypeError("convert_memory: pass gpu_id or device, not both")
+        gpu_id = device
     if gpu_id is not None:
-        _check_gpu(tgt, gpu_id)
+        gpu_id = target_index(tgt, gpu_id)
+    if src is _M.NUMPY and (type(data) is not _np.ndarray or data.dtype.byteorder == ">"):
+        data = _host_array(data)
     if fn is not None:
         try:
             return fn(data, gpu_id)
+        except _ViaHost:
+            pass
         except MemoryConversionError:
             raise
         except Exception as e:  # noqa: BLE001 - direct paths may refuse (DLPack device limits)
             if not allow_cpu_roundtrip:
-                raise MemoryConversionError(src.value, tgt.value, "direct", str(e)) from e
+                raise MemoryConversionError(src.value, tgt.value, "direct", safe_str(e)) from e
             if src is _M.NUMPY or tgt is _M.NUMPY:
-                raise MemoryConversionError(src.value, tgt.value, "direct", str(e)) from e
-    if not allow_cpu_roundtrip and device_of(data, src) is not None:
+                raise MemoryConversionError(src.value, tgt.value, "direct", safe_str(e)) from e
+    if not allow_cpu_roundtrip and on_device(data, src) and _lands_on_device(tgt, gpu_id):
         raise MemoryConversionError(src.value, tgt.value, "host round trip",
-                                    "no CPU fallback permitted unless explicitly authorized via allow_cpu_roundtrip=True")
+                                    "the data is in device memory and would be copied through host memory onto a "
+                                    "device again; no CPU fallback permitted unless explicitly authorized via "
+                                    "allow_cpu_roundtrip=True")
     try:
         return _FROM_NUMPY[tgt](_TO_NUMPY[src](data), gpu_id)
     except MemoryConversionError:
         raise
     except Exception as e:  # noqa: BLE001
-        raise MemoryConversionError(src.value, tgt.value, "host round trip", str(e)) from e
+        raise MemoryConversionError(src.value, tgt.value, "host round trip", safe_str(e)) from e
+
+
+def _lands_on_device(tgt: MemoryType, gpu_id: Optional[int]) -> bool:
+    return tgt is _M.CUPY or tgt is _M.PYCLESPERANTO or (tgt is not _M.NUMPY and gpu_id is not None)
 

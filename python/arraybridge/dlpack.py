@@ -9,6 +9,10 @@ negative-stride arrays are described exactly. The Tensor keeps the source alive.
 DLPack out: Tensor implements ``__dlpack__(stream, max_version, dl_device, copy)`` and
 ``__dlpack_device__``, so ``numpy.from_dlpack``, ``torch.from_dlpack`` and friends take it.
 """
+from __future__ import annotations
+
+from typing import Any, Optional
+
 import numpy as _np
 
 from . import _core, _dtypes
@@ -17,7 +21,7 @@ KDL_CPU, KDL_CUDA, KDL_CUDA_HOST, KDL_OPENCL = 1, 2, 3, 4
 Tensor = _core.Tensor
 
 
-def asdlpack(obj):
+def asdlpack(obj: Any) -> "_core.Tensor":
     """A runtime Tensor viewing obj's memory (no copy)."""
     if isinstance(obj, Tensor):
         return obj
@@ -106,7 +110,7 @@ def _cuda_device_of(ptr):
         return 0
 
 
-def to_numpy(t, rt=None):
+def to_numpy(t: "_core.Tensor", rt: Optional["_core.Runtime"] = None) -> _np.ndarray:
     """A NumPy array of a Tensor: a view for host tensors, a copy for device ones."""
     if t.device[0] != _core.HOST:
         from ._runtime import runtime

@@ -1,11 +1,14 @@
 """Memory statistics and cleanup, across the runtime and the loaded frameworks."""
+from __future__ import annotations
+
 import sys
+from typing import Any, Dict, List, Optional
 
 from . import _oom, _runtime
 from ._runtime import device_name
 
 
-def memory_stats(rt=None):
+def memory_stats(rt: Optional[Any] = None) -> Dict[str, Any]:
     """Per-device runtime counters (used, peak, budget, the OOM ladder's steps) and, for each
     loaded GPU framework, what its allocator holds."""
     rt = rt or _runtime._default
@@ -25,11 +28,12 @@ def memory_stats(rt=None):
     return out
 
 
-def cleanup_all_gpu_frameworks(device_id=None):
-    """Free the caches of every GPU framework already imported (arraybridge 0.2.9's version
-    looked the modules up in the wrong namespace and never freed anything). Returns the names
-    of the frameworks it cleaned."""
-    names = [n for n in ("torch", "cupy", "jax", "tensorflow") if n in sys.modules]
+def cleanup_all_gpu_frameworks(device_id: Optional[int] = None) -> List[str]:
+    """Free the caches of every GPU framework already imported (torch's and cupy's memory pools,
+    jax's compiled executables; TensorFlow keeps none) and collect garbage (arraybridge 0.2.9's
+    version looked the modules up in the wrong namespace and never freed anything). Returns the
+    names of the frameworks it cleaned."""
+    names = [n for n in _oom._CLEARERS if n in sys.modules]
     _oom.clear_cache(None, device_id)
     return names
 

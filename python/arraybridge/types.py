@@ -1,4 +1,5 @@
 """Memory types and dtype modes, as in arraybridge (the seed library)."""
+from collections.abc import Mapping, MutableMapping
 from enum import Enum
 
 import numpy as _np
@@ -64,3 +65,26 @@ def memory_type(value, what="memory type"):
         return MemoryType(value)
     except ValueError:
         raise ValueError(f"unknown {what} {value!r}; expected one of {sorted(VALID_MEMORY_TYPES)}") from None
+
+
+class MemoryContractAttribute(str, Enum):
+    """Names of the attributes the memory decorators set on a function (arraybridge 0.5)."""
+
+    INPUT = "input_memory_type"
+    OUTPUT = "output_memory_type"
+    EXECUTION = "execution_memory_type"
+
+    def read(self, namespace, default=None):
+        """This attribute of an object or a mapping (default when it has none)."""
+        value = namespace.get(self.value, default) if isinstance(namespace, Mapping) else \
+            getattr(namespace, self.value, default)
+        if value is None or isinstance(value, str):
+            return value
+        raise TypeError(f"{self.value} of {namespace!r} is {value!r}, not a library name")
+
+    def write(self, namespace, value):
+        """Set this attribute on an object or a mutable mapping."""
+        if isinstance(namespace, MutableMapping):
+            namespace[self.value] = value
+        else:
+            setattr(namespace, self.value, value)

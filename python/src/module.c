@@ -24,6 +24,14 @@
  *   referenced by the tensor; the reference is dropped under the GIL when the tensor's last
  *   reference goes, which may be on a worker thread. After interpreter finalisation began the
  *   reference is leaked on purpose (NumPy does the same in its DLPack deleter).
+ *
+ *   fork(). A child process has none of its parent's worker threads, and any lock one of them
+ *   held stays held for ever. So a runtime made before a fork belongs to the parent: in the
+ *   child (fork_generation differs) every use of it raises ShutdownError, waiting on one of
+ *   its futures raises instead of hanging, and closing or dropping it, its futures and its
+ *   tensors leaks them instead of joining threads that do not exist. A child makes runtimes
+ *   of its own; the kinds of device its parent had opened (OpenCL drivers such as pocl, and
+ *   CUDA, do not survive fork) are left out of them, with a warning saying why.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -46,6 +54,18 @@ static PyObject *InvalidError, *MemError, *TimeoutErr, *CancelledErr, *DeviceErr
 static PyObject *copy_hook; /* Python: (tensor, dl_device or None) -> new Tensor */
 
 static _Thread_local ab_ctx *tls_ctx; /* the compute task this worker thread is running */
+
+/* ---- fork ------------------------------------------------------------------------------------ */
+/* Bumped in the child of every fork (pthread_atfork), read with the GIL held: a runtime records
+ * the generation it was made in. kinds_opened: the kinds a runtime of this process opened;
+ * kinds_inherited: those a parent had opened before the fork that made this process. */
+static unsigned fork_generation;
+static int kinds_opened[AB_KIND_COUNT], kinds_inherited[AB_KIND_COUNT];
+
+static void on_fork_child(void) {
+  fork_generation++;
+  for (int k = 0; k < AB_KIND_COUNT; k++) kinds_inherited[k] |= kinds_opened[k];
+}
 
 /* ---- worker threads entering Python --------------------------------------------------------- */
 /* PyGILState_Ensure on a thread Python did not create makes a new thread state each time and
@@ -162,7 +182,11 @@ typedef struct {
   ab_runtime *rt;
   struct py_task *inl_head, *inl_tail; /* host Python tasks any host worker may run (the GIL guards it) */
   int closing;                         /* close() is under way: refuse new work */
+  unsigned gen;                        /* the fork_generation it was made in */
 } RuntimeObject;
+
+/* A runtime made in another process (before a fork): nothing of it may be touched here. */
+static int foreign(PyObject *rt) { return rt != NULL && ((RuntimeObject *)rt)->gen != fork_generation; }
 
 typedef struct {
   PyObject_HEAD
@@ -209,6 +233,11 @@ static PyObject *future_new_from(ab_future *f, PyObject *rt) {
 }
 
 static int check_runtime(RuntimeObject *self) {
+  if (foreign((PyObject *)self)) {
+    PyErr_SetString(ShutdownErr, "this runtime was made before a fork, in the parent process; its worker threads do "
+                                 "not exist here: make a new Executor (or runtime) in this process");
+    return -1;
+  }
   if (self->rt == NULL || self->closing) {
     raise_ab(AB_ESHUTDOWN, "runtime is closed", NULL);
     return -1;
@@ -420,7 +449,7 @@ static PyObject *mod_from_capsule(PyObject *m, PyObject *cap) {
 
 /* ---- Tensor ---------------------------------------------------------------------------------- */
 static void tensor_dealloc(TensorObject *self) {
-  ab_tensor_release(self->t);
+  if (!foreign(self->rt)) ab_tensor_release(self->t); /* else its arena may be locked for ever */
   Py_XDECREF(self->rt);
   PyObject_Free(self);
 }
@@ -669,6 +698,11 @@ static PyTypeObject TensorType = {
 
 /* ---- Future ---------------------------------------------------------------------------------- */
 static void future_dealloc(FutureObject *self) {
+  if (foreign(self->rt)) { /* made before a fork: leaked, see the design notes */
+    Py_XDECREF(self->rt);
+    PyObject_Free(self);
+    return;
+  }
   if (self->task) py_task_unref(self->task);
   ab_future_release(self->f);
   Py_XDECREF(self->rt);
@@ -683,6 +717,12 @@ static int64_t timeout_ns(PyObject *t) {
   return s > 9e9 ? -1 : (int64_t)(s * 1e9);
 }
 
+/* While a thread waits on a future it wakes this often to run Python's signal handlers, so that
+ * Ctrl-C (or any handler that raises) interrupts result() at once, as it does
+ * ThreadPoolExecutor's, rather than when the task ends. Only the main thread runs handlers;
+ * elsewhere the check costs a load. */
+#define WAIT_SLICE_NS 20000000
+
 /* wait(timeout=None) -> bool: True once complete. The GIL is released while waiting. */
 static PyObject *future_wait(FutureObject *self, PyObject *args) {
   PyObject *t = Py_None;
@@ -690,10 +730,24 @@ static PyObject *future_wait(FutureObject *self, PyObject *args) {
   int64_t ns = timeout_ns(t);
   if (ns == -2) return NULL;
   int rc = ab_future_wait(self->f, 0);
-  if (rc == AB_ETIMEDOUT && ns != 0) {
-    Py_BEGIN_ALLOW_THREADS waiter_released_gil();
-    rc = ab_future_wait(self->f, ns);
+  if (rc == AB_ETIMEDOUT && ns != 0 && foreign(self->rt)) {
+    PyErr_SetString(ShutdownErr, "this task belongs to a runtime of the parent process (made before a fork): it "
+                                 "cannot complete here");
+    return NULL;
+  }
+  int64_t deadline = ns < 0 ? -1 : mono_ns() + ns;
+  for (int first = 1; rc == AB_ETIMEDOUT && ns != 0; first = 0) {
+    int64_t slice = WAIT_SLICE_NS;
+    if (deadline >= 0) {
+      int64_t left = deadline - mono_ns();
+      if (left <= 0) break;
+      if (left < slice) slice = left;
+    }
+    Py_BEGIN_ALLOW_THREADS
+    if (first) waiter_released_gil();
+    rc = ab_future_wait(self->f, slice);
     Py_END_ALLOW_THREADS
+    if (rc == AB_ETIMEDOUT && PyErr_CheckSignals() < 0) return NULL;
   }
   if (rc == 0) Py_RETURN_TRUE;
   if (rc == AB_ETIMEDOUT) Py_RETURN_FALSE;
@@ -729,6 +783,7 @@ static PyObject *future_result(FutureObject *self, PyObject *args) {
 /* 0: it will never run (a Python task: its Python future is for the caller to settle);
  * AB_EBUSY: running; AB_EALREADY: complete. */
 static PyObject *future_cancel(FutureObject *self, PyObject *u) {
+  if (foreign(self->rt)) return PyLong_FromLong(AB_EBUSY); /* the parent's: not ours to touch */
   if (self->task != NULL) {
     int rc = py_task_cancel(self->task);
     if (rc != 0) return PyLong_FromLong(rc);
@@ -768,6 +823,34 @@ static int kind_options(PyObject *d, const char *key, long long *out) {
 
 static const char *kind_names[AB_KIND_COUNT] = {"host", "opencl", "cuda"};
 
+/* The kinds whose drivers this runtime initialised and uses (a kind it found no device of is
+ * of no loss to a forked child, and not worth a warning there). */
+static void note_opened_kinds(ab_runtime *rt) {
+  ab_device devs[256];
+  int n = ab_runtime_devices(rt, devs, 256);
+  for (int i = 0; i < n && i < 256; i++)
+    if (devs[i].kind != AB_HOST && devs[i].kind >= 0 && devs[i].kind < AB_KIND_COUNT) kinds_opened[devs[i].kind] = 1;
+}
+
+/* A process forked from one that had opened OpenCL or CUDA cannot use them: the drivers' threads
+ * and state do not survive fork (pocl's command queues would never run, CUDA reports an
+ * initialisation error). Such kinds are left out of this process's runtimes, said once each. */
+static int inherited_kinds_off(ab_runtime_options *o) {
+  static int warned[AB_KIND_COUNT];
+  for (int k = 0; k < AB_KIND_COUNT; k++) {
+    if (!kinds_inherited[k] || o->kinds[k].disabled) continue;
+    o->kinds[k].disabled = 1;
+    if (warned[k]++) continue;
+    if (PyErr_WarnFormat(PyExc_RuntimeWarning, 1,
+                         "arraybridge: this process was forked from one that had initialised %s, whose driver "
+                         "does not survive fork(); its runtimes open no %s devices. Use multiprocessing's "
+                         "'spawn' or 'forkserver' start method to use them in child processes.",
+                         k == AB_OPENCL ? "OpenCL" : "CUDA", kind_names[k]) < 0)
+      return -1;
+  }
+  return 0;
+}
+
 /* Runtime(workers=None, memory_limit=None, logical_split=None, disable=(), queue_capacity=0,
  *         oom_deadline=None, oom_no_wait=False, allow_reroute=False)
  * workers / memory_limit / logical_split: dicts keyed by "host", "opencl", "cuda". */
@@ -802,6 +885,7 @@ static int runtime_init(RuntimeObject *self, PyObject *args, PyObject *kw) {
       o.kinds[k].disabled = has;
     }
   }
+  if (inherited_kinds_off(&o) != 0) return -1;
   o.queue_capacity = qcap;
   if (deadline != Py_None) {
     int64_t ns = timeout_ns(deadline);
@@ -810,6 +894,7 @@ static int runtime_init(RuntimeObject *self, PyObject *args, PyObject *kw) {
   }
   o.oom.no_wait = no_wait;
   o.oom.allow_reroute = reroute;
+  self->gen = fork_generation;
   int rc;
   Py_BEGIN_ALLOW_THREADS rc = ab_runtime_create(&o, &self->rt);
   Py_END_ALLOW_THREADS
@@ -817,6 +902,7 @@ static int runtime_init(RuntimeObject *self, PyObject *args, PyObject *kw) {
     raise_ab(rc, "cannot create the runtime", NULL);
     return -1;
   }
+  note_opened_kinds(self->rt);
   return 0;
 }
 
@@ -826,6 +912,11 @@ static void inline_list_free(struct py_task *list);
 static int runtime_close_rt(RuntimeObject *self, int how) {
   ab_runtime *rt = self->rt;
   if (rt == NULL || self->closing) return 0;
+  if (foreign((PyObject *)self)) { /* the parent's: leaked, with what its records hold */
+    self->rt = NULL;
+    self->inl_head = self->inl_tail = NULL;
+    return 0;
+  }
   self->closing = 1; /* the C API must not be used while destroy runs */
   int rc;
   Py_BEGIN_ALLOW_THREADS rc = ab_runtime_destroy(rt, how);
@@ -856,7 +947,7 @@ static void runtime_dealloc(RuntimeObject *self) {
   detached_close *c;
   pthread_t th;
   pthread_attr_t attr;
-  if (self->rt && on_worker && (c = malloc(sizeof *c)) != NULL) {
+  if (self->rt && on_worker && !foreign((PyObject *)self) && (c = malloc(sizeof *c)) != NULL) {
     *c = (detached_close){self->rt, self->inl_head};
     pthread_attr_init(&attr);
     pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
@@ -881,7 +972,9 @@ static PyObject *runtime_close(RuntimeObject *self, PyObject *args, PyObject *kw
   Py_RETURN_NONE;
 }
 
-static PyObject *runtime_closed(RuntimeObject *self, void *c) { return PyBool_FromLong(self->rt == NULL || self->closing); }
+static PyObject *runtime_closed(RuntimeObject *self, void *c) {
+  return PyBool_FromLong(self->rt == NULL || self->closing || foreign((PyObject *)self));
+}
 
 static PyObject *runtime_devices(RuntimeObject *self, PyObject *u) {
   if (check_runtime(self)) return NULL;
@@ -959,11 +1052,17 @@ static int parse_place(PyObject *dev, int policy, ab_place *p) {
 }
 
 /* Submit with the GIL held when the queue has room; when it is full, release the GIL and block,
- * so the workers (which may need the GIL to drain it) can make progress. */
+ * so the workers (which may need the GIL to drain it) can make progress. Except on a thread
+ * inside a runtime's task or completion callback: there blocking could stop the very workers
+ * that drain the queue (every worker a task that submits, all of them waiting for room), so a
+ * full queue raises QueueFullError at once, and the Executor keeps the task until there is room
+ * (python/arraybridge/executor.py). */
+static _Thread_local int in_runtime_thread; /* inside a Python task or a completion callback */
+
 #define SUBMIT_BLOCKING(place, call)                                                                \
   do {                                                                                              \
     rc = (call);                                                                                    \
-    if (rc == AB_EAGAIN && !try_only) {                                                             \
+    if (rc == AB_EAGAIN && !try_only && !in_runtime_thread) {                                       \
       (place).mode = AB_SUBMIT_BLOCK;                                                               \
       Py_BEGIN_ALLOW_THREADS rc = (call);                                                           \
       Py_END_ALLOW_THREADS                                                                          \
@@ -1364,6 +1463,7 @@ static int py_task_run(ab_ctx *ctx, void *arg) {
   RuntimeObject *owner = p->owner;
   Py_INCREF(owner); /* whatever the task drops, the list and the object stay until we are done */
   tls_ctx = ctx;
+  in_runtime_thread = 1;
   rc = py_task_call(p);
   if (rc == AB_EINVAL) py_task_broken(p);
   if (rc != AB_ENOMEM) {
@@ -1371,6 +1471,7 @@ static int py_task_run(ab_ctx *ctx, void *arg) {
     atomic_store(&p->state, PT_DONE);
   }
   if (rc != AB_ENOMEM && p->host && ab_ctx_device(ctx).kind == AB_HOST) run_inline(owner, ctx);
+  in_runtime_thread = 0;
   tls_ctx = NULL;
   Py_DECREF(owner); /* may be the last reference: runtime_dealloc knows it runs on a worker */
   leave_python();
@@ -1388,11 +1489,14 @@ static void py_task_done(ab_future *f, void *arg) {
     PyGILState_STATE g = PyGILState_Ensure();
     const char *msg = ab_future_message(f);
     int status = ab_future_status(f);
+    int outer = in_runtime_thread; /* the future's callbacks run here: they must not block */
+    in_runtime_thread = 1;
     if (p->fut != NULL) {
       PyObject *r = PyObject_CallMethod(p->fut, "_ab_end", "is", status ? status : AB_ECANCELED, msg ? msg : "");
       if (r == NULL) PyErr_WriteUnraisable(p->fut);
       Py_XDECREF(r);
     }
+    in_runtime_thread = outer;
     py_task_clear(p);
     if (!never_ran) atomic_store(&p->state, PT_DONE);
     PyGILState_Release(g);
@@ -1585,7 +1689,18 @@ static PyObject *mod_set_copy_hook(PyObject *m, PyObject *fn) {
   Py_RETURN_NONE;
 }
 
+/* _note_opened(kind): a framework of this process (pyclesperanto, torch) initialised that kind's
+ * driver, so a forked child must not open it either. */
+static PyObject *mod_note_opened(PyObject *m, PyObject *arg) {
+  long k = PyLong_AsLong(arg);
+  if (k == -1 && PyErr_Occurred()) return NULL;
+  if (k < 0 || k >= AB_KIND_COUNT) return PyErr_Format(PyExc_ValueError, "no device kind %ld", k);
+  kinds_opened[k] = 1;
+  Py_RETURN_NONE;
+}
+
 static PyMethodDef module_methods[] = {
+    {"_note_opened", (PyCFunction)mod_note_opened, METH_O, "a framework initialised this kind's driver"},
     {"from_buffer", (PyCFunction)mod_from_buffer, METH_O, "a host Tensor over an object's buffer (no copy)"},
     {"from_capsule", (PyCFunction)mod_from_capsule, METH_O, "a Tensor from a DLPack capsule (consumes it)"},
     {"wrap", (PyCFunction)mod_wrap, METH_VARARGS,
@@ -1616,6 +1731,7 @@ PyMODINIT_FUNC PyInit__core(void) {
   if (PyType_Ready(&RuntimeType) < 0 || PyType_Ready(&TensorType) < 0 || PyType_Ready(&FutureType) < 0) return NULL;
   PyObject *cancelled_base = NULL;
   if (pthread_key_create(&tstate_key, tstate_destroy) != 0) return PyErr_NoMemory();
+  if (pthread_atfork(NULL, NULL, on_fork_child) != 0) return PyErr_NoMemory();
   if (!(s_state = PyUnicode_InternFromString("_state")) || !(s_pending = PyUnicode_InternFromString("PENDING")) ||
       !(s_running = PyUnicode_InternFromString("RUNNING")) || !(s_settle = PyUnicode_InternFromString("_ab_settle")) ||
       !(s_raised = PyUnicode_InternFromString("_ab_raised")) || !(s_end = PyUnicode_InternFromString("_ab_end")) ||

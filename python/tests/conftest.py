@@ -10,6 +10,11 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import pytest  # noqa: E402
 
+# Under the sanitizer steps (scripts/test.sh pyasan, pytsan: the runtime preloaded) everything
+# runs several times slower: tests that measure time against a bound skip there, and stress
+# tests shrink.
+SANITIZED = any(name in os.environ.get("LD_PRELOAD", "") for name in ("libasan", "libtsan"))
+
 import arraybridge as ab  # noqa: E402
 
 # pocl (the OpenCL devices here) loads LLVM 15 when it first initialises. If TensorFlow was

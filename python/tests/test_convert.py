@@ -112,3 +112,80 @@ def test_zero_d_and_empty():
         for a in (np.array(5.0), np.zeros((0, 4), np.float32)):
             y = ab.convert_memory(a, "numpy", mt, None)
             assert host(y).shape == a.shape
+
+
+# ---- layouts and byte orders a framework cannot take as they are ---------------------------------
+def _layouts():
+    base = np.arange(60, dtype=np.float32).reshape(5, 12)
+    ro = base.copy()
+    ro.flags.writeable = False
+    raw = np.zeros(61 * 4 + 1, np.uint8)[1:61 * 4 + 1]  # 4-byte items at an odd address
+    unaligned = raw.view(np.float32)[:60].reshape(5, 12)
+    unaligned[...] = base
+    return {
+        "negative strides": base[::-1],
+        "negative inner stride": base[:, ::-2],
+        "uint16 reversed": base.astype(np.uint16)[::-1, ::-1],
+        "fortran order": np.asfortranarray(base),
+        "transposed": base.T,
+        "stepped": base[::2, 1::3],
+        "broadcast (stride 0)": np.broadcast_to(np.arange(4, dtype=np.float32), (3, 4)),
+        "read-only": ro,
+        "unaligned": unaligned,
+        "big-endian": base.astype(">f4"),
+        "0-d": np.array(7.5, np.float32),
+        "numpy scalar": np.float32(2.5),
+    }
+
+
+@pytest.mark.parametrize("target", ["torch", "jax", "tensorflow", "pyclesperanto", "cupy"])
+def test_any_numpy_layout_converts_to_every_framework(target):
+    pytest.importorskip(MODULES.get(target, target))
+    if target == "cupy" and not ab.available_device_ids("cupy"):
+        pytest.skip("no CUDA device for cupy")
+    for name, a in _layouts().items():
+        y = ab.convert_memory(a, "numpy", target, None)
+        back = np.asarray(ab.convert_memory(y, target, "numpy", None))
+        np.testing.assert_array_equal(back, np.asarray(a), err_msg=name)
+        assert back.dtype == np.asarray(a).dtype.newbyteorder("="), name
+
+
+def test_negative_strides_to_torch_keep_values_and_leave_the_source_alone():
+    torch = pytest.importorskip("torch")
+    a = np.arange(6, dtype=np.int32)
+    t = ab.convert_memory(a[::-1], "numpy", "torch")
+    assert t.tolist() == [5, 4, 3, 2, 1, 0]
+    t[0] = 99
+    assert a[5] == 5  # a copy: torch cannot view negative strides
+    assert torch
+
+
+# ---- strict mode -------------------------------------------------------------------------------
+def test_strict_mode_refuses_pyclesperanto_round_trips_through_the_host():
+    cle = pytest.importorskip("pyclesperanto")
+    ids = ab.available_device_ids("pyclesperanto")
+    if len(ids) < 2:
+        pytest.skip("needs two OpenCL devices")
+    g = ab.convert_memory(np.arange(4, dtype=np.float32), "numpy", "pyclesperanto", ids[0])
+    with pytest.raises(ab.MemoryConversionError, match="allow_cpu_roundtrip"):
+        ab.convert_memory(g, "pyclesperanto", "pyclesperanto", ids[1], allow_cpu_roundtrip=False)
+    moved = ab.convert_memory(g, "pyclesperanto", "pyclesperanto", ids[1])  # allowed by default
+    assert cle.pull(moved).tolist() == [0, 1, 2, 3]
+    # from device memory to host memory, or host memory onto a device, is no round trip
+    assert ab.convert_memory(g, "pyclesperanto", "numpy", allow_cpu_roundtrip=False).tolist() == [0, 1, 2, 3]
+    up = ab.convert_memory(np.ones(2, np.float32), "numpy", "pyclesperanto", ids[1], allow_cpu_roundtrip=False)
+    assert cle.pull(up).tolist() == [1, 1]
+
+
+def test_strict_mode_refuses_device_to_device_through_the_host_for_gpu_frameworks():
+    torch = pytest.importorskip("torch")
+    gpus = ab.available_device_ids("torch")
+    cle = pytest.importorskip("pyclesperanto")
+    if not gpus or not ab.available_device_ids("pyclesperanto"):
+        pytest.skip("needs a CUDA device (GPU machine)")
+    g = cle.push(np.ones(3, np.float32))
+    with pytest.raises(ab.MemoryConversionError, match="allow_cpu_roundtrip"):
+        ab.convert_memory(g, "pyclesperanto", "torch", gpus[0], allow_cpu_roundtrip=False)
+    t = torch.ones(3, device=f"cuda:{gpus[0]}")
+    with pytest.raises(ab.MemoryConversionError, match="allow_cpu_roundtrip"):
+        ab.convert_memory(t, "torch", "pyclesperanto", None, allow_cpu_roundtrip=False)

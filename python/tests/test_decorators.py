@@ -1,4 +1,6 @@
 """The memory-type decorators."""
+import time
+
 import numpy as np
 import pytest
 
@@ -130,3 +132,44 @@ def test_cleanup_and_memory_stats(rt):
     stats = ab.memory_stats(rt)
     assert "host:0" in stats["runtime"]
     assert {"mem_used", "mem_peak", "oom_parks"} <= set(stats["runtime"]["host:0"])
+
+
+def test_torch_decorator_computes_on_uint16_images():
+    torch = pytest.importorskip("torch")
+    seen = []
+
+    @ab.torch(output_type="numpy")
+    def brighten(x):
+        seen.append(x.dtype)
+        return x + 100
+
+    @ab.torch(output_type="numpy", dtype_conversion="native")
+    def stats(x):
+        return torch.stack([x.max(), x.min(), (x > 5).sum()])
+
+    img = np.array([[0, 10], [65500, 3]], dtype=np.uint16)
+    r = brighten(img)
+    assert seen == [torch.int32]  # torch cannot add uint16 tensors: widened, losslessly
+    assert r.dtype == np.uint16 and r.tolist() == [[100, 110], [65535, 103]]  # back, saturated
+    assert stats(img).tolist() == [65500, 0, 2]
+    assert stats(img.astype(np.uint32) * 60000).tolist() == [65500 * 60000, 0, 3]  # uint32: as int64
+
+
+def test_oom_recovery_uses_the_executors_policy_and_honours_its_deadline():
+    from arraybridge import _oom
+    assert ab.decorators.OOM_DEADLINE == _oom.DEADLINE == 10.0
+    assert (_oom.BACKOFF_INITIAL, _oom.BACKOFF_MAX) == (0.001, 0.1)
+    calls = []
+
+    @ab.numpy(oom_deadline=0.5)
+    def always(x):
+        calls.append(time.monotonic())
+        raise MemoryError("out of memory")
+
+    with pytest.raises(MemoryError):
+        always(np.ones(2))
+    took = time.monotonic() - calls[0]
+    # the deadline is 0.5 s: the last attempt comes at it (not up to a backoff step before),
+    # within 10% (the bound asked for), plus room for a loaded 2-core machine
+    assert 0.5 <= took <= 0.5 * 1.1 + 0.15, took
+    assert len(calls) >= 3  # retried (how often depends on how long clearing caches takes)

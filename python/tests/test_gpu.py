@@ -54,8 +54,8 @@ def test_executor_makes_the_worker_stream_current(cuda_rt):
             cur = _core.current()
             return cur[0], cur[3], torch.cuda.current_stream().cuda_stream, x.is_cuda, x.device.index
 
-        kind, stream, torch_stream, is_cuda, index = ex.submit(probe, np.ones(4, np.float32), device="cuda:0",
-                                                                input_type="torch").result()
+        kind, stream, torch_stream, is_cuda, index = ex.options(device="cuda:0", input_type="torch").submit(
+            probe, np.ones(4, np.float32)).result()
         assert kind == _core.CUDA and stream == torch_stream and is_cuda and index == 0
 
 
@@ -70,8 +70,81 @@ def test_torch_cuda_oom_enters_the_ladder(cuda_rt):
         return "ok"
 
     with ab.Executor(1, devices="cuda") as ex:
-        assert ex.submit(flaky, device="cuda:0").result(timeout=30) == "ok"
+        assert ex.options(device="cuda:0").submit(flaky).result(timeout=30) == "ok"
     assert len(calls) == 3
+
+
+def _per_thread_streams(call, default_stream):
+    """Calls call() twice on each of three threads: every thread its own stream, kept across its
+    calls, never the default one."""
+    import threading
+    seen = {}
+
+    def work(i):
+        seen[i] = [call(), call()]
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    firsts = {s[0] for s in seen.values()}
+    assert all(s[0] == s[1] for s in seen.values())  # kept for the thread's life
+    assert len(firsts) == 3 and default_stream not in firsts
+
+
+@needs_torch_cuda
+def test_torch_decorator_runs_on_a_per_thread_stream_on_the_gpu_asked_for():
+    gpu = ab.available_device_ids("torch")[-1]
+
+    @ab.torch(gpu_id=gpu, output_type="torch", dtype_conversion="native")
+    def probe(x):
+        s = torch.cuda.current_stream()
+        assert x.device.index == gpu and s.device.index == gpu
+        y = x
+        for _ in range(50):  # enough queued work that an unsynchronised result would show
+            y = y * 1.0001
+        return y, s.cuda_stream
+
+    def call():
+        y, stream = probe(np.ones((512, 512), np.float32))
+        assert abs(float(y[0, 0].cpu()) - 1.0001 ** 50) < 1e-4  # complete when handed back
+        return stream
+
+    _per_thread_streams(call, torch.cuda.default_stream(gpu).cuda_stream)
+
+
+def test_cupy_decorator_runs_on_a_per_thread_stream():
+    cupy = pytest.importorskip("cupy")
+    if not ab.available_device_ids("cupy"):
+        pytest.skip("no CUDA device for cupy")
+    gpu = ab.available_device_ids("cupy")[-1]
+
+    @ab.cupy(gpu_id=gpu, dtype_conversion="native")
+    def probe(x):
+        assert x.device.id == gpu
+        return x + 1, cupy.cuda.get_current_stream().ptr
+
+    def call():
+        y, stream = probe(np.zeros(1000, np.float32))
+        assert float(y.sum()) == 1000
+        return stream
+
+    _per_thread_streams(call, 0)
+
+
+@needs_torch_cuda
+def test_executor_on_logical_cuda_devices_uses_the_physical_gpu(cuda_rt):
+    with ab.Executor(1, devices="cuda", logical_split={"cuda": 2}) as ex:
+        last = [d for d in ex.devices() if d.startswith("cuda:")][-1]
+        phys = ex.device_info(last)["physical"]
+
+        def probe(x):
+            return x.device.index, torch.cuda.current_device(), _core.current()[1]
+
+        idx, current, logical = ex.options(device=last, input_type="torch").submit(
+            probe, np.ones(4, np.float32)).result(timeout=60)
+    assert idx == current == phys and logical == int(last.split(":")[1])
 
 
 def test_cupy_paths():

@@ -1,7 +1,7 @@
 # The library's sources, by layer. Backends register in devices/registry.c.
 set(AB_SOURCES
+  platform/platform.c
   runtime/errors.c
-  runtime/platform.c
   runtime/pool.c
   runtime/runtime.c
   runtime/placement.c

@@ -14,6 +14,14 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "arraybridge.h" /* DLTensor, DLDataType, ab_kind */
+
+/* The runtime's device and worker (runtime/internal.h): a backend keeps its own state behind
+ * their `backend` pointers, and this contract needs no more than their names. */
+typedef struct ab__device ab__device;
+typedef struct ab__worker ab__worker;
+typedef struct ab__device_ops ab__device_ops;
+
 typedef struct {
   char name[64];
   uint64_t memory_total;          /* bytes */
@@ -111,6 +119,6 @@ struct ab__device_ops {
 #define AB__GATHER_MAX 8 /* slices per gather call */
 
 /* registry.c: the backends compiled in, indexed by ab_kind (NULL: not built). */
-extern const ab__device_ops *const ab__backends[3];
+extern const ab__device_ops *const ab__backends[AB_KIND_COUNT];
 
 #endif

@@ -37,10 +37,6 @@ const char *ab__device_error_peek(void);
 char *ab__device_error_take(const ab_allocator *a);
 bool ab__debug_env(void); /* AB_DEBUG is set (and not "0") */
 
-typedef struct ab__device ab__device;
-typedef struct ab__worker ab__worker;
-typedef struct ab__device_ops ab__device_ops;
-
 /* ---- pool.c: fixed-size objects, never returned to the system before the pool dies ------- */
 #define AB__POOL_SLAB 256
 #define AB__POOL_MAX_SLABS 16384
@@ -58,7 +54,8 @@ void ab__pool_fini(ab__pool *p);
 void *ab__pool_get(ab__pool *p);  /* NULL: out of memory */
 void ab__pool_put(ab__pool *p, void *obj);
 
-/* ---- the device ops table (devices/device.h holds the contract) --------------------------- */
+/* ---- the device ops table (devices/device.h holds the contract; it names ab__device and
+ * ab__worker, defined below) ------------------------------------------------------------------ */
 #include "devices/device.h"
 
 /* ---- memory.c ----------------------------------------------------------------------------- */

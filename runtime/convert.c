@@ -20,7 +20,6 @@
 #include <sched.h>
 #include <string.h>
 
-#include "devices/host/host.h"
 #include "runtime/internal.h"
 
 #define CHUNK ((size_t)8 << 20) /* device-to-device staging, two of them in flight */
@@ -105,6 +104,13 @@ static int host_scratch(ab_runtime *rt, size_t bytes, void **p) {
 
 static void host_scratch_free(ab_runtime *rt, void *p, size_t bytes) { scratch_free(host_of(rt), p, bytes); }
 
+/* src packed into contiguous host memory by the host's own kernels, through its ops table like
+ * any device's (host kernels keep no state: any host worker may run them, on any thread). */
+static int host_pack(ab_runtime *rt, const ab_tensor *src, void *pack) {
+  ab__device *h = host_of(rt);
+  return h->ops->cast(&h->workers[0], &src->dl, pack, 0, src->dl.dtype, NULL);
+}
+
 /* ---- the paths ------------------------------------------------------------------------------ */
 static int local(ab__worker *w, const ab_tensor *src, void *dst, size_t off, DLDataType dt, const ab__cast_params *p) {
   if (fits(src, dt))
@@ -121,12 +127,12 @@ static int host_to_device(ab__worker *w, const ab_tensor *src, void *dst, size_t
   int rc = 0;
   if (!ab__contiguous(&src->dl)) { /* pack on the host, keeping the dtype */
     if ((rc = host_scratch(rt, src->nbytes, &pack)) != 0) return rc;
-    ab__host_cast(&src->dl, pack, src->dl.dtype, NULL);
+    rc = host_pack(rt, src, pack);
     h = pack;
   }
-  if (ab__same_dtype(src->dl.dtype, dt)) {
+  if (rc == 0 && ab__same_dtype(src->dl.dtype, dt)) {
     rc = d->ops->upload(w, dst, off, h, src->nbytes);
-  } else { /* the dtype change runs on the device, after the upload */
+  } else if (rc == 0) { /* the dtype change runs on the device, after the upload */
     void *tmp;
     if ((rc = scratch(d, w, src->nbytes, &tmp)) == 0) {
       DLTensor tv = scratch_view(src, tmp, d, src->dl.dtype);

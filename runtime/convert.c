@@ -27,10 +27,6 @@
 static bool is_float(DLDataType dt) { return dt.code == kDLFloat && (dt.bits == 32 || dt.bits == 64); }
 static bool is_int(DLDataType dt) { return dt.code == kDLInt || dt.code == kDLUInt; }
 
-static DLDataType target(const ab_future *t, const ab_tensor *src) {
-  return t->copt.dtype.bits ? t->copt.dtype : src->dl.dtype;
-}
-
 static void count_moved(ab__device *d, size_t bytes) {
   atomic_fetch_add_explicit(&d->stats.bytes_moved, bytes, memory_order_relaxed); /* stat */
 }
@@ -285,7 +281,7 @@ int ab__convert_run(ab_ctx *c) {
   ab_future *t = c->task;
   ab__device *d = c->w->dev;
   ab_tensor *src = t->in[0].tensor;
-  DLDataType dt = target(t, src);
+  DLDataType dt = ab__target_dtype(t, src);
   if (ab__fault_hit(d, fits(src, dt) ? AB_FAULT_COPY : AB_FAULT_LAUNCH)) return AB_EFAULT;
   ab_tensor *out;
   int rc = ab__tensor_alloc_on(d, c->w, dt, src->dl.ndim, src->shape, &out);
@@ -533,7 +529,7 @@ int ab__stack_run(ab_ctx *c) {
   ab_future *t = c->task;
   ab__device *d = c->w->dev;
   const ab_tensor *first = t->in[0].tensor;
-  DLDataType dt = target(t, first);
+  DLDataType dt = ab__target_dtype(t, first);
   if (ab__fault_hit(d, fits(first, dt) ? AB_FAULT_COPY : AB_FAULT_LAUNCH)) return AB_EFAULT;
   int64_t shape[AB_MAX_NDIM];
   shape[0] = t->nin;

@@ -327,6 +327,11 @@ static inline void ab__task_set_dev(ab_future *t, ab__device *d) {
   atomic_store_explicit(&t->dev, d, memory_order_relaxed);
 }
 
+/* The dtype a conversion or stack task makes from src: the options' dtype, or src's own. */
+static inline DLDataType ab__target_dtype(const ab_future *t, const ab_tensor *src) {
+  return t->copt.dtype.bits ? t->copt.dtype : src->dl.dtype;
+}
+
 ab_future *ab__future_new(ab_runtime *rt);      /* refs = 1; NULL on ENOMEM */
 /* Completes f once. from: the phase the caller saw (PENDING for cancel and dependency failure,
  * RUNNING for the worker). Returns false when f was already completing. Takes result's ref. */

@@ -339,10 +339,6 @@ static ab_future *convert_task(ab_runtime *rt, int kind, int nin, ab_device dst,
   return t;
 }
 
-static DLDataType target_dtype(const ab_future *t, const ab_tensor *src) {
-  return t->copt.dtype.bits ? t->copt.dtype : src->dl.dtype;
-}
-
 /* Nothing to do: the source already is the answer. Completes t with a new reference on it,
  * unless a cancel completed it first (true either way: t is done). Whoever completes t gives
  * back its inflight count (t->counted); this function must not touch it, since a canceller
@@ -350,7 +346,7 @@ static DLDataType target_dtype(const ab_future *t, const ab_tensor *src) {
 static bool zero_copy(ab_future *t) {
   if (t->kind != AB__TASK_CONVERT || t->copt.force_copy) return false;
   ab_tensor *src = t->in[0].tensor;
-  if (src == NULL || !ab__same_dtype(target_dtype(t, src), src->dl.dtype) || !ab__contiguous(&src->dl))
+  if (src == NULL || !ab__same_dtype(ab__target_dtype(t, src), src->dl.dtype) || !ab__contiguous(&src->dl))
     return false;
   ab_device home = ab_tensor_device(src);
   if (home.kind != t->dst.kind || (t->dst.index != AB_ANY && t->dst.index != home.index)) return false;

@@ -17,7 +17,6 @@
  *                                       of the one before; refused with AB_EPERM under the strict
  *                                       option
  */
-#include <sched.h>
 #include <string.h>
 
 #include "runtime/internal.h"
@@ -30,8 +29,6 @@ static bool is_int(DLDataType dt) { return dt.code == kDLInt || dt.code == kDLUI
 static void count_moved(ab__device *d, size_t bytes) {
   atomic_fetch_add_explicit(&d->stats.bytes_moved, bytes, memory_order_relaxed); /* stat */
 }
-
-static ab__device *host_of(ab_runtime *rt) { return &rt->devices[rt->kind_first[AB_HOST]]; }
 
 /* A CUDA pointer from elsewhere (torch, CuPy, through DLPack) is valid in every stream of the
  * process: any of this runtime's devices on its GPU can read it, `near` (the task's) first. */
@@ -51,7 +48,7 @@ static ab__device *cuda_by_physical(ab_runtime *rt, int gpu, ab__device *near, i
 static ab__device *source_device(ab_runtime *rt, const ab_tensor *t, ab__device *near, int *err) {
   ab_device home = ab_tensor_device(t);
   if (home.kind == AB_HOST) {
-    if (rt->kind_count[AB_HOST] > 0) return host_of(rt);
+    if (rt->kind_count[AB_HOST] > 0) return ab__host_device(rt);
     *err = AB_ENODEV;
     return NULL;
   }
@@ -61,13 +58,6 @@ static ab__device *source_device(ab_runtime *rt, const ab_tensor *t, ab__device 
     return cuda_by_physical(rt, t->dl.device.device_id, near, err);
   *err = AB_ENOTSUP;
   return NULL;
-}
-
-static const void *host_ptr(const ab_tensor *t) { return (const char *)t->dl.data + t->dl.byte_offset; }
-
-/* src's bytes already are the answer: the right dtype, laid out contiguously. */
-static bool fits(const ab_tensor *src, DLDataType dt) {
-  return ab__same_dtype(src->dl.dtype, dt) && ab__contiguous(&src->dl);
 }
 
 /* A contiguous DLTensor describing a scratch buffer shaped like src. */
@@ -95,21 +85,21 @@ static void scratch_free(ab__device *d, void *p, size_t bytes) { ab__mem_free(d,
 
 /* Host staging memory comes from the host device's budget. */
 static int host_scratch(ab_runtime *rt, size_t bytes, void **p) {
-  return scratch(host_of(rt), &host_of(rt)->workers[0], bytes, p);
+  return scratch(ab__host_device(rt), &ab__host_device(rt)->workers[0], bytes, p);
 }
 
-static void host_scratch_free(ab_runtime *rt, void *p, size_t bytes) { scratch_free(host_of(rt), p, bytes); }
+static void host_scratch_free(ab_runtime *rt, void *p, size_t bytes) { scratch_free(ab__host_device(rt), p, bytes); }
 
 /* src packed into contiguous host memory by the host's own kernels, through its ops table like
  * any device's (host kernels keep no state: any host worker may run them, on any thread). */
 static int host_pack(ab_runtime *rt, const ab_tensor *src, void *pack) {
-  ab__device *h = host_of(rt);
+  ab__device *h = ab__host_device(rt);
   return h->ops->cast(&h->workers[0], &src->dl, pack, 0, src->dl.dtype, NULL);
 }
 
 /* ---- the paths ------------------------------------------------------------------------------ */
 static int local(ab__worker *w, const ab_tensor *src, void *dst, size_t off, DLDataType dt, const ab__cast_params *p) {
-  if (fits(src, dt))
+  if (ab__fits(src, dt))
     return w->dev->ops->copy(w, dst, off, src->dl.data, src->dl.byte_offset, src->nbytes);
   return w->dev->ops->cast(w, &src->dl, dst, off, dt, p);
 }
@@ -118,7 +108,7 @@ static int host_to_device(ab__worker *w, const ab_tensor *src, void *dst, size_t
                           const ab__cast_params *p) {
   ab__device *d = w->dev;
   ab_runtime *rt = d->rt;
-  const void *h = host_ptr(src);
+  const void *h = ab__host_ptr(src);
   void *pack = NULL;
   int rc = 0;
   if (!ab__contiguous(&src->dl)) { /* pack on the host, keeping the dtype */
@@ -152,7 +142,7 @@ static int device_to_host(ab__device *s, const ab_tensor *src, void *host, DLDat
   ab__worker *x = &s->xfer;
   int rc;
   ab__lock(&s->xfer_lock, AB__RANK_XFER);
-  if (fits(src, dt)) {
+  if (ab__fits(src, dt)) {
     rc = s->ops->download(x, host, src->dl.data, src->dl.byte_offset, src->nbytes);
   } else {
     size_t bytes = bytes_as(src, dt);
@@ -258,11 +248,7 @@ static int put(ab_ctx *c, const ab_tensor *src, void *dst, size_t off, DLDataTyp
   return device_to_device(s, w, src, dst, off, dt, p);
 }
 
-
 /* ---- the tasks ------------------------------------------------------------------------------ */
-static bool plain_host(const ab_tensor *sl, DLDataType dt);
-static int stream_in(ab_ctx *c, ab_tensor *out, size_t slice, DLDataType dt, bool *done);
-
 /* The end of a conversion or stack: on failure nothing may still write into out, so the stream
  * is drained before out goes; on success out becomes the task's result. */
 static int finish_output(ab_ctx *c, ab_tensor *out, int rc) {
@@ -282,7 +268,7 @@ int ab__convert_run(ab_ctx *c) {
   ab__device *d = c->w->dev;
   ab_tensor *src = t->in[0].tensor;
   DLDataType dt = ab__target_dtype(t, src);
-  if (ab__fault_hit(d, fits(src, dt) ? AB_FAULT_COPY : AB_FAULT_LAUNCH)) return AB_EFAULT;
+  if (ab__fault_hit(d, ab__fits(src, dt) ? AB_FAULT_COPY : AB_FAULT_LAUNCH)) return AB_EFAULT;
   ab_tensor *out;
   int rc = ab__tensor_alloc_on(d, c->w, dt, src->dl.ndim, src->shape, &out);
   if (rc != 0) return rc;
@@ -292,8 +278,8 @@ int ab__convert_run(ab_ctx *c) {
    * (tests turn it on for the other backends with ab__map_window_test) */
   bool streamed = false;
   size_t pipe = d->ops->map_chunk ? d->ops->map_chunk : ab__map_window_test;
-  if (d->id.kind != AB_HOST && d->ops->map_write && pipe && out->nbytes >= pipe && plain_host(src, dt))
-    rc = stream_in(c, out, out->nbytes, dt, &streamed);
+  if (d->id.kind != AB_HOST && d->ops->map_write && pipe && out->nbytes >= pipe && ab__plain_host(src, dt))
+    rc = ab__fill_from_host(c, out, out->nbytes, dt, &streamed);
   if (rc == 0 && !streamed) rc = put(c, src, out->dl.data, 0, dt, &p);
   return finish_output(c, out, rc);
 }
@@ -332,7 +318,7 @@ static bool gatherable(ab_ctx *c, const ab_tensor *sl, DLDataType dt) {
   if (sl == NULL) return false;
   ab__device *d = c->w->dev;
   int err;
-  return d->id.kind != AB_HOST && fits(sl, dt) && source_device(d->rt, sl, d, &err) == d;
+  return d->id.kind != AB_HOST && ab__fits(sl, dt) && source_device(d->rt, sl, d, &err) == d;
 }
 
 /* Gathers the run of gatherable slices from i, up to AB__GATHER_MAX; returns how many. */
@@ -349,180 +335,14 @@ static int gather_run(ab_ctx *c, int i, ab_tensor *out, size_t slice, DLDataType
   return rc < 0 ? rc : n;
 }
 
-/* ---- host slices straight into device memory ------------------------------------------------ */
-/*
- * Design notes
- *   - The volume's bytes are filled window by window: a window is host memory standing for
- *     volume bytes [lo, lo + len): the volume itself on the host, ops->map_write's memory on a
- *     device. Where the backend pipelines (ops->map_chunk), window k+1 fills while window k
- *     travels to the device; otherwise the whole volume is one window.
- *   - A window is copied by a crew: this thread and up to CREW_MAX - 1 host workers, which
- *     claim PART-byte pieces of it. One memcpy stream does not saturate memory (on the 2-core
- *     development machine, 14.8 GB/s against 23.5 for two threads), let alone a GPU's DMA.
- *     Helpers are submitted with AB_SUBMIT_TRY; one that has not started by the end is
- *     cancelled, so a busy host pool never holds a stack up (and this thread never waits for a
- *     helper to start: no deadlock when it is a host worker itself).
- *   - claim packs the window's generation (high 16 bits) with the next piece's offset, so a
- *     helper late from window k can never take a piece of window k+1 for one of window k: its
- *     CAS fails once the generation moved. A window's fields are written before its claim word
- *     is published (release) and read after a successful claim (acquire, from the same release
- *     sequence); the owner moves on only when the window's bytes are all counted done (acquire,
- *     pairing with each piece's release).
- */
-#define PART ((size_t)256 << 10)
-#define CREW_MAX 8
-#define GEN_SHIFT 48
-#define OFF_MASK (((uint64_t)1 << GEN_SHIFT) - 1)
-
-size_t ab__map_window_test;
-
-/* A host slice that needs no packing or cast: its bytes go straight to their offset. */
-static bool plain_host(const ab_tensor *sl, DLDataType dt) {
-  return ab_tensor_device(sl).kind == AB_HOST && fits(sl, dt);
-}
-
-typedef struct {
-  ab_future *task;                /* its inputs are the slices */
-  size_t slice;                   /* bytes per slice */
-  DLDataType dt;
-  char *window;                   /* host memory for volume bytes [lo, lo + len) */
-  size_t lo;
-  _Atomic size_t len;             /* read before a claim, so atomic; relaxed (design notes) */
-  _Atomic uint64_t claim;         /* generation << GEN_SHIFT | the next piece's offset */
-  _Atomic size_t done;            /* bytes of the window copied */
-  _Atomic int over;               /* no more windows: helpers leave */
-} crew;
-
-/* Volume bytes [a, b) from the plain host slices they belong to into the window. */
-static void copy_range(const crew *cr, size_t a, size_t b) {
-  for (size_t i = a / cr->slice; i * cr->slice < b; i++) {
-    const ab_tensor *sl = cr->task->in[i].tensor;
-    size_t s0 = i * cr->slice, from = a > s0 ? a : s0, to = b < s0 + cr->slice ? b : s0 + cr->slice;
-    if (plain_host(sl, cr->dt))
-      ab__copy_stream(cr->window + (from - cr->lo), (const char *)host_ptr(sl) + (from - s0), to - from);
-  }
-}
-
-/* Copies pieces of window `gen` until none is left or the window has moved on. */
-static void crew_work(crew *cr, uint64_t gen) {
-  uint64_t v = atomic_load_explicit(&cr->claim, memory_order_acquire);
-  for (;;) {
-    size_t off = v & OFF_MASK, len = atomic_load_explicit(&cr->len, memory_order_relaxed);
-    if (v >> GEN_SHIFT != gen || off >= len) return;
-    /* acquire: the window's fields, published with its claim word */
-    if (!atomic_compare_exchange_weak_explicit(&cr->claim, &v, v + PART, memory_order_acquire, memory_order_acquire))
-      continue;
-    size_t end = len - off < PART ? len : off + PART;
-    copy_range(cr, cr->lo + off, cr->lo + end);
-    atomic_fetch_add_explicit(&cr->done, end - off, memory_order_release); /* pairs with the owner's wait */
-    v = atomic_load_explicit(&cr->claim, memory_order_acquire);
-  }
-}
-
-static int crew_task(ab_ctx *c, void *arg) {
-  (void)c;
-  crew *cr = arg;
-  uint64_t seen = 0; /* generations start at 1 */
-  for (unsigned spins = 0;;) {
-    uint64_t gen = atomic_load_explicit(&cr->claim, memory_order_acquire) >> GEN_SHIFT;
-    if (gen != seen) {
-      crew_work(cr, gen);
-      seen = gen;
-      spins = 0;
-    } else if (atomic_load_explicit(&cr->over, memory_order_acquire)) {
-      return 0;
-    } else if (++spins < 64) { /* the next window comes within microseconds, unless a DMA holds it */
-      ab__cpu_relax();
-    } else {
-      sched_yield();
-    }
-  }
-}
-
-/* Up to n helpers; returns how many were submitted. */
-static int crew_start(ab_runtime *rt, crew *cr, ab_future **f, int n) {
-  ab_task_desc d = AB_TASK_DESC_INIT;
-  d.fn = crew_task;
-  d.arg = cr;
-  d.name = "stack copy"; /* in traces */
-  d.place.mode = AB_SUBMIT_TRY;
-  int k = 0;
-  while (k < n && ab_submit(rt, &d, &f[k]) == 0) k++;
-  return k;
-}
-
-/* Helpers that never started are cancelled; the others are told to leave and waited for. */
-static void crew_stop(crew *cr, ab_future **f, int n) {
-  atomic_store_explicit(&cr->over, 1, memory_order_release); /* after the last window's fields */
-  for (int k = 0; k < n; k++) {
-    if (ab_future_cancel(f[k]) != 0) ab_future_wait(f[k], -1);
-    ab_future_release(f[k]);
-  }
-}
-
-/* Publishes window [lo, lo + len) at `host` as generation gen, copies it with the crew, and
- * returns once every byte is in. */
-static void crew_window(crew *cr, uint64_t gen, char *host, size_t lo, size_t len) {
-  cr->window = host;
-  cr->lo = lo;
-  atomic_store_explicit(&cr->len, len, memory_order_relaxed);
-  atomic_store_explicit(&cr->done, 0, memory_order_relaxed);
-  atomic_store_explicit(&cr->claim, gen << GEN_SHIFT, memory_order_release); /* the fields above */
-  crew_work(cr, gen);
-  /* the helpers' last pieces: a few microseconds, unless a helper lost its core (then yield) */
-  for (unsigned spins = 0; atomic_load_explicit(&cr->done, memory_order_acquire) < len; spins++)
-    if (spins < 256) ab__cpu_relax();
-    else sched_yield();
-}
-
-static size_t window_bytes(const ab__device *d, size_t total) {
-  size_t win = d->id.kind != AB_HOST && d->ops->map_chunk ? d->ops->map_chunk : total;
-  return ab__map_window_test && ab__map_window_test < win ? ab__map_window_test : win;
-}
-
-/* Fills the plain host slices of c's task into out (slices of `slice` bytes): straight into
- * its memory on the host, through mapped windows on a device. *done false: the device cannot
- * map (put() does it all). */
-static int stream_in(ab_ctx *c, ab_tensor *out, size_t slice, DLDataType dt, bool *done) {
-  ab__worker *w = c->w;
-  ab__device *d = w->dev;
-  ab_runtime *rt = d->rt;
-  bool host = d->id.kind == AB_HOST;
-  if (!host && d->ops->map_write == NULL) return 0;
-  if (host && ab__fault_hit(d, AB_FAULT_COPY)) return AB_EFAULT;
-  size_t total = out->nbytes, win = window_bytes(d, total);
-  crew cr = {.task = c->task, .slice = slice, .dt = dt};
-  ab_future *helpers[CREW_MAX - 1];
-  /* the host's other workers, as many as a window has pieces for, at most CREW_MAX - 1 */
-  size_t pieces = (win + PART - 1) / PART, want = rt->kind_count[AB_HOST] ? (size_t)host_of(rt)->nworkers : 0;
-  if (host && want > 0) want--; /* this thread is one of them */
-  if (want > pieces - 1) want = pieces - 1;
-  if (want > CREW_MAX - 1) want = CREW_MAX - 1;
-  int nh = 0, rc = 0;
-  uint64_t gen = 1;
-  for (size_t lo = 0; lo < total && rc == 0; lo += win, gen++) {
-    size_t len = total - lo < win ? total - lo : win;
-    void *h = (char *)out->dl.data + lo;
-    if (!host && (rc = d->ops->map_write(w, out->dl.data, lo, len, &h)) != 0) break;
-    if (gen == 1) nh = crew_start(rt, &cr, helpers, (int)want);
-    crew_window(&cr, gen, h, lo, len);
-    if (!host) rc = d->ops->unmap(w, out->dl.data, h);
-    if (rc == 0 && ab_ctx_cancelled(c)) rc = AB_ECANCELED;
-  }
-  crew_stop(&cr, helpers, nh);
-  if (rc == AB_ENOTSUP && gen == 1) return 0; /* no staging memory for a map: uploads instead */
-  *done = rc == 0;
-  return rc;
-}
-
-/* A stack of at least two plain host slices goes through stream_in; the others are left to
- * put(). */
+/* A stack of at least two plain host slices goes through ab__fill_from_host; the others are
+ * left to put(). */
 static int stack_host_slices(ab_ctx *c, ab_tensor *out, size_t slice, DLDataType dt, bool *done) {
   ab_future *t = c->task;
   int nplain = 0;
-  for (int i = 0; i < t->nin; i++) nplain += plain_host(t->in[i].tensor, dt);
+  for (int i = 0; i < t->nin; i++) nplain += ab__plain_host(t->in[i].tensor, dt);
   if (nplain < 2 || out->nbytes == 0) return 0;
-  return stream_in(c, out, slice, dt, done);
+  return ab__fill_from_host(c, out, slice, dt, done);
 }
 
 int ab__stack_run(ab_ctx *c) {
@@ -530,7 +350,7 @@ int ab__stack_run(ab_ctx *c) {
   ab__device *d = c->w->dev;
   const ab_tensor *first = t->in[0].tensor;
   DLDataType dt = ab__target_dtype(t, first);
-  if (ab__fault_hit(d, fits(first, dt) ? AB_FAULT_COPY : AB_FAULT_LAUNCH)) return AB_EFAULT;
+  if (ab__fault_hit(d, ab__fits(first, dt) ? AB_FAULT_COPY : AB_FAULT_LAUNCH)) return AB_EFAULT;
   int64_t shape[AB_MAX_NDIM];
   shape[0] = t->nin;
   memcpy(shape + 1, first->shape, sizeof(int64_t) * (size_t)first->dl.ndim);
@@ -544,7 +364,7 @@ int ab__stack_run(ab_ctx *c) {
   bool mapped = false;
   if (rc == 0) rc = stack_host_slices(c, out, slice, dt, &mapped);
   for (int i = 0; i < t->nin && rc == 0;) {
-    if (mapped && plain_host(t->in[i].tensor, dt)) {
+    if (mapped && ab__plain_host(t->in[i].tensor, dt)) {
       i++;
     } else if (ab_ctx_cancelled(c)) {
       rc = AB_ECANCELED;

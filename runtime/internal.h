@@ -11,6 +11,7 @@
  *   memory.c     per-device budgets, the OOM ladder, scratch memory
  *   tensor.c     refcounted tensors, views; dlpack.c validation, import, export
  *   convert.c    the conversion planner and the conversion and stacking tasks
+ *   fill.c       plain host slices straight into a new tensor, by a crew of host workers
  *   ../platform/ clocks, futexes, ck_ec ops, the allocation hook, debug checks, lock ranks
  *   ../queue/    the bounded per-device queue; ../devices/ the backends behind one ops table
  */
@@ -381,9 +382,28 @@ struct ab_ctx {
   ab__scratch scratch;            /* the first 8 blocks inline, then a chain */
 };
 
+/* ---- conversions and stacking: convert.c, fill.c ------------------------------------------- */
+/* The host device (the first of its kind): only for a runtime that has one. */
+static inline ab__device *ab__host_device(ab_runtime *rt) { return &rt->devices[rt->kind_first[AB_HOST]]; }
+/* Where a host tensor's first byte lies. */
+static inline const void *ab__host_ptr(const ab_tensor *t) { return (const char *)t->dl.data + t->dl.byte_offset; }
+/* src's bytes already are the answer: the right dtype, laid out contiguously. */
+static inline bool ab__fits(const ab_tensor *src, DLDataType dt) {
+  return ab__same_dtype(src->dl.dtype, dt) && ab__contiguous(&src->dl);
+}
+/* A host tensor that needs no packing or cast: its bytes go straight to their place. */
+static inline bool ab__plain_host(const ab_tensor *sl, DLDataType dt) {
+  return ab_tensor_device(sl).kind == AB_HOST && ab__fits(sl, dt);
+}
+
 /* convert.c: the bodies of conversion and stacking tasks */
 int ab__convert_run(ab_ctx *c);
 int ab__stack_run(ab_ctx *c);
+
+/* fill.c: the plain host inputs of c's task into out, input i at byte slice * i: straight into
+ * out's memory on the host, through mapped windows on a device. *done false (rc 0): this device
+ * cannot map, and the caller moves them itself. */
+int ab__fill_from_host(ab_ctx *c, ab_tensor *out, size_t slice, DLDataType dt, bool *done);
 /* Tests only: host slices stream into a device (or the host) in windows of at most this many
  * bytes, so that many-window pipelines run on small data (0: the backend's own size). */
 extern size_t ab__map_window_test;

@@ -42,7 +42,7 @@
  *     device's budget: what the runtime keeps cached never exceeds what it may hold, and a trim
  *     hands the rest back to the driver, where other frameworks in the process can get it.
  *   - Mapped stacking (map_write, unmap): a second ring per worker, MAP_SLOTS pinned chunks of
- *     MAP_CHUNK bytes, made on first use. runtime/convert.c fills a chunk from many host slices
+ *     MAP_CHUNK bytes, made on first use. runtime/fill.c fills a chunk from many host slices
  *     with several threads, unmap sends it with one DMA and returns, and the next chunk fills
  *     while it travels: pageable slices reach the GPU at close to pinned bandwidth.
  *   - Errors: every CUDA call goes through CU(), which clears the thread's last-error slot (the

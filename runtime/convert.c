@@ -1,6 +1,7 @@
 /*
- * runtime/convert.c: the bodies of conversion and stacking tasks, run by a worker of the
- * destination device D, and the planner that picks their path.
+ * runtime/convert.c: the conversion API (ab_convert, ab_convert_after), the bodies of
+ * conversion and stacking tasks, run by a worker of the destination device D, and the planner
+ * that picks their path.
  *
  * The zero-copy case never gets here (task.c completes it at submit). Otherwise the output is a
  * fresh contiguous tensor on D, so out-of-memory leaves the inputs untouched and the task can
@@ -21,6 +22,56 @@
 
 #include "runtime/internal.h"
 
+/* ---- the API -------------------------------------------------------------------------------- */
+int ab__convert_check(ab_runtime *rt, ab_device dst, const ab_convert_options *o) {
+  if (o && o->size != sizeof(ab_convert_options)) return AB_EINVAL;
+  if (o && o->cast != AB_CAST_SATURATE && o->cast != AB_CAST_STRETCH) return AB_EINVAL;
+  if (o && o->dtype.bits != 0 && ab__dtype_size(o->dtype) == 0) return AB_EDTYPE;
+  if (dst.kind < 0 || dst.kind >= AB_KIND_COUNT) return AB_ENODEV;
+  if (dst.index != AB_ANY && ab__device_of(rt, dst) == NULL) return AB_ENODEV;
+  if (dst.index == AB_ANY && rt->kind_count[dst.kind] == 0) return AB_ENODEV;
+  if (o && o->place.mode != AB_SUBMIT_BLOCK && o->place.mode != AB_SUBMIT_TRY) return AB_EINVAL;
+  return 0;
+}
+
+ab_future *ab__convert_task(ab_runtime *rt, int kind, int nin, ab_device dst, const ab_convert_options *o) {
+  ab_convert_options def = AB_CONVERT_OPTIONS_INIT;
+  if (o == NULL) o = &def;
+  ab_place p = o->place;
+  p.device = dst;
+  p.policy = dst.index == AB_ANY ? (o->place.policy == AB_PLACE_EXPLICIT ? AB_PLACE_AUTO : o->place.policy)
+                                 : AB_PLACE_EXPLICIT;
+  ab_future *t = ab__task_new(rt, kind, nin, &p);
+  if (t == NULL) return NULL;
+  t->copt = *o;
+  t->dst = dst;
+  return t;
+}
+
+/* One source, a tensor or a future's result. */
+static int convert_submit(ab_runtime *rt, ab_input in, ab_device dst, const ab_convert_options *o, ab_future **out) {
+  if (out == NULL) return AB_EINVAL;
+  *out = NULL;
+  if (rt == NULL || (in.tensor == NULL && in.future == NULL)) return AB_EINVAL;
+  int rc = ab__convert_check(rt, dst, o);
+  if (rc != 0) return rc;
+  ab_future *t = ab__convert_task(rt, AB__TASK_CONVERT, 1, dst, o);
+  if (t == NULL) return AB_ENOMEM;
+  if (in.tensor) t->in[0].tensor = ab_tensor_retain(in.tensor);
+  else t->in[0].future = ab_future_retain(in.future);
+  return ab__task_submit(t, out);
+}
+
+int ab_convert(ab_runtime *rt, ab_tensor *src, ab_device dst, const ab_convert_options *o, ab_future **out) {
+  return convert_submit(rt, (ab_input){.tensor = src}, dst, o, out);
+}
+
+int ab_convert_after(ab_runtime *rt, ab_future *src, ab_device dst, const ab_convert_options *o,
+                     ab_future **out) {
+  return convert_submit(rt, (ab_input){.future = src}, dst, o, out);
+}
+
+/* ---- the planner ---------------------------------------------------------------------------- */
 #define CHUNK ((size_t)8 << 20) /* device-to-device staging, two of them in flight */
 
 static bool is_float(DLDataType dt) { return dt.code == kDLFloat && (dt.bits == 32 || dt.bits == 64); }

@@ -340,6 +340,12 @@ bool ab__complete(ab_future *f, int status, ab_tensor *result, uint32_t from);
 void ab__future_free(ab_future *f);
 int ab__then_internal(ab_future *f, ab__cb *node); /* node provided by caller */
 
+/* task.c: a new task of a kind with nin input slots, placed as place says (its OOM policy the
+ * place's, else the runtime's); refs = 1, NULL when out of memory. */
+ab_future *ab__task_new(ab_runtime *rt, int kind, int nin, const ab_place *place);
+/* Takes ownership of t (the caller's only reference), its inputs filled in: on success *out gets
+ * the caller's reference; on failure t is gone with everything it held. */
+int ab__task_submit(ab_future *t, ab_future **out);
 /* task.c: a task whose inputs are resolved goes to a device (or fails) */
 void ab__task_ready(ab_future *t);
 void ab__task_requeue(ab__device *d, ab_future *t);  /* parked or re-routed: never blocks */
@@ -396,6 +402,10 @@ static inline bool ab__plain_host(const ab_tensor *sl, DLDataType dt) {
   return ab_tensor_device(sl).kind == AB_HOST && ab__fits(sl, dt);
 }
 
+/* convert.c: the checks of a conversion's destination and options (0 or an AB_E* code), and
+ * its task without inputs yet; stacking makes its tasks with them too */
+int ab__convert_check(ab_runtime *rt, ab_device dst, const ab_convert_options *o);
+ab_future *ab__convert_task(ab_runtime *rt, int kind, int nin, ab_device dst, const ab_convert_options *o);
 /* convert.c: the bodies of conversion and stacking tasks */
 int ab__convert_run(ab_ctx *c);
 int ab__stack_run(ab_ctx *c);

@@ -12,6 +12,7 @@ set(AB_SOURCES
   runtime/tensor.c
   runtime/dlpack.c
   runtime/convert.c
+  runtime/stack.c
   runtime/fill.c
   runtime/trace.c
   queue/queue.c

@@ -1,7 +1,7 @@
 /*
- * runtime/convert.c: the conversion API (ab_convert, ab_convert_after), the bodies of
- * conversion and stacking tasks, run by a worker of the destination device D, and the planner
- * that picks their path.
+ * runtime/convert.c: the conversion API (ab_convert, ab_convert_after), the conversion task's
+ * body, run by a worker of the destination device D, and the planner that picks the path of
+ * every tensor a conversion or a stack (stack.c) moves.
  *
  * The zero-copy case never gets here (task.c completes it at submit). Otherwise the output is a
  * fresh contiguous tensor on D, so out-of-memory leaves the inputs untouched and the task can
@@ -18,8 +18,6 @@
  *                                       of the one before; refused with AB_EPERM under the strict
  *                                       option
  */
-#include <string.h>
-
 #include "runtime/internal.h"
 
 /* ---- the API -------------------------------------------------------------------------------- */
@@ -74,9 +72,6 @@ int ab_convert_after(ab_runtime *rt, ab_future *src, ab_device dst, const ab_con
 /* ---- the planner ---------------------------------------------------------------------------- */
 #define CHUNK ((size_t)8 << 20) /* device-to-device staging, two of them in flight */
 
-static bool is_float(DLDataType dt) { return dt.code == kDLFloat && (dt.bits == 32 || dt.bits == 64); }
-static bool is_int(DLDataType dt) { return dt.code == kDLInt || dt.code == kDLUInt; }
-
 static void count_moved(ab__device *d, size_t bytes) {
   atomic_fetch_add_explicit(&d->stats.bytes_moved, bytes, memory_order_relaxed); /* stat */
 }
@@ -96,7 +91,7 @@ static ab__device *cuda_by_physical(ab_runtime *rt, int gpu, ab__device *near, i
 /* The device whose memory holds t: host memory is any host worker's to read; device memory
  * must be this runtime's own (a cl_mem of another context cannot be used here), except CUDA
  * memory, which belongs to a GPU rather than to a runtime. */
-static ab__device *source_device(ab_runtime *rt, const ab_tensor *t, ab__device *near, int *err) {
+ab__device *ab__source_device(ab_runtime *rt, const ab_tensor *t, ab__device *near, int *err) {
   ab_device home = ab_tensor_device(t);
   if (home.kind == AB_HOST) {
     if (rt->kind_count[AB_HOST] > 0) return ab__host_device(rt);
@@ -284,12 +279,11 @@ out:
   return rc;
 }
 
-/* src, wherever it is, into (dst, off) on the worker's device as a contiguous dt array. */
-static int put(ab_ctx *c, const ab_tensor *src, void *dst, size_t off, DLDataType dt, const ab__cast_params *p) {
+int ab__put(ab_ctx *c, const ab_tensor *src, void *dst, size_t off, DLDataType dt, const ab__cast_params *p) {
   ab__worker *w = c->w;
   ab__device *d = w->dev;
   int rc = 0;
-  ab__device *s = source_device(d->rt, src, d, &rc);
+  ab__device *s = ab__source_device(d->rt, src, d, &rc);
   if (s == NULL) return rc;
   bool s_host = s->id.kind == AB_HOST, d_host = d->id.kind == AB_HOST;
   if ((s_host && d_host) || s == d) return local(w, src, dst, off, dt, p);
@@ -300,9 +294,7 @@ static int put(ab_ctx *c, const ab_tensor *src, void *dst, size_t off, DLDataTyp
 }
 
 /* ---- the tasks ------------------------------------------------------------------------------ */
-/* The end of a conversion or stack: on failure nothing may still write into out, so the stream
- * is drained before out goes; on success out becomes the task's result. */
-static int finish_output(ab_ctx *c, ab_tensor *out, int rc) {
+int ab__finish_output(ab_ctx *c, ab_tensor *out, int rc) {
   if (rc != 0) {
     c->w->dev->ops->finish(c->w);
     ab_tensor_release(out);
@@ -323,7 +315,7 @@ int ab__convert_run(ab_ctx *c) {
   ab_tensor *out;
   int rc = ab__tensor_alloc_on(d, c->w, dt, src->dl.ndim, src->shape, &out);
   if (rc != 0) return rc;
-  if (out->nbytes == 0) return finish_output(c, out, 0); /* nothing to move; src's data may be NULL */
+  if (out->nbytes == 0) return ab__finish_output(c, out, 0); /* nothing to move; src's data may be NULL */
   ab__cast_params p = {.mode = t->copt.cast};
   /* a big host array onto a device that pipelines its maps: several threads fill the staging
    * (tests turn it on for the other backends with ab__map_window_test) */
@@ -331,102 +323,6 @@ int ab__convert_run(ab_ctx *c) {
   size_t pipe = d->ops->map_chunk ? d->ops->map_chunk : ab__map_window_test;
   if (d->id.kind != AB_HOST && d->ops->map_write && pipe && out->nbytes >= pipe && ab__plain_host(src, dt))
     rc = ab__fill_from_host(c, out, out->nbytes, dt, &streamed);
-  if (rc == 0 && !streamed) rc = put(c, src, out->dl.data, 0, dt, &p);
-  return finish_output(c, out, rc);
-}
-
-/* Stretching a stack uses one range over every slice, so slices stay comparable. Each slice's
- * range is found where the slice lies. */
-static int stack_range(ab_ctx *c, ab__cast_params *p, DLDataType dt) {
-  ab_future *t = c->task;
-  if (p->mode != AB_CAST_STRETCH || !is_float(t->in[0].tensor->dl.dtype) || !is_int(dt)) return 0;
-  for (int i = 0; i < t->nin; i++) {
-    const ab_tensor *sl = t->in[i].tensor;
-    if (sl->nbytes == 0) continue; /* no range to find; its data may be NULL */
-    int rc = 0;
-    ab__device *s = source_device(c->w->dev->rt, sl, c->w->dev, &rc);
-    if (s == NULL) return rc;
-    double lo, hi;
-    bool found;
-    /* our own worker, any host worker (host kernels keep no state), or S's transfer worker */
-    bool foreign = s != c->w->dev && s->id.kind != AB_HOST;
-    ab__worker *w = s == c->w->dev ? c->w : foreign ? &s->xfer : &s->workers[0];
-    if (foreign) ab__lock(&s->xfer_lock, AB__RANK_XFER);
-    rc = s->ops->minmax(w, &sl->dl, &lo, &hi, &found);
-    if (foreign) ab__unlock(&s->xfer_lock, AB__RANK_XFER);
-    if (rc != 0) return rc;
-    if (!found) continue;
-    if (!p->have_range || lo < p->lo) p->lo = lo;
-    if (!p->have_range || hi > p->hi) p->hi = hi;
-    p->have_range = true;
-  }
-  if (!p->have_range) p->mode = AB_CAST_SATURATE; /* all NaN: zeros either way */
-  return 0;
-}
-
-/* A slice already on this device, in the right layout and dtype: the gather kernel moves it. */
-static bool gatherable(ab_ctx *c, const ab_tensor *sl, DLDataType dt) {
-  if (sl == NULL) return false;
-  ab__device *d = c->w->dev;
-  int err;
-  return d->id.kind != AB_HOST && ab__fits(sl, dt) && source_device(d->rt, sl, d, &err) == d;
-}
-
-/* Gathers the run of gatherable slices from i, up to AB__GATHER_MAX; returns how many. */
-static int gather_run(ab_ctx *c, int i, ab_tensor *out, size_t slice, DLDataType dt) {
-  ab_future *t = c->task;
-  void *bases[AB__GATHER_MAX];
-  size_t offs[AB__GATHER_MAX];
-  int n = 0;
-  for (; n < AB__GATHER_MAX && i + n < t->nin && gatherable(c, t->in[i + n].tensor, dt); n++) {
-    bases[n] = t->in[i + n].tensor->dl.data;
-    offs[n] = t->in[i + n].tensor->dl.byte_offset;
-  }
-  int rc = c->w->dev->ops->gather(c->w, out->dl.data, slice * (size_t)i, slice, n, bases, offs);
-  return rc < 0 ? rc : n;
-}
-
-/* A stack of at least two plain host slices goes through ab__fill_from_host; the others are
- * left to put(). */
-static int stack_host_slices(ab_ctx *c, ab_tensor *out, size_t slice, DLDataType dt, bool *done) {
-  ab_future *t = c->task;
-  int nplain = 0;
-  for (int i = 0; i < t->nin; i++) nplain += ab__plain_host(t->in[i].tensor, dt);
-  if (nplain < 2 || out->nbytes == 0) return 0;
-  return ab__fill_from_host(c, out, slice, dt, done);
-}
-
-int ab__stack_run(ab_ctx *c) {
-  ab_future *t = c->task;
-  ab__device *d = c->w->dev;
-  const ab_tensor *first = t->in[0].tensor;
-  DLDataType dt = ab__target_dtype(t, first);
-  if (ab__fault_hit(d, ab__fits(first, dt) ? AB_FAULT_COPY : AB_FAULT_LAUNCH)) return AB_EFAULT;
-  int64_t shape[AB_MAX_NDIM];
-  shape[0] = t->nin;
-  memcpy(shape + 1, first->shape, sizeof(int64_t) * (size_t)first->dl.ndim);
-  ab__cast_params p = {.mode = t->copt.cast};
-  int rc = stack_range(c, &p, dt);
-  ab_tensor *out = NULL;
-  if (rc == 0) rc = ab__tensor_alloc_on(d, c->w, dt, first->dl.ndim + 1, shape, &out);
-  if (rc != 0) return rc;
-  size_t slice = out->nbytes / (size_t)t->nin;
-  if (slice == 0) return finish_output(c, out, 0); /* empty slices: their data may be NULL */
-  bool mapped = false;
-  if (rc == 0) rc = stack_host_slices(c, out, slice, dt, &mapped);
-  for (int i = 0; i < t->nin && rc == 0;) {
-    if (mapped && ab__plain_host(t->in[i].tensor, dt)) {
-      i++;
-    } else if (ab_ctx_cancelled(c)) {
-      rc = AB_ECANCELED;
-    } else if (gatherable(c, t->in[i].tensor, dt)) {
-      int moved = gather_run(c, i, out, slice, dt);
-      if (moved < 0) rc = moved;
-      else i += moved;
-    } else {
-      rc = put(c, t->in[i].tensor, out->dl.data, slice * (size_t)i, dt, &p);
-      i++;
-    }
-  }
-  return finish_output(c, out, rc);
+  if (rc == 0 && !streamed) rc = ab__put(c, src, out->dl.data, 0, dt, &p);
+  return ab__finish_output(c, out, rc);
 }

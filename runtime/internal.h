@@ -10,7 +10,8 @@
  *   worker.c     the worker loop: pop, run, complete, park on out-of-memory
  *   memory.c     per-device budgets, the OOM ladder, scratch memory
  *   tensor.c     refcounted tensors, views; dlpack.c validation, import, export
- *   convert.c    the conversion planner and the conversion and stacking tasks
+ *   convert.c    ab_convert, the conversion task, and the planner that picks a move's path
+ *   stack.c      ab_stack, ab_unstack, and the stacking task
  *   fill.c       plain host slices straight into a new tensor, by a crew of host workers
  *   ../platform/ clocks, futexes, ck_ec ops, the allocation hook, debug checks, lock ranks
  *   ../queue/    the bounded per-device queue; ../devices/ the backends behind one ops table
@@ -388,7 +389,7 @@ struct ab_ctx {
   ab__scratch scratch;            /* the first 8 blocks inline, then a chain */
 };
 
-/* ---- conversions and stacking: convert.c, fill.c ------------------------------------------- */
+/* ---- conversions and stacking: convert.c, stack.c, fill.c ---------------------------------- */
 /* The host device (the first of its kind): only for a runtime that has one. */
 static inline ab__device *ab__host_device(ab_runtime *rt) { return &rt->devices[rt->kind_first[AB_HOST]]; }
 /* Where a host tensor's first byte lies. */
@@ -406,7 +407,16 @@ static inline bool ab__plain_host(const ab_tensor *sl, DLDataType dt) {
  * its task without inputs yet; stacking makes its tasks with them too */
 int ab__convert_check(ab_runtime *rt, ab_device dst, const ab_convert_options *o);
 ab_future *ab__convert_task(ab_runtime *rt, int kind, int nin, ab_device dst, const ab_convert_options *o);
-/* convert.c: the bodies of conversion and stacking tasks */
+/* convert.c: the device whose memory holds t (near: the task's, preferred where several can
+ * read it), or NULL with *err set */
+ab__device *ab__source_device(ab_runtime *rt, const ab_tensor *t, ab__device *near, int *err);
+/* convert.c: src, wherever it is, into (dst, off) on c's device as a contiguous dt array, by the
+ * path the planner picks */
+int ab__put(ab_ctx *c, const ab_tensor *src, void *dst, size_t off, DLDataType dt, const ab__cast_params *p);
+/* convert.c: the end of a conversion or stack. On failure (rc) nothing may still write into
+ * out, so the stream is drained before out goes; on success out becomes the task's result. */
+int ab__finish_output(ab_ctx *c, ab_tensor *out, int rc);
+/* The bodies of conversion (convert.c) and stacking (stack.c) tasks */
 int ab__convert_run(ab_ctx *c);
 int ab__stack_run(ab_ctx *c);
 

@@ -18,8 +18,6 @@
  *     too (ab__task_drop), not when its caller releases the future: they may be memory that
  *     others wait for. Nobody reads a completed task's inputs.
  */
-#include <string.h>
-
 #include "runtime/internal.h"
 
 void ab__inflight_done(ab_runtime *rt) {
@@ -325,69 +323,4 @@ int ab_submit(ab_runtime *rt, const ab_task_desc *d, ab_future **out) {
     else t->in[i].future = ab_future_retain(d->inputs[i].future);
   }
   return ab__task_submit(t, out);
-}
-
-/* ---- stacking ------------------------------------------------------------------------------- */
-static int check_slices(ab_tensor *const *slices, size_t n) {
-  if (slices == NULL || n == 0 || n > (size_t)INT32_MAX) return AB_EINVAL;
-  for (size_t i = 0; i < n; i++)
-    if (slices[i] == NULL) return AB_EINVAL;
-  const DLTensor *a = &slices[0]->dl;
-  if (a->ndim + 1 > AB_MAX_NDIM) return AB_ENOTSUP;
-  for (size_t i = 1; i < n; i++) {
-    const DLTensor *b = &slices[i]->dl;
-    if (!ab__same_dtype(a->dtype, b->dtype)) return AB_EDTYPE;
-    if (a->ndim != b->ndim) return AB_ESHAPE;
-    for (int k = 0; k < a->ndim; k++)
-      if (a->shape[k] != b->shape[k]) return AB_ESHAPE;
-  }
-  return 0;
-}
-
-int ab_stack(ab_runtime *rt, ab_tensor *const *slices, size_t n, ab_device dst, const ab_convert_options *o,
-             ab_future **out) {
-  if (out == NULL) return AB_EINVAL;
-  *out = NULL;
-  if (rt == NULL) return AB_EINVAL;
-  int rc = check_slices(slices, n);
-  if (rc == 0) rc = ab__convert_check(rt, dst, o);
-  if (rc != 0) return rc;
-  ab_future *t = ab__convert_task(rt, AB__TASK_STACK, (int)n, dst, o);
-  if (t == NULL) return AB_ENOMEM;
-  for (size_t i = 0; i < n; i++) t->in[i].tensor = ab_tensor_retain(slices[i]);
-  return ab__task_submit(t, out);
-}
-
-static void release_all(ab_future **fs, int64_t n) {
-  for (int64_t i = 0; i < n; i++) {
-    ab_future_release(fs[i]);
-    fs[i] = NULL;
-  }
-}
-
-int ab_unstack(ab_runtime *rt, ab_tensor *volume, ab_device dst, const ab_convert_options *o, ab_future **out) {
-  if (volume == NULL || out == NULL) return AB_EINVAL; /* no length known: out is left alone */
-  if (volume->dl.ndim < 1) return AB_ESHAPE;
-  int64_t n = volume->dl.shape[0];
-  for (int64_t i = 0; i < n; i++) out[i] = NULL; /* first: on any failure out is all NULL */
-  if (rt == NULL) return AB_EINVAL;
-  int rc = ab__convert_check(rt, dst, o);
-  if (rc != 0) return rc;
-  if (atomic_load(&rt->closing)) return AB_ESHUTDOWN;
-  for (int64_t i = 0; i < n && rc == 0; i++) {
-    ab_tensor *view;
-    rc = ab_tensor_index(volume, i, &view);
-    if (rc != 0) break;
-    ab_convert_options def = AB_CONVERT_OPTIONS_INIT;
-    const ab_convert_options *co = o ? o : &def;
-    /* ab_convert returns the view itself when it already is the answer: zero-copy */
-    rc = ab_convert(rt, view, dst, co, &out[i]);
-    ab_tensor_release(view);
-  }
-  if (rc != 0) {
-    for (int64_t i = 0; i < n; i++) /* queued copies are cancelled: nothing is left behind */
-      if (out[i]) ab_future_cancel(out[i]);
-    release_all(out, n);
-  }
-  return rc;
 }

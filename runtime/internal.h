@@ -378,7 +378,9 @@ void ab__trace_fini(ab_runtime *rt);
 extern _Thread_local ab__worker *ab__current_worker; /* the worker this thread is, or NULL */
 int ab__workers_start(ab__device *d);
 void ab__workers_join(ab__device *d);
-void ab__wake_workers(ab__device *d);
+/* Wakes d's sleeping workers (a task is due, memory was freed): a wake-up of d's queue, which
+ * is where they sleep. Inline, so that what frees memory need not call up into worker.c. */
+static inline void ab__wake_workers(ab__device *d) { ab__queue_wake(&d->queue); }
 void ab__park_flush(ab__device *d, int status); /* destroy: complete every parked task */
 void ab__park_cancelled(ab_future *t);           /* t was cancelled while pending: maybe parked */
 

@@ -390,8 +390,6 @@ static void *worker_main(void *arg) {
   }
 }
 
-void ab__wake_workers(ab__device *d) { ab__queue_wake(&d->queue); }
-
 int ab__workers_start(ab__device *d) {
   for (int i = 0; i < d->nworkers; i++) {
     ab__worker *w = &d->workers[i];

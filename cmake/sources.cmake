@@ -9,6 +9,7 @@ set(AB_SOURCES
   runtime/task.c
   runtime/worker.c
   runtime/memory.c
+  runtime/oom.c
   runtime/tensor.c
   runtime/dlpack.c
   runtime/convert.c

@@ -38,7 +38,7 @@ _Noreturn void ab__panic(const char *file, int line, const char *what);
 #define AB__NOT_REACHED() ab__panic(__FILE__, __LINE__, "not reached")
 
 /* Lock ranks. A thread takes the runtime's locks in increasing rank only, so no two threads can
- * deadlock on them; park_lock's rank leaves only the queue's push_lock below it (worker.c), and
+ * deadlock on them; park_lock's rank leaves only the queue's push_lock below it (runtime/oom.c), and
  * nothing is taken while push_lock or a pool's grow_lock is held. xfer_lock and trace_lock share
  * a rank: neither is ever taken with the other. Debug builds check this with a mask per thread
  * of the ranks held. */

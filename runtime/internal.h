@@ -7,8 +7,9 @@
  *   placement.c  which device runs a task
  *   future.c     the future's state machine: completion, waiting, callbacks, cancel
  *   task.c       submission: validation, inputs, dependencies, backpressure
- *   worker.c     the worker loop: pop, run, complete, park on out-of-memory
- *   memory.c     per-device budgets, the OOM ladder, scratch memory
+ *   worker.c     the worker loop: pop, run, complete; the task context
+ *   memory.c     per-device budgets, frees, fault injection
+ *   oom.c        the OOM ladder, all seven steps, and the parked tasks
  *   tensor.c     refcounted tensors, views; dlpack.c validation, import, export
  *   convert.c    ab_convert, the conversion task, and the planner that picks a move's path
  *   stack.c      ab_stack, ab_unstack, and the stacking task
@@ -108,7 +109,7 @@ struct ab__worker {
   uint32_t trace_mask;            /* capacity - 1 (a power of two) */
   uint64_t trace_head;            /* events ever written since start */
   _Atomic int trace_busy;         /* the thread is writing a record (stop waits for 0) */
-  /* memory.c: bytes of the last allocation the ladder gave up on (0: none). A hint for parking;
+  /* oom.c: bytes of the last allocation the ladder gave up on (0: none). A hint for parking;
    * atomic because user threads allocate through workers[0] too. */
   _Atomic size_t oom_need;
 };
@@ -152,15 +153,16 @@ struct ab__device {
   ab__counters stats;             /* written by workers */
 };
 
-/* Budget reservation and release; ab__mem_alloc walks ladder steps 1-4 (BRIEF 7). */
+/* Budget reservation and release (memory.c): AB_ENOMEM when the budget has no room. */
 int ab__mem_reserve(ab__device *d, size_t bytes);
 void ab__mem_unreserve(ab__device *d, size_t bytes);
+/* oom.c: bytes on d through worker w (w's arena; w may be the device's first worker on another
+ * thread), walking ladder steps 1-4 when they do not fit. */
 int ab__mem_alloc(ab__device *d, ab__worker *w, size_t bytes, void **ptr);
 void ab__mem_free(ab__device *d, void *ptr, size_t bytes);
 /* The same for memory a DLPack consumer had (ops->free_shared: after that consumer's work). */
 void ab__mem_free_shared(ab__device *d, void *ptr, size_t bytes);
 bool ab__fault_hit(ab__device *d, int op);
-char *ab__mem_report(ab__device *d, const ab_future *t); /* malloc'd text, or NULL */
 
 /* ---- the runtime -------------------------------------------------------------------------- */
 struct ab_runtime {
@@ -381,6 +383,17 @@ void ab__workers_join(ab__device *d);
 /* Wakes d's sleeping workers (a task is due, memory was freed): a wake-up of d's queue, which
  * is where they sleep. Inline, so that what frees memory need not call up into worker.c. */
 static inline void ab__wake_workers(ab__device *d) { ab__queue_wake(&d->queue); }
+
+/* oom.c: the ladder's steps 5-7 and its parked tasks */
+/* A body on w returned AB_ENOMEM for t. True: t lives on, parked or re-routed, and another
+ * worker may own it already: the caller must not touch it. False: t fails, its message says
+ * why (step 7). */
+bool ab__oom_task(ab__worker *w, ab_future *t);
+/* Between tasks: is a parked task due on d, or has memory been freed since the last poll? */
+bool ab__park_wants_poll(ab__device *d);
+/* Sends d's due tasks back to its queue and drops cancelled ones; returns the earliest retry
+ * time left (-1: none). */
+int64_t ab__park_poll(ab__device *d);
 void ab__park_flush(ab__device *d, int status); /* destroy: complete every parked task */
 void ab__park_cancelled(ab_future *t);           /* t was cancelled while pending: maybe parked */
 

@@ -55,17 +55,6 @@ void ab__task_drop(ab_future *t) {
   ab_future_release(t);
 }
 
-static const ab_oom_policy *default_oom(ab_runtime *rt, const ab_oom_policy *p) {
-  return p ? p : &rt->opt.oom;
-}
-
-static void fill_oom(ab_oom_policy *dst, const ab_oom_policy *src) {
-  *dst = *src;
-  if (dst->backoff_initial_ns <= 0) dst->backoff_initial_ns = 1000000;
-  if (dst->backoff_max_ns <= 0) dst->backoff_max_ns = 100000000;
-  if (dst->deadline_ns <= 0) dst->deadline_ns = 10000000000;
-}
-
 ab_future *ab__task_new(ab_runtime *rt, int kind, int nin, const ab_place *place) {
   ab_future *t = ab__future_new(rt);
   if (t == NULL) return NULL;
@@ -80,7 +69,8 @@ ab_future *ab__task_new(ab_runtime *rt, int kind, int nin, const ab_place *place
   }
   t->nin = nin;
   if (place) t->place = *place;
-  fill_oom(&t->oom, default_oom(rt, place ? place->oom : NULL));
+  /* the place's policy, else the runtime's; its zero fields are the ladder's defaults (oom.c) */
+  t->oom = place && place->oom ? *place->oom : rt->opt.oom;
   return t;
 }
 

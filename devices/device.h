@@ -101,9 +101,11 @@ struct ab__device_ops {
   bool (*can_peer)(ab__device *d, ab__device *s);
   int (*copy_from)(ab__worker *w, void *dst, size_t dst_off, ab__device *s, const void *src, size_t src_off,
                    size_t bytes);
-  /* Page-locked host memory for ab_tensor_alloc_pinned (any thread). NULL: none. */
-  int (*host_alloc)(ab__device *d, size_t bytes, void **ptr);
-  void (*host_free)(ab__device *d, void *ptr);
+  /* Page-locked (pinned) host memory for ab_tensor_alloc_pinned, made by a GPU backend's driver
+   * so that its copies run at full speed; not the host backend's own memory, which is its
+   * alloc (any thread). NULL: none. */
+  int (*pinned_alloc)(ab__device *d, size_t bytes, void **ptr);
+  void (*pinned_free)(ab__device *d, void *ptr);
 
   /* map_write's pipeline: 0, map the whole range at once; else map at most map_chunk bytes at
    * a time, and unmap returns as soon as the piece is on its way (a discrete GPU's DMA), so the

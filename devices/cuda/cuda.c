@@ -368,14 +368,14 @@ static int cu_sync(ab__device *d) {
   return rc;
 }
 
-static int cu_host_alloc(ab__device *d, size_t bytes, void **ptr) {
+static int cu_pinned_alloc(ab__device *d, size_t bytes, void **ptr) {
   int prev, rc = enter(dev_of(d)->phys, &prev);
   if (rc == 0) rc = CU(cudaMallocHost(ptr, bytes ? bytes : 1));
   leave(prev);
   return rc;
 }
 
-static void cu_host_free(ab__device *d, void *ptr) {
+static void cu_pinned_free(ab__device *d, void *ptr) {
   (void)d;
   CU(cudaFreeHost(ptr));
 }
@@ -761,6 +761,6 @@ const ab__device_ops ab__cuda_ops = {
     .unmap = cu_unmap,
     .map_chunk = MAP_CHUNK,
     .free_shared = cu_free_shared,
-    .host_alloc = cu_host_alloc,
-    .host_free = cu_host_free,
+    .pinned_alloc = cu_pinned_alloc,
+    .pinned_free = cu_pinned_free,
 };

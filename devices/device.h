@@ -53,11 +53,13 @@ struct ab__device_ops {
 
   /* Memory. alloc: from w's arena (worker thread, or any thread with w = the device's first
    * worker). free: any thread, stream-ordered after the memory's last use. trim: give w's cached
-   * blocks back. sync: wait for pending frees on the device. */
+   * blocks back. drain_frees: wait until the frees still pending on the device's streams have
+   * landed, so their memory can be allocated again (the OOM ladder's step 3; NULL or a no-op
+   * where frees are immediate). */
   int (*alloc)(ab__worker *w, size_t bytes, void **ptr);
   void (*free)(ab__device *d, void *ptr, size_t bytes);
   void (*trim)(ab__worker *w);
-  int (*sync)(ab__device *d);
+  int (*drain_frees)(ab__device *d);
 
   /* The worker's stream for compute tasks (cudaStream_t, cl_command_queue; NULL on the host). */
   void *(*stream)(ab__worker *w);

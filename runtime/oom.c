@@ -58,8 +58,8 @@ static bool trim(ab__device *d, ab__worker *w) {
 
 /* Step 3: frees still pending on the device's streams land. False: the backend has none. */
 static bool drain(ab__device *d) {
-  if (!d->ops->sync) return false;
-  d->ops->sync(d);
+  if (!d->ops->drain_frees) return false;
+  d->ops->drain_frees(d);
   count(&d->stats.oom_syncs);
   return true;
 }

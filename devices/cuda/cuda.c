@@ -31,10 +31,10 @@
  *     then alternate chunks, copying chunk k-1 out while chunk k's DMA runs. Pinned sources and
  *     destinations (cudaPointerGetAttributes) take one direct DMA. The transfer worker has a
  *     ring of its own; its callers hold the device's xfer_lock.
- *   - The OOM ladder: a pool allocation that fails returns AB_ENOMEM to runtime/memory.c; trim
- *     gives the pool's unused memory back (cudaMemPoolTrimTo), sync waits for every stream of the
- *     device so that pending frees land in the pool, then trims the pools of every logical
- *     device of the GPU, and the search starts again.
+ *   - The OOM ladder: a pool allocation that fails returns AB_ENOMEM to runtime/oom.c; trim
+ *     gives the pool's unused memory back (cudaMemPoolTrimTo), drain_frees waits for every
+ *     stream of the device so that pending frees land in the pool, then trims the pools of
+ *     every logical device of the GPU, and the search starts again.
  *   - Memory handed to code outside the runtime (a DLPack consumer: torch, CuPy) may still be
  *     read by that code's kernels when its last reference goes: such memory is freed on the
  *     device's legacy default stream (free_shared), which runs after everything the consumer's
@@ -356,7 +356,7 @@ static void trim_siblings(ab__device *d) {
   }
 }
 
-static int cu_sync(ab__device *d) {
+static int cu_drain_frees(ab__device *d) {
   cu_dev *c = dev_of(d);
   int prev, rc = enter(c->phys, &prev);
   for (int i = 0; i < d->nworkers && rc == 0; i++)
@@ -742,7 +742,7 @@ const ab__device_ops ab__cuda_ops = {
     .alloc = cu_alloc,
     .free = cu_free,
     .trim = cu_trim,
-    .sync = cu_sync,
+    .drain_frees = cu_drain_frees,
     .stream = cu_stream,
     .finish = cu_finish,
     .record = cu_record,

@@ -92,11 +92,6 @@ static const char usage_make_plate[] =
 static const char usage_devices[] = "usage: arraybridge devices\n\nLists every device the runtime opens.\n";
 
 /* ---- shared helpers ------------------------------------------------------------------------- */
-const char *kind_name(int kind) {
-  static const char *names[] = {"host", "opencl", "cuda"};
-  return kind >= 0 && kind < AB_KIND_COUNT ? names[kind] : "?";
-}
-
 const char *human_bytes(uint64_t b, char *buf, size_t n) {
   static const char *units[] = {"B", "KiB", "MiB", "GiB", "TiB"};
   double v = (double)b;
@@ -123,12 +118,6 @@ typedef struct {
   ab_device one[MAX_SCREEN_DEVICES]; /* kind:index items */
 } device_list;
 
-static int parse_kind(const char *s, size_t len) {
-  for (int k = 0; k < AB_KIND_COUNT; k++)
-    if (strlen(kind_name(k)) == len && strncmp(s, kind_name(k), len) == 0) return k;
-  return -1;
-}
-
 static int parse_devices(const char *list, device_list *out) {
   memset(out, 0, sizeof *out);
   const char *p = list;
@@ -136,7 +125,7 @@ static int parse_devices(const char *list, device_list *out) {
   while (*p) {
     size_t len = strcspn(p, ",");
     const char *colon = memchr(p, ':', len);
-    int kind = parse_kind(p, colon ? (size_t)(colon - p) : len);
+    int kind = ab_kind_from_name(p, colon ? (size_t)(colon - p) : len);
     char item[64];
     snprintf(item, sizeof item, "%.*s", (int)len, p);
     if (len == 3 && strncmp(p, "all", 3) == 0) {
@@ -165,7 +154,7 @@ static int check_named(ab_runtime *rt, const device_list *l) {
   for (int i = 0; i < l->n; i++)
     if (ab_device_info_get(rt, l->one[i], &info) != 0) {
       char d[32];
-      snprintf(d, sizeof d, "%s:%d", kind_name(l->one[i].kind), l->one[i].index);
+      snprintf(d, sizeof d, "%s:%d", ab_kind_name(l->one[i].kind), l->one[i].index);
       return usage_error("--devices: no device %s here (see `arraybridge devices`)%s", d, "");
     }
   return 0;
@@ -181,7 +170,7 @@ static int pick(ab_runtime *rt, const char *list, const device_list *l, ab_devic
     if (steps_for(all[i].kind) == NULL) {
       if (!warned[all[i].kind])
         fprintf(stderr, "arraybridge: this build has no screening steps for %s devices; left out\n",
-                kind_name(all[i].kind));
+                ab_kind_name(all[i].kind));
       warned[all[i].kind] = true;
       continue;
     }
@@ -471,7 +460,7 @@ static int cmd_devices(void) {
     human_bytes(info.memory_total, mem, sizeof mem);
     if (info.budget == UINT64_MAX) snprintf(bud, sizeof bud, "unlimited");
     else human_bytes(info.budget, bud, sizeof bud);
-    printf("%-8s %5d  %-36.36s %10s %10s %7d  %s\n", kind_name(devs[i].kind), devs[i].index, info.name, mem, bud,
+    printf("%-8s %5d  %-36.36s %10s %10s %7d  %s\n", ab_kind_name(devs[i].kind), devs[i].index, info.name, mem, bud,
            (int)info.workers, steps_for(devs[i].kind) ? "yes" : "no steps in this build");
   }
   ab_runtime_destroy(rt, AB_DRAIN);

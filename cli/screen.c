@@ -92,7 +92,7 @@ static double now_s(void) {
   return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
 }
 
-static void device_label(ab_device d, char *buf, size_t n) { snprintf(buf, n, "%s:%d", kind_name(d.kind), d.index); }
+static void device_label(ab_device d, char *buf, size_t n) { snprintf(buf, n, "%s:%d", ab_kind_name(d.kind), d.index); }
 
 /* ---- loading (a task on a host worker) ------------------------------------------------------ */
 static int load_task(ab_ctx *c, void *arg) {

@@ -44,7 +44,6 @@ int screen_run(const screen_options *o);
  * on. 0, or an exit status after printing why. */
 int screen_runtime(const char *list, uint64_t memory_limit, int host_workers, ab_runtime **rt, ab_device *devs,
                    int *ndevs);
-const char *kind_name(int kind);
 /* "1.5 GiB" */
 const char *human_bytes(uint64_t b, char *buf, size_t n);
 

@@ -80,11 +80,6 @@ int ab__mem_alloc(ab__device *d, ab__worker *w, size_t bytes, void **ptr) {
   return AB_ENOMEM;
 }
 
-static const char *kind_name(int kind) {
-  static const char *names[] = {"host", "opencl", "cuda"};
-  return kind >= 0 && kind < AB_KIND_COUNT ? names[kind] : "?";
-}
-
 /* Step 7's message: the device's memory and ladder totals (malloc'd, or NULL). */
 static char *report(ab__device *d, const ab_future *t) {
   char *msg = ab__malloc(&d->rt->alloc, 512);
@@ -97,7 +92,7 @@ static char *report(ab__device *d, const ab_future *t) {
   snprintf(msg, 512,
            "out of memory on %s:%d (%s): budget %s bytes, in use %" PRIu64 ", peak %" PRIu64
            "; device ladder totals: %" PRIu64 " trims, %" PRIu64 " syncs, %" PRIu64 " spills; this task parked %u times%s",
-           kind_name(d->id.kind), d->id.index, d->name, budget, used, peak, (uint64_t)atomic_load(&d->stats.oom_trims),
+           ab_kind_name(d->id.kind), d->id.index, d->name, budget, used, peak, (uint64_t)atomic_load(&d->stats.oom_trims),
            (uint64_t)atomic_load(&d->stats.oom_syncs), (uint64_t)atomic_load(&d->stats.oom_spills),
            t ? t->parks : 0u, t && t->oom.no_wait ? " (policy: no wait)" : "");
   return msg;

@@ -39,11 +39,6 @@ typedef struct {
 
 int screen_run(const screen_options *o);
 
-/* A runtime for the device list ("all", "host,opencl", "opencl:1"): the kinds it names are
- * opened (the host always: loading and identifying run there); *devs gets the devices to screen
- * on. 0, or an exit status after printing why. */
-int screen_runtime(const char *list, uint64_t memory_limit, int host_workers, ab_runtime **rt, ab_device *devs,
-                   int *ndevs);
 /* "1.5 GiB" */
 const char *human_bytes(uint64_t b, char *buf, size_t n);
 

@@ -5,7 +5,6 @@
 #define _GNU_SOURCE /* asprintf */
 #include <errno.h>
 #include <getopt.h>
-#include <inttypes.h>
 #include <malloc.h>
 #include <math.h>
 #include <stdio.h>
@@ -13,6 +12,7 @@
 #include <string.h>
 #include <sys/stat.h>
 
+#include "cli/human.h"
 #include "cli/plate.h"
 #include "cli/screen.h"
 #include "cli/steps.h"
@@ -91,17 +91,7 @@ static const char usage_make_plate[] =
 
 static const char usage_devices[] = "usage: arraybridge devices\n\nLists every device the runtime opens.\n";
 
-/* ---- shared helpers ------------------------------------------------------------------------- */
-const char *human_bytes(uint64_t b, char *buf, size_t n) {
-  static const char *units[] = {"B", "KiB", "MiB", "GiB", "TiB"};
-  double v = (double)b;
-  int u = 0;
-  while (v >= 1024 && u < 4) v /= 1024, u++;
-  if (u == 0) snprintf(buf, n, "%" PRIu64 " B", b);
-  else snprintf(buf, n, "%.1f %s", v, units[u]);
-  return buf;
-}
-
+/* ---- option errors -------------------------------------------------------------------------- */
 static const char *command; /* for messages */
 
 static int usage_error(const char *fmt, const char *a, const char *b) {

@@ -33,6 +33,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "cli/human.h"
 #include "cli/identify.h"
 #include "cli/output.h"
 #include "cli/plate.h"

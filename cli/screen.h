@@ -1,4 +1,5 @@
-/* cli/screen.h: the screening job and the pieces main.c shares with it. */
+/* cli/screen.h: the screening job: its options, its exit statuses, and screen_run, which main.c
+ * calls once it has parsed the command line. */
 #ifndef AB_CLI_SCREEN_H
 #define AB_CLI_SCREEN_H
 
@@ -39,7 +40,5 @@ typedef struct {
 
 int screen_run(const screen_options *o);
 
-/* "1.5 GiB" */
-const char *human_bytes(uint64_t b, char *buf, size_t n);
 
 #endif

@@ -1,19 +1,20 @@
 /*
  * runtime/internal.h: the runtime's own structures. Nothing here is public.
  *
- * Map of the runtime (one file each):
- *   pool.c       fixed-size object pools (futures, tensors) with a lock-free free list
- *   runtime.c    create/destroy, device discovery, stats, fault injection
+ * Map of the runtime (one job per file):
+ *   runtime.c    create/destroy, device discovery, stats, fault injection, kind names
+ *   task.c       submission: validation, inputs, dependencies, backpressure; ab_submit
  *   placement.c  which device runs a task
  *   future.c     the future's state machine: completion, waiting, callbacks, cancel
- *   task.c       submission: validation, inputs, dependencies, backpressure
  *   worker.c     the worker loop: pop, run, complete; the task context
  *   memory.c     per-device budgets, frees, fault injection
  *   oom.c        the OOM ladder, all seven steps, and the parked tasks
- *   tensor.c     refcounted tensors, views; dlpack.c validation, import, export
  *   convert.c    ab_convert, the conversion task, and the planner that picks a move's path
  *   stack.c      ab_stack, ab_unstack, and the stacking task
  *   fill.c       plain host slices straight into a new tensor, by a crew of host workers
+ *   tensor.c     refcounted tensors, views; dlpack.c validation, import, export
+ *   pool.c       fixed-size object pools (futures, tensors) with a lock-free free list
+ *   errors.c     error names and texts, the thread's device note; trace.c the Chrome trace
  *   ../platform/ clocks, futexes, ck_ec ops, the allocation hook, debug checks, lock ranks
  *   ../queue/    the bounded per-device queue; ../devices/ the backends behind one ops table
  */

@@ -8,6 +8,7 @@ set(AB_SOURCES
   runtime/future.c
   runtime/task.c
   runtime/worker.c
+  runtime/ctx.c
   runtime/memory.c
   runtime/oom.c
   runtime/tensor.c

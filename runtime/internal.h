@@ -6,7 +6,8 @@
  *   task.c       submission: validation, inputs, dependencies, backpressure; ab_submit
  *   placement.c  which device runs a task
  *   future.c     the future's state machine: completion, waiting, callbacks, cancel
- *   worker.c     the worker loop: pop, run, complete; the task context
+ *   worker.c     the worker loop: pop, claim, run, complete
+ *   ctx.c        the task context a body sees (ab_ctx_*)
  *   memory.c     per-device budgets, frees, fault injection
  *   oom.c        the OOM ladder, all seven steps, and the parked tasks
  *   convert.c    ab_convert, the conversion task, and the planner that picks a move's path
@@ -398,6 +399,15 @@ int64_t ab__park_poll(ab__device *d);
 void ab__park_flush(ab__device *d, int status); /* destroy: complete every parked task */
 void ab__park_cancelled(ab_future *t);           /* t was cancelled while pending: maybe parked */
 
+/* A cancel was asked for t while it runs, or the runtime is being destroyed with AB_CANCEL.
+ * Relaxed: a body polls it and only needs to see the request eventually; nothing else is read
+ * through it. */
+static inline bool ab__cancel_asked(const ab__worker *w, const ab_future *t) {
+  return (atomic_load_explicit(&t->state, memory_order_relaxed) & AB__CANCEL_REQ) ||
+         atomic_load_explicit(&w->dev->rt->cancelling, memory_order_relaxed);
+}
+
+/* ctx.c: what a task body sees (ab_ctx_*); its scratch is freed by the worker when the task ends */
 struct ab_ctx {
   ab__worker *w;
   ab_future *task;

@@ -14,7 +14,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 
-# The issues' targets, as ratios against the same peer (None: no target).
+# The target set for each comparison when its benchmark was written, as a ratio against the same
+# peer (None: no target).
 TARGETS = {
     ("task_overhead", "tasks_per_s"): 5, ("task_overhead", "roundtrip_us"): 10,
     ("host_stack", "memcpy 1 thread"): 0.8, ("opencl_stack", "clEnqueueWriteBuffer contiguous"): 0.8,
@@ -64,7 +65,7 @@ def main(src, out="docs/bench.png"):
         tgt = f", target {targets[i]:g}x" if targets[i] is not None else ""
         ax.text(max(ratios[i], targets[i] or 0) * 1.08, i, f"{r['ratio']:.2f}x  ({fmt(r['ours'])} vs "
                 f"{fmt(r['peer_value'])}, {r['better']} is better{tgt})", va="center", fontsize=7)
-    ax.set_xlabel("ours relative to the peer (> 1: ahead), log scale; black tick: the issue's target; "
+    ax.set_xlabel("ours relative to the peer (> 1: ahead), log scale; black tick: its target; "
                   "red: target missed")
     ax.set_title("arraybridge benchmarks, each against its peer in the same run")
     ax.set_xlim(min(min(ratios) * 0.5, 0.5), max(ratios) * 30)

@@ -5,7 +5,6 @@
 #define _GNU_SOURCE /* asprintf */
 #include <errno.h>
 #include <getopt.h>
-#include <inttypes.h>
 #include <malloc.h>
 #include <math.h>
 #include <stdio.h>
@@ -13,6 +12,7 @@
 #include <string.h>
 #include <sys/stat.h>
 
+#include "cli/human.h"
 #include "cli/plate.h"
 #include "cli/screen.h"
 #include "cli/steps.h"
@@ -91,22 +91,7 @@ static const char usage_make_plate[] =
 
 static const char usage_devices[] = "usage: arraybridge devices\n\nLists every device the runtime opens.\n";
 
-/* ---- shared helpers ------------------------------------------------------------------------- */
-const char *kind_name(int kind) {
-  static const char *names[] = {"host", "opencl", "cuda"};
-  return kind >= 0 && kind < AB_KIND_COUNT ? names[kind] : "?";
-}
-
-const char *human_bytes(uint64_t b, char *buf, size_t n) {
-  static const char *units[] = {"B", "KiB", "MiB", "GiB", "TiB"};
-  double v = (double)b;
-  int u = 0;
-  while (v >= 1024 && u < 4) v /= 1024, u++;
-  if (u == 0) snprintf(buf, n, "%" PRIu64 " B", b);
-  else snprintf(buf, n, "%.1f %s", v, units[u]);
-  return buf;
-}
-
+/* ---- option errors -------------------------------------------------------------------------- */
 static const char *command; /* for messages */
 
 static int usage_error(const char *fmt, const char *a, const char *b) {
@@ -114,105 +99,6 @@ static int usage_error(const char *fmt, const char *a, const char *b) {
   fprintf(stderr, fmt, a, b);
   fprintf(stderr, " (arraybridge %s --help)\n", command);
   return EXIT_USAGE;
-}
-
-/* ---- device lists --------------------------------------------------------------------------- */
-typedef struct {
-  bool kind_all[AB_KIND_COUNT];
-  int n;
-  ab_device one[MAX_SCREEN_DEVICES]; /* kind:index items */
-} device_list;
-
-static int parse_kind(const char *s, size_t len) {
-  for (int k = 0; k < AB_KIND_COUNT; k++)
-    if (strlen(kind_name(k)) == len && strncmp(s, kind_name(k), len) == 0) return k;
-  return -1;
-}
-
-static int parse_devices(const char *list, device_list *out) {
-  memset(out, 0, sizeof *out);
-  const char *p = list;
-  if (!*p) return usage_error("--devices: empty; use all, host, opencl, cuda or kind:index%s", "", "");
-  while (*p) {
-    size_t len = strcspn(p, ",");
-    const char *colon = memchr(p, ':', len);
-    int kind = parse_kind(p, colon ? (size_t)(colon - p) : len);
-    char item[64];
-    snprintf(item, sizeof item, "%.*s", (int)len, p);
-    if (len == 3 && strncmp(p, "all", 3) == 0) {
-      for (int k = 0; k < AB_KIND_COUNT; k++) out->kind_all[k] = true;
-    } else if (kind < 0 || (colon && (colon[1] < '0' || colon[1] > '9')) || out->n == MAX_SCREEN_DEVICES) {
-      return usage_error("--devices: bad device '%s'; use all, host, opencl, cuda or kind:index%s", item, "");
-    } else if (colon) {
-      out->one[out->n++] = (ab_device){kind, atoi(colon + 1)};
-    } else {
-      out->kind_all[kind] = true;
-    }
-    p += len + (p[len] == ',');
-  }
-  return 0;
-}
-
-static bool listed(const device_list *l, ab_device d) {
-  if (l->kind_all[d.kind]) return true;
-  for (int i = 0; i < l->n; i++)
-    if (l->one[i].kind == d.kind && l->one[i].index == d.index) return true;
-  return false;
-}
-
-static int check_named(ab_runtime *rt, const device_list *l) {
-  ab_device_info info;
-  for (int i = 0; i < l->n; i++)
-    if (ab_device_info_get(rt, l->one[i], &info) != 0) {
-      char d[32];
-      snprintf(d, sizeof d, "%s:%d", kind_name(l->one[i].kind), l->one[i].index);
-      return usage_error("--devices: no device %s here (see `arraybridge devices`)%s", d, "");
-    }
-  return 0;
-}
-
-static int pick(ab_runtime *rt, const char *list, const device_list *l, ab_device *devs, int *ndevs) {
-  ab_device all[64];
-  int n = ab_runtime_devices(rt, all, 64);
-  bool warned[AB_KIND_COUNT] = {false};
-  *ndevs = 0;
-  for (int i = 0; i < n && i < 64 && *ndevs < MAX_SCREEN_DEVICES; i++) {
-    if (!listed(l, all[i])) continue;
-    if (steps_for(all[i].kind) == NULL) {
-      if (!warned[all[i].kind])
-        fprintf(stderr, "arraybridge: this build has no screening steps for %s devices; left out\n",
-                kind_name(all[i].kind));
-      warned[all[i].kind] = true;
-      continue;
-    }
-    devs[(*ndevs)++] = all[i];
-  }
-  if (*ndevs > 0) return 0;
-  return usage_error("--devices %s: no device here with screening steps (see `arraybridge devices`)%s", list, "");
-}
-
-int screen_runtime(const char *list, uint64_t memory_limit, int host_workers, ab_runtime **rt, ab_device *devs,
-                   int *ndevs) {
-  device_list l;
-  int status = parse_devices(list, &l);
-  if (status != 0) return status;
-  ab_runtime_options o = AB_RUNTIME_OPTIONS_INIT;
-  for (int k = 0; k < AB_KIND_COUNT; k++) {
-    bool named = l.kind_all[k];
-    for (int i = 0; i < l.n; i++) named |= l.one[i].kind == k;
-    o.kinds[k].disabled = !named && k != AB_HOST; /* the host always: loading and identifying run there */
-    o.kinds[k].memory_limit = memory_limit;
-  }
-  o.kinds[AB_HOST].workers_per_device = host_workers;
-  int rc = ab_runtime_create(&o, rt);
-  if (rc != 0) {
-    fprintf(stderr, "arraybridge: cannot start the runtime: %s\n", ab_strerror(rc));
-    return EXIT_FATAL;
-  }
-  status = check_named(*rt, &l);
-  if (status == 0) status = pick(*rt, list, &l, devs, ndevs);
-  if (status != 0) ab_runtime_destroy(*rt, AB_DRAIN);
-  return status;
 }
 
 /* ---- values --------------------------------------------------------------------------------- */
@@ -471,7 +357,7 @@ static int cmd_devices(void) {
     human_bytes(info.memory_total, mem, sizeof mem);
     if (info.budget == UINT64_MAX) snprintf(bud, sizeof bud, "unlimited");
     else human_bytes(info.budget, bud, sizeof bud);
-    printf("%-8s %5d  %-36.36s %10s %10s %7d  %s\n", kind_name(devs[i].kind), devs[i].index, info.name, mem, bud,
+    printf("%-8s %5d  %-36.36s %10s %10s %7d  %s\n", ab_kind_name(devs[i].kind), devs[i].index, info.name, mem, bud,
            (int)info.workers, steps_for(devs[i].kind) ? "yes" : "no steps in this build");
   }
   ab_runtime_destroy(rt, AB_DRAIN);

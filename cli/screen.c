@@ -26,12 +26,14 @@
 #include <errno.h>
 #include <inttypes.h>
 #include <signal.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
 
+#include "cli/human.h"
 #include "cli/identify.h"
 #include "cli/output.h"
 #include "cli/plate.h"
@@ -92,7 +94,7 @@ static double now_s(void) {
   return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
 }
 
-static void device_label(ab_device d, char *buf, size_t n) { snprintf(buf, n, "%s:%d", kind_name(d.kind), d.index); }
+static void device_label(ab_device d, char *buf, size_t n) { snprintf(buf, n, "%s:%d", ab_kind_name(d.kind), d.index); }
 
 /* ---- loading (a task on a host worker) ------------------------------------------------------ */
 static int load_task(ab_ctx *c, void *arg) {
@@ -608,6 +610,114 @@ static void list_files(const run *r, bool heatmap_ok, bool trace_ok) {
   if (o->objects) printf("  %-11s %s\n", "objects", o->objects);
   if (o->heatmap && heatmap_ok) printf("  %-11s %s (%s)\n", "heatmap", o->heatmap, o->heatmap_column);
   if (o->trace && trace_ok) printf("  %-11s %s\n", "trace", o->trace);
+}
+
+/* ---- the devices ---------------------------------------------------------------------------- */
+/* A --devices list that names nothing usable: one line, exit status 2, like every option error
+ * of the command (main.c). */
+__attribute__((format(printf, 1, 2))) static int devices_error(const char *fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  fprintf(stderr, "arraybridge screen: ");
+  vfprintf(stderr, fmt, ap);
+  fprintf(stderr, " (arraybridge screen --help)\n");
+  va_end(ap);
+  return EXIT_USAGE;
+}
+
+typedef struct {
+  bool kind_all[AB_KIND_COUNT];
+  int n;
+  ab_device one[MAX_SCREEN_DEVICES]; /* kind:index items */
+} device_list;
+
+static int parse_devices(const char *list, device_list *out) {
+  memset(out, 0, sizeof *out);
+  const char *p = list;
+  if (!*p) return devices_error("--devices: empty; use all, host, opencl, cuda or kind:index");
+  while (*p) {
+    size_t len = strcspn(p, ",");
+    const char *colon = memchr(p, ':', len);
+    int kind = ab_kind_from_name(p, colon ? (size_t)(colon - p) : len);
+    char item[64];
+    snprintf(item, sizeof item, "%.*s", (int)len, p);
+    if (len == 3 && strncmp(p, "all", 3) == 0) {
+      for (int k = 0; k < AB_KIND_COUNT; k++) out->kind_all[k] = true;
+    } else if (kind < 0 || (colon && (colon[1] < '0' || colon[1] > '9')) || out->n == MAX_SCREEN_DEVICES) {
+      return devices_error("--devices: bad device '%s'; use all, host, opencl, cuda or kind:index", item);
+    } else if (colon) {
+      out->one[out->n++] = (ab_device){kind, atoi(colon + 1)};
+    } else {
+      out->kind_all[kind] = true;
+    }
+    p += len + (p[len] == ',');
+  }
+  return 0;
+}
+
+static bool listed(const device_list *l, ab_device d) {
+  if (l->kind_all[d.kind]) return true;
+  for (int i = 0; i < l->n; i++)
+    if (l->one[i].kind == d.kind && l->one[i].index == d.index) return true;
+  return false;
+}
+
+static int check_named(ab_runtime *rt, const device_list *l) {
+  ab_device_info info;
+  for (int i = 0; i < l->n; i++)
+    if (ab_device_info_get(rt, l->one[i], &info) != 0) {
+      char d[32];
+      snprintf(d, sizeof d, "%s:%d", ab_kind_name(l->one[i].kind), l->one[i].index);
+      return devices_error("--devices: no device %s here (see `arraybridge devices`)", d);
+    }
+  return 0;
+}
+
+static int pick(ab_runtime *rt, const char *list, const device_list *l, ab_device *devs, int *ndevs) {
+  ab_device all[64];
+  int n = ab_runtime_devices(rt, all, 64);
+  bool warned[AB_KIND_COUNT] = {false};
+  *ndevs = 0;
+  for (int i = 0; i < n && i < 64 && *ndevs < MAX_SCREEN_DEVICES; i++) {
+    if (!listed(l, all[i])) continue;
+    if (steps_for(all[i].kind) == NULL) {
+      if (!warned[all[i].kind])
+        fprintf(stderr, "arraybridge: this build has no screening steps for %s devices; left out\n",
+                ab_kind_name(all[i].kind));
+      warned[all[i].kind] = true;
+      continue;
+    }
+    devs[(*ndevs)++] = all[i];
+  }
+  if (*ndevs > 0) return 0;
+  return devices_error("--devices %s: no device here with screening steps (see `arraybridge devices`)", list);
+}
+
+/* A runtime for the device list ("all", "host,opencl", "opencl:1"): the kinds it names are
+ * opened (the host always: loading and identifying run there); *devs gets the devices to screen
+ * on. 0, or an exit status after printing why. */
+static int screen_runtime(const char *list, uint64_t memory_limit, int host_workers, ab_runtime **rt, ab_device *devs,
+                          int *ndevs) {
+  device_list l;
+  int status = parse_devices(list, &l);
+  if (status != 0) return status;
+  ab_runtime_options o = AB_RUNTIME_OPTIONS_INIT;
+  for (int k = 0; k < AB_KIND_COUNT; k++) {
+    bool named = l.kind_all[k];
+    for (int i = 0; i < l.n; i++) named |= l.one[i].kind == k;
+    o.kinds[k].disabled = !named && k != AB_HOST; /* the host always: loading and identifying run there */
+    o.kinds[k].memory_limit = memory_limit;
+  }
+  o.kinds[AB_HOST].workers_per_device = host_workers;
+  int rc = ab_runtime_create(&o, rt);
+  if (rc != 0) {
+    fprintf(stderr, "arraybridge: cannot start the runtime: %s\n", ab_strerror(rc));
+    return EXIT_FATAL;
+  }
+  status = check_named(*rt, &l);
+  if (status == 0) status = pick(*rt, list, &l, devs, ndevs);
+  if (status != 0) ab_runtime_destroy(*rt, AB_DRAIN);
+  return status;
 }
 
 /* ---- the run -------------------------------------------------------------------------------- */

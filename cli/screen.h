@@ -1,4 +1,5 @@
-/* cli/screen.h: the screening job and the pieces main.c shares with it. */
+/* cli/screen.h: the screening job: its options, its exit statuses, and screen_run, which main.c
+ * calls once it has parsed the command line. */
 #ifndef AB_CLI_SCREEN_H
 #define AB_CLI_SCREEN_H
 
@@ -39,13 +40,5 @@ typedef struct {
 
 int screen_run(const screen_options *o);
 
-/* A runtime for the device list ("all", "host,opencl", "opencl:1"): the kinds it names are
- * opened (the host always: loading and identifying run there); *devs gets the devices to screen
- * on. 0, or an exit status after printing why. */
-int screen_runtime(const char *list, uint64_t memory_limit, int host_workers, ab_runtime **rt, ab_device *devs,
-                   int *ndevs);
-const char *kind_name(int kind);
-/* "1.5 GiB" */
-const char *human_bytes(uint64_t b, char *buf, size_t n);
 
 #endif

@@ -41,7 +41,7 @@
  *
  * A kind without a row in the table (one this build has no backend for) is not offered for
  * screening. Adding one is a new steps_<kind>.c (steps_cuda.cu for CUDA) and a row in
- * steps_for().
+ * steps_for() (steps.c).
  */
 #ifndef AB_CLI_STEPS_H
 #define AB_CLI_STEPS_H

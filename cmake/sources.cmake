@@ -1,17 +1,21 @@
 # The library's sources, by layer. Backends register in devices/registry.c.
 set(AB_SOURCES
+  platform/platform.c
   runtime/errors.c
-  runtime/platform.c
   runtime/pool.c
   runtime/runtime.c
   runtime/placement.c
   runtime/future.c
   runtime/task.c
   runtime/worker.c
+  runtime/ctx.c
   runtime/memory.c
+  runtime/oom.c
   runtime/tensor.c
   runtime/dlpack.c
   runtime/convert.c
+  runtime/stack.c
+  runtime/fill.c
   runtime/trace.c
   queue/queue.c
   devices/registry.c

@@ -14,6 +14,14 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "arraybridge.h" /* DLTensor, DLDataType, ab_kind */
+
+/* The runtime's device and worker (runtime/internal.h): a backend keeps its own state behind
+ * their `backend` pointers, and this contract needs no more than their names. */
+typedef struct ab__device ab__device;
+typedef struct ab__worker ab__worker;
+typedef struct ab__device_ops ab__device_ops;
+
 typedef struct {
   char name[64];
   uint64_t memory_total;          /* bytes */
@@ -45,11 +53,13 @@ struct ab__device_ops {
 
   /* Memory. alloc: from w's arena (worker thread, or any thread with w = the device's first
    * worker). free: any thread, stream-ordered after the memory's last use. trim: give w's cached
-   * blocks back. sync: wait for pending frees on the device. */
+   * blocks back. drain_frees: wait until the frees still pending on the device's streams have
+   * landed, so their memory can be allocated again (the OOM ladder's step 3; NULL or a no-op
+   * where frees are immediate). */
   int (*alloc)(ab__worker *w, size_t bytes, void **ptr);
   void (*free)(ab__device *d, void *ptr, size_t bytes);
   void (*trim)(ab__worker *w);
-  int (*sync)(ab__device *d);
+  int (*drain_frees)(ab__device *d);
 
   /* The worker's stream for compute tasks (cudaStream_t, cl_command_queue; NULL on the host). */
   void *(*stream)(ab__worker *w);
@@ -93,9 +103,11 @@ struct ab__device_ops {
   bool (*can_peer)(ab__device *d, ab__device *s);
   int (*copy_from)(ab__worker *w, void *dst, size_t dst_off, ab__device *s, const void *src, size_t src_off,
                    size_t bytes);
-  /* Page-locked host memory for ab_tensor_alloc_pinned (any thread). NULL: none. */
-  int (*host_alloc)(ab__device *d, size_t bytes, void **ptr);
-  void (*host_free)(ab__device *d, void *ptr);
+  /* Page-locked (pinned) host memory for ab_tensor_alloc_pinned, made by a GPU backend's driver
+   * so that its copies run at full speed; not the host backend's own memory, which is its
+   * alloc (any thread). NULL: none. */
+  int (*pinned_alloc)(ab__device *d, size_t bytes, void **ptr);
+  void (*pinned_free)(ab__device *d, void *ptr);
 
   /* map_write's pipeline: 0, map the whole range at once; else map at most map_chunk bytes at
    * a time, and unmap returns as soon as the piece is on its way (a discrete GPU's DMA), so the
@@ -111,6 +123,6 @@ struct ab__device_ops {
 #define AB__GATHER_MAX 8 /* slices per gather call */
 
 /* registry.c: the backends compiled in, indexed by ab_kind (NULL: not built). */
-extern const ab__device_ops *const ab__backends[3];
+extern const ab__device_ops *const ab__backends[AB_KIND_COUNT];
 
 #endif

@@ -1,5 +1,5 @@
 /* devices/registry.c: the one file that knows which backends were compiled in. */
-#include "runtime/internal.h"
+#include "devices/device.h"
 
 extern const ab__device_ops ab__host_ops;
 #ifdef AB_HAVE_OPENCL
@@ -9,7 +9,7 @@ extern const ab__device_ops ab__opencl_ops;
 extern const ab__device_ops ab__cuda_ops;
 #endif
 
-const ab__device_ops *const ab__backends[3] = {
+const ab__device_ops *const ab__backends[AB_KIND_COUNT] = {
     [AB_HOST] = &ab__host_ops,
 #ifdef AB_HAVE_OPENCL
     [AB_OPENCL] = &ab__opencl_ops,

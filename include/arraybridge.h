@@ -108,6 +108,13 @@ AB_API const char *ab_version(void); /* the library's AB_VERSION_STRING */
  */
 typedef enum { AB_HOST = 0, AB_OPENCL = 1, AB_CUDA = 2, AB_KIND_COUNT = 3 } ab_kind;
 
+/* A kind's name, as the command line, traces and memory reports write it ("cuda:0" is the
+ * first CUDA device): "host", "opencl" or "cuda"; "?" for a number that names no kind. */
+AB_API const char *ab_kind_name(int kind);
+/* The kind whose name is exactly the first len bytes of name (so "opencl:1" parses without a
+ * copy: pass the length before the colon), or AB_EINVAL when none is (or name is NULL). */
+AB_API int ab_kind_from_name(const char *name, size_t len);
+
 typedef struct {
   int32_t kind;  /* ab_kind */
   int32_t index; /* among the runtime's devices of this kind; AB_ANY in a placement request */

@@ -4,7 +4,7 @@
 #include <errno.h>
 #include <string.h>
 
-#include "runtime/internal.h"
+#include "platform/platform.h"
 
 int ab__queue_init(ab__queue *q, unsigned int capacity, const ab_allocator *a) {
   unsigned int cap = 4;

@@ -38,11 +38,6 @@ const char *ab_err_name(int code) {
 
 const char *ab_version(void) { return AB_VERSION_STRING; }
 
-_Noreturn void ab__panic(const char *file, int line, const char *what) {
-  fprintf(stderr, "arraybridge: %s:%d: assertion failed: %s\n", file, line, what);
-  abort();
-}
-
 /* ---- the thread's last device error --------------------------------------------------------- */
 static _Thread_local char device_note[320];
 

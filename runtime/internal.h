@@ -1,17 +1,22 @@
 /*
  * runtime/internal.h: the runtime's own structures. Nothing here is public.
  *
- * Map of the runtime (one file each):
- *   platform.c   futex, clocks, ck_ec ops, the allocation hook
- *   pool.c       fixed-size object pools (futures, tensors) with a lock-free free list
- *   runtime.c    create/destroy, device discovery, stats, fault injection
+ * Map of the runtime (one job per file):
+ *   runtime.c    create/destroy, device discovery, stats, fault injection, kind names
+ *   task.c       submission: validation, inputs, dependencies, backpressure; ab_submit
  *   placement.c  which device runs a task
  *   future.c     the future's state machine: completion, waiting, callbacks, cancel
- *   task.c       submission: validation, inputs, dependencies, backpressure
- *   worker.c     the worker loop: pop, run, complete, park on out-of-memory
- *   memory.c     per-device budgets, the OOM ladder, scratch memory
+ *   worker.c     the worker loop: pop, claim, run, complete
+ *   ctx.c        the task context a body sees (ab_ctx_*)
+ *   memory.c     per-device budgets, frees, fault injection
+ *   oom.c        the OOM ladder, all seven steps, and the parked tasks
+ *   convert.c    ab_convert, the conversion task, and the planner that picks a move's path
+ *   stack.c      ab_stack, ab_unstack, and the stacking task
+ *   fill.c       plain host slices straight into a new tensor, by a crew of host workers
  *   tensor.c     refcounted tensors, views; dlpack.c validation, import, export
- *   convert.c    the conversion planner and the conversion and stacking tasks
+ *   pool.c       fixed-size object pools (futures, tensors) with a lock-free free list
+ *   errors.c     error names and texts, the thread's device note; trace.c the Chrome trace
+ *   ../platform/ clocks, futexes, ck_ec ops, the allocation hook, debug checks, lock ranks
  *   ../queue/    the bounded per-device queue; ../devices/ the backends behind one ops table
  */
 #ifndef AB_RUNTIME_INTERNAL_H
@@ -24,21 +29,8 @@
 #include <stdlib.h>
 
 #include "arraybridge.h"
+#include "platform/platform.h"
 #include "queue/queue.h"
-
-/* Debug checks (AB__ASSERT) always compile, so they cannot rot; whether they run is a constant
- * the compiler folds away, as jemalloc's config_debug. AB_DEBUG=1 turns them on (every tree
- * that builds the tests does: tests/CMakeLists.txt), AB_DEBUG=0 off; without AB_DEBUG they run
- * unless NDEBUG is defined. The invariants they check are those the design notes state. */
-#if defined(AB_DEBUG)
-static const bool ab__debug = AB_DEBUG;
-#elif defined(NDEBUG)
-static const bool ab__debug = false;
-#else
-static const bool ab__debug = true;
-#endif
-
-_Noreturn void ab__panic(const char *file, int line, const char *what);
 
 /* errors.c: the calling thread's note about the last backend call that failed ("" : none).
  * ab__device_error sets it (and prints it when AB_DEBUG is set); take returns a copy from a
@@ -49,52 +41,6 @@ void ab__device_error_clear(void);
 const char *ab__device_error_peek(void);
 char *ab__device_error_take(const ab_allocator *a);
 bool ab__debug_env(void); /* AB_DEBUG is set (and not "0") */
-#define AB__ASSERT(e)                                                                         \
-  do {                                                                                       \
-    if (ab__debug && !(e)) ab__panic(__FILE__, __LINE__, #e);                                \
-  } while (0)
-#define AB__NOT_REACHED() ab__panic(__FILE__, __LINE__, "not reached")
-
-/* Lock ranks. A thread takes the runtime's locks in increasing rank only, so no two threads can
- * deadlock on them; park_lock's rank leaves only the queue's push_lock below it (worker.c), and
- * nothing is taken while push_lock or a pool's grow_lock is held. xfer_lock and trace_lock share
- * a rank: neither is ever taken with the other. Debug builds check this with a mask per thread
- * of the ranks held. */
-enum { AB__RANK_XFER = 0, AB__RANK_TRACE = 0, AB__RANK_PARK = 1, AB__RANK_PUSH = 2, AB__RANK_GROW = 3 };
-extern _Thread_local uint32_t ab__ranks_held;
-static inline void ab__lock(pthread_mutex_t *m, int rank) {
-  AB__ASSERT((ab__ranks_held >> rank) == 0); /* nothing of this rank or above is held */
-  pthread_mutex_lock(m);
-  if (ab__debug) ab__ranks_held |= 1u << rank;
-}
-static inline void ab__unlock(pthread_mutex_t *m, int rank) {
-  AB__ASSERT(ab__ranks_held & (1u << rank));
-  if (ab__debug) ab__ranks_held &= ~(1u << rank);
-  pthread_mutex_unlock(m);
-}
-
-typedef struct ab__device ab__device;
-typedef struct ab__worker ab__worker;
-typedef struct ab__device_ops ab__device_ops;
-
-/* ---- platform.c ---------------------------------------------------------------------------- */
-int64_t ab__now_ns(void);
-/* Sleeps while *addr == expected, until deadline_ns (absolute, ab__now_ns clock; < 0: none). */
-void ab__futex_wait(const _Atomic uint32_t *addr, uint32_t expected, int64_t deadline_ns);
-void ab__futex_wake_all(const _Atomic uint32_t *addr);
-void ab__sleep_ns(int64_t ns);
-static inline void ab__cpu_relax(void) { __builtin_ia32_pause(); }
-const struct ck_ec_mode *ab__ec_mode(void);
-/* Sleeps while ec's value is old, until deadline_ns (absolute, ab__now_ns clock; < 0: none):
- * 0 once it moved, AB_ETIMEDOUT at the deadline, kept to the futex's precision. */
-int ab__ec_wait(struct ck_ec32 *ec, uint32_t old, int64_t deadline_ns);
-int64_t ab__deadline_after(int64_t timeout_ns); /* -1 when timeout_ns < 0 */
-void *ab__malloc(const ab_allocator *a, size_t n);
-void *ab__calloc(const ab_allocator *a, size_t n);
-void ab__free(const ab_allocator *a, void *p);
-int ab__ncpu(void);
-uint64_t ab__host_memory(void);
-void ab__copy_stream(void *dst, const void *src, size_t n); /* memcpy, bypassing the cache */
 
 /* ---- pool.c: fixed-size objects, never returned to the system before the pool dies ------- */
 #define AB__POOL_SLAB 256
@@ -113,7 +59,8 @@ void ab__pool_fini(ab__pool *p);
 void *ab__pool_get(ab__pool *p);  /* NULL: out of memory */
 void ab__pool_put(ab__pool *p, void *obj);
 
-/* ---- the device ops table (devices/device.h holds the contract) --------------------------- */
+/* ---- the device ops table (devices/device.h holds the contract; it names ab__device and
+ * ab__worker, defined below) ------------------------------------------------------------------ */
 #include "devices/device.h"
 
 /* ---- memory.c ----------------------------------------------------------------------------- */
@@ -164,7 +111,7 @@ struct ab__worker {
   uint32_t trace_mask;            /* capacity - 1 (a power of two) */
   uint64_t trace_head;            /* events ever written since start */
   _Atomic int trace_busy;         /* the thread is writing a record (stop waits for 0) */
-  /* memory.c: bytes of the last allocation the ladder gave up on (0: none). A hint for parking;
+  /* oom.c: bytes of the last allocation the ladder gave up on (0: none). A hint for parking;
    * atomic because user threads allocate through workers[0] too. */
   _Atomic size_t oom_need;
 };
@@ -208,15 +155,16 @@ struct ab__device {
   ab__counters stats;             /* written by workers */
 };
 
-/* Budget reservation and release; ab__mem_alloc walks ladder steps 1-4 (BRIEF 7). */
+/* Budget reservation and release (memory.c): AB_ENOMEM when the budget has no room. */
 int ab__mem_reserve(ab__device *d, size_t bytes);
 void ab__mem_unreserve(ab__device *d, size_t bytes);
+/* oom.c: bytes on d through worker w (w's arena; w may be the device's first worker on another
+ * thread), walking ladder steps 1-4 when they do not fit. */
 int ab__mem_alloc(ab__device *d, ab__worker *w, size_t bytes, void **ptr);
 void ab__mem_free(ab__device *d, void *ptr, size_t bytes);
 /* The same for memory a DLPack consumer had (ops->free_shared: after that consumer's work). */
 void ab__mem_free_shared(ab__device *d, void *ptr, size_t bytes);
 bool ab__fault_hit(ab__device *d, int op);
-char *ab__mem_report(ab__device *d, const ab_future *t); /* malloc'd text, or NULL */
 
 /* ---- the runtime -------------------------------------------------------------------------- */
 struct ab_runtime {
@@ -385,6 +333,11 @@ static inline void ab__task_set_dev(ab_future *t, ab__device *d) {
   atomic_store_explicit(&t->dev, d, memory_order_relaxed);
 }
 
+/* The dtype a conversion or stack task makes from src: the options' dtype, or src's own. */
+static inline DLDataType ab__target_dtype(const ab_future *t, const ab_tensor *src) {
+  return t->copt.dtype.bits ? t->copt.dtype : src->dl.dtype;
+}
+
 ab_future *ab__future_new(ab_runtime *rt);      /* refs = 1; NULL on ENOMEM */
 /* Completes f once. from: the phase the caller saw (PENDING for cancel and dependency failure,
  * RUNNING for the worker). Returns false when f was already completing. Takes result's ref. */
@@ -392,6 +345,12 @@ bool ab__complete(ab_future *f, int status, ab_tensor *result, uint32_t from);
 void ab__future_free(ab_future *f);
 int ab__then_internal(ab_future *f, ab__cb *node); /* node provided by caller */
 
+/* task.c: a new task of a kind with nin input slots, placed as place says (its OOM policy the
+ * place's, else the runtime's); refs = 1, NULL when out of memory. */
+ab_future *ab__task_new(ab_runtime *rt, int kind, int nin, const ab_place *place);
+/* Takes ownership of t (the caller's only reference), its inputs filled in: on success *out gets
+ * the caller's reference; on failure t is gone with everything it held. */
+int ab__task_submit(ab_future *t, ab_future **out);
 /* task.c: a task whose inputs are resolved goes to a device (or fails) */
 void ab__task_ready(ab_future *t);
 void ab__task_requeue(ab__device *d, ab_future *t);  /* parked or re-routed: never blocks */
@@ -423,10 +382,32 @@ void ab__trace_fini(ab_runtime *rt);
 extern _Thread_local ab__worker *ab__current_worker; /* the worker this thread is, or NULL */
 int ab__workers_start(ab__device *d);
 void ab__workers_join(ab__device *d);
-void ab__wake_workers(ab__device *d);
+/* Wakes d's sleeping workers (a task is due, memory was freed): a wake-up of d's queue, which
+ * is where they sleep. Inline, so that what frees memory need not call up into worker.c. */
+static inline void ab__wake_workers(ab__device *d) { ab__queue_wake(&d->queue); }
+
+/* oom.c: the ladder's steps 5-7 and its parked tasks */
+/* A body on w returned AB_ENOMEM for t. True: t lives on, parked or re-routed, and another
+ * worker may own it already: the caller must not touch it. False: t fails, its message says
+ * why (step 7). */
+bool ab__oom_task(ab__worker *w, ab_future *t);
+/* Between tasks: is a parked task due on d, or has memory been freed since the last poll? */
+bool ab__park_wants_poll(ab__device *d);
+/* Sends d's due tasks back to its queue and drops cancelled ones; returns the earliest retry
+ * time left (-1: none). */
+int64_t ab__park_poll(ab__device *d);
 void ab__park_flush(ab__device *d, int status); /* destroy: complete every parked task */
 void ab__park_cancelled(ab_future *t);           /* t was cancelled while pending: maybe parked */
 
+/* A cancel was asked for t while it runs, or the runtime is being destroyed with AB_CANCEL.
+ * Relaxed: a body polls it and only needs to see the request eventually; nothing else is read
+ * through it. */
+static inline bool ab__cancel_asked(const ab__worker *w, const ab_future *t) {
+  return (atomic_load_explicit(&t->state, memory_order_relaxed) & AB__CANCEL_REQ) ||
+         atomic_load_explicit(&w->dev->rt->cancelling, memory_order_relaxed);
+}
+
+/* ctx.c: what a task body sees (ab_ctx_*); its scratch is freed by the worker when the task ends */
 struct ab_ctx {
   ab__worker *w;
   ab_future *task;
@@ -434,9 +415,41 @@ struct ab_ctx {
   ab__scratch scratch;            /* the first 8 blocks inline, then a chain */
 };
 
-/* convert.c: the bodies of conversion and stacking tasks */
+/* ---- conversions and stacking: convert.c, stack.c, fill.c ---------------------------------- */
+/* The host device (the first of its kind): only for a runtime that has one. */
+static inline ab__device *ab__host_device(ab_runtime *rt) { return &rt->devices[rt->kind_first[AB_HOST]]; }
+/* Where a host tensor's first byte lies. */
+static inline const void *ab__host_ptr(const ab_tensor *t) { return (const char *)t->dl.data + t->dl.byte_offset; }
+/* src's bytes already are the answer: the right dtype, laid out contiguously. */
+static inline bool ab__fits(const ab_tensor *src, DLDataType dt) {
+  return ab__same_dtype(src->dl.dtype, dt) && ab__contiguous(&src->dl);
+}
+/* A host tensor that needs no packing or cast: its bytes go straight to their place. */
+static inline bool ab__plain_host(const ab_tensor *sl, DLDataType dt) {
+  return ab_tensor_device(sl).kind == AB_HOST && ab__fits(sl, dt);
+}
+
+/* convert.c: the checks of a conversion's destination and options (0 or an AB_E* code), and
+ * its task without inputs yet; stacking makes its tasks with them too */
+int ab__convert_check(ab_runtime *rt, ab_device dst, const ab_convert_options *o);
+ab_future *ab__convert_task(ab_runtime *rt, int kind, int nin, ab_device dst, const ab_convert_options *o);
+/* convert.c: the device whose memory holds t (near: the task's, preferred where several can
+ * read it), or NULL with *err set */
+ab__device *ab__source_device(ab_runtime *rt, const ab_tensor *t, ab__device *near, int *err);
+/* convert.c: src, wherever it is, into (dst, off) on c's device as a contiguous dt array, by the
+ * path the planner picks */
+int ab__put(ab_ctx *c, const ab_tensor *src, void *dst, size_t off, DLDataType dt, const ab__cast_params *p);
+/* convert.c: the end of a conversion or stack. On failure (rc) nothing may still write into
+ * out, so the stream is drained before out goes; on success out becomes the task's result. */
+int ab__finish_output(ab_ctx *c, ab_tensor *out, int rc);
+/* The bodies of conversion (convert.c) and stacking (stack.c) tasks */
 int ab__convert_run(ab_ctx *c);
 int ab__stack_run(ab_ctx *c);
+
+/* fill.c: the plain host inputs of c's task into out, input i at byte slice * i: straight into
+ * out's memory on the host, through mapped windows on a device. *done false (rc 0): this device
+ * cannot map, and the caller moves them itself. */
+int ab__fill_from_host(ab_ctx *c, ab_tensor *out, size_t slice, DLDataType dt, bool *done);
 /* Tests only: host slices stream into a device (or the host) in windows of at most this many
  * bytes, so that many-window pipelines run on small data (0: the backend's own size). */
 extern size_t ab__map_window_test;

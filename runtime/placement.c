@@ -1,7 +1,7 @@
 /*
  * runtime/placement.c: which device runs a task.
  *
- * Order (BRIEF 6): an explicit device; else data affinity (the device holding the largest
+ * Order: an explicit device; else data affinity (the device holding the largest
  * input); else the least-loaded device of the requested kind; round-robin when asked. Load is
  * read from relaxed gauges: placement is a heuristic, and a stale read only costs balance.
  */

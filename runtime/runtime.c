@@ -231,6 +231,17 @@ int ab_runtime_destroy(ab_runtime *rt, int how) {
   return 0;
 }
 
+/* In ab_kind order. */
+static const char *const kind_names[AB_KIND_COUNT] = {[AB_HOST] = "host", [AB_OPENCL] = "opencl", [AB_CUDA] = "cuda"};
+
+const char *ab_kind_name(int kind) { return kind >= 0 && kind < AB_KIND_COUNT ? kind_names[kind] : "?"; }
+
+int ab_kind_from_name(const char *name, size_t len) {
+  for (int k = 0; name && k < AB_KIND_COUNT; k++)
+    if (strlen(kind_names[k]) == len && strncmp(name, kind_names[k], len) == 0) return k;
+  return AB_EINVAL;
+}
+
 int ab_runtime_devices(ab_runtime *rt, ab_device *out, int cap) {
   if (rt == NULL || cap < 0 || (cap > 0 && out == NULL)) return AB_EINVAL;
   for (int i = 0; i < rt->ndevices && i < cap; i++) out[i] = rt->devices[i].id;

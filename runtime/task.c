@@ -1,5 +1,6 @@
 /*
- * runtime/task.c: submission. Validate, take references, wait for inputs, place, enqueue.
+ * runtime/task.c: submission. Validate, take references, wait for inputs, place, enqueue;
+ * ab_submit, the compute task's API (conversions: convert.c).
  *
  * Design notes
  *   - A submit that fails must leave no trace (the contract, point 1): everything it took is
@@ -17,8 +18,6 @@
  *     too (ab__task_drop), not when its caller releases the future: they may be memory that
  *     others wait for. Nobody reads a completed task's inputs.
  */
-#include <string.h>
-
 #include "runtime/internal.h"
 
 void ab__inflight_done(ab_runtime *rt) {
@@ -56,18 +55,7 @@ void ab__task_drop(ab_future *t) {
   ab_future_release(t);
 }
 
-static const ab_oom_policy *default_oom(ab_runtime *rt, const ab_oom_policy *p) {
-  return p ? p : &rt->opt.oom;
-}
-
-static void fill_oom(ab_oom_policy *dst, const ab_oom_policy *src) {
-  *dst = *src;
-  if (dst->backoff_initial_ns <= 0) dst->backoff_initial_ns = 1000000;
-  if (dst->backoff_max_ns <= 0) dst->backoff_max_ns = 100000000;
-  if (dst->deadline_ns <= 0) dst->deadline_ns = 10000000000;
-}
-
-static ab_future *task_new(ab_runtime *rt, int kind, int nin, const ab_place *place) {
+ab_future *ab__task_new(ab_runtime *rt, int kind, int nin, const ab_place *place) {
   ab_future *t = ab__future_new(rt);
   if (t == NULL) return NULL;
   t->kind = (uint8_t)kind;
@@ -81,7 +69,8 @@ static ab_future *task_new(ab_runtime *rt, int kind, int nin, const ab_place *pl
   }
   t->nin = nin;
   if (place) t->place = *place;
-  fill_oom(&t->oom, default_oom(rt, place ? place->oom : NULL));
+  /* the place's policy, else the runtime's; its zero fields are the ladder's defaults (oom.c) */
+  t->oom = place && place->oom ? *place->oom : rt->opt.oom;
   return t;
 }
 
@@ -173,7 +162,21 @@ static ab__device *place_task(ab_future *t, int *err) {
 /* Completes t without running it (it holds the caller's reference, so t stays alive). */
 static void fail_unrun(ab_future *t, int status) { ab__complete(t, status, NULL, AB__PENDING); }
 
-static bool zero_copy(ab_future *t);
+/* A conversion with nothing to do: the source already is the answer. It is found here, at
+ * submit or when the source future completes, so it never waits in a queue or for a worker.
+ * Completes t with a new reference on the source, unless a cancel completed it first (true
+ * either way: t is done). Whoever completes t gives back its inflight count (t->counted); this
+ * function must not touch it, since a canceller may be reading it at this moment. */
+static bool zero_copy(ab_future *t) {
+  if (t->kind != AB__TASK_CONVERT || t->copt.force_copy) return false;
+  ab_tensor *src = t->in[0].tensor;
+  if (src == NULL || !ab__fits(src, ab__target_dtype(t, src))) return false;
+  ab_device home = ab_tensor_device(src);
+  if (home.kind != t->dst.kind || (t->dst.index != AB_ANY && t->dst.index != home.index)) return false;
+  if (ab__device_of(t->rt, home) == NULL) return false;
+  ab__complete(t, 0, ab_tensor_retain(src), AB__PENDING);
+  return true;
+}
 
 /* The inputs are known: convert futures to tensors, pick a device, enqueue without blocking. */
 void ab__task_ready(ab_future *t) {
@@ -232,8 +235,7 @@ static int has_future_inputs(ab_future *t) {
   return n;
 }
 
-/* Takes ownership of t (the caller's only reference). On success *out gets the caller's one. */
-static int submit_task(ab_future *t, ab_future **out) {
+int ab__task_submit(ab_future *t, ab_future **out) {
   ab_runtime *rt = t->rt;
   int rc = accept_begin(rt);
   if (rc != 0) goto fail;
@@ -300,7 +302,7 @@ int ab_submit(ab_runtime *rt, const ab_task_desc *d, ab_future **out) {
   int rc = check_inputs(d->inputs, d->ninputs);
   if (rc == 0) rc = check_place(rt, &d->place);
   if (rc != 0) return rc;
-  ab_future *t = task_new(rt, AB__TASK_COMPUTE, d->ninputs, &d->place);
+  ab_future *t = ab__task_new(rt, AB__TASK_COMPUTE, d->ninputs, &d->place);
   if (t == NULL) return AB_ENOMEM;
   t->fn = d->fn;
   t->arg = d->arg;
@@ -310,138 +312,5 @@ int ab_submit(ab_runtime *rt, const ab_task_desc *d, ab_future **out) {
     if (d->inputs[i].tensor) t->in[i].tensor = ab_tensor_retain(d->inputs[i].tensor);
     else t->in[i].future = ab_future_retain(d->inputs[i].future);
   }
-  return submit_task(t, out);
-}
-
-/* ---- conversions ---------------------------------------------------------------------------- */
-static int check_convert_opts(ab_runtime *rt, ab_device dst, const ab_convert_options *o) {
-  if (o && o->size != sizeof(ab_convert_options)) return AB_EINVAL;
-  if (o && o->cast != AB_CAST_SATURATE && o->cast != AB_CAST_STRETCH) return AB_EINVAL;
-  if (o && o->dtype.bits != 0 && ab__dtype_size(o->dtype) == 0) return AB_EDTYPE;
-  if (dst.kind < 0 || dst.kind >= AB_KIND_COUNT) return AB_ENODEV;
-  if (dst.index != AB_ANY && ab__device_of(rt, dst) == NULL) return AB_ENODEV;
-  if (dst.index == AB_ANY && rt->kind_count[dst.kind] == 0) return AB_ENODEV;
-  if (o && o->place.mode != AB_SUBMIT_BLOCK && o->place.mode != AB_SUBMIT_TRY) return AB_EINVAL;
-  return 0;
-}
-
-static ab_future *convert_task(ab_runtime *rt, int kind, int nin, ab_device dst, const ab_convert_options *o) {
-  ab_convert_options def = AB_CONVERT_OPTIONS_INIT;
-  if (o == NULL) o = &def;
-  ab_place p = o->place;
-  p.device = dst;
-  p.policy = dst.index == AB_ANY ? (o->place.policy == AB_PLACE_EXPLICIT ? AB_PLACE_AUTO : o->place.policy)
-                                 : AB_PLACE_EXPLICIT;
-  ab_future *t = task_new(rt, kind, nin, &p);
-  if (t == NULL) return NULL;
-  t->copt = *o;
-  t->dst = dst;
-  return t;
-}
-
-static DLDataType target_dtype(const ab_future *t, const ab_tensor *src) {
-  return t->copt.dtype.bits ? t->copt.dtype : src->dl.dtype;
-}
-
-/* Nothing to do: the source already is the answer. Completes t with a new reference on it,
- * unless a cancel completed it first (true either way: t is done). Whoever completes t gives
- * back its inflight count (t->counted); this function must not touch it, since a canceller
- * may be reading it at this moment. */
-static bool zero_copy(ab_future *t) {
-  if (t->kind != AB__TASK_CONVERT || t->copt.force_copy) return false;
-  ab_tensor *src = t->in[0].tensor;
-  if (src == NULL || !ab__same_dtype(target_dtype(t, src), src->dl.dtype) || !ab__contiguous(&src->dl))
-    return false;
-  ab_device home = ab_tensor_device(src);
-  if (home.kind != t->dst.kind || (t->dst.index != AB_ANY && t->dst.index != home.index)) return false;
-  if (ab__device_of(t->rt, home) == NULL) return false;
-  ab__complete(t, 0, ab_tensor_retain(src), AB__PENDING);
-  return true;
-}
-
-/* One source, a tensor or a future's result. */
-static int convert_submit(ab_runtime *rt, ab_input in, ab_device dst, const ab_convert_options *o, ab_future **out) {
-  if (out == NULL) return AB_EINVAL;
-  *out = NULL;
-  if (rt == NULL || (in.tensor == NULL && in.future == NULL)) return AB_EINVAL;
-  int rc = check_convert_opts(rt, dst, o);
-  if (rc != 0) return rc;
-  ab_future *t = convert_task(rt, AB__TASK_CONVERT, 1, dst, o);
-  if (t == NULL) return AB_ENOMEM;
-  if (in.tensor) t->in[0].tensor = ab_tensor_retain(in.tensor);
-  else t->in[0].future = ab_future_retain(in.future);
-  return submit_task(t, out);
-}
-
-int ab_convert(ab_runtime *rt, ab_tensor *src, ab_device dst, const ab_convert_options *o, ab_future **out) {
-  return convert_submit(rt, (ab_input){.tensor = src}, dst, o, out);
-}
-
-int ab_convert_after(ab_runtime *rt, ab_future *src, ab_device dst, const ab_convert_options *o,
-                     ab_future **out) {
-  return convert_submit(rt, (ab_input){.future = src}, dst, o, out);
-}
-
-static int check_slices(ab_tensor *const *slices, size_t n) {
-  if (slices == NULL || n == 0 || n > (size_t)INT32_MAX) return AB_EINVAL;
-  for (size_t i = 0; i < n; i++)
-    if (slices[i] == NULL) return AB_EINVAL;
-  const DLTensor *a = &slices[0]->dl;
-  if (a->ndim + 1 > AB_MAX_NDIM) return AB_ENOTSUP;
-  for (size_t i = 1; i < n; i++) {
-    const DLTensor *b = &slices[i]->dl;
-    if (!ab__same_dtype(a->dtype, b->dtype)) return AB_EDTYPE;
-    if (a->ndim != b->ndim) return AB_ESHAPE;
-    for (int k = 0; k < a->ndim; k++)
-      if (a->shape[k] != b->shape[k]) return AB_ESHAPE;
-  }
-  return 0;
-}
-
-int ab_stack(ab_runtime *rt, ab_tensor *const *slices, size_t n, ab_device dst, const ab_convert_options *o,
-             ab_future **out) {
-  if (out == NULL) return AB_EINVAL;
-  *out = NULL;
-  if (rt == NULL) return AB_EINVAL;
-  int rc = check_slices(slices, n);
-  if (rc == 0) rc = check_convert_opts(rt, dst, o);
-  if (rc != 0) return rc;
-  ab_future *t = convert_task(rt, AB__TASK_STACK, (int)n, dst, o);
-  if (t == NULL) return AB_ENOMEM;
-  for (size_t i = 0; i < n; i++) t->in[i].tensor = ab_tensor_retain(slices[i]);
-  return submit_task(t, out);
-}
-
-static void release_all(ab_future **fs, int64_t n) {
-  for (int64_t i = 0; i < n; i++) {
-    ab_future_release(fs[i]);
-    fs[i] = NULL;
-  }
-}
-
-int ab_unstack(ab_runtime *rt, ab_tensor *volume, ab_device dst, const ab_convert_options *o, ab_future **out) {
-  if (volume == NULL || out == NULL) return AB_EINVAL; /* no length known: out is left alone */
-  if (volume->dl.ndim < 1) return AB_ESHAPE;
-  int64_t n = volume->dl.shape[0];
-  for (int64_t i = 0; i < n; i++) out[i] = NULL; /* first: on any failure out is all NULL */
-  if (rt == NULL) return AB_EINVAL;
-  int rc = check_convert_opts(rt, dst, o);
-  if (rc != 0) return rc;
-  if (atomic_load(&rt->closing)) return AB_ESHUTDOWN;
-  for (int64_t i = 0; i < n && rc == 0; i++) {
-    ab_tensor *view;
-    rc = ab_tensor_index(volume, i, &view);
-    if (rc != 0) break;
-    ab_convert_options def = AB_CONVERT_OPTIONS_INIT;
-    const ab_convert_options *co = o ? o : &def;
-    /* ab_convert returns the view itself when it already is the answer: zero-copy */
-    rc = ab_convert(rt, view, dst, co, &out[i]);
-    ab_tensor_release(view);
-  }
-  if (rc != 0) {
-    for (int64_t i = 0; i < n; i++) /* queued copies are cancelled: nothing is left behind */
-      if (out[i]) ab_future_cancel(out[i]);
-    release_all(out, n);
-  }
-  return rc;
+  return ab__task_submit(t, out);
 }

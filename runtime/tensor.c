@@ -198,7 +198,7 @@ int ab__tensor_alloc_on(ab__device *d, ab__worker *w, DLDataType dt, int ndim, c
 /* The device whose backend makes pinned host memory: the first one that can (CUDA's). */
 static ab__device *pinner(ab_runtime *rt) {
   for (int i = 0; i < rt->ndevices; i++)
-    if (rt->devices[i].ops->host_alloc) return &rt->devices[i];
+    if (rt->devices[i].ops->pinned_alloc) return &rt->devices[i];
   return NULL;
 }
 
@@ -210,7 +210,7 @@ static int pinned_on(ab__device *p, ab__device *host, DLDataType dt, int ndim, c
   if ((rc = ab__mem_reserve(host, alloc)) != 0) return rc;
   ab_tensor *t = ab__tensor_new(host->rt);
   void *ptr = NULL;
-  rc = t ? p->ops->host_alloc(p, alloc, &ptr) : AB_ENOMEM;
+  rc = t ? p->ops->pinned_alloc(p, alloc, &ptr) : AB_ENOMEM;
   if (rc != 0) {
     if (t) tensor_free_struct(t);
     ab__mem_unreserve(host, alloc);
@@ -274,7 +274,7 @@ static void release_memory(ab_tensor *t) {
     ab_tensor_release(t->u.base);
     break;
   case AB__OWN_PINNED:
-    t->u.pinner->ops->host_free(t->u.pinner, t->dl.data);
+    t->u.pinner->ops->pinned_free(t->u.pinner, t->dl.data);
     ab__mem_unreserve(t->dev, t->alloc_bytes);
     break;
   }

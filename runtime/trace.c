@@ -204,11 +204,6 @@ int ab_trace_stop(ab_runtime *rt) {
 }
 
 /* ---- the JSON ----------------------------------------------------------------------------- */
-static const char *kind_name(int kind) {
-  static const char *names[] = {"host", "opencl", "cuda"};
-  return kind >= 0 && kind < AB_KIND_COUNT ? names[kind] : "?";
-}
-
 /* A JSON string body: quotes, backslashes and control characters escaped. */
 static void put_str(FILE *f, const char *s) {
   fputc('"', f);
@@ -228,7 +223,7 @@ static void put_metadata(FILE *f, ab_runtime *rt, const char **sep) {
   char buf[160];
   for (int i = 0; i < rt->ndevices; i++) {
     ab__device *d = &rt->devices[i];
-    snprintf(buf, sizeof buf, "%s:%d %s", kind_name(d->id.kind), d->id.index, d->name);
+    snprintf(buf, sizeof buf, "%s:%d %s", ab_kind_name(d->id.kind), d->id.index, d->name);
     fprintf(f, "%s{\"ph\":\"M\",\"name\":\"process_name\",\"pid\":%d,\"tid\":0,\"args\":{\"name\":", *sep, i + 1);
     put_str(f, buf);
     fputs("}}", f);

@@ -1,5 +1,6 @@
 /*
- * runtime/worker.c: the worker loop, and parking on out-of-memory.
+ * runtime/worker.c: the worker loop: pop, claim, run, complete (the context its task bodies
+ * see: ctx.c).
  *
  * Design notes
  *   - A worker pops a task, claims it with a CAS PENDING -> RUNNING (acquire: pairs with the
@@ -14,19 +15,10 @@
  *     inputs stay alive), runs the next one, and completes pending tasks in order as polling
  *     finds their events done. It blocks on the oldest only when the ring is full or there is
  *     nothing else to do. Host tasks complete at once.
- *   - Out-of-memory after ladder steps 1-4 (memory.c) comes back as AB_ENOMEM from the task body.
- *     The task goes back to PENDING (so it can still be cancelled) and onto the device's parked
- *     list with a retry time; frees on the device bump freed_gen and wake a worker, which sends
- *     parked tasks back to the queue at once. Past the deadline: re-route if allowed, else fail
- *     with AB_ENOMEM and a memory report.
- *   - Retries keep their schedule however busy the device is: park_due holds the earliest retry
- *     time, and a worker looks at it between tasks (one relaxed load while nothing is parked),
- *     not only when its queue runs dry. A task parked with an earlier retry than the sleepers
- *     know wakes them; a cancelled parked task makes the list due at once, so it is dropped
- *     (with its inputs) without waiting for its retry time.
- *   - park_lock is a leaf lock: nothing else is taken while it is held, except the queue's
- *     overflow lock (leaf below it) when a task is sent back. Tasks dropped from the list are
- *     released after it is unlocked (a release may free memory, which wakes workers).
+ *   - A body's AB_ENOMEM goes to the OOM ladder (oom.c), which parks the task, re-routes it or
+ *     fails it. Parked tasks come back through this loop: a worker polls the parked list
+ *     between tasks when one is due or memory was freed, and sleeps no longer than the
+ *     earliest retry.
  */
 #include <sched.h>
 #include <string.h>
@@ -57,162 +49,6 @@ static int run_body(ab_ctx *c) {
   AB__NOT_REACHED();
 }
 
-/* ---- parking -------------------------------------------------------------------------------- */
-static void park(ab__device *d, ab_future *t) {
-  ab__lock(&d->park_lock, AB__RANK_PARK);
-  t->park_next = d->parked;
-  d->parked = t;
-  atomic_fetch_add_explicit(&d->nparked, 1, memory_order_release); /* pairs with poll's acquire */
-  /* relaxed: park_due is a hint for when to poll; the list itself is read under the lock */
-  bool earlier = t->park_until < atomic_load_explicit(&d->park_due, memory_order_relaxed);
-  if (earlier) atomic_store_explicit(&d->park_due, t->park_until, memory_order_relaxed);
-  ab__unlock(&d->park_lock, AB__RANK_PARK);
-  atomic_fetch_add_explicit(&d->stats.oom_parks, 1, memory_order_relaxed); /* stat */
-  if (earlier) ab__wake_workers(d); /* sleeping workers wait for a later retry, or none */
-}
-
-/* Whether a task short of `need` bytes may succeed now. A free wakes the parked tasks early only
- * when the budget has room for them: otherwise tasks whose failed attempts free memory (a
- * partial stack, scratch) would wake one another for ever, thousands of retries a millisecond.
- * need 0 (unknown, or the backend's own OOM below the budget): any free may help. */
-static bool could_fit(ab__device *d, uint64_t need) {
-  if (need == 0 || d->budget == UINT64_MAX) return true;
-  uint64_t used = atomic_load_explicit(&d->used, memory_order_relaxed); /* a gauge */
-  return used <= d->budget && d->budget - used >= need;
-}
-
-static bool is_done(const ab_future *t) {
-  /* acquire: a task cancelled while parked is dropped, and its completer's writes are seen */
-  return (atomic_load_explicit(&t->state, memory_order_acquire) & AB__PHASE) == AB__DONE;
-}
-
-/* Sends due tasks back to the queue and drops cancelled ones; returns the earliest retry time
- * left (-1: none). */
-static int64_t park_poll(ab__device *d) {
-  if (atomic_load_explicit(&d->nparked, memory_order_acquire) == 0) return -1;
-  int64_t now = ab__now_ns(), next = -1;
-  uint32_t gen = atomic_load_explicit(&d->freed_gen, memory_order_acquire);
-  ab_future *dropped = NULL;
-  ab__lock(&d->park_lock, AB__RANK_PARK);
-  ab_future **pp = &d->parked;
-  while (*pp) {
-    ab_future *t = *pp;
-    bool done = is_done(t);
-    /* parked tasks are waiting, or being (or been) cancelled: never claimed by a worker */
-    AB__ASSERT((atomic_load_explicit(&t->state, memory_order_relaxed) & AB__PHASE) != AB__RUNNING);
-    if (done || t->park_until <= now || (t->park_gen != gen && could_fit(d, t->park_need))) {
-      *pp = t->park_next;
-      atomic_fetch_sub_explicit(&d->nparked, 1, memory_order_relaxed); /* under the lock */
-      if (done) { /* cancelled while parked: nothing to retry */
-        t->park_next = dropped;
-        dropped = t;
-        continue;
-      }
-      /* The deadline counts time parked, up to when the retry was due: not the time it waited
-       * for a worker after that (workers busy with a long queue poll parked tasks late). */
-      t->park_left -= (t->park_until < now ? t->park_until : now) - t->park_since;
-      atomic_fetch_add_explicit(&d->stats.oom_retries, 1, memory_order_relaxed); /* stat */
-      ab__task_requeue(d, t);
-      continue;
-    }
-    if (next < 0 || t->park_until < next) next = t->park_until;
-    pp = &t->park_next;
-  }
-  /* relaxed: hints for the between-task check (see the design notes) */
-  atomic_store_explicit(&d->park_due, next < 0 ? INT64_MAX : next, memory_order_relaxed);
-  atomic_store_explicit(&d->park_seen_gen, gen, memory_order_relaxed);
-  ab__unlock(&d->park_lock, AB__RANK_PARK);
-  while (dropped) {
-    ab_future *t = dropped;
-    dropped = t->park_next;
-    ab__task_drop(t);
-  }
-  return next;
-}
-
-/* Between two tasks: is a parked task due, or has memory been freed since the last poll? */
-static bool park_wants_poll(ab__device *d) {
-  if (atomic_load_explicit(&d->nparked, memory_order_relaxed) == 0) return false; /* a hint */
-  return atomic_load_explicit(&d->freed_gen, memory_order_relaxed) !=
-             atomic_load_explicit(&d->park_seen_gen, memory_order_relaxed) ||
-         ab__now_ns() >= atomic_load_explicit(&d->park_due, memory_order_relaxed);
-}
-
-void ab__park_cancelled(ab_future *t) {
-  ab__device *d = ab__task_dev(t);
-  if (d == NULL || atomic_load_explicit(&d->nparked, memory_order_relaxed) == 0) return;
-  atomic_store_explicit(&d->park_due, 0, memory_order_relaxed); /* it may be parked: poll now */
-  ab__wake_workers(d);
-}
-
-void ab__park_flush(ab__device *d, int status) {
-  ab__lock(&d->park_lock, AB__RANK_PARK);
-  ab_future *list = d->parked;
-  d->parked = NULL;
-  atomic_store_explicit(&d->nparked, 0, memory_order_relaxed); /* under the lock */
-  ab__unlock(&d->park_lock, AB__RANK_PARK);
-  while (list) {
-    ab_future *t = list;
-    list = t->park_next;
-    ab__complete(t, status, NULL, AB__PENDING);
-    ab__task_drop(t);
-  }
-}
-
-/* RUNNING -> PENDING, unless a cancel was asked meanwhile (then false). */
-static bool unclaim(ab_future *t) {
-  uint32_t s = atomic_load_explicit(&t->state, memory_order_relaxed);
-  for (;;) {
-    AB__ASSERT((s & AB__PHASE) == AB__RUNNING); /* only the worker running it unclaims it */
-    if (s & AB__CANCEL_REQ) return false;
-    uint32_t ns = (s & ~(uint32_t)AB__PHASE) | AB__PENDING;
-    /* release: the task's ladder fields before a canceller or the next worker claims it */
-    if (atomic_compare_exchange_weak_explicit(&t->state, &s, ns, memory_order_release, memory_order_relaxed))
-      return true;
-  }
-}
-
-static bool try_reroute(ab__device *d, ab_future *t) {
-  if (!t->oom.allow_reroute || t->place.policy == AB_PLACE_EXPLICIT) return false;
-  ab_runtime *rt = d->rt;
-  t->tried |= 1ull << (d - rt->devices);
-  ab_place p = t->place;
-  p.policy = AB_PLACE_LEAST_LOADED;
-  int err;
-  ab__device *nd = ab__place(rt, &p, NULL, 0, t->tried, &err);
-  if (nd == NULL || !unclaim(t)) return false;
-  t->parks = 0;
-  atomic_fetch_add_explicit(&d->stats.oom_reroutes, 1, memory_order_relaxed); /* stat */
-  ab__task_requeue(nd, t);
-  return true;
-}
-
-/* Steps 5-7 of the ladder. True: the task lives on (parked or re-routed). */
-static bool on_enomem(ab__device *d, ab_future *t, uint64_t need) {
-  if (atomic_load_explicit(&d->rt->cancelling, memory_order_relaxed)) return false;
-  t->park_need = need;
-  int64_t now = ab__now_ns();
-  if (!t->oom.no_wait) {
-    if (t->parks == 0) {
-      t->park_left = t->oom.deadline_ns;
-      t->backoff = t->oom.backoff_initial_ns;
-    }
-    /* Time spent waiting for a worker between attempts does not count: behind a long queue a
-     * retry could otherwise find its deadline gone after one short park. */
-    if (t->park_left > 0) {
-      t->park_since = now;
-      t->park_until = now + (t->backoff < t->park_left ? t->backoff : t->park_left);
-      t->backoff = t->backoff * 2 < t->oom.backoff_max_ns ? t->backoff * 2 : t->oom.backoff_max_ns;
-      t->park_gen = atomic_load_explicit(&d->freed_gen, memory_order_acquire);
-      t->parks++;
-      if (!unclaim(t)) return false;
-      park(d, t);
-      return true;
-    }
-  }
-  return try_reroute(d, t);
-}
-
 /* ---- the loop ------------------------------------------------------------------------------- */
 static bool claim(ab_future *t) {
   /* acquire, already on the first load: the pointer came through ck_ring, whose ordering is
@@ -227,25 +63,6 @@ static bool claim(ab_future *t) {
   return false;
 }
 
-static bool cancel_asked(ab__worker *w, ab_future *t) {
-  return (atomic_load_explicit(&t->state, memory_order_relaxed) & AB__CANCEL_REQ) ||
-         atomic_load_explicit(&w->dev->rt->cancelling, memory_order_relaxed);
-}
-
-/* A task's own out-of-memory (a framework inside it ran out: the runtime's ladder did not fail,
- * or need would say how much it lacked): what the device's pools cache may be what that
- * framework lacks, so it goes back to the driver before the task waits for its retry. */
-static void give_back(ab__device *d, ab__worker *w) {
-  if (d->ops->trim) {
-    d->ops->trim(w);
-    atomic_fetch_add_explicit(&d->stats.oom_trims, 1, memory_order_relaxed); /* stat */
-  }
-  if (d->ops->sync) {
-    d->ops->sync(d);
-    atomic_fetch_add_explicit(&d->stats.oom_syncs, 1, memory_order_relaxed); /* stat */
-  }
-}
-
 /* The end of a task whose body ran and whose stream work is done: out-of-memory goes to the
  * ladder, anything else completes the future. */
 static void finish_task(ab__worker *w, ab_future *t, int rc, ab_tensor *output, ab__scratch *scratch,
@@ -258,17 +75,11 @@ static void finish_task(ab__worker *w, ab_future *t, int rc, ab_tensor *output, 
     output = NULL;
   }
   uint64_t bytes = t->bytes; /* once t is parked or re-routed, another worker may own it */
-  uint64_t need = rc == AB_ENOMEM ? atomic_exchange_explicit(&w->oom_need, 0, memory_order_relaxed) : 0;
-  if (rc == AB_ENOMEM && need == 0 && t->kind == AB__TASK_COMPUTE) give_back(d, w);
-  if (rc == AB_ENOMEM && on_enomem(d, t, need)) {
+  if (rc == AB_ENOMEM && ab__oom_task(w, t)) {
     ab__device_unaccount(d, bytes);
     return; /* parked or re-routed: the system's reference travels with it */
   }
-  if (rc == AB_ENOMEM && !t->message) {
-    atomic_fetch_add_explicit(&d->stats.oom_failures, 1, memory_order_relaxed); /* stat */
-    t->message = ab__mem_report(d, t);
-  }
-  if (rc == AB_ENOMEM && cancel_asked(w, t)) rc = AB_ECANCELED; /* asked to stop while short of memory */
+  if (rc == AB_ENOMEM && ab__cancel_asked(w, t)) rc = AB_ECANCELED; /* asked to stop while short of memory */
   if (rc != 0 && rc != AB_ENOMEM && !t->message) /* what the backend said, e.g. a CUDA error's name */
     t->message = ab__device_error_take(&d->rt->alloc);
   ab__device_error_clear();
@@ -364,7 +175,7 @@ static void *worker_main(void *arg) {
   ab_runtime *rt = d->rt;
   for (;;) {
     if (w->npending) reap(w, false);
-    if (park_wants_poll(d)) park_poll(d);
+    if (ab__park_wants_poll(d)) ab__park_poll(d);
     ab_future *t = pop(d);
     if (t == NULL && w->npending) { /* nothing new: wait for the device instead */
       reap(w, true);
@@ -375,7 +186,7 @@ static void *worker_main(void *arg) {
        * earlier retry, a parked task cancelled, memory freed) ends the sleep below at once,
        * instead of being lost until the retry time read here. */
       uint32_t snap = ab__queue_snapshot(&d->queue);
-      int64_t next_retry = park_poll(d);
+      int64_t next_retry = ab__park_poll(d);
       t = spin_pop(d);
       if (t == NULL) {
         if (atomic_load_explicit(&rt->stopping, memory_order_acquire)) return NULL;
@@ -389,8 +200,6 @@ static void *worker_main(void *arg) {
     run_one(w, t);
   }
 }
-
-void ab__wake_workers(ab__device *d) { ab__queue_wake(&d->queue); }
 
 int ab__workers_start(ab__device *d) {
   for (int i = 0; i < d->nworkers; i++) {
@@ -407,72 +216,4 @@ void ab__workers_join(ab__device *d) {
     pthread_join(d->workers[i].thread, NULL);
     d->workers[i].started = false;
   }
-}
-
-/* ---- the task context ----------------------------------------------------------------------- */
-ab_device ab_ctx_device(ab_ctx *c) { return c ? c->w->dev->id : (ab_device){-1, -1}; }
-void *ab_ctx_stream(ab_ctx *c) { return c && c->w->dev->ops->stream ? c->w->dev->ops->stream(c->w) : NULL; }
-int ab_ctx_worker(ab_ctx *c) { return c ? c->w->index : AB_EINVAL; }
-int ab_ctx_ninputs(ab_ctx *c) { return c ? c->task->nin : AB_EINVAL; }
-
-ab_tensor *ab_ctx_input(ab_ctx *c, int i) {
-  if (c == NULL || i < 0 || i >= c->task->nin) return NULL;
-  return c->task->in[i].tensor;
-}
-
-bool ab_ctx_cancelled(ab_ctx *c) { return c && cancel_asked(c->w, c->task); }
-
-/* The text waits in the thread's device note (errors.c) until the task ends: finish_task, on
- * this thread, makes it the future's message. */
-int ab_ctx_fail(ab_ctx *c, int code, const char *fmt, ...) {
-  if (c == NULL || fmt == NULL) return code;
-  va_list ap;
-  va_start(ap, fmt);
-  ab__device_verror(fmt, ap);
-  va_end(ap);
-  return code;
-}
-
-/* A free record slot: the inline block, or a new one chained after it. */
-static int scratch_slot(ab_ctx *c, ab__scratch **out) {
-  ab__scratch *s = &c->scratch;
-  if (s->n == 8 && (s->next == NULL || s->next->n == 8)) {
-    ab__scratch *more = ab__calloc(&c->w->dev->rt->alloc, sizeof *more);
-    if (more == NULL) return AB_ENOMEM;
-    more->next = s->next;
-    s->next = more;
-  }
-  *out = s->n < 8 ? s : s->next;
-  return 0;
-}
-
-int ab_ctx_alloc(ab_ctx *c, size_t bytes, void **ptr) {
-  if (ptr == NULL) return AB_EINVAL;
-  *ptr = NULL;
-  if (c == NULL) return AB_EINVAL;
-  ab__scratch *slot;
-  int rc = scratch_slot(c, &slot);
-  if (rc != 0) return rc;
-  size_t size = bytes ? bytes : 1;
-  void *base;
-  if ((rc = ab__mem_alloc(c->w->dev, c->w, size, &base)) != 0) return rc;
-  slot->blk[slot->n].base = base;
-  slot->blk[slot->n].bytes = size;
-  slot->n++;
-  *ptr = base;
-  return 0;
-}
-
-int ab_ctx_alloc_tensor(ab_ctx *c, DLDataType dt, int ndim, const int64_t *shape, ab_tensor **out) {
-  if (out == NULL) return AB_EINVAL;
-  *out = NULL;
-  if (c == NULL) return AB_EINVAL;
-  return ab__tensor_alloc_on(c->w->dev, c->w, dt, ndim, shape, out);
-}
-
-int ab_ctx_set_output(ab_ctx *c, ab_tensor *t) {
-  if (c == NULL) return AB_EINVAL;
-  ab_tensor_release(c->output);
-  c->output = t;
-  return 0;
 }

@@ -59,8 +59,8 @@ VENV="${AB_VENV:-$ROOT/.venv}"
 mkdir -p "$B/logs" "$B/pocl-cache"
 
 # Shared by every tree, for whatever does not set its own (tests/opencl.cmake gives each tree a
-# kernel cache of its own, and detect_leaks=0 under ASan: LeakSanitizer crashes inside a cold
-# pocl kernel compile, ENVIRONMENT.md section 8).
+# kernel cache of its own, and detect_leaks=0 under ASan: when pocl compiles a kernel that is not
+# cached yet, LeakSanitizer reports pocl's and LLVM's leaks or crashes in its tracer).
 export POCL_DEVICES="pthread pthread pthread" # three OpenCL CPU devices
 export POCL_MAX_PTHREAD_COUNT=1               # one thread each on a 2-core machine
 export POCL_CACHE_DIR="$B/pocl-cache"

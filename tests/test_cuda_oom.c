@@ -83,7 +83,7 @@ static int test_no_wait_fails_cleanly(void) {
 }
 
 /* The GPU runs out before the budget does: the pool's allocation failure walks the same ladder
- * (trim, sync) and ends in AB_ENOMEM, and the device still works afterwards. */
+ * (trim, drain_frees) and ends in AB_ENOMEM, and the device still works afterwards. */
 static int test_pool_exhaustion(void) {
   ab_runtime *rt;
   ab_runtime_options opt;

@@ -6,7 +6,7 @@
  */
 #include "test_opencl_common.c"
 
-extern size_t ab__map_window_test; /* runtime/convert.c: windows this small, for the tests */
+extern size_t ab__map_window_test; /* runtime/fill.c: windows this small, for the tests */
 
 #define NSL 4
 static const int64_t SL_SHAPE[2] = {5, 7};

@@ -4,6 +4,7 @@
 #include <pthread.h>
 #include <signal.h>
 #include <stdlib.h>
+#include <string.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -572,7 +573,29 @@ static int test_asserts_enabled(void) {
   return 0;
 }
 
+/* One name per kind, for printing and for parsing "kind" or "kind:index" without a copy. */
+static int test_kind_names(void) {
+  static const struct { int kind; const char *name; } names[] = {
+      {AB_HOST, "host"}, {AB_OPENCL, "opencl"}, {AB_CUDA, "cuda"}, {-1, "?"}, {AB_KIND_COUNT, "?"}};
+  for (size_t i = 0; i < sizeof names / sizeof names[0]; i++)
+    CHECK_MSG(strcmp(ab_kind_name(names[i].kind), names[i].name) == 0, "kind %d: '%s', want '%s'", names[i].kind,
+              ab_kind_name(names[i].kind), names[i].name);
+  for (int k = 0; k < AB_KIND_COUNT; k++) {
+    const char *n = ab_kind_name(k);
+    CHECK_EQ_INT(ab_kind_from_name(n, strlen(n)), k);
+  }
+  CHECK_EQ_INT(ab_kind_from_name("opencl:1", 6), AB_OPENCL); /* the part before the colon */
+  CHECK_EQ_INT(ab_kind_from_name("cuda", 3), AB_EINVAL);      /* a prefix is not a name */
+  CHECK_EQ_INT(ab_kind_from_name("cud", 4), AB_EINVAL);       /* nor is a shorter string */
+  CHECK_EQ_INT(ab_kind_from_name("hostx", 5), AB_EINVAL);
+  CHECK_EQ_INT(ab_kind_from_name("Host", 4), AB_EINVAL);
+  CHECK_EQ_INT(ab_kind_from_name("", 0), AB_EINVAL);
+  CHECK_EQ_INT(ab_kind_from_name(NULL, 4), AB_EINVAL);
+  return 0;
+}
+
 static const ab_test_entry tests[] = {TEST_ENTRY(options_size_checked),
+                                      TEST_ENTRY(kind_names),
                                       TEST_ENTRY(devices_and_info),
                                       TEST_ENTRY(logical_split),
                                       TEST_ENTRY(memory_fraction),

@@ -5,7 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-extern size_t ab__map_window_test; /* runtime/convert.c: windows this small, for the tests */
+extern size_t ab__map_window_test; /* runtime/fill.c: windows this small, for the tests */
 
 static void *data_of(ab_tensor *t) {
   const DLTensor *dl = ab_tensor_dl(t);

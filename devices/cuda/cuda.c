@@ -31,10 +31,10 @@
  *     then alternate chunks, copying chunk k-1 out while chunk k's DMA runs. Pinned sources and
  *     destinations (cudaPointerGetAttributes) take one direct DMA. The transfer worker has a
  *     ring of its own; its callers hold the device's xfer_lock.
- *   - The OOM ladder: a pool allocation that fails returns AB_ENOMEM to runtime/memory.c; trim
- *     gives the pool's unused memory back (cudaMemPoolTrimTo), sync waits for every stream of the
- *     device so that pending frees land in the pool, then trims the pools of every logical
- *     device of the GPU, and the search starts again.
+ *   - The OOM ladder: a pool allocation that fails returns AB_ENOMEM to runtime/oom.c; trim
+ *     gives the pool's unused memory back (cudaMemPoolTrimTo), drain_frees waits for every
+ *     stream of the device so that pending frees land in the pool, then trims the pools of
+ *     every logical device of the GPU, and the search starts again.
  *   - Memory handed to code outside the runtime (a DLPack consumer: torch, CuPy) may still be
  *     read by that code's kernels when its last reference goes: such memory is freed on the
  *     device's legacy default stream (free_shared), which runs after everything the consumer's
@@ -42,7 +42,7 @@
  *     device's budget: what the runtime keeps cached never exceeds what it may hold, and a trim
  *     hands the rest back to the driver, where other frameworks in the process can get it.
  *   - Mapped stacking (map_write, unmap): a second ring per worker, MAP_SLOTS pinned chunks of
- *     MAP_CHUNK bytes, made on first use. runtime/convert.c fills a chunk from many host slices
+ *     MAP_CHUNK bytes, made on first use. runtime/fill.c fills a chunk from many host slices
  *     with several threads, unmap sends it with one DMA and returns, and the next chunk fills
  *     while it travels: pageable slices reach the GPU at close to pinned bandwidth.
  *   - Errors: every CUDA call goes through CU(), which clears the thread's last-error slot (the
@@ -356,7 +356,7 @@ static void trim_siblings(ab__device *d) {
   }
 }
 
-static int cu_sync(ab__device *d) {
+static int cu_drain_frees(ab__device *d) {
   cu_dev *c = dev_of(d);
   int prev, rc = enter(c->phys, &prev);
   for (int i = 0; i < d->nworkers && rc == 0; i++)
@@ -368,14 +368,14 @@ static int cu_sync(ab__device *d) {
   return rc;
 }
 
-static int cu_host_alloc(ab__device *d, size_t bytes, void **ptr) {
+static int cu_pinned_alloc(ab__device *d, size_t bytes, void **ptr) {
   int prev, rc = enter(dev_of(d)->phys, &prev);
   if (rc == 0) rc = CU(cudaMallocHost(ptr, bytes ? bytes : 1));
   leave(prev);
   return rc;
 }
 
-static void cu_host_free(ab__device *d, void *ptr) {
+static void cu_pinned_free(ab__device *d, void *ptr) {
   (void)d;
   CU(cudaFreeHost(ptr));
 }
@@ -742,7 +742,7 @@ const ab__device_ops ab__cuda_ops = {
     .alloc = cu_alloc,
     .free = cu_free,
     .trim = cu_trim,
-    .sync = cu_sync,
+    .drain_frees = cu_drain_frees,
     .stream = cu_stream,
     .finish = cu_finish,
     .record = cu_record,
@@ -761,6 +761,6 @@ const ab__device_ops ab__cuda_ops = {
     .unmap = cu_unmap,
     .map_chunk = MAP_CHUNK,
     .free_shared = cu_free_shared,
-    .host_alloc = cu_host_alloc,
-    .host_free = cu_host_free,
+    .pinned_alloc = cu_pinned_alloc,
+    .pinned_free = cu_pinned_free,
 };

@@ -227,7 +227,7 @@ static void host_free(ab__device *d, void *ptr, size_t bytes) {
 static void host_trim(ab__worker *w) { (void)w; }
 #endif
 
-static int host_sync(ab__device *d) {
+static int host_drain_frees(ab__device *d) {
   (void)d;
   return 0; /* host frees are immediate */
 }
@@ -284,7 +284,7 @@ const ab__device_ops ab__host_ops = {
     .alloc = host_alloc,
     .free = host_free,
     .trim = host_trim,
-    .sync = host_sync,
+    .drain_frees = host_drain_frees,
     .stream = NULL,
     .finish = host_finish,
     .upload = host_upload,

@@ -1,4 +1,5 @@
-/* devices/host/host.h: the host kernels, shared with tests as the reference implementation. */
+/* devices/host/host.h: the host kernels (kernels.c) behind the host backend's ops (host.c). Nothing
+ * else calls them: the runtime reaches them through the ops table, as it reaches any device. */
 #ifndef AB_DEVICES_HOST_H
 #define AB_DEVICES_HOST_H
 

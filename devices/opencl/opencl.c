@@ -237,7 +237,7 @@ static void ocl_trim(ab__worker *w) {
   pthread_mutex_unlock(&ow->lock);
 }
 
-static int ocl_sync(ab__device *d) {
+static int ocl_drain_frees(ab__device *d) {
   (void)d;
   return 0; /* every op waits for itself: nothing is pending */
 }
@@ -459,7 +459,7 @@ const ab__device_ops ab__opencl_ops = {
     .alloc = ocl_alloc,
     .free = ocl_free,
     .trim = ocl_trim,
-    .sync = ocl_sync,
+    .drain_frees = ocl_drain_frees,
     .stream = ocl_stream,
     .finish = ocl_finish,
     .record = ocl_record,

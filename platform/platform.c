@@ -1,18 +1,21 @@
 /*
- * runtime/platform.c: what the runtime needs from the operating system (Linux).
+ * platform/platform.c: what the library needs from the operating system (Linux).
  *
  * Futexes let futures and queues sleep on the words they already use for state, so an idle
  * runtime makes no system calls and a busy one makes a wake-up call only when someone sleeps.
  */
+#include <ck_ec.h>
 #include <errno.h>
 #include <linux/futex.h>
 #include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
 
-#include "runtime/internal.h"
+#include "platform/platform.h"
 
 int64_t ab__now_ns(void) {
   struct timespec ts;
@@ -102,8 +105,14 @@ int ab__ec_wait(struct ck_ec32 *ec, uint32_t old, int64_t deadline_ns) {
   return ck_ec32_wait_pred(ec, &ec_mode, old, cut_step_at_deadline, tsp, tsp) == 0 ? 0 : AB_ETIMEDOUT;
 }
 
-/* Locks held by this thread, by rank (internal.h); kept only when debug checks run. */
+/* ---- debug checks and lock ranks ----------------------------------------------------------- */
+/* Locks held by this thread, by rank (platform.h); kept only when debug checks run. */
 _Thread_local uint32_t ab__ranks_held;
+
+_Noreturn void ab__panic(const char *file, int line, const char *what) {
+  fprintf(stderr, "arraybridge: %s:%d: assertion failed: %s\n", file, line, what);
+  abort();
+}
 
 /* ---- the allocation hook ------------------------------------------------------------------- */
 void *ab__malloc(const ab_allocator *a, size_t n) {

@@ -152,7 +152,7 @@ class Future(_cf.Future):
             self._state = _cf._base.RUNNING
         self.set_exception(exc)
 
-    # ---- called by the runtime (python/src/module.c), with the GIL held -------------------------
+    # ---- called by the runtime (python/src/tasks.c), with the GIL held --------------------------
     def _ab_settle(self, result: Any) -> None:
         cond = self._condition
         with cond:

@@ -6,6 +6,13 @@
  * Design notes
  *   Objects. Runtime wraps ab_runtime, Tensor wraps ab_tensor, Future wraps ab_future.
  *
+ *   The GIL. It is released around every call that may wait: ab_future_wait, a blocking
+ *   submit, ab_runtime_destroy. Worker threads take it only to run Python tasks (tasks.c), to
+ *   drop references on Python objects that back imported tensors (tensor.c), and to report a
+ *   task that ended without running its Python code (cancelled, out of memory). Because no
+ *   thread ever waits on the runtime while holding the GIL, a worker waiting for the GIL always
+ *   gets it.
+ *
  *   fork(). A child process has none of its parent's worker threads, and any lock one of them
  *   held stays held for ever. So a runtime made before a fork belongs to the parent: in the
  *   child (fork_generation differs) every use of it raises ShutdownError, waiting on one of
@@ -22,6 +29,11 @@ PyObject *Error;      /* arraybridge.Error and its subclasses, by code */
 PyObject *InvalidError, *MemError, *TimeoutErr, *CancelledErr, *DeviceErr, *ReadOnlyErr,
     *QueueFullErr, *ShutdownErr, *NotSupportedErr;
 PyObject *copy_hook; /* Python: (tensor, dl_device or None) -> new Tensor */
+
+_Noreturn void py_panic(const char *file, int line, const char *what) {
+  fprintf(stderr, "arraybridge._core: %s:%d: assertion failed: %s\n", file, line, what);
+  abort();
+}
 
 /* ---- fork ------------------------------------------------------------------------------------ */
 unsigned fork_generation; /* see module.h */

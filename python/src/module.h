@@ -20,6 +20,23 @@
 
 #include "arraybridge.h"
 
+/* Debug checks, as the library's (platform/platform.h): always compiled, so they cannot rot;
+ * whether they run is a constant the compiler folds away. AB_DEBUG=1 or 0 decides when given;
+ * otherwise they run unless NDEBUG is defined (a Release build, as pip's). They check the
+ * invariants the design notes state. */
+#if defined(AB_DEBUG)
+#define PY_DEBUG AB_DEBUG
+#elif defined(NDEBUG)
+#define PY_DEBUG 0
+#else
+#define PY_DEBUG 1
+#endif
+_Noreturn void py_panic(const char *file, int line, const char *what);
+#define PY_ASSERT(e)                                                                                \
+  do {                                                                                              \
+    if (PY_DEBUG && !(e)) py_panic(__FILE__, __LINE__, #e);                                         \
+  } while (0)
+
 /* ---- module.c: exceptions, fork, argument parsing -------------------------------------------- */
 extern PyObject *Error; /* arraybridge.Error and its subclasses, by code */
 extern PyObject *InvalidError, *MemError, *TimeoutErr, *CancelledErr, *DeviceErr, *ReadOnlyErr, *QueueFullErr,

@@ -1,22 +1,69 @@
 /*
- * python/src/tasks.c: Python tasks on the runtime's workers: worker threads entering Python,
- * the GIL hand-off, batches of host tasks, resubmission after out-of-memory, settling the
- * Python futures (Runtime.call).
+ * python/src/tasks.c: Python tasks on the runtime's workers (Runtime.call): worker threads
+ * entering Python, the GIL hand-off, batches of host tasks, resubmission after out-of-memory,
+ * and settling each task's Python future exactly once.
  *
  * Design notes
- *   The GIL. It is released around every call that may wait: ab_future_wait, a blocking
- *   submit, ab_runtime_destroy. Worker threads take it (PyGILState_Ensure) only to run Python
- *   tasks, to drop references on Python objects that back imported tensors, and to report a
- *   task that ended without running its Python code (cancelled, out of memory). Because no
- *   thread ever waits on the runtime while holding the GIL, a worker waiting for the GIL always
- *   gets it.
+ *   A Python task is a record (py_task) and a runtime compute task whose body, py_task_run,
+ *   calls fn(*args, **kwargs) with the GIL held and settles fut, the Executor's future, through
+ *   its methods (described at py_task below). When fn ran out of memory (fut._ab_raised says
+ *   so), the body returns AB_ENOMEM: the runtime's OOM ladder parks the task and runs the body
+ *   again later.
  *
- *   Python tasks. Runtime.submit(job, fail, ...) submits a compute task whose function calls
- *   job() with the GIL held. job returns 0, or AB_ENOMEM to enter the runtime's OOM ladder (the
- *   task is parked and job is called again later). When job has run to its end, the task drops
- *   its references there and then (it holds the GIL). If the task ends any other way
- *   (cancelled, ladder exhausted, shut down), an ab_future_then callback calls fail(status,
- *   message) under the GIL. Either way each Python future is settled exactly once.
+ *   Who touches what. The GIL guards every Python object, a record's Python references (fut,
+ *   fn, args, kwargs, and owner, its Runtime) and each Runtime's inline list; no thread waits
+ *   on the runtime while holding it (module.c), so a worker waiting for it always gets it.
+ *   - The submitting thread (Runtime.call, GIL held) makes the record, submits its task, puts
+ *     a host task on its Runtime's inline list and registers py_task_done on the task's future.
+ *   - The worker that pops the task runs py_task_run: it reads the record's state without the
+ *     GIL (a hint that saves taking it for nothing), takes the GIL, claims the record and calls
+ *     fn; on the host it then runs the inline list's queued records too (run_inline).
+ *   - The thread that completes the task (its worker, a thread cancelling it or destroying the
+ *     runtime, the caller of ab_future_then if it is complete already) runs py_task_done, which
+ *     takes the GIL only to settle a future whose fn never ran or was given up on.
+ *   - Future.cancel (GIL held) claims a queued record; the Executor then settles its future.
+ *   - Closing a runtime drops what its inline list holds after the destroy: every task has
+ *     completed then, and no record holds a Python reference (close_detached needs no GIL).
+ *
+ *   The claim protocol. A record leaves QUEUED by one compare-and-swap, so exactly one of its
+ *   own task, a batch, a cancel or the task's completion wins it. Only the winner touches its
+ *   Python references afterwards; the others see it claimed and leave it alone.
+ *     QUEUED -> OWN -> DONE      its own task runs it; it stays OWN while parked for memory and
+ *                                through every retry of the ladder
+ *     QUEUED -> INLINE -> DONE   a batch runs it (out of memory: its references move to a new
+ *                                record, submitted on its own in state OWN: py_task_resubmit)
+ *     QUEUED -> CANCELLED        it never runs: Future.cancel, or the task ended first
+ *   A record still OWN when its task completes was given up on (the ladder's end, shut down
+ *   while parked): py_task_done settles its future with the task's status. Whoever settles
+ *   fut then drops the record's Python references, so each future is settled exactly once.
+ *
+ *   Batches. Taking the GIL once per task, with the submitting thread and the other workers
+ *   contending for it, cost more than small host tasks themselves. So a worker that holds the
+ *   GIL for one host task goes on with the host tasks queued behind it (up to INLINE_BATCH, or
+ *   for INLINE_NS), in submit order, from the inline list. Each still is its own runtime task,
+ *   with its own future, placement and OOM ladder; whichever claims the record first runs it.
+ *
+ *   References. A record's refs count its owners: its runtime task (dropped by py_task_done,
+ *   which runs exactly once), the FutureObject Runtime.call returns, and the inline list while
+ *   it holds the record. The last one frees it. While a record holds its Python references it
+ *   also holds one on its Runtime, so the list it sits in stays alive.
+ *
+ *   Memory orders. The states are seq_cst, the default: a few operations per task, next to a
+ *   GIL hand-off. The others:
+ *   - refs is set to 2 relaxed before ab_submit, which publishes the record to the worker
+ *     (the queue's release, the worker's acquire) and to the completion; and set back to 0
+ *     relaxed after a failed submit, which published nothing.
+ *   - The inline list's reference is added relaxed: the thread adding it holds two already, so
+ *     the count cannot reach zero meanwhile, and the list itself is published by the GIL.
+ *   - py_task_unref is acq_rel: each owner's writes to the record happen before it lets go
+ *     (release), and the last owner sees them all before it frees the record (acquire).
+ *   - gil_wait_gen and gil_wait_last_ns are relaxed: a hint that decides whether a worker spins
+ *     for a few microseconds; the GIL orders everything that matters.
+ *
+ *   Invariants, checked by PY_ASSERT (module.h): a record is submitted with no owners yet, QUEUED
+ *   (or OWN, resubmitted); refs never drops below zero; a record runs only with its Python
+ *   references; only the holder of an OWN or INLINE claim marks a record DONE; an inline list's
+ *   head and tail are both set or both NULL.
  */
 #include <pthread.h>
 #include <stdatomic.h>
@@ -104,18 +151,8 @@ _Thread_local int in_runtime_thread; /* see SUBMIT_BLOCKING (module.h) */
  *                                    (cancelled, out of memory at the ladder's end, shut down)
  * Before the first call fut._state must still be "PENDING" (it becomes "RUNNING"); anything
  * else means Python cancelled it first and fn is not called. */
-/* Host Python tasks run in batches. A worker that holds the GIL for one host task goes on with
- * the host tasks queued behind it (up to INLINE_BATCH of them, or INLINE_NS), in submit order,
- * from a list the GIL guards: taking the GIL once per task, with the submitting thread and the
- * other workers contending for it, cost more than the tasks themselves. Each task still is its
- * own runtime task, with its own future, placement and OOM ladder: whoever claims a record
- * first (its own task or a batch) runs it; the other finds it claimed and does nothing. A task
- * run in a batch that hits out-of-memory is submitted again on its own, to walk the ladder.
- *
- * States (atomic: py_task_done reads them without the GIL):
- *   QUEUED -> OWN (its task runs it; stays OWN while parked for memory) -> DONE
- *   QUEUED -> INLINE (a batch runs it) -> DONE
- *   QUEUED -> CANCELLED (Future.cancel, or the runtime ended the task before it ran) */
+/* A record's states (atomic: py_task_run and py_task_done read them without the GIL): the claim
+ * protocol of the design notes. */
 enum { PT_QUEUED, PT_OWN, PT_INLINE, PT_DONE, PT_CANCELLED };
 #define INLINE_BATCH 256
 #define INLINE_NS 1000000
@@ -176,7 +213,22 @@ static void py_task_clear(py_task *p) {
 
 void py_task_unref(py_task *p) {
   /* acq_rel: the last owner sees every write the others made before letting go */
-  if (atomic_fetch_sub_explicit(&p->refs, 1, memory_order_acq_rel) == 1) PyMem_RawFree(p);
+  int was = atomic_fetch_sub_explicit(&p->refs, 1, memory_order_acq_rel);
+  PY_ASSERT(was >= 1); /* each owner lets go once */
+  if (was == 1) PyMem_RawFree(p);
+}
+
+static bool holds_claim(py_task *p) {
+  /* relaxed: only a check, by a thread that has seen the claim (made it, or loaded it) */
+  int st = atomic_load_explicit(&p->state, memory_order_relaxed);
+  return st == PT_OWN || st == PT_INLINE;
+}
+
+/* The claim's holder (its own task or a batch) is done with the record: fut settled, the Python
+ * references dropped or moved. */
+static void py_task_finish(py_task *p) {
+  PY_ASSERT(holds_claim(p)); /* nobody else marks a record done */
+  atomic_store(&p->state, PT_DONE);
 }
 
 /* Claims a queued record for `to`; false if someone else did first. */
@@ -226,6 +278,7 @@ static void py_task_broken(py_task *p) {
 
 /* Calls fn and settles fut; returns 0, or AB_ENOMEM to be parked and called again. */
 static int py_task_call(py_task *p) {
+  PY_ASSERT(p->fut != NULL); /* a record runs only with its Python references */
   if (!p->started) {
     p->started = 1;
     int go = py_task_start(p);
@@ -307,12 +360,13 @@ static void run_inline(RuntimeObject *rt, ab_ctx *ctx) {
     py_task *p = rt->inl_head;
     rt->inl_head = p->next;
     if (rt->inl_head == NULL) rt->inl_tail = NULL;
+    PY_ASSERT((rt->inl_head == NULL) == (rt->inl_tail == NULL));
     if (py_task_claim(p, PT_INLINE)) {
       int rc = py_task_call(p);
       if (rc == AB_EINVAL) py_task_broken(p);
       if (rc == AB_ENOMEM) py_task_resubmit(p);
       else py_task_clear(p);
-      atomic_store(&p->state, PT_DONE);
+      py_task_finish(p);
     }
     py_task_unref(p); /* the list's reference */
   }
@@ -341,7 +395,7 @@ static int py_task_run(ab_ctx *ctx, void *arg) {
   if (rc == AB_EINVAL) py_task_broken(p);
   if (rc != AB_ENOMEM) {
     py_task_clear(p);
-    atomic_store(&p->state, PT_DONE);
+    py_task_finish(p);
   }
   if (rc != AB_ENOMEM && p->host && ab_ctx_device(ctx).kind == AB_HOST) run_inline(owner, ctx);
   in_runtime_thread = 0;
@@ -371,7 +425,7 @@ static void py_task_done(ab_future *f, void *arg) {
     }
     in_runtime_thread = outer;
     py_task_clear(p);
-    if (!never_ran) atomic_store(&p->state, PT_DONE);
+    if (!never_ran) py_task_finish(p);
     PyGILState_Release(g);
   }
   py_task_unref(p);
@@ -412,6 +466,9 @@ static int py_task_submit(RuntimeObject *self, py_task *p, ab_place *place, int 
   d.fn = py_task_run;
   d.arg = p;
   d.name = "python"; /* traces show Python tasks under one label (names must be static) */
+  /* relaxed: nobody else sees p yet; new (QUEUED) or moved out of a batch (OWN, started) */
+  PY_ASSERT(atomic_load_explicit(&p->refs, memory_order_relaxed) == 0);
+  PY_ASSERT(atomic_load_explicit(&p->state, memory_order_relaxed) == (p->started ? PT_OWN : PT_QUEUED));
   atomic_store_explicit(&p->refs, 2, memory_order_relaxed); /* nobody else sees p yet */
   int rc;
   SUBMIT_BLOCKING(d.place, ab_submit(self->rt, &d, out));
@@ -422,6 +479,7 @@ static int py_task_submit(RuntimeObject *self, py_task *p, ab_place *place, int 
   if (p->host && atomic_load(&p->state) == PT_QUEUED) { /* the GIL guards the list */
     atomic_fetch_add_explicit(&p->refs, 1, memory_order_relaxed); /* p is live: we hold two */
     p->next = NULL;
+    PY_ASSERT((self->inl_head == NULL) == (self->inl_tail == NULL));
     if (self->inl_tail) self->inl_tail->next = p;
     else self->inl_head = p;
     self->inl_tail = p;

@@ -203,6 +203,21 @@ static PyObject *new_error(PyObject *m, const char *name, PyObject *base2) {
   return e;
 }
 
+/* kind_names: the kinds' names by kind, the library's (ab_kind_name), so that Python spells
+ * them as the command line, traces and memory reports do. */
+static int add_kind_names(PyObject *m) {
+  PyObject *names = PyTuple_New(AB_KIND_COUNT);
+  for (int k = 0; names && k < AB_KIND_COUNT; k++) {
+    PyObject *s = PyUnicode_FromString(ab_kind_name(k));
+    if (s == NULL) Py_CLEAR(names);
+    else PyTuple_SET_ITEM(names, k, s);
+  }
+  if (names == NULL) return -1;
+  int rc = PyModule_AddObjectRef(m, "kind_names", names);
+  Py_DECREF(names);
+  return rc;
+}
+
 PyMODINIT_FUNC PyInit__core(void) {
   if (PyType_Ready(&RuntimeType) < 0 || PyType_Ready(&TensorType) < 0 || PyType_Ready(&FutureType) < 0) return NULL;
   PyObject *cancelled_base = NULL;
@@ -227,7 +242,7 @@ PyMODINIT_FUNC PyInit__core(void) {
       !(ShutdownErr = new_error(m, "ShutdownError", NULL)) ||
       !(NotSupportedErr = new_error(m, "NotSupportedError", PyExc_TypeError)))
     goto fail;
-  Py_DECREF(cancelled_base);
+  Py_CLEAR(cancelled_base); /* the fail path below must not drop it again */
   Py_INCREF(&RuntimeType);
   Py_INCREF(&TensorType);
   Py_INCREF(&FutureType);
@@ -243,6 +258,7 @@ PyMODINIT_FUNC PyInit__core(void) {
   PyModule_AddIntConstant(m, "OPENCL", AB_OPENCL);
   PyModule_AddIntConstant(m, "CUDA", AB_CUDA);
   PyModule_AddIntConstant(m, "ANY", AB_ANY);
+  if (add_kind_names(m) != 0) goto fail;
   PyModule_AddIntConstant(m, "PLACE_AUTO", AB_PLACE_AUTO);
   PyModule_AddIntConstant(m, "PLACE_EXPLICIT", AB_PLACE_EXPLICIT);
   PyModule_AddIntConstant(m, "PLACE_ROUND_ROBIN", AB_PLACE_ROUND_ROBIN);

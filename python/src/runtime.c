@@ -37,8 +37,6 @@ static int kind_options(PyObject *d, const char *key, long long *out) {
   return (*out == -1 && PyErr_Occurred()) ? -1 : 1;
 }
 
-static const char *kind_names[AB_KIND_COUNT] = {"host", "opencl", "cuda"};
-
 /* The kinds whose drivers this runtime initialised and uses (a kind it found no device of is
  * of no loss to a forked child, and not worth a warning there). */
 static void note_opened_kinds(ab_runtime *rt) {
@@ -61,7 +59,7 @@ static int inherited_kinds_off(ab_runtime_options *o) {
                          "arraybridge: this process was forked from one that had initialised %s, whose driver "
                          "does not survive fork(); its runtimes open no %s devices. Use multiprocessing's "
                          "'spawn' or 'forkserver' start method to use them in child processes.",
-                         k == AB_OPENCL ? "OpenCL" : "CUDA", kind_names[k]) < 0)
+                         k == AB_OPENCL ? "OpenCL" : "CUDA", ab_kind_name(k)) < 0)
       return -1;
   }
   return 0;
@@ -69,7 +67,8 @@ static int inherited_kinds_off(ab_runtime_options *o) {
 
 /* Runtime(workers=None, memory_limit=None, logical_split=None, disable=(), queue_capacity=0,
  *         oom_deadline=None, oom_no_wait=False, allow_reroute=False)
- * workers / memory_limit / logical_split: dicts keyed by "host", "opencl", "cuda". */
+ * workers / memory_limit / logical_split: dicts keyed by the kinds' names (ab_kind_name: "host",
+ * "opencl", "cuda"); disable: a sequence of them. */
 static int runtime_init(RuntimeObject *self, PyObject *args, PyObject *kw) {
   static char *kwlist[] = {"workers", "memory_limit", "logical_split", "disable", "queue_capacity",
                            "oom_deadline", "oom_no_wait", "allow_reroute", NULL};
@@ -87,14 +86,14 @@ static int runtime_init(RuntimeObject *self, PyObject *args, PyObject *kw) {
   for (int k = 0; k < AB_KIND_COUNT; k++) {
     long long v;
     int r;
-    if ((r = kind_options(workers, kind_names[k], &v)) < 0) return -1;
+    if ((r = kind_options(workers, ab_kind_name(k), &v)) < 0) return -1;
     if (r) o.kinds[k].workers_per_device = (int)v;
-    if ((r = kind_options(limit, kind_names[k], &v)) < 0) return -1;
+    if ((r = kind_options(limit, ab_kind_name(k), &v)) < 0) return -1;
     if (r) o.kinds[k].memory_limit = (uint64_t)v;
-    if ((r = kind_options(split, kind_names[k], &v)) < 0) return -1;
+    if ((r = kind_options(split, ab_kind_name(k), &v)) < 0) return -1;
     if (r) o.kinds[k].logical_split = (int)v;
     if (disable && disable != Py_None) {
-      PyObject *name = PyUnicode_FromString(kind_names[k]);
+      PyObject *name = PyUnicode_FromString(ab_kind_name(k));
       int has = PySequence_Contains(disable, name);
       Py_DECREF(name);
       if (has < 0) return -1;

@@ -389,13 +389,12 @@ static PyObject *tensor_index(TensorObject *self, PyObject *arg) {
 static PyObject *tensor_repr(TensorObject *self) {
   const DLTensor *dl = ab_tensor_dl(self->t);
   ab_device d = ab_tensor_device(self->t);
-  static const char *kinds[] = {"host", "opencl", "cuda"};
   char shape[256] = "";
   size_t used = 0;
   for (int i = 0; i < dl->ndim && used < sizeof shape - 24; i++)
     used += (size_t)snprintf(shape + used, sizeof shape - used, i ? ", %lld" : "%lld", (long long)dl->shape[i]);
   return PyUnicode_FromFormat("<arraybridge.Tensor shape=(%s) dtype=(%d,%d) device=%s:%d>", shape, dl->dtype.code,
-                              dl->dtype.bits, d.kind >= 0 && d.kind < 3 ? kinds[d.kind] : "?", d.index);
+                              dl->dtype.bits, ab_kind_name(d.kind), d.index);
 }
 
 static PyObject *tensor_runtime(TensorObject *self, void *c) {

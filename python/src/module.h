@@ -20,6 +20,11 @@
 
 #include "arraybridge.h"
 
+/* Python 3.13 made _Py_IsFinalizing public as Py_IsFinalizing and dropped the old name. */
+#if PY_VERSION_HEX < 0x030D0000
+#define Py_IsFinalizing _Py_IsFinalizing
+#endif
+
 /* Debug checks, as the library's (platform/platform.h): always compiled, so they cannot rot;
  * whether they run is a constant the compiler folds away. AB_DEBUG=1 or 0 decides when given;
  * otherwise they run unless NDEBUG is defined (a Release build, as pip's). They check the

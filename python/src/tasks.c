@@ -81,7 +81,7 @@ _Thread_local ab_ctx *tls_ctx; /* the compute task this worker thread is running
 static pthread_key_t tstate_key;
 
 static void tstate_destroy(void *p) {
-  if (!Py_IsInitialized() || _Py_IsFinalizing()) return; /* the interpreter is gone or going */
+  if (!Py_IsInitialized() || Py_IsFinalizing()) return; /* the interpreter is gone or going */
   PyEval_RestoreThread((PyThreadState *)p);
   PyThreadState_Clear((PyThreadState *)p);
   PyThreadState_DeleteCurrent();
@@ -412,7 +412,7 @@ static void py_task_done(ab_future *f, void *arg) {
   py_task *p = arg;
   bool never_ran = py_task_claim(p, PT_CANCELLED);
   /* OWN after completion: the ladder gave up on it (a retry would have left it running) */
-  if ((never_ran || atomic_load(&p->state) == PT_OWN) && Py_IsInitialized() && !_Py_IsFinalizing()) {
+  if ((never_ran || atomic_load(&p->state) == PT_OWN) && Py_IsInitialized() && !Py_IsFinalizing()) {
     PyGILState_STATE g = PyGILState_Ensure();
     const char *msg = ab_future_message(f);
     int status = ab_future_status(f);

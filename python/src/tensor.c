@@ -40,7 +40,7 @@ typedef struct {
 
 static void py_owner_release(void *arg) {
   py_owner *p = arg;
-  if (!Py_IsInitialized() || _Py_IsFinalizing()) return; /* leak rather than touch a dying interpreter */
+  if (!Py_IsInitialized() || Py_IsFinalizing()) return; /* leak rather than touch a dying interpreter */
   PyGILState_STATE g = PyGILState_Ensure();
   if (p->has_view) PyBuffer_Release(&p->view);
   Py_XDECREF(p->owner);

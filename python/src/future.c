@@ -6,7 +6,10 @@
  *   signal handlers run while a thread waits. A Python task's Future holds a reference on the
  *   task's record (tasks.c), so that cancel() can claim it before it runs.
  */
-#include "module.h"
+#include "common.h"
+#include "future.h"
+#include "tasks.h"
+#include "tensor.h"
 
 PyObject *future_new_from(ab_future *f, PyObject *rt) {
   FutureObject *o = PyObject_New(FutureObject, &FutureType);

@@ -13,9 +13,13 @@
  */
 #include <pthread.h>
 
-#include "module.h"
+#include "common.h"
+#include "future.h"
+#include "runtime.h"
+#include "tasks.h"
+#include "tensor.h"
 
-int check_runtime(RuntimeObject *self) {
+static int check_runtime(RuntimeObject *self) {
   if (foreign((PyObject *)self)) {
     PyErr_SetString(ShutdownErr, "this runtime was made before a fork, in the parent process; its worker threads do "
                                  "not exist here: make a new Executor (or runtime) in this process");
@@ -399,6 +403,23 @@ static PyObject *runtime_empty(RuntimeObject *self, PyObject *args) {
   Py_END_ALLOW_THREADS
   if (rc != 0) return raise_ab(rc, "empty", NULL);
   return tensor_new_from(t, (PyObject *)self);
+}
+
+/* call(fut, fn, args, kwargs=None, device=None, policy=AUTO, try_only=False) -> Future: a Python
+ * task (tasks.c) */
+static PyObject *runtime_call(RuntimeObject *self, PyObject *const *argv, Py_ssize_t nargs) {
+  if (nargs < 3 || nargs > 7) return PyErr_Format(PyExc_TypeError, "call() takes 3 to 7 arguments (%zd given)", nargs);
+  if (check_runtime(self)) return NULL;
+  PyObject *fut = argv[0], *fn = argv[1], *args = argv[2];
+  PyObject *kwargs = nargs > 3 ? argv[3] : Py_None, *device = nargs > 4 ? argv[4] : Py_None;
+  int policy = AB_PLACE_AUTO, try_only = 0;
+  if (nargs > 5 && (policy = PyLong_AsLong(argv[5])) == -1 && PyErr_Occurred()) return NULL;
+  if (nargs > 6) try_only = PyObject_IsTrue(argv[6]);
+  if (!PyTuple_Check(args) || (kwargs != Py_None && !PyDict_Check(kwargs)))
+    return PyErr_Format(PyExc_TypeError, "call(): args must be a tuple and kwargs a dict or None");
+  ab_place place = {0};
+  if (parse_place(device, policy, &place) != 0) return NULL;
+  return tasks_call(self, fut, fn, args, kwargs == Py_None ? NULL : kwargs, &place, try_only);
 }
 
 /* trace_start(events_per_worker=0): record every task and device memory (the runtime's tracing) */

@@ -60,7 +60,7 @@
  *   - gil_wait_gen and gil_wait_last_ns are relaxed: a hint that decides whether a worker spins
  *     for a few microseconds; the GIL orders everything that matters.
  *
- *   Invariants, checked by PY_ASSERT (module.h): a record is submitted with no owners yet, QUEUED
+ *   Invariants, checked by PY_ASSERT (common.h): a record is submitted with no owners yet, QUEUED
  *   (or OWN, resubmitted); refs never drops below zero; a record runs only with its Python
  *   references; only the holder of an OWN or INLINE claim marks a record DONE; an inline list's
  *   head and tail are both set or both NULL.
@@ -68,7 +68,9 @@
 #include <pthread.h>
 #include <stdatomic.h>
 
-#include "module.h"
+#include "common.h"
+#include "future.h"
+#include "tasks.h"
 
 _Thread_local ab_ctx *tls_ctx; /* the compute task this worker thread is running */
 
@@ -140,7 +142,7 @@ static void spin_for_gil_handoff(void) {
   }
 }
 
-_Thread_local int in_runtime_thread; /* see SUBMIT_BLOCKING (module.h) */
+_Thread_local int in_runtime_thread; /* see SUBMIT_BLOCKING (tasks.h) */
 
 /* ---- Python tasks ---------------------------------------------------------------------------- */
 /* A task that calls fn(*args, **kwargs) on a worker and settles `fut`, a Python future with
@@ -157,7 +159,7 @@ enum { PT_QUEUED, PT_OWN, PT_INLINE, PT_DONE, PT_CANCELLED };
 #define INLINE_BATCH 256
 #define INLINE_NS 1000000
 
-typedef struct py_task {
+struct py_task {
   PyObject *fut, *fn, *args, *kwargs; /* cleared (under the GIL) once fut is settled */
   _Atomic int state;
   _Atomic int refs;                   /* its runtime task, the inline list, its FutureObject */
@@ -167,7 +169,7 @@ typedef struct py_task {
                                          (cleared with fut: use it only while fut is set, or
                                          under a reference of one's own) */
   struct py_task *next;
-} py_task;
+};
 
 static PyObject *s_state, *s_pending, *s_running, *s_settle, *s_raised, *s_end, *s_finished, *s_result,
     *s_condition, *s_lock, *s_waiters, *s_w, *s_cb, *s_acquire, *s_release;
@@ -498,29 +500,19 @@ static int py_task_submit(RuntimeObject *self, py_task *p, ab_place *place, int 
   return 0;
 }
 
-/* call(fut, fn, args, kwargs=None, device=None, policy=AUTO, try_only=False) -> Future */
-PyObject *runtime_call(RuntimeObject *self, PyObject *const *argv, Py_ssize_t nargs) {
-  if (nargs < 3 || nargs > 7) return PyErr_Format(PyExc_TypeError, "call() takes 3 to 7 arguments (%zd given)", nargs);
-  if (check_runtime(self)) return NULL;
-  PyObject *fut = argv[0], *fn = argv[1], *args = argv[2];
-  PyObject *kwargs = nargs > 3 ? argv[3] : Py_None, *device = nargs > 4 ? argv[4] : Py_None;
-  int policy = AB_PLACE_AUTO, try_only = 0;
-  if (nargs > 5 && (policy = PyLong_AsLong(argv[5])) == -1 && PyErr_Occurred()) return NULL;
-  if (nargs > 6) try_only = PyObject_IsTrue(argv[6]);
-  if (!PyTuple_Check(args) || (kwargs != Py_None && !PyDict_Check(kwargs)))
-    return PyErr_Format(PyExc_TypeError, "call(): args must be a tuple and kwargs a dict or None");
-  ab_place place = {0};
-  if (parse_place(device, policy, &place) != 0) return NULL;
+/* A Python task: fut settled with fn(*args, **kwargs) (kwargs may be NULL), run where place says.
+ * The Future of its runtime task, or NULL with an exception set. With the GIL. */
+PyObject *tasks_call(RuntimeObject *self, PyObject *fut, PyObject *fn, PyObject *args, PyObject *kwargs,
+                     ab_place *place, int try_only) {
   py_task *p = PyMem_RawMalloc(sizeof *p);
   if (p == NULL) return PyErr_NoMemory();
   Py_INCREF(self); /* the record's, dropped by py_task_clear */
-  *p = (py_task){.fut = Py_NewRef(fut), .fn = Py_NewRef(fn), .args = Py_NewRef(args),
-                 .kwargs = kwargs == Py_None ? NULL : Py_NewRef(kwargs), .owner = self,
-                 .host = place.device.kind == AB_HOST && place.policy != AB_PLACE_EXPLICIT};
+  *p = (py_task){.fut = Py_NewRef(fut), .fn = Py_NewRef(fn), .args = Py_NewRef(args), .kwargs = Py_XNewRef(kwargs),
+                 .owner = self, .host = place->device.kind == AB_HOST && place->policy != AB_PLACE_EXPLICIT};
   atomic_init(&p->state, PT_QUEUED);
   atomic_init(&p->refs, 0);
   ab_future *f;
-  int rc = py_task_submit(self, p, &place, try_only, &f);
+  int rc = py_task_submit(self, p, place, try_only, &f);
   if (rc != 0) {
     if (atomic_load(&p->refs) == 0) { /* never submitted: nobody else has it */
       py_task_clear(p);

@@ -12,12 +12,22 @@
  *   reference goes, which may be on a worker thread. After interpreter finalisation began the
  *   reference is leaked on purpose (NumPy does the same in its DLPack deleter).
  */
-#include "module.h"
+#include "common.h"
+#include "tensor.h"
 
 #define CAPSULE_V "dltensor_versioned"
 #define CAPSULE_L "dltensor"
 #define CAPSULE_USED_V "used_dltensor_versioned"
 #define CAPSULE_USED_L "used_dltensor"
+
+static PyObject *copy_hook; /* Python: (tensor, dl_device or None) -> new Tensor */
+
+/* _set_copy_hook(fn): how __dlpack__ copies (arraybridge/dlpack.py: through the tensor's runtime) */
+PyObject *mod_set_copy_hook(PyObject *m, PyObject *fn) {
+  Py_XINCREF(fn);
+  Py_XSETREF(copy_hook, fn);
+  Py_RETURN_NONE;
+}
 
 PyObject *tensor_new_from(ab_tensor *t, PyObject *rt) {
   TensorObject *o = PyObject_New(TensorObject, &TensorType);
@@ -89,7 +99,7 @@ bad:
   return -1;
 }
 
-/* ---- importing: the module functions from_buffer, wrap, from_capsule ----------------------- */
+/* ---- importing: the module functions from_buffer, wrap, from_capsule ------------------------- */
 PyObject *mod_from_buffer(PyObject *m, PyObject *obj) {
   py_owner *p = PyMem_RawCalloc(1, sizeof *p);
   if (p == NULL) return PyErr_NoMemory();

@@ -27,7 +27,8 @@
  *
  *   The claim protocol. A record leaves QUEUED by one compare-and-swap, so exactly one of its
  *   own task, a batch, a cancel or the task's completion wins it. Only the winner touches its
- *   Python references afterwards; the others see it claimed and leave it alone.
+ *   Python references afterwards (for OWN, the task's completion too, once the task is over:
+ *   below); the others see it claimed and leave it alone.
  *     QUEUED -> OWN -> DONE      its own task runs it; it stays OWN while parked for memory and
  *                                through every retry of the ladder
  *     QUEUED -> INLINE -> DONE   a batch runs it (out of memory: its references move to a new

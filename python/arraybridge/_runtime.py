@@ -8,8 +8,11 @@ from typing import Any, Optional, Tuple, Union
 
 from . import _core, _opencl
 
-KINDS = {"host": _core.HOST, "cpu": _core.HOST, "opencl": _core.OPENCL, "cuda": _core.CUDA, "gpu": _core.CUDA}
-KIND_NAMES = {_core.HOST: "host", _core.OPENCL: "opencl", _core.CUDA: "cuda"}
+# The kinds' names are the library's (ab_kind_name), as the command line, traces and memory
+# reports write them; the aliases users may write besides are kept here and nowhere else.
+KIND_NAMES = dict(enumerate(_core.kind_names))  # kind -> "host", "opencl", "cuda"
+KINDS = {**{name: kind for kind, name in KIND_NAMES.items()}, "cpu": _core.HOST, "gpu": _core.CUDA}
+GPU_KIND_NAMES = tuple(name for kind, name in KIND_NAMES.items() if kind != _core.HOST)
 
 
 def kind_name(name: str) -> str:
@@ -54,8 +57,9 @@ class Runtime(_core.Runtime):
     def __init__(self, workers: Optional[dict] = None, memory_limit: Optional[dict] = None,
                  logical_split: Optional[dict] = None, disable: Tuple[str, ...] = (), **options: Any) -> None:
         disable = tuple(disable or ())
-        if "opencl" not in disable and _opencl.opencl_refused():
-            disable += ("opencl",)
+        opencl = KIND_NAMES[_core.OPENCL]
+        if opencl not in disable and _opencl.opencl_refused():
+            disable += (opencl,)
         super().__init__(workers, memory_limit, logical_split, disable, **options)
 
 

@@ -40,7 +40,7 @@ from concurrent.futures._base import CANCELLED, CANCELLED_AND_NOTIFIED, FINISHED
 from typing import Any, Callable, Iterable, Iterator, Mapping, Optional, Sequence, TypeVar, Union
 
 from . import _core, _oom
-from ._runtime import Runtime, device_name, kind_name, parse_device
+from ._runtime import GPU_KIND_NAMES, KIND_NAMES, Runtime, device_name, kind_name, parse_device
 
 _DONE = (CANCELLED, CANCELLED_AND_NOTIFIED, FINISHED)
 _ENOMEM = _core.AB_ENOMEM
@@ -152,7 +152,7 @@ class Future(_cf.Future):
             self._state = _cf._base.RUNNING
         self.set_exception(exc)
 
-    # ---- called by the runtime (python/src/module.c), with the GIL held -------------------------
+    # ---- called by the runtime (python/src/tasks.c), with the GIL held --------------------------
     def _ab_settle(self, result: Any) -> None:
         cond = self._condition
         with cond:
@@ -282,7 +282,7 @@ class Executor(_cf.Executor):
             raise ValueError("max_workers must be greater than 0")
         workers = _per_kind(workers_per_device, exclude_host=True)
         if max_workers is not None:
-            workers["host"] = max_workers
+            workers[KIND_NAMES[_core.HOST]] = max_workers
         self._runtime = Runtime(workers=workers, memory_limit=_per_kind(memory_limit),
                                 logical_split=_per_kind(logical_split, exclude_host=True),
                                 disable=_disabled_kinds(devices), queue_capacity=queue_capacity,
@@ -613,7 +613,7 @@ def _per_kind(value: PerKind, exclude_host: bool = False) -> dict:
         return {}
     if isinstance(value, Mapping):
         return {kind_name(k): int(v) for k, v in value.items()}
-    kinds = ("opencl", "cuda") if exclude_host else ("host", "opencl", "cuda")
+    kinds = GPU_KIND_NAMES if exclude_host else tuple(KIND_NAMES.values())
     return {k: int(value) for k in kinds}
 
 
@@ -622,4 +622,4 @@ def _disabled_kinds(devices: Union[str, Sequence[str], None]) -> tuple:
         return ()
     wanted = {devices} if isinstance(devices, str) else set(devices)
     names = {kind_name(d.split(":")[0]) for d in wanted}
-    return tuple(k for k in ("opencl", "cuda") if k not in names)
+    return tuple(k for k in GPU_KIND_NAMES if k not in names)

@@ -16,6 +16,24 @@ def test_devices_and_info(rt):
     assert len(rt.stats()) == len(devs)
 
 
+def test_kind_names_are_the_librarys(rt):
+    """The kinds' names come from the library (ab_kind_name), by kind; the package's names and
+    its aliases ("cpu", "gpu") follow them, and so do the Runtime's options and Tensor's repr."""
+    from arraybridge._runtime import KINDS, device_name, kind_name, parse_device
+    assert _core.kind_names == ("host", "opencl", "cuda")
+    assert {_core.kind_names[k] for k in (_core.HOST, _core.OPENCL, _core.CUDA)} == set(_core.kind_names)
+    assert set(KINDS) == set(_core.kind_names) | {"cpu", "gpu"}
+    assert (kind_name("cpu"), kind_name("gpu"), kind_name("opencl")) == ("host", "cuda", "opencl")
+    assert parse_device("opencl:1") == (_core.OPENCL, 1) and parse_device("gpu:0") == (_core.CUDA, 0)
+    assert device_name((_core.CUDA, 0)) == "cuda:0"
+    assert "device=host:0>" in repr(rt.empty((2,), (1, 8, 1), (_core.HOST, 0)))
+    only_host = _core.Runtime(disable=_core.kind_names[1:])
+    try:
+        assert {k for k, _ in only_host.devices()} == {_core.HOST}
+    finally:
+        only_host.close()
+
+
 def test_memory_limit_and_oom_ladder():
     r = _core.Runtime(memory_limit={"host": 1 << 20}, disable=("opencl", "cuda"), oom_deadline=0.02)
     a = r.empty((512, 512), (1, 16, 1), (0, 0))  # 512 KiB of the 1 MiB budget

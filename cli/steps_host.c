@@ -17,13 +17,7 @@
 #include <string.h>
 
 #include "cli/steps.h"
-
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(__SANITIZE_ADDRESS__) && \
-    !defined(__SANITIZE_THREAD__)
-#define VECTOR __attribute__((target_clones("avx2", "default")))
-#else
-#define VECTOR
-#endif
+#include "cli/vector.h"
 
 static const DLDataType U16 = {kDLUInt, 16, 1};
 

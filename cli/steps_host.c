@@ -1,13 +1,16 @@
 /*
  * cli/steps_host.c: the pipeline's steps on the host device (see steps.h for the arithmetic).
  *
- * Each step is one or two passes over memory that run at about memory speed (bench/run
- * screen_roofline measures them against memcpy):
+ * Each step is one or two passes over memory (bench/run screen_roofline measures the chain
+ * against memcpy):
  *   project    in chunks of 8 KiB of output, so the running maximum stays in L1 while every
- *              plane streams past it once; straight from the loaded slices (no volume);
+ *              plane streams past it once, four planes a pass (the maximum is loaded and stored
+ *              a quarter as often); straight from the loaded slices (no volume);
  *   filter     the separable passes over whole rows, with the symmetric weights folded
- *              (w[i] * (left + right)), so the compiler vectorises them; only the r border
- *              columns and rows, where the window is cut, take the general (dividing) path;
+ *              (w[i] * (left + right)), 32 outputs at a time whose sums stay in registers
+ *              through every tap; the rows' pass keeps its results in 32 bits for the columns'
+ *              taps; only the r border columns and rows, where the window is cut, take the
+ *              general (dividing) path;
  *   normalise  one pass for the histogram, then a 65536-entry table built without a division
  *              per value (quotient and remainder stepped exactly), then one pass through it.
  * Loops that vectorise are compiled for AVX2 as well where the compiler can (target_clones),
@@ -30,6 +33,14 @@ static const uint16_t *u16_in(const DLTensor *x) {
 
 VECTOR static void max_into(uint16_t *restrict o, const uint16_t *restrict s, size_t n) {
   for (size_t i = 0; i < n; i++) o[i] = s[i] > o[i] ? s[i] : o[i];
+}
+
+#define MAX(a, b) ((a) > (b) ? (a) : (b))
+
+/* Four planes at a time: the running maximum is loaded and stored a quarter as often. */
+VECTOR static void max4_into(uint16_t *restrict o, const uint16_t *restrict a, const uint16_t *restrict b,
+                             const uint16_t *restrict c, const uint16_t *restrict d, size_t n) {
+  for (size_t i = 0; i < n; i++) o[i] = MAX(MAX(MAX(a[i], b[i]), MAX(c[i], d[i])), o[i]);
 }
 
 static int host_project(ab_ctx *c, void *arg) {
@@ -72,7 +83,9 @@ static int host_project_slices(ab_ctx *c, void *arg) {
   for (size_t c0 = 0; c0 < hw; c0 += CHUNK) {
     size_t n = hw - c0 < CHUNK ? hw - c0 : CHUNK;
     memcpy(o + c0, s[0] + c0, n * sizeof *o);
-    for (int z = 1; z < nz; z++) max_into(o + c0, s[z] + c0, n);
+    int z = 1;
+    for (; z + 4 <= nz; z += 4) max4_into(o + c0, s[z] + c0, s[z + 1] + c0, s[z + 2] + c0, s[z + 3] + c0, n);
+    for (; z < nz; z++) max_into(o + c0, s[z] + c0, n);
   }
   return ab_ctx_set_output(c, out);
 }
@@ -90,52 +103,97 @@ static uint16_t cut_window(const uint16_t *in, int64_t at, int64_t n, int64_t st
   return (uint16_t)((a + s / 2) / s);
 }
 
-/* acc[x] = sum over i of w[i] * (a_i[x] + b_i[x]), where the rows a_i, b_i are given by the caller
- * through `left` and `right` offsets from `in` (in elements) with `stride` between taps. */
-VECTOR static void taps(uint32_t *restrict acc, const uint16_t *restrict in, int64_t n, int64_t stride,
-                        const screen_pipeline *p) {
-  uint32_t w0 = p->weight[0];
-  for (int64_t x = 0; x < n; x++) acc[x] = w0 * in[x];
-  for (int i = 1; i <= p->radius; i++) {
-    uint32_t w = p->weight[i];
-    const uint16_t *l = in - i * stride, *r = in + i * stride;
-    for (int64_t x = 0; x < n; x++) acc[x] += w * ((uint32_t)l[x] + r[x]);
+/* Eight lanes of 32 bits: one AVX2 register (two SSE2 ones); load8 reads one from anywhere. */
+typedef uint32_t u32x8 __attribute__((vector_size(32)));
+typedef uint32_t u32x8_any __attribute__((vector_size(32), aligned(4), may_alias));
+typedef uint16_t u16x8 __attribute__((vector_size(16)));
+#define load8(at) (*(const u32x8_any *)(at))
+#define INLINE __attribute__((always_inline)) static inline
+
+/* The whole window at in[0] .. in[31], taps s apart, before rounding: four registers of sums
+ * that stay in registers through every tap and do not wait on each other. */
+INLINE void window32(u32x8 a[4], const uint32_t *in, int64_t s, const uint32_t *w, int r) {
+  for (int k = 0; k < 4; k++) a[k] = w[0] * load8(in + 8 * k);
+  for (int i = 1; i <= r; i++) {
+    uint32_t wi = w[i];
+    const uint32_t *lo = in - i * s, *hi = in + i * s;
+    for (int k = 0; k < 4; k++) a[k] += wi * (load8(lo + 8 * k) + load8(hi + 8 * k));
   }
 }
 
-VECTOR static void round_out(uint16_t *restrict o, const uint32_t *restrict acc, int64_t n) {
-  for (int64_t x = 0; x < n; x++) o[x] = (uint16_t)((acc[x] + SCREEN_WEIGHT_ONE / 2) >> 14);
+static inline uint32_t window1(const uint32_t *in, int64_t s, const uint32_t *w, int r) {
+  uint32_t a = w[0] * in[0];
+  for (int i = 1; i <= r; i++) a += w[i] * (in[-i * s] + in[i * s]);
+  return a;
+}
+
+#define ROUND(a) (((a) + SCREEN_WEIGHT_ONE / 2) >> 14)
+
+/* The rows' pass where the window fits: t[x] for n positions, from the widened row `in`. */
+VECTOR static void fir_rows(uint32_t *restrict t, const uint32_t *restrict in, int64_t n, const uint32_t *w, int r) {
+  int64_t x = 0;
+  for (; x + 32 <= n; x += 32) {
+    u32x8 a[4];
+    window32(a, in + x, 1, w, r);
+    for (int k = 0; k < 4; k++) {
+      u32x8 v = ROUND(a[k]);
+      memcpy(t + x + 8 * k, &v, sizeof v);
+    }
+  }
+  for (; x < n; x++) t[x] = ROUND(window1(in + x, 1, w, r));
+}
+
+/* The columns' pass where the window fits: one output row of n from t's rows, s apart. */
+VECTOR static void fir_cols(uint16_t *restrict o, const uint32_t *restrict t, int64_t n, int64_t s, const uint32_t *w,
+                            int r) {
+  int64_t x = 0;
+  for (; x + 32 <= n; x += 32) {
+    u32x8 a[4];
+    window32(a, t + x, s, w, r);
+    for (int k = 0; k < 4; k++) {
+      u16x8 v = __builtin_convertvector(ROUND(a[k]), u16x8);
+      memcpy(o + x + 8 * k, &v, sizeof v);
+    }
+  }
+  for (; x < n; x++) o[x] = (uint16_t)ROUND(window1(t + x, s, w, r));
+}
+
+VECTOR static void widen(uint32_t *restrict o, const uint16_t *restrict in, int64_t n) {
+  for (int64_t x = 0; x < n; x++) o[x] = in[x];
 }
 
 /* A row near the top or bottom: the rows [y + jlo, y + jhi] of t, weighted, over their weight sum. */
-VECTOR static void cut_rows(uint16_t *restrict o, uint32_t *restrict acc, const uint16_t *restrict t, int64_t w,
+VECTOR static void cut_rows(uint16_t *restrict o, uint32_t *restrict acc, const uint32_t *restrict t, int64_t w,
                             int jlo, int jhi, const screen_pipeline *p) {
   uint32_t s = 0;
   for (int64_t x = 0; x < w; x++) acc[x] = 0;
   for (int j = jlo; j <= jhi; j++) {
     uint32_t k = p->weight[j < 0 ? -j : j];
-    const uint16_t *row = t + j * w;
+    const uint32_t *row = t + j * w;
     s += k;
     for (int64_t x = 0; x < w; x++) acc[x] += k * row[x];
   }
   for (int64_t x = 0; x < w; x++) o[x] = (uint16_t)((acc[x] + s / 2) / s);
 }
 
-/* One row along x: the interior through the folded taps, the r columns at each end cut. */
-static void row_pass(const uint16_t *in, uint16_t *out, int64_t w, uint32_t *acc, const screen_pipeline *p) {
+/* One row along x into t: the interior through the window, the r columns at each end cut. */
+static void row_pass(const uint16_t *in, uint32_t *t, int64_t w, uint32_t *wide, const uint32_t *wt,
+                     const screen_pipeline *p) {
   int64_t r = p->radius;
   if (w <= 2 * r) {
-    for (int64_t x = 0; x < w; x++) out[x] = cut_window(in, x, w, 1, p);
+    for (int64_t x = 0; x < w; x++) t[x] = cut_window(in, x, w, 1, p);
     return;
   }
-  taps(acc, in + r, w - 2 * r, 1, p);
-  round_out(out + r, acc, w - 2 * r);
+  widen(wide, in, w);
+  fir_rows(t + r, wide + r, w - 2 * r, wt, (int)r);
   for (int64_t x = 0; x < r; x++) {
-    out[x] = cut_window(in, x, w, 1, p);
-    out[w - 1 - x] = cut_window(in, w - 1 - x, w, 1, p);
+    t[x] = cut_window(in, x, w, 1, p);
+    t[w - 1 - x] = cut_window(in, w - 1 - x, w, 1, p);
   }
 }
 
+/* The rows' pass keeps its results in 32 bits (each below 2^16, as steps.h's t), so that the
+ * columns' taps load them without widening every one again. */
 static int host_filter(ab_ctx *c, void *arg) {
   const screen_pipeline *p = arg;
   const DLTensor *x;
@@ -145,8 +203,8 @@ static int host_filter(ab_ctx *c, void *arg) {
   if ((rc = ab_ctx_alloc_tensor(c, U16, 2, x->shape, &out)) != 0) return rc;
   int64_t h = x->shape[0], w = x->shape[1], r = p->radius;
   const uint16_t *v = u16_in(x);
-  uint16_t *o = ab_tensor_dl(out)->data, *t;
-  uint32_t *acc;
+  uint16_t *o = ab_tensor_dl(out)->data;
+  uint32_t *t, *acc, wt[SCREEN_MAX_RADIUS + 1];
   if ((rc = ab_ctx_alloc(c, (size_t)(h * w) * sizeof *t, (void **)&t)) != 0 ||
       (rc = ab_ctx_alloc(c, (size_t)w * sizeof *acc, (void **)&acc)) != 0) {
     ab_tensor_release(out);
@@ -156,14 +214,13 @@ static int host_filter(ab_ctx *c, void *arg) {
     memcpy(o, v, (size_t)(h * w) * sizeof *o);
     return ab_ctx_set_output(c, out);
   }
-  for (int64_t y = 0; y < h; y++) row_pass(v + y * w, t + y * w, w, acc, p);
+  for (int64_t i = 0; i <= r; i++) wt[i] = p->weight[i];
+  for (int64_t y = 0; y < h; y++) row_pass(v + y * w, t + y * w, w, acc, wt, p);
   for (int64_t y = 0; y < h; y++) {
-    if (y >= r && y < h - r) { /* the whole window fits: rows are vectors */
-      taps(acc, t + y * w, w, w, p);
-      round_out(o + y * w, acc, w);
-    } else {
+    if (y >= r && y < h - r) /* the whole window fits: rows are vectors */
+      fir_cols(o + y * w, t + y * w, w, w, wt, (int)r);
+    else
       cut_rows(o + y * w, acc, t + y * w, w, y - r < 0 ? (int)-y : (int)-r, y + r >= h ? (int)(h - 1 - y) : (int)r, p);
-    }
   }
   return ab_ctx_set_output(c, out);
 }

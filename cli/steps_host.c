@@ -6,11 +6,10 @@
  *   project    in chunks of 8 KiB of output, so the running maximum stays in L1 while every
  *              plane streams past it once, four planes a pass (the maximum is loaded and stored
  *              a quarter as often); straight from the loaded slices (no volume);
- *   filter     the separable passes over whole rows, with the symmetric weights folded
- *              (w[i] * (left + right)), 32 outputs at a time whose sums stay in registers
- *              through every tap; the rows' pass keeps its results in 32 bits for the columns'
- *              taps; only the r border columns and rows, where the window is cut, take the
- *              general (dividing) path;
+ *   filter     the separable passes over whole rows, 16-bit lanes with a pairwise multiply-add
+ *              per tap (below, at the filter), the sums in registers through every tap; only
+ *              the r border columns and rows, where the window is cut, take the general
+ *              (dividing) path;
  *   normalise  one pass for the histogram, then a 65536-entry table built without a division
  *              per value (quotient and remainder stepped exactly), then one pass through it.
  * Loops that vectorise are compiled for AVX2 as well where the compiler can (target_clones),
@@ -36,6 +35,12 @@ VECTOR static void max_into(uint16_t *restrict o, const uint16_t *restrict s, si
 }
 
 #define MAX(a, b) ((a) > (b) ? (a) : (b))
+
+/* The first four planes: the maximum starts from them. */
+VECTOR static void max4(uint16_t *restrict o, const uint16_t *restrict a, const uint16_t *restrict b,
+                        const uint16_t *restrict c, const uint16_t *restrict d, size_t n) {
+  for (size_t i = 0; i < n; i++) o[i] = MAX(MAX(a[i], b[i]), MAX(c[i], d[i]));
+}
 
 /* Four planes at a time: the running maximum is loaded and stored a quarter as often. */
 VECTOR static void max4_into(uint16_t *restrict o, const uint16_t *restrict a, const uint16_t *restrict b,
@@ -82,8 +87,13 @@ static int host_project_slices(ab_ctx *c, void *arg) {
   uint16_t *o = ab_tensor_dl(out)->data;
   for (size_t c0 = 0; c0 < hw; c0 += CHUNK) {
     size_t n = hw - c0 < CHUNK ? hw - c0 : CHUNK;
-    memcpy(o + c0, s[0] + c0, n * sizeof *o);
     int z = 1;
+    if (nz >= 4) {
+      max4(o + c0, s[0] + c0, s[1] + c0, s[2] + c0, s[3] + c0, n);
+      z = 4;
+    } else {
+      memcpy(o + c0, s[0] + c0, n * sizeof *o);
+    }
     for (; z + 4 <= nz; z += 4) max4_into(o + c0, s[z] + c0, s[z + 1] + c0, s[z + 2] + c0, s[z + 3] + c0, n);
     for (; z < nz; z++) max_into(o + c0, s[z] + c0, n);
   }
@@ -103,97 +113,102 @@ static uint16_t cut_window(const uint16_t *in, int64_t at, int64_t n, int64_t st
   return (uint16_t)((a + s / 2) / s);
 }
 
-/* Eight lanes of 32 bits: one AVX2 register (two SSE2 ones); load8 reads one from anywhere. */
-typedef uint32_t u32x8 __attribute__((vector_size(32)));
-typedef uint32_t u32x8_any __attribute__((vector_size(32), aligned(4), may_alias));
-typedef uint16_t u16x8 __attribute__((vector_size(16)));
-#define load8(at) (*(const u32x8_any *)(at))
-#define INLINE __attribute__((always_inline)) static inline
+/* The filter's interior in 16-bit lanes. A pixel v is kept as v ^ 0x8000, which read as int16
+ * is v - 32768: then one pairwise multiply-add (x86's pmaddwd) takes w[i] * (left + right) for
+ * a tap into a 32-bit sum, with no widening. The weights of a whole window sum to 1 << 14, so
+ * the sum of w * (v - 32768) is the true sum a less 2^29: adding 2^29 back gives steps.h's a
+ * exactly (|each product| <= 2^29, every partial sum within 32 bits). */
+#define BIAS 0x8000u
+#define BACK ((1u << 29) + SCREEN_WEIGHT_ONE / 2) /* the bias back, and steps.h's rounding */
 
-/* The whole window at in[0] .. in[31], taps s apart, before rounding: four registers of sums
- * that stay in registers through every tap and do not wait on each other. */
-INLINE void window32(u32x8 a[4], const uint32_t *in, int64_t s, const uint32_t *w, int r) {
-  for (int k = 0; k < 4; k++) a[k] = w[0] * load8(in + 8 * k);
-  for (int i = 1; i <= r; i++) {
-    uint32_t wi = w[i];
-    const uint32_t *lo = in - i * s, *hi = in + i * s;
-    for (int k = 0; k < 4; k++) a[k] += wi * (load8(lo + 8 * k) + load8(hi + 8 * k));
+/* o[x] = (a + 8192) >> 14, then ^ flip, for n positions: the window at c[x], taps s apart, over
+ * biased values. One position at a time; the vector version below does the bulk. */
+static void window_line_c(uint16_t *o, const uint16_t *c, int64_t n, int64_t s, const uint16_t *w, int r,
+                          uint16_t flip) {
+  for (int64_t x = 0; x < n; x++) {
+    int32_t a = w[0] * (int16_t)c[x];
+    for (int i = 1; i <= r; i++) a += w[i] * ((int16_t)c[x - i * s] + (int16_t)c[x + i * s]);
+    o[x] = (uint16_t)(((uint32_t)a + BACK) >> 14) ^ flip;
   }
 }
 
-static inline uint32_t window1(const uint32_t *in, int64_t s, const uint32_t *w, int r) {
-  uint32_t a = w[0] * in[0];
-  for (int i = 1; i <= r; i++) a += w[i] * (in[-i * s] + in[i * s]);
-  return a;
-}
+#if (defined(__x86_64__) || defined(__i386__)) && (defined(__GNUC__) || defined(__clang__))
+#include <immintrin.h>
+#define HAVE_AVX2_LINE 1
 
-#define ROUND(a) (((a) + SCREEN_WEIGHT_ONE / 2) >> 14)
-
-/* The rows' pass where the window fits: t[x] for n positions, from the widened row `in`. */
-VECTOR static void fir_rows(uint32_t *restrict t, const uint32_t *restrict in, int64_t n, const uint32_t *w, int r) {
+/* 16 positions a step: the two taps of a pair interleaved (unpack), multiplied by (w, w) and
+ * added (madd); the halves come out as pixels 0-3, 8-11 and 4-7, 12-15, which pack puts back in
+ * order. The rest one at a time. */
+__attribute__((target("avx2"))) static void window_line_avx2(uint16_t *o, const uint16_t *c, int64_t n, int64_t s,
+                                                             const uint16_t *w, int r, uint16_t flip) {
+  const __m256i back = _mm256_set1_epi32((int)BACK), zero = _mm256_setzero_si256();
+  const __m256i fl = _mm256_set1_epi16((short)flip), w0 = _mm256_set1_epi32(w[0]);
+  __m256i wv[SCREEN_MAX_RADIUS + 1]; /* (w[i], w[i]) in every pair, made once a line */
+  for (int i = 1; i <= r; i++) wv[i] = _mm256_set1_epi32((int)(w[i] | (uint32_t)w[i] << 16));
   int64_t x = 0;
-  for (; x + 32 <= n; x += 32) {
-    u32x8 a[4];
-    window32(a, in + x, 1, w, r);
-    for (int k = 0; k < 4; k++) {
-      u32x8 v = ROUND(a[k]);
-      memcpy(t + x + 8 * k, &v, sizeof v);
+  for (; x + 16 <= n; x += 16) {
+    __m256i m = _mm256_loadu_si256((const __m256i *)(c + x));
+    __m256i lo = _mm256_madd_epi16(_mm256_unpacklo_epi16(m, zero), w0);
+    __m256i hi = _mm256_madd_epi16(_mm256_unpackhi_epi16(m, zero), w0);
+    for (int i = 1; i <= r; i++) {
+      __m256i l = _mm256_loadu_si256((const __m256i *)(c + x - i * s));
+      __m256i h = _mm256_loadu_si256((const __m256i *)(c + x + i * s));
+      lo = _mm256_add_epi32(lo, _mm256_madd_epi16(_mm256_unpacklo_epi16(l, h), wv[i]));
+      hi = _mm256_add_epi32(hi, _mm256_madd_epi16(_mm256_unpackhi_epi16(l, h), wv[i]));
     }
+    lo = _mm256_srli_epi32(_mm256_add_epi32(lo, back), 14);
+    hi = _mm256_srli_epi32(_mm256_add_epi32(hi, back), 14);
+    _mm256_storeu_si256((__m256i *)(o + x), _mm256_xor_si256(_mm256_packus_epi32(lo, hi), fl));
   }
-  for (; x < n; x++) t[x] = ROUND(window1(in + x, 1, w, r));
+  window_line_c(o + x, c + x, n - x, s, w, r, flip);
+}
+#endif
+
+typedef void window_line_fn(uint16_t *, const uint16_t *, int64_t, int64_t, const uint16_t *, int, uint16_t);
+
+static window_line_fn *window_line(void) {
+#ifdef HAVE_AVX2_LINE
+  if (__builtin_cpu_supports("avx2")) return window_line_avx2;
+#endif
+  return window_line_c;
 }
 
-/* The columns' pass where the window fits: one output row of n from t's rows, s apart. */
-VECTOR static void fir_cols(uint16_t *restrict o, const uint32_t *restrict t, int64_t n, int64_t s, const uint32_t *w,
-                            int r) {
-  int64_t x = 0;
-  for (; x + 32 <= n; x += 32) {
-    u32x8 a[4];
-    window32(a, t + x, s, w, r);
-    for (int k = 0; k < 4; k++) {
-      u16x8 v = __builtin_convertvector(ROUND(a[k]), u16x8);
-      memcpy(o + x + 8 * k, &v, sizeof v);
-    }
-  }
-  for (; x < n; x++) o[x] = (uint16_t)ROUND(window1(t + x, s, w, r));
+VECTOR static void flip_row(uint16_t *restrict o, const uint16_t *restrict in, int64_t n) {
+  for (int64_t x = 0; x < n; x++) o[x] = in[x] ^ BIAS;
 }
 
-VECTOR static void widen(uint32_t *restrict o, const uint16_t *restrict in, int64_t n) {
-  for (int64_t x = 0; x < n; x++) o[x] = in[x];
-}
-
-/* A row near the top or bottom: the rows [y + jlo, y + jhi] of t, weighted, over their weight sum. */
-VECTOR static void cut_rows(uint16_t *restrict o, uint32_t *restrict acc, const uint32_t *restrict t, int64_t w,
+/* A row near the top or bottom: the rows [y + jlo, y + jhi] of t (biased), weighted, over their
+ * weight sum. */
+VECTOR static void cut_rows(uint16_t *restrict o, uint32_t *restrict acc, const uint16_t *restrict t, int64_t w,
                             int jlo, int jhi, const screen_pipeline *p) {
   uint32_t s = 0;
   for (int64_t x = 0; x < w; x++) acc[x] = 0;
   for (int j = jlo; j <= jhi; j++) {
     uint32_t k = p->weight[j < 0 ? -j : j];
-    const uint32_t *row = t + j * w;
+    const uint16_t *row = t + j * w;
     s += k;
-    for (int64_t x = 0; x < w; x++) acc[x] += k * row[x];
+    for (int64_t x = 0; x < w; x++) acc[x] += k * (uint32_t)(row[x] ^ BIAS);
   }
   for (int64_t x = 0; x < w; x++) o[x] = (uint16_t)((acc[x] + s / 2) / s);
 }
 
-/* One row along x into t: the interior through the window, the r columns at each end cut. */
-static void row_pass(const uint16_t *in, uint32_t *t, int64_t w, uint32_t *wide, const uint32_t *wt,
+/* One row along x into t (biased): the interior through the window, the r columns at each end
+ * cut. */
+static void row_pass(const uint16_t *in, uint16_t *t, int64_t w, uint16_t *row, window_line_fn *line,
                      const screen_pipeline *p) {
   int64_t r = p->radius;
   if (w <= 2 * r) {
-    for (int64_t x = 0; x < w; x++) t[x] = cut_window(in, x, w, 1, p);
+    for (int64_t x = 0; x < w; x++) t[x] = cut_window(in, x, w, 1, p) ^ BIAS;
     return;
   }
-  widen(wide, in, w);
-  fir_rows(t + r, wide + r, w - 2 * r, wt, (int)r);
+  flip_row(row, in, w);
+  line(t + r, row + r, w - 2 * r, 1, p->weight, (int)r, BIAS);
   for (int64_t x = 0; x < r; x++) {
-    t[x] = cut_window(in, x, w, 1, p);
-    t[w - 1 - x] = cut_window(in, w - 1 - x, w, 1, p);
+    t[x] = cut_window(in, x, w, 1, p) ^ BIAS;
+    t[w - 1 - x] = cut_window(in, w - 1 - x, w, 1, p) ^ BIAS;
   }
 }
 
-/* The rows' pass keeps its results in 32 bits (each below 2^16, as steps.h's t), so that the
- * columns' taps load them without widening every one again. */
 static int host_filter(ab_ctx *c, void *arg) {
   const screen_pipeline *p = arg;
   const DLTensor *x;
@@ -203,9 +218,10 @@ static int host_filter(ab_ctx *c, void *arg) {
   if ((rc = ab_ctx_alloc_tensor(c, U16, 2, x->shape, &out)) != 0) return rc;
   int64_t h = x->shape[0], w = x->shape[1], r = p->radius;
   const uint16_t *v = u16_in(x);
-  uint16_t *o = ab_tensor_dl(out)->data;
-  uint32_t *t, *acc, wt[SCREEN_MAX_RADIUS + 1];
+  uint16_t *o = ab_tensor_dl(out)->data, *t, *row;
+  uint32_t *acc;
   if ((rc = ab_ctx_alloc(c, (size_t)(h * w) * sizeof *t, (void **)&t)) != 0 ||
+      (rc = ab_ctx_alloc(c, (size_t)w * sizeof *row, (void **)&row)) != 0 ||
       (rc = ab_ctx_alloc(c, (size_t)w * sizeof *acc, (void **)&acc)) != 0) {
     ab_tensor_release(out);
     return rc;
@@ -214,11 +230,11 @@ static int host_filter(ab_ctx *c, void *arg) {
     memcpy(o, v, (size_t)(h * w) * sizeof *o);
     return ab_ctx_set_output(c, out);
   }
-  for (int64_t i = 0; i <= r; i++) wt[i] = p->weight[i];
-  for (int64_t y = 0; y < h; y++) row_pass(v + y * w, t + y * w, w, acc, wt, p);
+  window_line_fn *line = window_line();
+  for (int64_t y = 0; y < h; y++) row_pass(v + y * w, t + y * w, w, row, line, p);
   for (int64_t y = 0; y < h; y++) {
     if (y >= r && y < h - r) /* the whole window fits: rows are vectors */
-      fir_cols(o + y * w, t + y * w, w, w, wt, (int)r);
+      line(o + y * w, t + y * w, w, w, p->weight, (int)r, 0);
     else
       cut_rows(o + y * w, acc, t + y * w, w, y - r < 0 ? (int)-y : (int)-r, y + r >= h ? (int)(h - 1 - y) : (int)r, p);
   }

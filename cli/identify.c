@@ -75,7 +75,7 @@ static void flood(image *m, int64_t i, screen_object *o) {
   m->stack[top++] = (int32_t)i;
   m->left[i] = 0;
   while (top > 0) {
-    int64_t q = m->stack[--top], y = q / w, x = q % w;
+    int64_t q = m->stack[--top], y = (uint32_t)q / (uint32_t)w, x = q - y * w; /* n < 2^31: 32-bit division */
     o->area++;
     o->sum_x += x, o->sum_y += y;
     for (int c = 0; c < m->nch; c++) o->sum[c] += m->ch[c][q];
@@ -163,6 +163,7 @@ int identify_task(ab_ctx *c, void *arg) {
     if (k > 0) m.ch[k - 1] = data_of(t);
   }
   int64_t n = m.h * m.w;
+  if (n > INT32_MAX) return AB_ESHAPE; /* the flood's stack holds pixel indices in 32 bits */
   int rc = ab_ctx_alloc(c, (size_t)n, (void **)&m.left);
   if (rc == 0) rc = ab_ctx_alloc(c, (size_t)n * sizeof *m.stack, (void **)&m.stack);
   if (rc != 0) return rc;

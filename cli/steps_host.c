@@ -138,9 +138,11 @@ static void window_line_c(uint16_t *o, const uint16_t *c, int64_t n, int64_t s, 
 
 /* 16 positions a step: the two taps of a pair interleaved (unpack), multiplied by (w, w) and
  * added (madd); the halves come out as pixels 0-3, 8-11 and 4-7, 12-15, which pack puts back in
- * order. The rest one at a time. */
-__attribute__((target("avx2"))) static void window_line_avx2(uint16_t *o, const uint16_t *c, int64_t n, int64_t s,
-                                                             const uint16_t *w, int r, uint16_t flip) {
+ * order. The rest one at a time. Inlined with r a constant for the usual radii (below), so the
+ * taps unroll and their weights stay in registers. */
+__attribute__((target("avx2"), always_inline)) static inline void window_avx2(uint16_t *o, const uint16_t *c, int64_t n,
+                                                                            int64_t s, const uint16_t *w, const int r,
+                                                                            uint16_t flip) {
   const __m256i back = _mm256_set1_epi32((int)BACK), zero = _mm256_setzero_si256();
   const __m256i fl = _mm256_set1_epi16((short)flip), w0 = _mm256_set1_epi32(w[0]);
   __m256i wv[SCREEN_MAX_RADIUS + 1]; /* (w[i], w[i]) in every pair, made once a line */
@@ -150,6 +152,7 @@ __attribute__((target("avx2"))) static void window_line_avx2(uint16_t *o, const 
     __m256i m = _mm256_loadu_si256((const __m256i *)(c + x));
     __m256i lo = _mm256_madd_epi16(_mm256_unpacklo_epi16(m, zero), w0);
     __m256i hi = _mm256_madd_epi16(_mm256_unpackhi_epi16(m, zero), w0);
+#pragma GCC unroll 16
     for (int i = 1; i <= r; i++) {
       __m256i l = _mm256_loadu_si256((const __m256i *)(c + x - i * s));
       __m256i h = _mm256_loadu_si256((const __m256i *)(c + x + i * s));
@@ -161,6 +164,21 @@ __attribute__((target("avx2"))) static void window_line_avx2(uint16_t *o, const 
     _mm256_storeu_si256((__m256i *)(o + x), _mm256_xor_si256(_mm256_packus_epi32(lo, hi), fl));
   }
   window_line_c(o + x, c + x, n - x, s, w, r, flip);
+}
+
+__attribute__((target("avx2"))) static void window_line_avx2(uint16_t *o, const uint16_t *c, int64_t n, int64_t s,
+                                                             const uint16_t *w, int r, uint16_t flip) {
+  switch (r) { /* filter sizes up to 4.5 pixels */
+  case 1: window_avx2(o, c, n, s, w, 1, flip); break;
+  case 2: window_avx2(o, c, n, s, w, 2, flip); break;
+  case 3: window_avx2(o, c, n, s, w, 3, flip); break;
+  case 4: window_avx2(o, c, n, s, w, 4, flip); break;
+  case 5: window_avx2(o, c, n, s, w, 5, flip); break;
+  case 6: window_avx2(o, c, n, s, w, 6, flip); break;
+  case 7: window_avx2(o, c, n, s, w, 7, flip); break;
+  case 8: window_avx2(o, c, n, s, w, 8, flip); break;
+  default: window_avx2(o, c, n, s, w, r, flip); break;
+  }
 }
 #endif
 

@@ -1,13 +1,15 @@
 /*
  * cli/steps_host.c: the pipeline's steps on the host device (see steps.h for the arithmetic).
  *
- * Each step is one or two passes over memory that run at about memory speed (bench/run
- * screen_roofline measures them against memcpy):
+ * Each step is one or two passes over memory (bench/run screen_roofline measures the chain
+ * against memcpy):
  *   project    in chunks of 8 KiB of output, so the running maximum stays in L1 while every
- *              plane streams past it once; straight from the loaded slices (no volume);
- *   filter     the separable passes over whole rows, with the symmetric weights folded
- *              (w[i] * (left + right)), so the compiler vectorises them; only the r border
- *              columns and rows, where the window is cut, take the general (dividing) path;
+ *              plane streams past it once, four planes a pass (the maximum is loaded and stored
+ *              a quarter as often); straight from the loaded slices (no volume);
+ *   filter     the separable passes over whole rows, 16-bit lanes with a pairwise multiply-add
+ *              per tap (below, at the filter), the sums in registers through every tap; only
+ *              the r border columns and rows, where the window is cut, take the general
+ *              (dividing) path;
  *   normalise  one pass for the histogram, then a 65536-entry table built without a division
  *              per value (quotient and remainder stepped exactly), then one pass through it.
  * Loops that vectorise are compiled for AVX2 as well where the compiler can (target_clones),
@@ -17,13 +19,7 @@
 #include <string.h>
 
 #include "cli/steps.h"
-
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(__SANITIZE_ADDRESS__) && \
-    !defined(__SANITIZE_THREAD__)
-#define VECTOR __attribute__((target_clones("avx2", "default")))
-#else
-#define VECTOR
-#endif
+#include "cli/vector.h"
 
 static const DLDataType U16 = {kDLUInt, 16, 1};
 
@@ -36,6 +32,20 @@ static const uint16_t *u16_in(const DLTensor *x) {
 
 VECTOR static void max_into(uint16_t *restrict o, const uint16_t *restrict s, size_t n) {
   for (size_t i = 0; i < n; i++) o[i] = s[i] > o[i] ? s[i] : o[i];
+}
+
+#define MAX(a, b) ((a) > (b) ? (a) : (b))
+
+/* The first four planes: the maximum starts from them. */
+VECTOR static void max4(uint16_t *restrict o, const uint16_t *restrict a, const uint16_t *restrict b,
+                        const uint16_t *restrict c, const uint16_t *restrict d, size_t n) {
+  for (size_t i = 0; i < n; i++) o[i] = MAX(MAX(a[i], b[i]), MAX(c[i], d[i]));
+}
+
+/* Four planes at a time: the running maximum is loaded and stored a quarter as often. */
+VECTOR static void max4_into(uint16_t *restrict o, const uint16_t *restrict a, const uint16_t *restrict b,
+                             const uint16_t *restrict c, const uint16_t *restrict d, size_t n) {
+  for (size_t i = 0; i < n; i++) o[i] = MAX(MAX(MAX(a[i], b[i]), MAX(c[i], d[i])), o[i]);
 }
 
 static int host_project(ab_ctx *c, void *arg) {
@@ -77,8 +87,15 @@ static int host_project_slices(ab_ctx *c, void *arg) {
   uint16_t *o = ab_tensor_dl(out)->data;
   for (size_t c0 = 0; c0 < hw; c0 += CHUNK) {
     size_t n = hw - c0 < CHUNK ? hw - c0 : CHUNK;
-    memcpy(o + c0, s[0] + c0, n * sizeof *o);
-    for (int z = 1; z < nz; z++) max_into(o + c0, s[z] + c0, n);
+    int z = 1;
+    if (nz >= 4) {
+      max4(o + c0, s[0] + c0, s[1] + c0, s[2] + c0, s[3] + c0, n);
+      z = 4;
+    } else {
+      memcpy(o + c0, s[0] + c0, n * sizeof *o);
+    }
+    for (; z + 4 <= nz; z += 4) max4_into(o + c0, s[z] + c0, s[z + 1] + c0, s[z + 2] + c0, s[z + 3] + c0, n);
+    for (; z < nz; z++) max_into(o + c0, s[z] + c0, n);
   }
   return ab_ctx_set_output(c, out);
 }
@@ -96,24 +113,90 @@ static uint16_t cut_window(const uint16_t *in, int64_t at, int64_t n, int64_t st
   return (uint16_t)((a + s / 2) / s);
 }
 
-/* acc[x] = sum over i of w[i] * (a_i[x] + b_i[x]), where the rows a_i, b_i are given by the caller
- * through `left` and `right` offsets from `in` (in elements) with `stride` between taps. */
-VECTOR static void taps(uint32_t *restrict acc, const uint16_t *restrict in, int64_t n, int64_t stride,
-                        const screen_pipeline *p) {
-  uint32_t w0 = p->weight[0];
-  for (int64_t x = 0; x < n; x++) acc[x] = w0 * in[x];
-  for (int i = 1; i <= p->radius; i++) {
-    uint32_t w = p->weight[i];
-    const uint16_t *l = in - i * stride, *r = in + i * stride;
-    for (int64_t x = 0; x < n; x++) acc[x] += w * ((uint32_t)l[x] + r[x]);
+/* The filter's interior in 16-bit lanes. A pixel v is kept as v ^ 0x8000, which read as int16
+ * is v - 32768: then one pairwise multiply-add (x86's pmaddwd) takes w[i] * (left + right) for
+ * a tap into a 32-bit sum, with no widening. The weights of a whole window sum to 1 << 14, so
+ * the sum of w * (v - 32768) is the true sum a less 2^29: adding 2^29 back gives steps.h's a
+ * exactly (|each product| <= 2^29, every partial sum within 32 bits). */
+#define BIAS 0x8000u
+#define BACK ((1u << 29) + SCREEN_WEIGHT_ONE / 2) /* the bias back, and steps.h's rounding */
+
+/* o[x] = (a + 8192) >> 14, then ^ flip, for n positions: the window at c[x], taps s apart, over
+ * biased values. One position at a time; the vector version below does the bulk. */
+static void window_line_c(uint16_t *o, const uint16_t *c, int64_t n, int64_t s, const uint16_t *w, int r,
+                          uint16_t flip) {
+  for (int64_t x = 0; x < n; x++) {
+    int32_t a = w[0] * (int16_t)c[x];
+    for (int i = 1; i <= r; i++) a += w[i] * ((int16_t)c[x - i * s] + (int16_t)c[x + i * s]);
+    o[x] = (uint16_t)(((uint32_t)a + BACK) >> 14) ^ flip;
   }
 }
 
-VECTOR static void round_out(uint16_t *restrict o, const uint32_t *restrict acc, int64_t n) {
-  for (int64_t x = 0; x < n; x++) o[x] = (uint16_t)((acc[x] + SCREEN_WEIGHT_ONE / 2) >> 14);
+#if (defined(__x86_64__) || defined(__i386__)) && (defined(__GNUC__) || defined(__clang__))
+#include <immintrin.h>
+#define HAVE_AVX2_LINE 1
+
+/* 16 positions a step: the two taps of a pair interleaved (unpack), multiplied by (w, w) and
+ * added (madd); the halves come out as pixels 0-3, 8-11 and 4-7, 12-15, which pack puts back in
+ * order. The rest one at a time. Inlined with r a constant for the usual radii (below), so the
+ * taps unroll and their weights stay in registers. */
+__attribute__((target("avx2"), always_inline)) static inline void window_avx2(uint16_t *o, const uint16_t *c, int64_t n,
+                                                                            int64_t s, const uint16_t *w, const int r,
+                                                                            uint16_t flip) {
+  const __m256i back = _mm256_set1_epi32((int)BACK), zero = _mm256_setzero_si256();
+  const __m256i fl = _mm256_set1_epi16((short)flip), w0 = _mm256_set1_epi32(w[0]);
+  __m256i wv[SCREEN_MAX_RADIUS + 1]; /* (w[i], w[i]) in every pair, made once a line */
+  for (int i = 1; i <= r; i++) wv[i] = _mm256_set1_epi32((int)(w[i] | (uint32_t)w[i] << 16));
+  int64_t x = 0;
+  for (; x + 16 <= n; x += 16) {
+    __m256i m = _mm256_loadu_si256((const __m256i *)(c + x));
+    __m256i lo = _mm256_madd_epi16(_mm256_unpacklo_epi16(m, zero), w0);
+    __m256i hi = _mm256_madd_epi16(_mm256_unpackhi_epi16(m, zero), w0);
+#pragma GCC unroll 16
+    for (int i = 1; i <= r; i++) {
+      __m256i l = _mm256_loadu_si256((const __m256i *)(c + x - i * s));
+      __m256i h = _mm256_loadu_si256((const __m256i *)(c + x + i * s));
+      lo = _mm256_add_epi32(lo, _mm256_madd_epi16(_mm256_unpacklo_epi16(l, h), wv[i]));
+      hi = _mm256_add_epi32(hi, _mm256_madd_epi16(_mm256_unpackhi_epi16(l, h), wv[i]));
+    }
+    lo = _mm256_srli_epi32(_mm256_add_epi32(lo, back), 14);
+    hi = _mm256_srli_epi32(_mm256_add_epi32(hi, back), 14);
+    _mm256_storeu_si256((__m256i *)(o + x), _mm256_xor_si256(_mm256_packus_epi32(lo, hi), fl));
+  }
+  window_line_c(o + x, c + x, n - x, s, w, r, flip);
 }
 
-/* A row near the top or bottom: the rows [y + jlo, y + jhi] of t, weighted, over their weight sum. */
+__attribute__((target("avx2"))) static void window_line_avx2(uint16_t *o, const uint16_t *c, int64_t n, int64_t s,
+                                                             const uint16_t *w, int r, uint16_t flip) {
+  switch (r) { /* filter sizes up to 4.5 pixels */
+  case 1: window_avx2(o, c, n, s, w, 1, flip); break;
+  case 2: window_avx2(o, c, n, s, w, 2, flip); break;
+  case 3: window_avx2(o, c, n, s, w, 3, flip); break;
+  case 4: window_avx2(o, c, n, s, w, 4, flip); break;
+  case 5: window_avx2(o, c, n, s, w, 5, flip); break;
+  case 6: window_avx2(o, c, n, s, w, 6, flip); break;
+  case 7: window_avx2(o, c, n, s, w, 7, flip); break;
+  case 8: window_avx2(o, c, n, s, w, 8, flip); break;
+  default: window_avx2(o, c, n, s, w, r, flip); break;
+  }
+}
+#endif
+
+typedef void window_line_fn(uint16_t *, const uint16_t *, int64_t, int64_t, const uint16_t *, int, uint16_t);
+
+static window_line_fn *window_line(void) {
+#ifdef HAVE_AVX2_LINE
+  if (__builtin_cpu_supports("avx2")) return window_line_avx2;
+#endif
+  return window_line_c;
+}
+
+VECTOR static void flip_row(uint16_t *restrict o, const uint16_t *restrict in, int64_t n) {
+  for (int64_t x = 0; x < n; x++) o[x] = in[x] ^ BIAS;
+}
+
+/* A row near the top or bottom: the rows [y + jlo, y + jhi] of t (biased), weighted, over their
+ * weight sum. */
 VECTOR static void cut_rows(uint16_t *restrict o, uint32_t *restrict acc, const uint16_t *restrict t, int64_t w,
                             int jlo, int jhi, const screen_pipeline *p) {
   uint32_t s = 0;
@@ -122,23 +205,25 @@ VECTOR static void cut_rows(uint16_t *restrict o, uint32_t *restrict acc, const 
     uint32_t k = p->weight[j < 0 ? -j : j];
     const uint16_t *row = t + j * w;
     s += k;
-    for (int64_t x = 0; x < w; x++) acc[x] += k * row[x];
+    for (int64_t x = 0; x < w; x++) acc[x] += k * (uint32_t)(row[x] ^ BIAS);
   }
   for (int64_t x = 0; x < w; x++) o[x] = (uint16_t)((acc[x] + s / 2) / s);
 }
 
-/* One row along x: the interior through the folded taps, the r columns at each end cut. */
-static void row_pass(const uint16_t *in, uint16_t *out, int64_t w, uint32_t *acc, const screen_pipeline *p) {
+/* One row along x into t (biased): the interior through the window, the r columns at each end
+ * cut. */
+static void row_pass(const uint16_t *in, uint16_t *t, int64_t w, uint16_t *row, window_line_fn *line,
+                     const screen_pipeline *p) {
   int64_t r = p->radius;
   if (w <= 2 * r) {
-    for (int64_t x = 0; x < w; x++) out[x] = cut_window(in, x, w, 1, p);
+    for (int64_t x = 0; x < w; x++) t[x] = cut_window(in, x, w, 1, p) ^ BIAS;
     return;
   }
-  taps(acc, in + r, w - 2 * r, 1, p);
-  round_out(out + r, acc, w - 2 * r);
+  flip_row(row, in, w);
+  line(t + r, row + r, w - 2 * r, 1, p->weight, (int)r, BIAS);
   for (int64_t x = 0; x < r; x++) {
-    out[x] = cut_window(in, x, w, 1, p);
-    out[w - 1 - x] = cut_window(in, w - 1 - x, w, 1, p);
+    t[x] = cut_window(in, x, w, 1, p) ^ BIAS;
+    t[w - 1 - x] = cut_window(in, w - 1 - x, w, 1, p) ^ BIAS;
   }
 }
 
@@ -151,9 +236,10 @@ static int host_filter(ab_ctx *c, void *arg) {
   if ((rc = ab_ctx_alloc_tensor(c, U16, 2, x->shape, &out)) != 0) return rc;
   int64_t h = x->shape[0], w = x->shape[1], r = p->radius;
   const uint16_t *v = u16_in(x);
-  uint16_t *o = ab_tensor_dl(out)->data, *t;
+  uint16_t *o = ab_tensor_dl(out)->data, *t, *row;
   uint32_t *acc;
   if ((rc = ab_ctx_alloc(c, (size_t)(h * w) * sizeof *t, (void **)&t)) != 0 ||
+      (rc = ab_ctx_alloc(c, (size_t)w * sizeof *row, (void **)&row)) != 0 ||
       (rc = ab_ctx_alloc(c, (size_t)w * sizeof *acc, (void **)&acc)) != 0) {
     ab_tensor_release(out);
     return rc;
@@ -162,14 +248,13 @@ static int host_filter(ab_ctx *c, void *arg) {
     memcpy(o, v, (size_t)(h * w) * sizeof *o);
     return ab_ctx_set_output(c, out);
   }
-  for (int64_t y = 0; y < h; y++) row_pass(v + y * w, t + y * w, w, acc, p);
+  window_line_fn *line = window_line();
+  for (int64_t y = 0; y < h; y++) row_pass(v + y * w, t + y * w, w, row, line, p);
   for (int64_t y = 0; y < h; y++) {
-    if (y >= r && y < h - r) { /* the whole window fits: rows are vectors */
-      taps(acc, t + y * w, w, w, p);
-      round_out(o + y * w, acc, w);
-    } else {
+    if (y >= r && y < h - r) /* the whole window fits: rows are vectors */
+      line(o + y * w, t + y * w, w, w, p->weight, (int)r, 0);
+    else
       cut_rows(o + y * w, acc, t + y * w, w, y - r < 0 ? (int)-y : (int)-r, y + r >= h ? (int)(h - 1 - y) : (int)r, p);
-    }
   }
   return ab_ctx_set_output(c, out);
 }

@@ -267,7 +267,9 @@ static screen_pipeline pipeline(double filter_size, uint32_t p_lo, uint32_t p_hi
  * are no multiple of eight pixels (the kernels' one-pixel path). */
 static const int64_t sizes[][3] = {{8, 96, 80}, {1, 64, 64}, {3, 1, 17}, {2, 19, 1}, {1, 1, 1}, {5, 33, 257},
                                    {2, 70, 600}, {1, 130, 9}, {2, 9, 130}, {3, 41, 1030}};
-static const double filters[] = {0, 1, 3, 5, 30};
+/* radii 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 51: each of the host filter's unrolled radii (1 to 8) and
+ * its general one, on lines long enough for its 16-wide steps */
+static const double filters[] = {0, 0.5, 1, 1.5, 2.2, 3, 3.3, 4, 4.5, 5, 30};
 static const uint32_t rescale[][2] = {{10, 999}, {5, 995}, {0, 1000}};
 
 static int test_chain_matches_host(void) {

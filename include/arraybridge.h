@@ -319,7 +319,11 @@ typedef struct {
  */
 typedef enum {
   AB_CAST_SATURATE = 0,      /* clamp to the target range; floats to ints truncate, NaN -> 0 */
-  AB_CAST_STRETCH = 1,       /* float -> int: min-max stretch onto the target's range */
+  AB_CAST_STRETCH = 1,       /* float -> int: the [min, max] of the source's finite values
+                                stretched onto the target's whole range, then saturated, so
+                                -inf goes to the bottom, +inf to the top and NaN to 0; with
+                                no finite range (a constant image, or no finite value) it is
+                                a saturating cast, which does the same with them */
 } ab_cast_mode;
 
 typedef struct {

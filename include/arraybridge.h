@@ -25,7 +25,9 @@
  *      to it keep the references the caller had.
  *   2. A submit call that returns 0 hands the caller one reference on a future. That future
  *      completes exactly once, with a status: 0, AB_ECANCELED, AB_ENOMEM, an input's failure, or
- *      the task's own error code. This holds whatever happens after: cancel, out-of-memory,
+ *      the task's own error code (a failure code of the table below; a body that returns
+ *      anything else fails with AB_EINVAL, see ab_task_desc.fn). This holds whatever happens
+ *      after: cancel, out-of-memory,
  *      runtime destroy (AB_DRAIN runs it, AB_CANCEL cancels it). A task that completes with 0
  *      did all its work.
  *   3. A task whose inputs include futures becomes runnable when they have all completed. If one
@@ -366,8 +368,11 @@ typedef struct {
 
 typedef struct {
   size_t size;               /* sizeof(ab_task_desc) */
-  ab_task_fn fn;             /* returns 0 or an AB_E* code; AB_ENOMEM enters the OOM ladder, so
-                                fn must then be safe to run again */
+  ab_task_fn fn;             /* returns 0 or an AB_E* failure code; AB_ENOMEM enters the OOM
+                                ladder, so fn must then be safe to run again. Anything else
+                                (AB_EPENDING, a positive number, a code not in the table) is
+                                a bug in fn: the task fails with AB_EINVAL and its message
+                                names the value fn returned */
   void *arg;
   const ab_input *inputs;
   int ninputs;

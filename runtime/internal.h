@@ -41,6 +41,8 @@ void ab__device_error_clear(void);
 const char *ab__device_error_peek(void);
 char *ab__device_error_take(const ab_allocator *a);
 bool ab__debug_env(void); /* AB_DEBUG is set (and not "0") */
+/* code is one of AB_ERRNO_MAP's failures (AB_EPENDING is not: it means "not complete") */
+bool ab__is_failure(int code);
 
 /* ---- pool.c: fixed-size objects, never returned to the system before the pool dies ------- */
 #define AB__POOL_SLAB 256
@@ -414,6 +416,12 @@ struct ab_ctx {
   ab_tensor *output;
   ab__scratch scratch;            /* the first 8 blocks inline, then a chain */
 };
+/* Runs a compute task's body: its status is 0 or a failure code, whatever the body returned
+ * (anything else becomes AB_EINVAL, the message naming what it returned). */
+int ab__ctx_run(ab_ctx *c);
+/* The compute task whose body this thread is running (NULL: none): a wait on it from inside
+ * can never end (future.c). */
+extern _Thread_local const ab_future *ab__running_task;
 
 /* ---- conversions and stacking: convert.c, stack.c, fill.c ---------------------------------- */
 /* The host device (the first of its kind): only for a runtime that has one. */

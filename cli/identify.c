@@ -18,7 +18,7 @@ static uint32_t otsu(const uint16_t *v, int64_t n) {
   for (int64_t i = 0; i < n; i++) hist[v[i] >> 8]++;
   int used = 0;
   for (int k = 0; k < 256; k++) used += hist[k] != 0;
-  if (used <= 1) return v[0]; /* one value: scikit-image returns it, and everything is foreground */
+  if (used <= 1) return v[0]; /* one bin (a constant image): scikit-image returns its value */
   uint64_t w1 = 0, total = 0;
   double s1 = 0, stotal = 0;
   for (int k = 0; k < 256; k++) total += hist[k], stotal += (double)hist[k] * k;
@@ -64,6 +64,13 @@ static void flood(image *m, int64_t i, screen_object *o) {
   }
 }
 
+/* Every pixel has the same value: a blank well, a saturated or zero-filled field. */
+static bool constant(const uint16_t *v, int64_t n) {
+  for (int64_t i = 1; i < n; i++)
+    if (v[i] != v[0]) return false;
+  return true;
+}
+
 static int keep(identify_result *r, const screen_object *o) {
   r->objects++;
   r->area_sum += o->area;
@@ -106,12 +113,18 @@ int identify_task(ab_ctx *c, void *arg) {
   if (rc != 0) return rc;
   const uint16_t *v = data_of(ab_ctx_input(c, 0));
   r->threshold = r->p->otsu ? otsu(v, n) : (uint32_t)lround(r->p->threshold * 65535);
-  for (int64_t i = 0; i < n; i++) m.left[i] = v[i] >= r->threshold;
+  /* Nothing stands out of a constant image, whatever its threshold: Otsu's is its one value
+   * (scikit-image's, CellProfiler's), and keeping pixels >= it would make the whole field one
+   * object, which CellProfiler's border filter then drops. */
+  const bool flat = constant(v, n);
+  for (int64_t i = 0; i < n; i++) {
+    m.left[i] = !flat && v[i] >= r->threshold;
+    r->fg_px += m.left[i];
+  }
   for (int k = 0; k < r->nchannels; k++)
     for (int64_t i = 0; i < n; i++) r->sum[k] += m.ch[k][i];
   r->npix = n;
   for (int64_t i = 0; i < n; i++) {
-    r->fg_px += v[i] >= r->threshold;
     if (!m.left[i]) continue;
     screen_object o;
     flood(&m, i, &o);

@@ -308,6 +308,29 @@ EOF
   fi
 }
 
+# Blank fields: a constant image (an empty well, a zero-filled or saturated field) has no
+# foreground and no objects, with either threshold, on every device; the other images keep theirs.
+case_blank_fields() {
+  local P="$W/p" d
+  "$CLI" make-plate --out "$P" --wells 3 --sites 1 --z 3 --size 64x64
+  "${FILES[@]}" constant "$P/A01_s1.tif" 64 64 3 0
+  "${FILES[@]}" constant "$P/A02_s1.tif" 64 64 3 65535
+  local devs=(host)
+  if ((OPENCL)); then for ((i = 0; i < $(n_opencl); i++)); do devs+=("opencl:$i"); done; fi
+  for ((i = 0; i < $(n_cuda); i++)); do devs+=("cuda:$i"); done
+  for d in "${devs[@]}"; do
+    "$CLI" screen --plate "$P" --devices "$d" --out "$W/$d.csv" --quiet
+    "$CLI" screen --plate "$P" --devices "$d" --threshold 0.01 --out "$W/$d-m.csv" --quiet
+    cat "$W/$d.csv"
+    for f in "$W/$d.csv" "$W/$d-m.csv"; do
+      grep -q '^A01,1,1,[a-z]*:[0-9],ok,0,0.00,0,' "$f" || fail "$d: the blank field has objects or foreground"
+      grep -q '^A02,1,1,[a-z]*:[0-9],ok,0,0.00,0,' "$f" || fail "$d: the saturated field has objects or foreground"
+      awk -F, '$1 == "A03" && $6 > 0 { ok = 1 } END { exit !ok }' "$f" || fail "$d: A03 lost its objects"
+    done
+    cmp -s <(rows "$W/host.csv") <(rows "$W/$d.csv") || fail "$d differs from host"
+  done
+}
+
 # A budget that holds one small chain per device: fewer stacks in flight, the same results; a
 # budget that holds none is a usage error.
 case_memory_limit() {

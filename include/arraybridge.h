@@ -484,7 +484,8 @@ AB_API int ab_trace_stop(ab_runtime *rt);
 /* Writes what the last run recorded to path: "traceEvents" with a process per device, a thread
  * per worker (and per stream on devices that have them), an "X" event per task named by its
  * ab_task_desc.name or kind ("convert", "stack"), and "C" events for device memory in use.
- * AB_EBUSY while recording (stop first); AB_EINVAL if path cannot be written. */
+ * AB_EBUSY while recording (stop first); AB_EINVAL if path cannot be written (errno then says
+ * why). */
 AB_API int ab_trace_write(ab_runtime *rt, const char *path);
 
 #ifdef __cplusplus

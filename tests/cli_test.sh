@@ -288,6 +288,26 @@ EOF
   one_line "cannot write .*/no/such/dir/r.csv: No such file or directory"
   expect 1 "$CLI" screen "${SMALL[@]}" --out /dev/full --quiet
   one_line "cannot write /dev/full: No space left on device"
+  # any output that cannot be written (--objects, --heatmap, --trace too) stops the run before it
+  # makes a file, with the OS's reason: nothing is left that would refuse the next run
+  touch "$W/afile"
+  local opt
+  for opt in --objects --heatmap --trace; do
+    expect 1 "$CLI" screen "${SMALL[@]}" --out "$W/u.csv" "$opt" "$W/afile/x" --quiet
+    one_line "cannot write .*/afile/x: Not a directory"
+    [[ ! -e $W/u.csv && ! -e $W/u.json ]] || fail "$opt: a run that could not start left a file"
+  done
+  expect 1 "$CLI" screen "${SMALL[@]}" --out "$W/u.csv" --objects "$W/nodir/o.csv" --quiet
+  one_line "cannot write .*/nodir/o.csv: No such file or directory"
+  if [[ $(id -u) == 0 ]] && unshare -m true 2>/dev/null; then
+    mkdir "$W/ro"
+    expect 1 unshare -m bash -c 'mount -t tmpfs -o ro,size=16k none "$1" && shift && "$@"' _ "$W/ro" \
+      "$CLI" screen "${SMALL[@]}" --out "$W/u.csv" --objects "$W/ro/o.csv" --quiet
+    one_line "cannot write .*/ro/o.csv: Read-only file system"
+    [[ ! -e $W/u.csv && ! -e $W/u.json ]] || fail "a read-only --objects: the run left a file"
+  fi
+  expect 0 "$CLI" screen "${SMALL[@]}" --out "$W/u.csv" --objects "$W/u-o.csv" --heatmap "$W/u.png" \
+    --trace "$W/u-t.json" --quiet
   # a disk that fills up during the run (a small tmpfs, where this may mount one): the run stops,
   # says so and exits 1; every row written before stays
   if [[ $(id -u) == 0 ]] && unshare -m true 2>/dev/null; then

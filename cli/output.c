@@ -192,13 +192,15 @@ static int same_pipeline(const screen_output *o, const char *pipeline_line, char
 
 /* ---- opening -------------------------------------------------------------------------------- */
 /* 0 if path can be written without creating anything to find out: an existing file we may
- * write (and replace through its folder: the sidecar and a resume's rewrite are renamed over
- * it), or a new name in a folder we may write. Else the errno that writing would meet. */
-static int writable(const char *path) {
+ * write (through its folder too when it is replaced by a rename: the sidecar always, the CSVs
+ * when --resume rewrites them), or a new name in a folder we may write. Else the errno that
+ * writing would meet. */
+static int writable(const char *path, bool renamed) {
   struct stat st;
   if (stat(path, &st) == 0) {
     if (S_ISDIR(st.st_mode)) return EISDIR;
     if (faccessat(AT_FDCWD, path, W_OK, AT_EACCESS) != 0) return errno;
+    if (!renamed) return 0; /* written in place */
   } else if (errno != ENOENT) {
     return errno; /* ENOTDIR: a file where a folder should be; EACCES: a folder we cannot search */
   }
@@ -209,18 +211,21 @@ static int writable(const char *path) {
   return rc;
 }
 
-int output_check(const screen_output *o, const char *trace, char *err, size_t errlen) {
+int output_check(const screen_output *o, bool resume, const char *trace, char *err, size_t errlen) {
   char *json = output_json_path(o->csv);
   if (json == NULL) {
     snprintf(err, errlen, "out of memory");
     return 1;
   }
-  const char *paths[] = {o->csv, json, o->objects, o->heatmap, trace};
+  const struct {
+    const char *path;
+    bool renamed;
+  } outs[] = {{o->csv, resume}, {json, true}, {o->objects, resume}, {o->heatmap, false}, {trace, false}};
   int status = 0;
-  for (size_t i = 0; i < sizeof paths / sizeof paths[0] && status == 0; i++) {
-    int e = paths[i] ? writable(paths[i]) : 0;
+  for (size_t i = 0; i < sizeof outs / sizeof outs[0] && status == 0; i++) {
+    int e = outs[i].path ? writable(outs[i].path, outs[i].renamed) : 0;
     if (e != 0) {
-      snprintf(err, errlen, "cannot write %s: %s", paths[i], strerror(e));
+      snprintf(err, errlen, "cannot write %s: %s", outs[i].path, strerror(e));
       status = 1;
     }
   }

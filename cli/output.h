@@ -32,8 +32,9 @@ char *output_header(const plate *p);
 
 /* Whether every output (the CSVs, the sidecar, the heatmap, and `trace` when not NULL) can be
  * written, found without creating any file, so that a run that cannot write one of them leaves
- * nothing behind. 0, or 1 after writing "cannot write PATH: the OS's reason" into err. */
-int output_check(const screen_output *o, const char *trace, char *err, size_t errlen);
+ * nothing behind; `resume`: the CSVs will be rewritten and renamed over. 0, or 1 after writing
+ * "cannot write PATH: the OS's reason" into err. */
+int output_check(const screen_output *o, bool resume, const char *trace, char *err, size_t errlen);
 /* Opens the outputs before anything runs. An existing results file is kept and continued only
  * with `resume` (its header and the sidecar's pipeline line must equal this run's), replaced
  * only with `overwrite`; otherwise it is a usage error. Returns 0, or 2 (usage) / 1 (I/O)

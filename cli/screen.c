@@ -874,7 +874,7 @@ static int prepare(run *r) {
   r->out.csv = o->out_csv, r->out.objects = o->objects, r->out.heatmap = o->heatmap, r->out.column = o->heatmap_column;
   /* Every output must be writable before the first is made: a run that stops here leaves no
    * results file that would refuse the next run. */
-  if (output_check(&r->out, o->trace, err, sizeof err) != 0) {
+  if (output_check(&r->out, o->resume, o->trace, err, sizeof err) != 0) {
     fprintf(stderr, "arraybridge: %s\n", err);
     return EXIT_FATAL;
   }

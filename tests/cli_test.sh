@@ -287,7 +287,11 @@ EOF
   expect 1 "$CLI" screen "${SMALL[@]}" --out "$W/no/such/dir/r.csv"
   one_line "cannot write .*/no/such/dir/r.csv: No such file or directory"
   expect 1 "$CLI" screen "${SMALL[@]}" --out /dev/full --quiet
-  one_line "cannot write /dev/full: No space left on device"
+  if [[ $(id -u) == 0 ]]; then
+    one_line "cannot write /dev/full: No space left on device"
+  else # its sidecar would be a new file in /dev
+    one_line "cannot write /dev/full.json: Permission denied"
+  fi
   # any output that cannot be written (--objects, --heatmap, --trace too) stops the run before it
   # makes a file, with the OS's reason: nothing is left that would refuse the next run
   touch "$W/afile"
@@ -308,6 +312,24 @@ EOF
   fi
   expect 0 "$CLI" screen "${SMALL[@]}" --out "$W/u.csv" --objects "$W/u-o.csv" --heatmap "$W/u.png" \
     --trace "$W/u-t.json" --quiet
+  # an existing file written in place (--objects, --heatmap) needs no writable folder; a new
+  # name there does (as does the sidecar, which is renamed over)
+  local as=()
+  if [[ $(id -u) == 0 ]]; then
+    setpriv --reuid=65534 --regid=65534 --clear-groups true 2>/dev/null && as=(setpriv --reuid=65534 --regid=65534 --clear-groups)
+    chmod 0711 "$W"
+  fi
+  if [[ $(id -u) != 0 || ${#as[@]} != 0 ]]; then
+    mkdir "$W/keep" "$W/free"
+    touch "$W/keep/o.csv" "$W/keep/h.png"
+    chmod 0666 "$W/keep/o.csv" "$W/keep/h.png" && chmod 0555 "$W/keep" && chmod 0777 "$W/free"
+    expect 0 "${as[@]}" "$CLI" screen "${SMALL[@]}" --devices host --out "$W/free/k.csv" \
+      --objects "$W/keep/o.csv" --heatmap "$W/keep/h.png" --quiet
+    [[ -s $W/keep/o.csv && -s $W/keep/h.png ]] || fail "the files kept in place were not written"
+    expect 1 "${as[@]}" "$CLI" screen "${SMALL[@]}" --devices host --out "$W/keep/k.csv" --quiet
+    one_line "cannot write .*/keep/k.csv: Permission denied"
+    chmod 0755 "$W/keep"
+  fi
   # a disk that fills up during the run (a small tmpfs, where this may mount one): the run stops,
   # says so and exits 1; every row written before stays
   if [[ $(id -u) == 0 ]] && unshare -m true 2>/dev/null; then

@@ -27,9 +27,8 @@
  *      completes exactly once, with a status: 0, AB_ECANCELED, AB_ENOMEM, an input's failure, or
  *      the task's own error code (a failure code of the table below; a body that returns
  *      anything else fails with AB_EINVAL, see ab_task_desc.fn). This holds whatever happens
- *      after: cancel, out-of-memory,
- *      runtime destroy (AB_DRAIN runs it, AB_CANCEL cancels it). A task that completes with 0
- *      did all its work.
+ *      after: cancel, out-of-memory, runtime destroy (AB_DRAIN runs it, AB_CANCEL cancels it).
+ *      A task that completes with 0 did all its work. (In a child of fork(), see below.)
  *   3. A task whose inputs include futures becomes runnable when they have all completed. If one
  *      of them failed, the task does not run and completes with that input's status.
  *   4. Cancelling a task that has not started means it never runs; its future completes with

@@ -42,7 +42,7 @@ static uint32_t otsu(const uint16_t *v, int64_t n) {
   otsu_histogram(v, n, hist);
   int used = 0;
   for (int k = 0; k < 256; k++) used += hist[k] != 0;
-  if (used <= 1) return v[0]; /* one value: scikit-image returns it, and everything is foreground */
+  if (used <= 1) return v[0]; /* one bin (a constant image): scikit-image returns its value */
   uint64_t w1 = 0, total = 0;
   double s1 = 0, stotal = 0;
   for (int k = 0; k < 256; k++) total += hist[k], stotal += (double)hist[k] * k;
@@ -86,6 +86,13 @@ static void flood(image *m, int64_t i, screen_object *o) {
           m->stack[top++] = (int32_t)(yy * w + xx);
         }
   }
+}
+
+/* Every pixel has the same value: a blank well, a saturated or zero-filled field. */
+static bool constant(const uint16_t *v, int64_t n) {
+  for (int64_t i = 1; i < n; i++)
+    if (v[i] != v[0]) return false;
+  return true;
 }
 
 static int keep(identify_result *r, const screen_object *o) {
@@ -170,7 +177,15 @@ int identify_task(ab_ctx *c, void *arg) {
   const uint16_t *v = data_of(ab_ctx_input(c, 0));
   r->threshold = r->p->otsu ? otsu(v, n) : (uint32_t)lround(r->p->threshold * 65535);
   if (r->threshold > 65535) return AB_EINVAL; /* a manual threshold is at most 1 */
-  r->fg_px = mask(m.left, v, n, (uint16_t)r->threshold);
+  /* Nothing stands out of a constant image, whatever its threshold: Otsu's is its one value
+   * (scikit-image's, CellProfiler's), and keeping pixels >= it would make the whole field one
+   * object, which CellProfiler's border filter then drops. */
+  if (constant(v, n)) {
+    memset(m.left, 0, (size_t)n);
+    r->fg_px = 0;
+  } else {
+    r->fg_px = mask(m.left, v, n, (uint16_t)r->threshold);
+  }
   for (int k = 0; k < r->nchannels; k++) r->sum[k] = sum_u16(m.ch[k], n);
   r->npix = n;
   for (int64_t i = next_set(m.left, 0, n); i < n; i = next_set(m.left, i + 1, n)) {

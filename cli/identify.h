@@ -22,7 +22,8 @@ typedef struct {
   int nchannels;
   bool want_objects;
   /* out */
-  uint32_t threshold;                       /* on the normalised scale: foreground is >= it */
+  uint32_t threshold;                       /* on the normalised scale: foreground is >= it
+                                               (none in a constant image) */
   int64_t npix, fg_px, objects, area_sum;
   uint64_t sum[PLATE_MAX_CHANNELS];         /* over the image */
   uint64_t obj_sum[PLATE_MAX_CHANNELS];     /* over every object's pixels */
@@ -34,7 +35,8 @@ typedef struct {
  * segmentation channel, inputs 1..nchannels each channel's raw projection, all [y, x] u16.
  *   threshold  Otsu's (two classes, 256 bins of v >> 8, as scikit-image's threshold_otsu: the
  *              first bin k that maximises w0 * w1 * (m0 - m1)^2, foreground v >= 256 k + 128,
- *              the centre of bin k), or p->threshold * 65535 rounded;
+ *              the centre of bin k), or p->threshold * 65535 rounded; a constant image (one
+ *              value everywhere: a blank well) has no foreground, whatever the threshold;
  *   objects    8-connected components of the foreground, numbered in raster order of their
  *              first pixel; those under p->min_area pixels are dropped. */
 int identify_task(ab_ctx *c, void *arg);

@@ -11,7 +11,9 @@
 #include "cli/output.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <inttypes.h>
+#include <libgen.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -189,6 +191,48 @@ static int same_pipeline(const screen_output *o, const char *pipeline_line, char
 }
 
 /* ---- opening -------------------------------------------------------------------------------- */
+/* 0 if path can be written without creating anything to find out: an existing file we may
+ * write (through its folder too when it is replaced by a rename: the sidecar always, the CSVs
+ * when --resume rewrites them), or a new name in a folder we may write. Else the errno that
+ * writing would meet. */
+static int writable(const char *path, bool renamed) {
+  struct stat st;
+  if (stat(path, &st) == 0) {
+    if (S_ISDIR(st.st_mode)) return EISDIR;
+    if (faccessat(AT_FDCWD, path, W_OK, AT_EACCESS) != 0) return errno;
+    if (!renamed) return 0; /* written in place */
+  } else if (errno != ENOENT) {
+    return errno; /* ENOTDIR: a file where a folder should be; EACCES: a folder we cannot search */
+  }
+  char *copy = strdup(path);
+  if (copy == NULL) return ENOMEM;
+  int rc = faccessat(AT_FDCWD, dirname(copy), W_OK | X_OK, AT_EACCESS) == 0 ? 0 : errno;
+  free(copy);
+  return rc;
+}
+
+int output_check(const screen_output *o, bool resume, const char *trace, char *err, size_t errlen) {
+  char *json = output_json_path(o->csv);
+  if (json == NULL) {
+    snprintf(err, errlen, "out of memory");
+    return 1;
+  }
+  const struct {
+    const char *path;
+    bool renamed;
+  } outs[] = {{o->csv, resume}, {json, true}, {o->objects, resume}, {o->heatmap, false}, {trace, false}};
+  int status = 0;
+  for (size_t i = 0; i < sizeof outs / sizeof outs[0] && status == 0; i++) {
+    int e = outs[i].path ? writable(outs[i].path, outs[i].renamed) : 0;
+    if (e != 0) {
+      snprintf(err, errlen, "cannot write %s: %s", outs[i].path, strerror(e));
+      status = 1;
+    }
+  }
+  free(json);
+  return status;
+}
+
 static bool exists_nonempty(const char *path) {
   struct stat st;
   return stat(path, &st) == 0 && S_ISREG(st.st_mode) && st.st_size > 0;
@@ -244,8 +288,23 @@ int output_open(screen_output *o, const plate *p, bool resume_run, bool overwrit
     return 2;
   }
   if ((o->csv_f = open_out(o->csv, "w", o->header, err, errlen)) == NULL) return 1;
-  if (o->objects && (o->obj_f = open_out(o->objects, "w", o->obj_header, err, errlen)) == NULL) return 1;
+  o->fresh = true;
+  if (o->objects && (o->obj_f = open_out(o->objects, "w", o->obj_header, err, errlen)) == NULL) {
+    output_discard(o);
+    return 1;
+  }
   return 0;
+}
+
+void output_discard(screen_output *o) {
+  int e = errno; /* the caller reports the failure that brought it here */
+  output_close(o);
+  if (o->fresh) {
+    unlink(o->csv);
+    if (o->objects) unlink(o->objects);
+    o->fresh = false;
+  }
+  errno = e;
 }
 
 /* ---- rows ----------------------------------------------------------------------------------- */

@@ -22,6 +22,7 @@ typedef struct {
   char *header, *obj_header;
   uint64_t *done;          /* images whose ok rows were kept (--resume), sorted keys */
   size_t ndone;
+  bool fresh;              /* output_open made the CSVs anew: output_discard removes them */
 } screen_output;
 
 /* The sidecar's path for a results CSV (malloc'd). */
@@ -29,6 +30,11 @@ char *output_json_path(const char *csv);
 /* The results CSV's columns, for these channels (malloc'd). */
 char *output_header(const plate *p);
 
+/* Whether every output (the CSVs, the sidecar, the heatmap, and `trace` when not NULL) can be
+ * written, found without creating any file, so that a run that cannot write one of them leaves
+ * nothing behind; `resume`: the CSVs will be rewritten and renamed over. 0, or 1 after writing
+ * "cannot write PATH: the OS's reason" into err. */
+int output_check(const screen_output *o, bool resume, const char *trace, char *err, size_t errlen);
 /* Opens the outputs before anything runs. An existing results file is kept and continued only
  * with `resume` (its header and the sidecar's pipeline line must equal this run's), replaced
  * only with `overwrite`; otherwise it is a usage error. Returns 0, or 2 (usage) / 1 (I/O)
@@ -42,6 +48,9 @@ int output_row(screen_output *o, const plate *p, int i, const char *device, int 
                const identify_result *r);
 /* Writes the sidecar (atomically: a temporary file renamed over it). 0, or -1 with errno. */
 int output_write_json(const screen_output *o, const char *text);
+/* A run that cannot start after output_open: closes the CSVs and removes them when output_open
+ * made them (a resumed pair is left as it was, resumable). errno is kept. */
+void output_discard(screen_output *o);
 /* Closes the CSVs (0, or -1 with errno when a buffered write failed). */
 int output_close(screen_output *o);
 void output_free(screen_output *o);

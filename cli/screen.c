@@ -867,18 +867,15 @@ static int prepare(run *r) {
   }
   if ((status = check_budgets(r)) != 0) return status;
   r->pipeline_line = pipeline_line(o, &r->plate);
-  r->out.csv = o->out_csv, r->out.objects = o->objects, r->out.heatmap = o->heatmap, r->out.column = o->heatmap_column;
-  status = r->pipeline_line ? output_open(&r->out, &r->plate, o->resume, o->overwrite, r->pipeline_line, err,
-                                          sizeof err)
-                            : EXIT_FATAL;
-  if (status != 0) {
-    fprintf(stderr, "arraybridge: %s\n", status == EXIT_FATAL && !r->pipeline_line ? "out of memory" : err);
-    return status;
+  if (r->pipeline_line == NULL) {
+    fprintf(stderr, "arraybridge: out of memory\n");
+    return EXIT_FATAL;
   }
-  for (int i = 0; i < r->plate.n; i++) r->skipped += output_done(&r->out, &r->plate, i);
-  r->todo = r->plate.n - r->skipped;
-  if (write_record(r, false, 0) != 0) {
-    fprintf(stderr, "arraybridge: cannot write %s: %s\n", r->out.json, strerror(errno));
+  r->out.csv = o->out_csv, r->out.objects = o->objects, r->out.heatmap = o->heatmap, r->out.column = o->heatmap_column;
+  /* Every output must be writable before the first is made: a run that stops here leaves no
+   * results file that would refuse the next run. */
+  if (output_check(&r->out, o->resume, o->trace, err, sizeof err) != 0) {
+    fprintf(stderr, "arraybridge: %s\n", err);
     return EXIT_FATAL;
   }
   /* Loads ahead keep host workers busy while the main thread starts chains; with one worker they
@@ -890,6 +887,18 @@ static int prepare(run *r) {
   if (r->jobs == NULL) return EXIT_FATAL;
   if (o->trace && ab_trace_start(r->rt, NULL) != 0) {
     fprintf(stderr, "arraybridge: cannot start tracing\n");
+    return EXIT_FATAL;
+  }
+  status = output_open(&r->out, &r->plate, o->resume, o->overwrite, r->pipeline_line, err, sizeof err);
+  if (status != 0) {
+    fprintf(stderr, "arraybridge: %s\n", err);
+    return status;
+  }
+  for (int i = 0; i < r->plate.n; i++) r->skipped += output_done(&r->out, &r->plate, i);
+  r->todo = r->plate.n - r->skipped;
+  if (write_record(r, false, 0) != 0) {
+    fprintf(stderr, "arraybridge: cannot write %s: %s\n", r->out.json, strerror(errno));
+    output_discard(&r->out); /* a results file without its sidecar could not be resumed */
     return EXIT_FATAL;
   }
   return 0;
@@ -910,10 +919,12 @@ static int finish_run(run *r) {
   bool trace_ok = false, heat_ok = false;
   if (o->trace) {
     int rc = ab_trace_stop(r->rt);
+    errno = 0;
     if (rc == 0) rc = ab_trace_write(r->rt, o->trace);
     trace_ok = rc == 0;
-    if (rc != 0) {
-      fprintf(stderr, "arraybridge: writing the trace %s failed: %s\n", o->trace, ab_strerror(rc));
+    if (rc != 0) { /* the file's own trouble, as the OS says it, where there is one */
+      fprintf(stderr, "arraybridge: writing the trace %s failed: %s\n", o->trace,
+              rc == AB_EINVAL && errno ? strerror(errno) : ab_strerror(rc));
       status = EXIT_FATAL;
     }
   }

@@ -27,9 +27,9 @@ typedef struct {
   uint64_t memory_total;          /* bytes */
 } ab__phys_info;
 
-/* How a cast converts values (ab_cast_mode). STRETCH maps [lo, hi] of a float source onto the
- * integer target's range; have_range says lo and hi are given (stacking computes them over
- * every slice), else the kernel finds them in src. */
+/* How a cast converts values (ab_cast_mode). STRETCH maps [lo, hi], the range of a float
+ * source's finite values, onto the integer target's range; have_range says lo and hi are given
+ * (stacking computes them over every slice), else the kernel finds them in src. */
 typedef struct {
   int mode;
   bool have_range;
@@ -94,7 +94,8 @@ struct ab__device_ops {
    * at dst_off one after another: one kernel for many slices rather than n copies. */
   int (*gather)(ab__worker *w, void *dst, size_t dst_off, size_t slice_bytes, int n, void *const *bases,
                 const size_t *offs);
-  /* The smallest and largest non-NaN value of a float tensor; *found false if there is none. */
+  /* The smallest and largest finite value of a float tensor (NaN and infinities are not
+   * counted: they must not stretch the range); *found false if there is none. */
   int (*minmax)(ab__worker *w, const DLTensor *src, double *lo, double *hi, bool *found);
 
   /* Direct copies between two devices of this backend, with no host memory on the way (the

@@ -25,9 +25,10 @@
  *      to it keep the references the caller had.
  *   2. A submit call that returns 0 hands the caller one reference on a future. That future
  *      completes exactly once, with a status: 0, AB_ECANCELED, AB_ENOMEM, an input's failure, or
- *      the task's own error code. This holds whatever happens after: cancel, out-of-memory,
- *      runtime destroy (AB_DRAIN runs it, AB_CANCEL cancels it). A task that completes with 0
- *      did all its work.
+ *      the task's own error code (a failure code of the table below; a body that returns
+ *      anything else fails with AB_EINVAL, see ab_task_desc.fn). This holds whatever happens
+ *      after: cancel, out-of-memory, runtime destroy (AB_DRAIN runs it, AB_CANCEL cancels it).
+ *      A task that completes with 0 did all its work. (In a child of fork(), see below.)
  *   3. A task whose inputs include futures becomes runnable when they have all completed. If one
  *      of them failed, the task does not run and completes with that input's status.
  *   4. Cancelling a task that has not started means it never runs; its future completes with
@@ -37,7 +38,9 @@
  *      the thread that completed the future: a worker, a thread calling ab_future_cancel or
  *      ab_runtime_destroy, or the caller of ab_future_then itself if the future was already
  *      complete. A callback must not block: it may release futures and tensors, read results
- *      and submit with AB_SUBMIT_TRY, but must not wait on futures or submit blocking.
+ *      and submit with AB_SUBMIT_TRY, but must not wait on futures or submit blocking, nor
+ *      destroy the future's runtime (refused with AB_EBUSY: destroy would wait for the very
+ *      completion that runs the callback).
  *   6. Out-of-memory does not fail a task at once: it walks the ladder of ab_oom_policy
  *      (trim, synchronise, spill callback, park and retry with backoff, re-route) and fails with
  *      AB_ENOMEM only at its end. Inputs are never modified, so nothing is lost.
@@ -50,6 +53,20 @@
  * Threads
  *   Every function is thread-safe, except that a runtime must not be used after (or while)
  *   ab_runtime_destroy returns, other than to release futures and tensors.
+ *
+ * fork()
+ *   A runtime's worker threads stay in the process that made it. In a child of fork(), every
+ *   call on a runtime made before the fork fails at once with AB_ESHUTDOWN, touching nothing of
+ *   it (a lock a parent's thread held may stay held for ever): submits, conversions, tensor
+ *   allocation, statistics, tracing, and ab_runtime_destroy, which leaves the child's copy to
+ *   the process's exit or exec instead of joining threads that are not there. A future of such
+ *   a runtime that was not complete at the fork never completes in the child: waiting for it,
+ *   its status and its result give AB_ESHUTDOWN at once, its message says why, and
+ *   ab_future_then and ab_future_cancel refuse it with AB_ESHUTDOWN. A future that was
+ *   complete keeps its status and result; tensors stay readable and may be viewed and released
+ *   (the runtime's own memory is then left alone). A runtime made in the child works as usual.
+ *   The check costs one load per call (a counter that a pthread_atfork handler bumps in the
+ *   child), not a getpid() system call.
  */
 #ifndef ARRAYBRIDGE_H
 #define ARRAYBRIDGE_H
@@ -189,7 +206,10 @@ enum { AB_DRAIN = 0, AB_CANCEL = 1 };
 AB_API int ab_runtime_create(const ab_runtime_options *opt, ab_runtime **out); /* opt NULL: defaults */
 /* Stops accepting work; AB_DRAIN runs every accepted task, AB_CANCEL cancels those not yet
  * running (and asks running ones to stop). Returns once every future has completed and every
- * worker has exited. NULL is accepted. */
+ * worker has exited. NULL is accepted. AB_EBUSY, doing nothing, on a thread it would have to
+ * wait for: from a task of this runtime (or anything else running on one of its workers) and
+ * from a callback of one of its futures, wherever that callback runs; call it from another
+ * thread. AB_ESHUTDOWN in a child of fork() (see fork() above). */
 AB_API int ab_runtime_destroy(ab_runtime *rt, int how);
 /* Fills up to cap devices, returns how many the runtime has (may exceed cap). */
 AB_API int ab_runtime_devices(ab_runtime *rt, ab_device *out, int cap);
@@ -319,7 +339,11 @@ typedef struct {
  */
 typedef enum {
   AB_CAST_SATURATE = 0,      /* clamp to the target range; floats to ints truncate, NaN -> 0 */
-  AB_CAST_STRETCH = 1,       /* float -> int: min-max stretch onto the target's range */
+  AB_CAST_STRETCH = 1,       /* float -> int: the [min, max] of the source's finite values
+                                stretched onto the target's whole range, then saturated, so
+                                -inf goes to the bottom, +inf to the top and NaN to 0; with
+                                no finite range (a constant image, or no finite value) it is
+                                a saturating cast, which does the same with them */
 } ab_cast_mode;
 
 typedef struct {
@@ -362,8 +386,11 @@ typedef struct {
 
 typedef struct {
   size_t size;               /* sizeof(ab_task_desc) */
-  ab_task_fn fn;             /* returns 0 or an AB_E* code; AB_ENOMEM enters the OOM ladder, so
-                                fn must then be safe to run again */
+  ab_task_fn fn;             /* returns 0 or an AB_E* failure code; AB_ENOMEM enters the OOM
+                                ladder, so fn must then be safe to run again. Anything else
+                                (AB_EPENDING, a positive number, a code not in the table) is
+                                a bug in fn: the task fails with AB_EINVAL and its message
+                                names the value fn returned */
   void *arg;
   const ab_input *inputs;
   int ninputs;
@@ -403,17 +430,24 @@ AB_API int ab_ctx_fail(ab_ctx *c, int code, const char *fmt, ...) __attribute__(
  * Futures
  */
 /* 0 once complete; AB_ETIMEDOUT if timeout_ns (< 0: for ever; 0: poll) passes first, kept as
- * the contract's point 8 says (the same for wait_all and wait_any). */
+ * the contract's point 8 says (the same for wait_all and wait_any). A blocking wait that only
+ * the calling thread could end fails at once with AB_EBUSY: from a task or a callback running
+ * on a worker, a wait for that worker's own running task, for a task whose device work that
+ * worker has still to collect, or for a task queued or parked on its device when it is the
+ * device's only worker (only a cancel from another thread could end such a wait). Deadlocks
+ * through other threads are not detected; callbacks must not wait at all (point 5). wait_any
+ * fails so only when every future is so. AB_ESHUTDOWN: see fork() above. */
 AB_API int ab_future_wait(ab_future *f, int64_t timeout_ns);
-/* The status once complete (0 or AB_E*), AB_EPENDING before. */
+/* The status once complete (0 or AB_E*), AB_EPENDING before (AB_ESHUTDOWN where it never will
+ * be: see fork() above). */
 AB_API int ab_future_status(const ab_future *f);
 /* The status; on success *out gets a new reference on the result (NULL for tasks without one).
- * AB_EPENDING if not complete. */
+ * AB_EPENDING if not complete (AB_ESHUTDOWN: see fork() above). */
 AB_API int ab_future_result(ab_future *f, ab_tensor **out);
 /* Text explaining a failure (with a memory report for AB_ENOMEM), or NULL. Valid while f is. */
 AB_API const char *ab_future_message(const ab_future *f);
 /* cb(f, arg) once f completes (see the contract, point 5). AB_ENOMEM if the runtime's
- * allocator fails, and then cb never runs. */
+ * allocator fails, and then cb never runs (nor after AB_ESHUTDOWN: see fork() above). */
 AB_API int ab_future_then(ab_future *f, void (*cb)(ab_future *f, void *arg), void *arg);
 /* 0: f will complete (or completed) with AB_ECANCELED. AB_EBUSY: running, asked to stop.
  * AB_EALREADY: already complete. */
@@ -449,7 +483,8 @@ AB_API int ab_trace_stop(ab_runtime *rt);
 /* Writes what the last run recorded to path: "traceEvents" with a process per device, a thread
  * per worker (and per stream on devices that have them), an "X" event per task named by its
  * ab_task_desc.name or kind ("convert", "stack"), and "C" events for device memory in use.
- * AB_EBUSY while recording (stop first); AB_EINVAL if path cannot be written. */
+ * AB_EBUSY while recording (stop first); AB_EINVAL if path cannot be written (errno then says
+ * why). */
 AB_API int ab_trace_write(ab_runtime *rt, const char *path);
 
 #ifdef __cplusplus

@@ -54,6 +54,27 @@ void ab__sleep_ns(int64_t ns) {
   }
 }
 
+/* ---- fork ---------------------------------------------------------------------------------- */
+/* Bumped in the child of every fork(), by the one thread the child starts with, before fork
+ * returns there: every later load in the child (that thread's, or a thread it creates) sees it,
+ * and nothing else ever writes it, so loads are relaxed. A getpid() per call would do the same
+ * with a system call (glibc no longer caches the pid) where this is a load of a line nobody
+ * writes. */
+_Atomic uint32_t ab__fork_generation;
+
+static void on_fork_child(void) { atomic_fetch_add_explicit(&ab__fork_generation, 1, memory_order_relaxed); }
+
+static pthread_mutex_t fork_lock = PTHREAD_MUTEX_INITIALIZER;
+static bool fork_watched;
+
+int ab__fork_watch(void) {
+  pthread_mutex_lock(&fork_lock);
+  if (!fork_watched) fork_watched = pthread_atfork(NULL, NULL, on_fork_child) == 0;
+  bool ok = fork_watched;
+  pthread_mutex_unlock(&fork_lock);
+  return ok ? 0 : AB_ENOMEM;
+}
+
 /* ---- ck_ec over futexes -------------------------------------------------------------------- */
 static int ec_gettime(const struct ck_ec_ops *ops, struct timespec *out) {
   (void)ops;

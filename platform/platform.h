@@ -56,6 +56,16 @@ static inline void ab__unlock(pthread_mutex_t *m, int rank) {
 }
 
 /* ---- platform.c ---------------------------------------------------------------------------- */
+/* fork(): how many forks separate this process from the one the library was loaded in. A
+ * runtime records it when made; where it differs, the runtime's threads are in an ancestor
+ * process and nothing of it may be waited for or locked here. ab__fork_watch starts counting
+ * (once per process; AB_ENOMEM if the handler cannot be registered). */
+extern _Atomic uint32_t ab__fork_generation;
+int ab__fork_watch(void);
+static inline uint32_t ab__fork_gen(void) {
+  return atomic_load_explicit(&ab__fork_generation, memory_order_relaxed); /* see platform.c */
+}
+
 int64_t ab__now_ns(void);
 /* Sleeps while *addr == expected, until deadline_ns (absolute, ab__now_ns clock; < 0: none). */
 void ab__futex_wait(const _Atomic uint32_t *addr, uint32_t expected, int64_t deadline_ns);

@@ -22,6 +22,7 @@
 
 /* ---- the API -------------------------------------------------------------------------------- */
 int ab__convert_check(ab_runtime *rt, ab_device dst, const ab_convert_options *o) {
+  if (ab__forked(rt)) return AB_ESHUTDOWN; /* first: nothing of it may be locked here */
   if (o && o->size != sizeof(ab_convert_options)) return AB_EINVAL;
   if (o && o->cast != AB_CAST_SATURATE && o->cast != AB_CAST_STRETCH) return AB_EINVAL;
   if (o && o->dtype.bits != 0 && ab__dtype_size(o->dtype) == 0) return AB_EDTYPE;

@@ -29,6 +29,28 @@ int ab_ctx_fail(ab_ctx *c, int code, const char *fmt, ...) {
   return code;
 }
 
+_Thread_local const ab_future *ab__running_task;
+
+/* A status that is not a failure code would leave a completed future looking unfinished
+ * (AB_EPENDING) or unexplained (a positive number, a code outside the table): it is the body's
+ * bug, and the future fails with AB_EINVAL saying what the body returned, and what it said. */
+static int task_status(int rc) {
+  if (rc == 0 || ab__is_failure(rc)) return rc;
+  char said[200];
+  snprintf(said, sizeof said, "%s", ab__device_error_peek());
+  ab__device_error("the task returned %d%s, which is neither 0 nor an AB_E* failure code%s%s", rc,
+                   rc == AB_EPENDING ? " (AB_EPENDING)" : "", said[0] ? ": " : "", said);
+  return AB_EINVAL;
+}
+
+int ab__ctx_run(ab_ctx *c) {
+  const ab_future *outer = ab__running_task;
+  ab__running_task = c->task;
+  int rc = c->task->fn(c, c->task->arg);
+  ab__running_task = outer;
+  return task_status(rc);
+}
+
 /* A free record slot: the inline block, or a new one chained after it. */
 static int scratch_slot(ab_ctx *c, ab__scratch **out) {
   ab__scratch *s = &c->scratch;

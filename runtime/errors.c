@@ -38,6 +38,16 @@ const char *ab_err_name(int code) {
 
 const char *ab_version(void) { return AB_VERSION_STRING; }
 
+bool ab__is_failure(int code) {
+  switch (code) {
+#define AB__ERR_CASE(name, val, text) case AB_##name:
+    AB_ERRNO_MAP(AB__ERR_CASE)
+#undef AB__ERR_CASE
+    return code != AB_EPENDING; /* a status saying "not complete yet" fails nothing */
+  }
+  return false;
+}
+
 /* ---- the thread's last device error --------------------------------------------------------- */
 static _Thread_local char device_note[320];
 

@@ -24,6 +24,15 @@
  *     states, are seq_cst: either the completer sees the waiter, or the waiter sees DONE.
  *   - Waiting spins briefly before it sleeps, bounded in time and by the deadline: on a busy
  *     machine a sched_yield may last a whole time slice.
+ *   - A wait that nothing but the waiting thread could end is refused (AB_EBUSY) instead of
+ *     sleeping for ever: a worker waiting for its own running task, for one whose stream work
+ *     it has still to reap, or for one queued or parked on its device when it is the device's
+ *     only worker. Only the blocking path looks, so it costs nothing when f is done.
+ *   - Each thread keeps a stack of the runtimes whose callbacks it is running (cb_frames, on
+ *     the stack of run_callbacks): ab_runtime_destroy there would wait for the completion that
+ *     called it, so it refuses.
+ *   - In a child of fork() (ab__forked), a future of an inherited runtime that was not complete
+ *     never will be: waits, status, result and callbacks say AB_ESHUTDOWN instead.
  */
 #include <sched.h>
 #include <string.h>
@@ -32,6 +41,31 @@
 
 static ab__cb closed_sentinel;
 #define CLOSED (&closed_sentinel)
+
+static const char forked_message[] =
+    "this future's runtime was made before fork(), in the parent process: its workers are not in this "
+    "process, so the future never completes here";
+
+/* The runtimes whose futures' callbacks this thread is running, innermost first. */
+typedef struct cb_frame {
+  const ab_runtime *rt;
+  struct cb_frame *up;
+} cb_frame;
+static _Thread_local cb_frame *cb_frames;
+
+bool ab__thread_inside(const ab_runtime *rt) {
+  if (ab__current_worker && ab__current_worker->dev->rt == rt) return true;
+  for (const cb_frame *fr = cb_frames; fr; fr = fr->up)
+    if (fr->rt == rt) return true;
+  return false;
+}
+
+static void run_callback(ab_future *f, ab__cb *node) {
+  cb_frame fr = {f->rt, cb_frames};
+  cb_frames = &fr;
+  node->fn(f, node->arg);
+  cb_frames = fr.up;
+}
 
 ab_future *ab__future_new(ab_runtime *rt) {
   ab_future *f = ab__pool_get(&rt->futures);
@@ -87,7 +121,7 @@ static void run_callbacks(ab_future *f) {
   while (fifo) {
     ab__cb *next = fifo->next; /* read first: the callback may free fifo's owner */
     bool heap = fifo->heap;
-    fifo->fn(f, fifo->arg);
+    run_callback(f, fifo);
     if (heap) ab__free(&f->rt->alloc, fifo);
     fifo = next;
   }
@@ -141,22 +175,51 @@ static bool is_done(const ab_future *f) {
   return (atomic_load_explicit(&f->state, memory_order_acquire) & AB__PHASE) == AB__DONE;
 }
 
+/* What a future that is not complete says about it: it will be (AB_EPENDING), or it never can
+ * be here, since its runtime's workers stayed in the parent of a fork (AB_ESHUTDOWN). */
+static int not_done_status(const ab_future *f) { return ab__forked(f->rt) ? AB_ESHUTDOWN : AB_EPENDING; }
+
 int ab_future_status(const ab_future *f) {
   if (f == NULL) return AB_EINVAL;
-  return is_done(f) ? f->status : AB_EPENDING;
+  return is_done(f) ? f->status : not_done_status(f);
 }
 
 int ab_future_result(ab_future *f, ab_tensor **out) {
   if (f == NULL || out == NULL) return AB_EINVAL;
   *out = NULL;
-  if (!is_done(f)) return AB_EPENDING;
+  if (!is_done(f)) return not_done_status(f);
   if (f->status == 0 && f->result) *out = ab_tensor_retain(f->result);
   return f->status;
 }
 
 const char *ab_future_message(const ab_future *f) {
-  if (f == NULL || !is_done(f)) return NULL;
+  if (f == NULL) return NULL;
+  if (!is_done(f)) return ab__forked(f->rt) ? forked_message : NULL;
   return f->message;
+}
+
+/* Only the calling thread could complete f, so waiting for it would never end: it is this
+ * worker's running task, or its stream work waits in this worker's pending ring, or it is
+ * queued, parked or due on this worker's device, which has no other worker. (A cancel from
+ * another thread could still end such a wait; nothing else could.) */
+static bool waits_for_itself(const ab_future *f) {
+  const ab__worker *w = ab__current_worker;
+  if (w == NULL || w->dev->rt != f->rt) return false;
+  if (f == ab__running_task) return true;
+  for (int i = 0; i < w->npending; i++) /* the ring is this thread's own */
+    if (w->pending[(w->pending_head + i) % AB__PENDING_MAX].task == f) return true;
+  /* relaxed: a hint, as the device may still change (only this thread would change it) */
+  uint32_t s = atomic_load_explicit(&f->state, memory_order_relaxed);
+  return (s & AB__PHASE) == AB__PENDING && ab__task_dev(f) == w->dev && w->dev->nworkers == 1;
+}
+
+/* 0 if waiting for f (not complete) may end, else the code the wait fails with at once:
+ * AB_ESHUTDOWN for an inherited runtime's future, AB_EBUSY (blocking waits only) for one that
+ * only this thread could complete. */
+static int cannot_complete(const ab_future *f, bool blocking) {
+  if (ab__forked(f->rt)) return AB_ESHUTDOWN;
+  if (blocking && waits_for_itself(f)) return AB_EBUSY;
+  return 0;
 }
 
 /* Polls briefly before sleeping: most small tasks finish in less time than a futex round trip.
@@ -182,6 +245,8 @@ static bool spin_until_done(const ab_future *f, int64_t deadline) {
 int ab_future_wait(ab_future *f, int64_t timeout_ns) {
   if (f == NULL) return AB_EINVAL;
   if (is_done(f)) return 0;
+  int stuck = cannot_complete(f, timeout_ns != 0);
+  if (stuck != 0) return stuck;
   if (timeout_ns == 0) return AB_ETIMEDOUT;
   int64_t deadline = ab__deadline_after(timeout_ns);
   if (spin_until_done(f, deadline)) return 0;
@@ -202,7 +267,7 @@ int ab__then_internal(ab_future *f, ab__cb *node) {
   ab__cb *head = atomic_load_explicit(&f->cbs, memory_order_acquire);
   for (;;) {
     if (head == CLOSED) { /* already complete: run now, on this thread */
-      node->fn(f, node->arg);
+      run_callback(f, node);
       if (node->heap) ab__free(&f->rt->alloc, node);
       return 0;
     }
@@ -216,6 +281,7 @@ int ab__then_internal(ab_future *f, ab__cb *node) {
 
 int ab_future_then(ab_future *f, void (*cb)(ab_future *, void *), void *arg) {
   if (f == NULL || cb == NULL) return AB_EINVAL;
+  if (!is_done(f) && ab__forked(f->rt)) return AB_ESHUTDOWN; /* it would never run */
   ab__cb *node = &f->inline_cb;
   int expected = 0;
   /* relaxed: the flag only hands out the inline node; the list push publishes it */
@@ -234,6 +300,7 @@ int ab_future_then(ab_future *f, void (*cb)(ab_future *, void *), void *arg) {
 
 int ab_future_cancel(ab_future *f) {
   if (f == NULL) return AB_EINVAL;
+  if (ab__forked(f->rt)) return is_done(f) ? AB_EALREADY : AB_ESHUTDOWN; /* no lock of it is safe here */
   uint32_t s = atomic_load_explicit(&f->state, memory_order_relaxed);
   for (;;) {
     switch (s & AB__PHASE) {
@@ -289,11 +356,19 @@ int ab_future_wait_any(ab_future *const *fs, size_t n, int64_t timeout_ns, size_
   for (size_t i = 0; i < n; i++)
     if (fs[i] == NULL) return AB_EINVAL;
   if (find_done(fs, n, which)) return 0;
+  /* sleep on the word of a runtime whose futures can complete; fail if none can */
+  ab_runtime *rt = NULL;
+  int stuck = 0;
+  for (size_t i = 0; i < n && rt == NULL; i++) {
+    int why = cannot_complete(fs[i], timeout_ns != 0);
+    if (why == 0) rt = fs[i]->rt;
+    else if (stuck != AB_ESHUTDOWN) stuck = why;
+  }
+  if (rt == NULL) return stuck;
   if (timeout_ns == 0) return AB_ETIMEDOUT;
   int64_t deadline = ab__deadline_after(timeout_ns);
-  ab_runtime *rt = fs[0]->rt;
   bool mixed = false;
-  for (size_t i = 1; i < n && !mixed; i++) mixed = fs[i]->rt != rt;
+  for (size_t i = 0; i < n && !mixed; i++) mixed = fs[i]->rt != rt;
   atomic_fetch_add(&rt->any_waiters, 1); /* seq_cst: see the design notes */
   int rc = 0;
   for (;;) {

@@ -41,6 +41,8 @@ void ab__device_error_clear(void);
 const char *ab__device_error_peek(void);
 char *ab__device_error_take(const ab_allocator *a);
 bool ab__debug_env(void); /* AB_DEBUG is set (and not "0") */
+/* code is one of AB_ERRNO_MAP's failures (AB_EPENDING is not: it means "not complete") */
+bool ab__is_failure(int code);
 
 /* ---- pool.c: fixed-size objects, never returned to the system before the pool dies ------- */
 #define AB__POOL_SLAB 256
@@ -172,6 +174,7 @@ struct ab_runtime {
   _Atomic int closing;            /* no new submissions */
   _Alignas(64) ab_runtime_options opt;
   _Atomic int trace_on;           /* read by every task: beside the read-mostly options */
+  uint32_t fork_gen;              /* ab__fork_gen() when made: see ab__forked */
   ab_allocator alloc;
   int ndevices;
   ab__device *devices;            /* grouped by kind, in ab_kind order */
@@ -192,6 +195,12 @@ struct ab_runtime {
   bool trace_tsc;                 /* records hold TSC ticks, mapped by the pairs below */
   int64_t trace_tsc0, trace_tsc1, trace_ns1; /* (tsc, ns) at start (ns: trace_t0) and stop */
 };
+
+/* A runtime inherited through fork(): its workers, and any lock they held, stay in the parent.
+ * Every entry point refuses it with AB_ESHUTDOWN before touching a lock or a queue, a future
+ * of it that was not complete at the fork reports AB_ESHUTDOWN, and what it owns is leaked in
+ * the child (the process image goes with the child's exit or exec). */
+static inline bool ab__forked(const ab_runtime *rt) { return rt->fork_gen != ab__fork_gen(); }
 
 void ab__runtime_unref(ab_runtime *rt);
 static inline void ab__runtime_ref(ab_runtime *rt) {
@@ -344,6 +353,9 @@ ab_future *ab__future_new(ab_runtime *rt);      /* refs = 1; NULL on ENOMEM */
 bool ab__complete(ab_future *f, int status, ab_tensor *result, uint32_t from);
 void ab__future_free(ab_future *f);
 int ab__then_internal(ab_future *f, ab__cb *node); /* node provided by caller */
+/* The calling thread is one of rt's workers, or runs a callback of one of rt's futures: it
+ * must not wait for rt to drain (ab_runtime_destroy refuses with AB_EBUSY). */
+bool ab__thread_inside(const ab_runtime *rt);
 
 /* task.c: a new task of a kind with nin input slots, placed as place says (its OOM policy the
  * place's, else the runtime's); refs = 1, NULL when out of memory. */
@@ -414,6 +426,12 @@ struct ab_ctx {
   ab_tensor *output;
   ab__scratch scratch;            /* the first 8 blocks inline, then a chain */
 };
+/* Runs a compute task's body: its status is 0 or a failure code, whatever the body returned
+ * (anything else becomes AB_EINVAL, the message naming what it returned). */
+int ab__ctx_run(ab_ctx *c);
+/* The compute task whose body this thread is running (NULL: none): a wait on it from inside
+ * can never end (future.c). */
+extern _Thread_local const ab_future *ab__running_task;
 
 /* ---- conversions and stacking: convert.c, stack.c, fill.c ---------------------------------- */
 /* The host device (the first of its kind): only for a runtime that has one. */

@@ -5,6 +5,14 @@
  *   - Destroy: set closing (new submits fail with AB_ESHUTDOWN), in AB_CANCEL mode also set
  *     cancelling (workers cancel what they pop; parked tasks are cancelled), wait until the
  *     inflight count is zero (every accepted future has completed), then stop and join workers.
+ *   - Destroy refuses (AB_EBUSY) on a thread it would wait for: one of the runtime's workers (a
+ *     task, or a callback run there), or any thread inside a callback of one of its futures
+ *     (whose completion holds an inflight count until the callbacks return).
+ *   - fork(): a runtime made before the fork has no workers in the child, and a lock one of
+ *     them held stays held there. Every entry point checks ab__forked first and refuses with
+ *     AB_ESHUTDOWN; destroy too, leaving the child's copy as it is rather than joining threads
+ *     that do not exist, and the last reference never frees it (its devices' drivers are not
+ *     fork-safe either).
  *   - The runtime's memory is freed only when its last reference goes: futures and tensors made
  *     by the runtime hold one each, so users may release them after destroy. The backends'
  *     arenas are closed then too, once no tensor can point into them.
@@ -166,7 +174,7 @@ static void runtime_free(ab_runtime *rt) {
 
 void ab__runtime_unref(ab_runtime *rt) {
   /* acq_rel: the last owner sees every use of the runtime before freeing it */
-  if (atomic_fetch_sub_explicit(&rt->refs, 1, memory_order_acq_rel) == 1) runtime_free(rt);
+  if (atomic_fetch_sub_explicit(&rt->refs, 1, memory_order_acq_rel) == 1 && !ab__forked(rt)) runtime_free(rt);
 }
 
 int ab_runtime_create(const ab_runtime_options *opt, ab_runtime **out) {
@@ -181,8 +189,10 @@ int ab_runtime_create(const ab_runtime_options *opt, ab_runtime **out) {
   ab_allocator a = {0};
   if (o.allocator) a = *o.allocator;
   if ((a.malloc_fn == NULL) != (a.free_fn == NULL)) return AB_EINVAL;
+  if (ab__fork_watch() != 0) return AB_ENOMEM;
   ab_runtime *rt = ab__calloc(&a, sizeof *rt);
   if (rt == NULL) return AB_ENOMEM;
+  rt->fork_gen = ab__fork_gen();
   rt->opt = o;
   rt->opt.allocator = NULL;
   rt->alloc = a;
@@ -221,6 +231,8 @@ static void wait_idle(ab_runtime *rt) {
 int ab_runtime_destroy(ab_runtime *rt, int how) {
   if (rt == NULL) return 0;
   if (how != AB_DRAIN && how != AB_CANCEL) return AB_EINVAL;
+  if (ab__forked(rt)) return AB_ESHUTDOWN; /* the parent's: left as it is (see ab__forked) */
+  if (ab__thread_inside(rt)) return AB_EBUSY; /* it would wait for this very thread */
   if (how == AB_CANCEL) atomic_store(&rt->cancelling, 1);
   atomic_store(&rt->closing, 1); /* seq_cst: see task.c's design notes */
   for (int i = 0; i < rt->ndevices; i++) ab__wake_workers(&rt->devices[i]);
@@ -244,12 +256,14 @@ int ab_kind_from_name(const char *name, size_t len) {
 
 int ab_runtime_devices(ab_runtime *rt, ab_device *out, int cap) {
   if (rt == NULL || cap < 0 || (cap > 0 && out == NULL)) return AB_EINVAL;
+  if (ab__forked(rt)) return AB_ESHUTDOWN;
   for (int i = 0; i < rt->ndevices && i < cap; i++) out[i] = rt->devices[i].id;
   return rt->ndevices;
 }
 
 int ab_device_info_get(ab_runtime *rt, ab_device dev, ab_device_info *out) {
   if (rt == NULL || out == NULL) return AB_EINVAL;
+  if (ab__forked(rt)) return AB_ESHUTDOWN;
   ab__device *d = ab__device_of(rt, dev);
   if (d == NULL) return AB_ENODEV;
   memset(out, 0, sizeof *out);
@@ -266,6 +280,7 @@ static uint64_t rd(_Atomic uint64_t *c) { return atomic_load_explicit(c, memory_
 
 int ab_runtime_stats(ab_runtime *rt, ab_device_stats *out, int cap) {
   if (rt == NULL || cap < 0 || (cap > 0 && out == NULL)) return AB_EINVAL;
+  if (ab__forked(rt)) return AB_ESHUTDOWN;
   for (int i = 0; i < rt->ndevices && i < cap; i++) {
     ab__device *d = &rt->devices[i];
     ab__counters *c = &d->stats;
@@ -304,6 +319,7 @@ static void fault_arm(ab__device *d, const ab_fault_spec *s) {
 
 int ab_runtime_fault(ab_runtime *rt, const ab_fault_spec *s) {
   if (rt == NULL || s == NULL) return AB_EINVAL;
+  if (ab__forked(rt)) return AB_ESHUTDOWN;
   if (s->op < 0 || s->op >= AB_FAULT_OPS || s->delay_ns < 0) return AB_EINVAL;
   bool off = s->nth == 0 && s->delay_ns == 0;
   if (off) { /* a zeroed spec disarms every device, whatever it names */

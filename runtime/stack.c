@@ -82,8 +82,8 @@ int ab_unstack(ab_runtime *rt, ab_tensor *volume, ab_device dst, const ab_conver
 static bool is_float(DLDataType dt) { return dt.code == kDLFloat && (dt.bits == 32 || dt.bits == 64); }
 static bool is_int(DLDataType dt) { return dt.code == kDLInt || dt.code == kDLUInt; }
 
-/* Stretching a stack uses one range over every slice, so slices stay comparable. Each slice's
- * range is found where the slice lies. */
+/* Stretching a stack uses one range over every slice, so slices stay comparable: that of their
+ * finite values (ops->minmax). Each slice's range is found where the slice lies. */
 static int stack_range(ab_ctx *c, ab__cast_params *p, DLDataType dt) {
   ab_future *t = c->task;
   if (p->mode != AB_CAST_STRETCH || !is_float(t->in[0].tensor->dl.dtype) || !is_int(dt)) return 0;
@@ -107,7 +107,7 @@ static int stack_range(ab_ctx *c, ab__cast_params *p, DLDataType dt) {
     if (!p->have_range || hi > p->hi) p->hi = hi;
     p->have_range = true;
   }
-  if (!p->have_range) p->mode = AB_CAST_SATURATE; /* all NaN: zeros either way */
+  if (!p->have_range) p->mode = AB_CAST_SATURATE; /* no finite value: what one tensor gets */
   return 0;
 }
 

@@ -299,6 +299,7 @@ int ab_submit(ab_runtime *rt, const ab_task_desc *d, ab_future **out) {
   /* sizes from before `name` was appended are still ab_task_descs */
   if (rt == NULL || d == NULL || d->fn == NULL) return AB_EINVAL;
   if (d->size != sizeof(ab_task_desc) && d->size != offsetof(ab_task_desc, name)) return AB_EINVAL;
+  if (ab__forked(rt)) return AB_ESHUTDOWN; /* first: nothing of it may be locked here */
   int rc = check_inputs(d->inputs, d->ninputs);
   if (rc == 0) rc = check_place(rt, &d->place);
   if (rc != 0) return rc;

@@ -78,6 +78,7 @@ int64_t ab__collapse(const DLTensor *t, int *nd, int64_t *shape, int64_t *bstrid
 }
 
 ab_tensor *ab__tensor_new(ab_runtime *rt) {
+  if (rt && ab__forked(rt)) rt = NULL; /* the pool may be growing in a thread of the parent's */
   ab_tensor *t = rt ? ab__pool_get(&rt->tensors) : malloc(sizeof *t);
   if (t == NULL) return NULL;
   memset(t, 0, sizeof *t);
@@ -230,6 +231,7 @@ int ab_tensor_alloc_pinned(ab_runtime *rt, DLDataType dt, int ndim, const int64_
   if (out == NULL) return AB_EINVAL;
   *out = NULL;
   if (rt == NULL) return AB_EINVAL;
+  if (ab__forked(rt)) return AB_ESHUTDOWN;
   ab__device *host = ab__device_of(rt, (ab_device){AB_HOST, 0});
   if (host == NULL) return AB_ENODEV;
   ab__device *p = pinner(rt);
@@ -241,6 +243,7 @@ int ab_tensor_alloc(ab_runtime *rt, ab_device d, DLDataType dt, int ndim, const 
   if (out == NULL) return AB_EINVAL;
   *out = NULL;
   if (rt == NULL) return AB_EINVAL;
+  if (ab__forked(rt)) return AB_ESHUTDOWN;
   ab__device *dev = ab__device_of(rt, d);
   if (dev == NULL) return AB_ENODEV;
   return ab__tensor_alloc_on(dev, &dev->workers[0], dt, ndim, shape, out);
@@ -265,6 +268,7 @@ static void release_memory(ab_tensor *t) {
     if (t->u.wrap.fn) t->u.wrap.fn(t->u.wrap.ctx);
     break;
   case AB__OWN_ARENA:
+    if (ab__forked(t->dev->rt)) break; /* the parent's arenas and drivers: leaked (ab__forked) */
     if (atomic_load_explicit(&t->shared, memory_order_relaxed)) /* see the field */
       ab__mem_free_shared(t->dev, t->dl.data, t->alloc_bytes);
     else
@@ -274,6 +278,7 @@ static void release_memory(ab_tensor *t) {
     ab_tensor_release(t->u.base);
     break;
   case AB__OWN_PINNED:
+    if (ab__forked(t->dev->rt)) break;
     t->u.pinner->ops->pinned_free(t->u.pinner, t->dl.data);
     ab__mem_unreserve(t->dev, t->alloc_bytes);
     break;

@@ -172,6 +172,7 @@ static int make_rings(ab_runtime *rt, uint32_t n) {
 
 int ab_trace_start(ab_runtime *rt, const ab_trace_options *o) {
   if (rt == NULL || (o && o->size != sizeof(ab_trace_options))) return AB_EINVAL;
+  if (ab__forked(rt)) return AB_ESHUTDOWN; /* trace_lock may be held by a parent's thread */
   ab__lock(&rt->trace_lock, AB__RANK_TRACE);
   int rc = AB_EALREADY;
   if (!atomic_load_explicit(&rt->trace_on, memory_order_relaxed)) { /* written under the lock */
@@ -189,6 +190,7 @@ int ab_trace_start(ab_runtime *rt, const ab_trace_options *o) {
 
 int ab_trace_stop(ab_runtime *rt) {
   if (rt == NULL) return AB_EINVAL;
+  if (ab__forked(rt)) return AB_ESHUTDOWN;
   ab__lock(&rt->trace_lock, AB__RANK_TRACE);
   bool was_on = atomic_load_explicit(&rt->trace_on, memory_order_relaxed); /* written under the lock */
   atomic_store(&rt->trace_on, 0); /* seq_cst: Dekker with begin() */
@@ -311,6 +313,7 @@ static int write_json(ab_runtime *rt, FILE *f) {
 
 int ab_trace_write(ab_runtime *rt, const char *path) {
   if (rt == NULL || path == NULL) return AB_EINVAL;
+  if (ab__forked(rt)) return AB_ESHUTDOWN;
   ab__lock(&rt->trace_lock, AB__RANK_TRACE);
   int rc = AB_EBUSY;
   if (!atomic_load_explicit(&rt->trace_on, memory_order_relaxed)) { /* written under the lock */

@@ -40,7 +40,7 @@ static int run_body(ab_ctx *c) {
   switch (t->kind) {
   case AB__TASK_COMPUTE:
     if (ab__fault_hit(c->w->dev, AB_FAULT_LAUNCH)) return AB_EFAULT;
-    return t->fn(c, t->arg);
+    return ab__ctx_run(c);
   case AB__TASK_CONVERT:
     return ab__convert_run(c);
   case AB__TASK_STACK:

@@ -11,7 +11,7 @@ if(TARGET arraybridge_cli)
     set(_ab_cli_opencl 1)
   endif()
   foreach(_c devices command_line screen_small same_everywhere layouts big_plates bounded_memory bad_inputs
-                memory_limit resume outputs trace)
+                blank_fields memory_limit resume outputs trace)
     add_test(NAME cli_${_c}
              COMMAND bash ${CMAKE_CURRENT_SOURCE_DIR}/cli_test.sh ${_c} $<TARGET_FILE:arraybridge_cli> ${_ab_cli_opencl})
     set_tests_properties(cli_${_c} PROPERTIES LABELS cli TIMEOUT 300 SKIP_RETURN_CODE 77 ENVIRONMENT "${_ab_cli_env}")

@@ -1,6 +1,8 @@
 """cli_files.py: files for and from the `arraybridge` command's tests (tests/cli_test.sh).
 
   cli_files.py tiled OUT W H     write a one-page 16-bit TIFF stored in 16x16 tiles
+  cli_files.py constant OUT W H PAGES VALUE
+                                 write a 16-bit TIFF of PAGES strip pages, every pixel VALUE
   cli_files.py png FILE          check a PNG (signature, chunk CRCs, zlib stream, filter bytes)
                                  and print "size W H", "colours N" and "grey N" (pixels of the
                                  no-data grey)
@@ -43,6 +45,27 @@ def tiled(out, w, h):
         f.write(struct.pack("<I", 0))
 
 
+def constant(out, w, h, pages, value):
+    data = struct.pack("<H", value) * (w * h)
+    # layout: header (8), the pixels (shared by every page), then one IFD per page
+    buf = bytearray(b"II*\x00" + struct.pack("<I", 0)) + data
+    link = 4  # where the offset of the next IFD goes
+    for page in range(pages):
+        struct.pack_into("<I", buf, link, len(buf))
+        entries = [(256, 4, 1, w), (257, 4, 1, h), (258, 3, 1, 16), (259, 3, 1, 1), (262, 3, 1, 1),
+                   (273, 4, 1, 8), (277, 3, 1, 1), (278, 4, 1, h), (279, 4, 1, len(data)), (284, 3, 1, 1),
+                   (297, 3, 2, page | pages << 16), (339, 3, 1, 1)]
+        buf += struct.pack("<H", len(entries))
+        for tag, typ, count, v in entries:
+            if typ == 3:  # SHORT values sit in the entry's low half
+                buf += struct.pack("<HHIHH", tag, typ, count, v & 0xFFFF, v >> 16)
+            else:
+                buf += struct.pack("<HHII", tag, typ, count, v)
+        link = len(buf)
+        buf += struct.pack("<I", 0)
+    open(out, "wb").write(buf)
+
+
 def png(path):
     raw = open(path, "rb").read()
     assert raw[:8] == b"\x89PNG\r\n\x1a\n", "no PNG signature"
@@ -78,6 +101,8 @@ def main():
     what = sys.argv[1]
     if what == "tiled":
         tiled(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]))
+    elif what == "constant":
+        constant(sys.argv[2], *(int(a) for a in sys.argv[3:7]))
     elif what == "png":
         png(sys.argv[2])
     elif what == "json":

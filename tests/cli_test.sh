@@ -287,7 +287,49 @@ EOF
   expect 1 "$CLI" screen "${SMALL[@]}" --out "$W/no/such/dir/r.csv"
   one_line "cannot write .*/no/such/dir/r.csv: No such file or directory"
   expect 1 "$CLI" screen "${SMALL[@]}" --out /dev/full --quiet
-  one_line "cannot write /dev/full: No space left on device"
+  if [[ $(id -u) == 0 ]]; then
+    one_line "cannot write /dev/full: No space left on device"
+  else # its sidecar would be a new file in /dev
+    one_line "cannot write /dev/full.json: Permission denied"
+  fi
+  # any output that cannot be written (--objects, --heatmap, --trace too) stops the run before it
+  # makes a file, with the OS's reason: nothing is left that would refuse the next run
+  touch "$W/afile"
+  local opt
+  for opt in --objects --heatmap --trace; do
+    expect 1 "$CLI" screen "${SMALL[@]}" --out "$W/u.csv" "$opt" "$W/afile/x" --quiet
+    one_line "cannot write .*/afile/x: Not a directory"
+    [[ ! -e $W/u.csv && ! -e $W/u.json ]] || fail "$opt: a run that could not start left a file"
+  done
+  expect 1 "$CLI" screen "${SMALL[@]}" --out "$W/u.csv" --objects "$W/nodir/o.csv" --quiet
+  one_line "cannot write .*/nodir/o.csv: No such file or directory"
+  if [[ $(id -u) == 0 ]] && unshare -m true 2>/dev/null; then
+    mkdir "$W/ro"
+    expect 1 unshare -m bash -c 'mount -t tmpfs -o ro,size=16k none "$1" && shift && "$@"' _ "$W/ro" \
+      "$CLI" screen "${SMALL[@]}" --out "$W/u.csv" --objects "$W/ro/o.csv" --quiet
+    one_line "cannot write .*/ro/o.csv: Read-only file system"
+    [[ ! -e $W/u.csv && ! -e $W/u.json ]] || fail "a read-only --objects: the run left a file"
+  fi
+  expect 0 "$CLI" screen "${SMALL[@]}" --out "$W/u.csv" --objects "$W/u-o.csv" --heatmap "$W/u.png" \
+    --trace "$W/u-t.json" --quiet
+  # an existing file written in place (--objects, --heatmap) needs no writable folder; a new
+  # name there does (as does the sidecar, which is renamed over)
+  local as=()
+  if [[ $(id -u) == 0 ]]; then
+    setpriv --reuid=65534 --regid=65534 --clear-groups true 2>/dev/null && as=(setpriv --reuid=65534 --regid=65534 --clear-groups)
+    chmod 0711 "$W"
+  fi
+  if [[ $(id -u) != 0 || ${#as[@]} != 0 ]]; then
+    mkdir "$W/keep" "$W/free"
+    touch "$W/keep/o.csv" "$W/keep/h.png"
+    chmod 0666 "$W/keep/o.csv" "$W/keep/h.png" && chmod 0555 "$W/keep" && chmod 0777 "$W/free"
+    expect 0 "${as[@]}" "$CLI" screen "${SMALL[@]}" --devices host --out "$W/free/k.csv" \
+      --objects "$W/keep/o.csv" --heatmap "$W/keep/h.png" --quiet
+    [[ -s $W/keep/o.csv && -s $W/keep/h.png ]] || fail "the files kept in place were not written"
+    expect 1 "${as[@]}" "$CLI" screen "${SMALL[@]}" --devices host --out "$W/keep/k.csv" --quiet
+    one_line "cannot write .*/keep/k.csv: Permission denied"
+    chmod 0755 "$W/keep"
+  fi
   # a disk that fills up during the run (a small tmpfs, where this may mount one): the run stops,
   # says so and exits 1; every row written before stays
   if [[ $(id -u) == 0 ]] && unshare -m true 2>/dev/null; then
@@ -306,6 +348,29 @@ EOF
   else
     echo "note: cannot mount a small tmpfs here: the disk-full case is not run"
   fi
+}
+
+# Blank fields: a constant image (an empty well, a zero-filled or saturated field) has no
+# foreground and no objects, with either threshold, on every device; the other images keep theirs.
+case_blank_fields() {
+  local P="$W/p" d
+  "$CLI" make-plate --out "$P" --wells 3 --sites 1 --z 3 --size 64x64
+  "${FILES[@]}" constant "$P/A01_s1.tif" 64 64 3 0
+  "${FILES[@]}" constant "$P/A02_s1.tif" 64 64 3 65535
+  local devs=(host)
+  if ((OPENCL)); then for ((i = 0; i < $(n_opencl); i++)); do devs+=("opencl:$i"); done; fi
+  for ((i = 0; i < $(n_cuda); i++)); do devs+=("cuda:$i"); done
+  for d in "${devs[@]}"; do
+    "$CLI" screen --plate "$P" --devices "$d" --out "$W/$d.csv" --quiet
+    "$CLI" screen --plate "$P" --devices "$d" --threshold 0.01 --out "$W/$d-m.csv" --quiet
+    cat "$W/$d.csv"
+    for f in "$W/$d.csv" "$W/$d-m.csv"; do
+      grep -q '^A01,1,1,[a-z]*:[0-9],ok,0,0.00,0,' "$f" || fail "$d: the blank field has objects or foreground"
+      grep -q '^A02,1,1,[a-z]*:[0-9],ok,0,0.00,0,' "$f" || fail "$d: the saturated field has objects or foreground"
+      awk -F, '$1 == "A03" && $6 > 0 { ok = 1 } END { exit !ok }' "$f" || fail "$d: A03 lost its objects"
+    done
+    cmp -s <(rows "$W/host.csv") <(rows "$W/$d.csv") || fail "$d differs from host"
+  done
 }
 
 # A budget that holds one small chain per device: fewer stacks in flight, the same results; a

@@ -39,3 +39,6 @@ template <int S, int D = 0> int dispatch(int s, int d, const void *x, void *out,
 extern "C" int tcu_kernel_value(int s, int d, const void *x, void *out, int stretch, double lo, double span) {
   return dispatch<0>(s, d, x, out, stretch != 0, lo, span);
 }
+
+/* Folds v into a stretch range as minmax_kernel does for each element it reads. */
+extern "C" void tcu_range_add(double v, double *lo, double *hi, int *found) { range_add(v, *lo, *hi, *found); }

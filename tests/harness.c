@@ -25,11 +25,15 @@ void th_fail(const char *file, int line, const char *fmt, ...) {
 }
 
 const char *th_errstr(long long v) {
-  static _Thread_local char buf[160];
+  /* two buffers in turn: a failed CHECK_EQ_INT prints both of its operands in one call */
+  static _Thread_local char buf[2][160];
+  static _Thread_local int next;
   if (v >= 0 || v < INT32_MIN) return "";
   const char *name = ab_err_name((int)v), *text = ab_strerror((int)v);
-  snprintf(buf, sizeof buf, " (%s: %s)", name ? name : "?", text ? text : "?");
-  return buf;
+  char *b = buf[next];
+  next ^= 1;
+  snprintf(b, sizeof buf[0], " (%s: %s)", name ? name : "?", text ? text : "?");
+  return b;
 }
 
 int th_code_in(int code, int n, const int *codes) {

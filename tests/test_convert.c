@@ -127,9 +127,10 @@ static void ref_saturate(const void *src, DLDataType st, void *dst, DLDataType d
 }
 
 /* The stretch reference over a whole array (contiguous src, n elements), as the README defines
- * it: (x - min) / (max - min) * (MAX - MIN) + MIN in double, then a saturating cast. Dividing
- * first maps max to MAX exactly; multiplying by a precomputed scale is an ulp off, which
- * truncation would turn into MAX - 1. */
+ * it: (x - min) / (max - min) * (MAX - MIN) + MIN in double, then a saturating cast, min and
+ * max taken over the finite values (infinities then saturate, NaN becomes 0). Dividing first
+ * maps max to MAX exactly; multiplying by a precomputed scale is an ulp off, which truncation
+ * would turn into MAX - 1. */
 static void ref_stretch(const void *src, DLDataType st, void *dst, DLDataType dt, size_t n) {
   size_t ss = th_dt_size(st), ds = th_dt_size(dt);
   if (st.code != kDLFloat || dt.code == kDLFloat) {
@@ -139,6 +140,7 @@ static void ref_stretch(const void *src, DLDataType st, void *dst, DLDataType dt
   double mn = INFINITY, mx = -INFINITY;
   for (size_t i = 0; i < n; i++) {
     double x = load((const char *)src + i * ss, st).d;
+    if (!isfinite(x)) continue;
     if (x < mn) mn = x;
     if (x > mx) mx = x;
   }
@@ -295,11 +297,12 @@ static int all_pairs(int cast) {
     uint64_t tmp[CAP];
     size_t n = gen_values(si, tmp, CAP);
     if (cast == AB_CAST_STRETCH && st.code == kDLFloat) {
-      /* stretch needs finite data: keep the finite values only */
+      /* NaN and infinities stay (they must not move the range); huge finite values go, as
+       * their span would swamp the rest */
       size_t m = 0, es = th_dt_size(st);
       for (size_t k = 0; k < n; k++) {
         double x = load((char *)tmp + k * es, st).d;
-        if (isfinite(x) && fabs(x) < 1e20) memmove((char *)tmp + m++ * es, (char *)tmp + k * es, es);
+        if (!isfinite(x) || fabs(x) < 1e20) memmove((char *)tmp + m++ * es, (char *)tmp + k * es, es);
       }
       n = m;
     }
@@ -386,6 +389,49 @@ static int test_stretch_known_values(void) {
   CHECK_EQ_INT(s16[4], 32767);
   ab_tensor_release(res);
   ab_tensor_release(src);
+  CHECK_OK(ab_runtime_destroy(rt, AB_DRAIN));
+  return 0;
+}
+
+/* Infinities and NaN do not move the stretch range: [min, max] is that of the finite values,
+ * -inf goes to the bottom of the target, +inf to the top, NaN to 0. Without a finite range
+ * (none, or one value) it is a saturating cast, which treats them the same way. */
+static int stretch_f64(ab_runtime *rt, const double *v, int n, DLDataType dt, ab_tensor **res) {
+  int64_t shape[1] = {n};
+  ab_tensor *src = NULL;
+  CHECK_OK(ab_tensor_alloc(rt, th_host(0), TH_F64, 1, shape, &src));
+  memcpy(data_of(src), v, sizeof(double) * (size_t)n);
+  ab_convert_options o = opts(dt, AB_CAST_STRETCH);
+  int rc = convert_wait(rt, src, th_host(0), &o, res);
+  ab_tensor_release(src);
+  return rc;
+}
+
+static int test_stretch_infinities(void) {
+  ab_runtime *rt;
+  CHECK_OK(th_runtime(&rt, 1, 1));
+  ab_tensor *res = NULL;
+  /* [-1.5, 70000]: 0.5 lands at trunc(2 / 70001.5 * 65535) = 1 */
+  const double v[6] = {NAN, -INFINITY, -1.5, 0.5, 70000.0, INFINITY};
+  CHECK_OK(stretch_f64(rt, v, 6, TH_U16, &res));
+  const uint16_t want16[6] = {0, 0, 0, 1, 65535, 65535};
+  for (int i = 0; i < 6; i++) CHECK_EQ_INT(((const uint16_t *)data_of(res))[i], want16[i]);
+  ab_tensor_release(res);
+  /* a signed target: the infinities go to its ends, NaN to 0 (not the bottom) */
+  CHECK_OK(stretch_f64(rt, v, 6, th_dt(kDLInt, 8), &res));
+  const int8_t want8[6] = {0, -128, -128, -127, 127, 127};
+  for (int i = 0; i < 6; i++) CHECK_EQ_INT(((const int8_t *)data_of(res))[i], want8[i]);
+  ab_tensor_release(res);
+  /* no finite value, or only one: saturate */
+  const double none[3] = {INFINITY, NAN, -INFINITY}, one[4] = {INFINITY, 3.7, -INFINITY, 3.7};
+  CHECK_OK(stretch_f64(rt, none, 3, TH_U8, &res));
+  const uint8_t want_none[3] = {255, 0, 0};
+  for (int i = 0; i < 3; i++) CHECK_EQ_INT(((const uint8_t *)data_of(res))[i], want_none[i]);
+  ab_tensor_release(res);
+  CHECK_OK(stretch_f64(rt, one, 4, th_dt(kDLInt, 16), &res));
+  const int16_t want_one[4] = {32767, 3, -32768, 3};
+  for (int i = 0; i < 4; i++) CHECK_EQ_INT(((const int16_t *)data_of(res))[i], want_one[i]);
+  ab_tensor_release(res);
   CHECK_OK(ab_runtime_destroy(rt, AB_DRAIN));
   return 0;
 }
@@ -809,6 +855,7 @@ static const ab_test_entry tests[] = {TEST_ENTRY(saturate_all_pairs),
                                       TEST_ENTRY(foreign_cuda_source_needs_its_gpu),
                                       TEST_ENTRY(stretch_all_pairs),
                                       TEST_ENTRY(stretch_known_values),
+                                      TEST_ENTRY(stretch_infinities),
                                       TEST_ENTRY(strided_sources),
                                       TEST_ENTRY(imported_byte_offset),
                                       TEST_ENTRY(zero_copy),

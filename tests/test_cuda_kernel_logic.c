@@ -2,13 +2,14 @@
  * test_cuda_kernel_logic.c: the CUDA kernels' value conversions (devices/cuda/sat.cuh, run on
  * the host through cuda_sat_ref.cu) against the host device's conversions, for every dtype
  * pair, both cast modes and the OpenCL tests' special values (NaN, infinities, every integer
- * range endpoint and its neighbours). Runs without a GPU: it checks the kernels' logic (the
- * clamping branches, the stretch formula), not the GPU's instructions, which test_cuda_convert
- * does on a GPU.
+ * range endpoint and its neighbours), with the stretch range found by the minmax kernel's
+ * logic. Runs without a GPU: it checks the kernels' logic (the clamping branches, the stretch
+ * range and formula), not the GPU's instructions, which test_cuda_convert does on a GPU.
  */
 #include "test_cuda_common.c"
 
 int tcu_kernel_value(int s, int d, const void *x, void *out, int stretch, double lo, double span);
+void tcu_range_add(double v, double *lo, double *hi, int *found);
 
 enum { N = 1000 };
 
@@ -20,10 +21,11 @@ static int kernel_all(int s, int d, const ab_tensor *src, void *out, int stretch
   return 0;
 }
 
-/* The host's stretch range over src, as cu_cast would find it (min and max of non-NaN). */
+/* The stretch range over src as minmax_kernel finds it (sat.cuh's range_add, one element at a
+ * time): the host's finite min and max, else the stretch below differs from the host's. */
 static void range_of(const ab_tensor *src, int s, double *lo, double *hi, bool *found) {
   const char *p = ab_tensor_dl(src)->data;
-  *found = false;
+  int any = 0;
   for (int i = 0; i < N; i++) {
     double v;
     if (s == 8) {
@@ -33,11 +35,9 @@ static void range_of(const ab_tensor *src, int s, double *lo, double *hi, bool *
     } else {
       memcpy(&v, p + (size_t)i * 8, 8);
     }
-    if (v != v) continue;
-    if (!*found || v < *lo) *lo = v;
-    if (!*found || v > *hi) *hi = v;
-    *found = true;
+    tcu_range_add(v, lo, hi, &any);
   }
+  *found = any != 0;
 }
 
 static int pair(ab_runtime *rt, int s, int d, int set, int mode) {

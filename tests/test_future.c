@@ -711,6 +711,93 @@ static int test_stats_count_dependents(void) {
 }
 
 /* Bad arguments to the future API. */
+/* ---- waits that only the waiting worker could end ------------------------------------------ */
+/* A task waiting for itself, or for a task queued behind it on a device it is the only worker
+ * of, would wait for ever: the wait fails at once with AB_EBUSY. The waits below have a 500 ms
+ * timeout only so that a wait that is not refused shows as AB_ETIMEDOUT rather than a hang. A
+ * poll (timeout 0) still says AB_ETIMEDOUT: it does not block. */
+typedef struct {
+  ab_future *_Atomic self, *_Atomic other;
+  sem_t go;
+  atomic_int rc_self, rc_poll, rc_other;
+} self_wait;
+
+static int wait_inside(ab_ctx *c, void *arg) {
+  (void)c;
+  self_wait *a = arg;
+  while (sem_wait(&a->go) != 0) {
+  }
+  if (atomic_load(&a->self)) {
+    atomic_store(&a->rc_self, ab_future_wait(atomic_load(&a->self), TH_MS(500)));
+    atomic_store(&a->rc_poll, ab_future_wait(atomic_load(&a->self), 0));
+  }
+  ab_future *both[2] = {atomic_load(&a->other), atomic_load(&a->self)};
+  atomic_store(&a->rc_other, both[1] ? ab_future_wait_any(both, 2, TH_MS(500), NULL)
+                                      : ab_future_wait(both[0], TH_MS(500)));
+  return 0;
+}
+
+static void wait_in_callback(ab_future *f, void *arg) {
+  (void)f;
+  self_wait *a = arg;
+  atomic_store(&a->rc_other, ab_future_wait(atomic_load(&a->other), TH_MS(500)));
+  atomic_store(&a->rc_self, 1); /* done */
+}
+
+static int test_wait_for_itself_refused(void) {
+  ab_runtime *rt;
+  CHECK_OK(make_rt(&rt, 1));
+  /* in a task body: its own future, and a task queued behind it */
+  self_wait a = {0};
+  sem_init(&a.go, 0, 0);
+  ab_future *me, *behind;
+  CHECK_OK(th_submit_fn(rt, th_host(0), wait_inside, &a, &me));
+  CHECK_OK(th_submit_fn(rt, th_host(0), th_count_task, NULL, &behind));
+  atomic_store(&a.self, me);
+  atomic_store(&a.other, behind);
+  sem_post(&a.go);
+  CHECK_OK(ab_future_wait(me, TH_SEC(10)));
+  CHECK_EQ_INT(atomic_load(&a.rc_self), AB_EBUSY);
+  CHECK_EQ_INT(atomic_load(&a.rc_poll), AB_ETIMEDOUT);
+  CHECK_EQ_INT(atomic_load(&a.rc_other), AB_EBUSY); /* wait_any: both only this worker's */
+  CHECK_OK(ab_future_wait(behind, -1));
+  ab_future_release(me);
+  ab_future_release(behind);
+  /* in a callback on the worker: a task queued on its device */
+  self_wait b = {0};
+  th_gate g;
+  th_gate_init(&g);
+  ab_future *gated;
+  CHECK_OK(th_submit_gate(rt, th_host(0), &g, &gated));
+  CHECK_OK(th_submit_fn(rt, th_host(0), th_count_task, NULL, &behind));
+  atomic_store(&b.other, behind);
+  CHECK_OK(ab_future_then(gated, wait_in_callback, &b));
+  th_gate_open_all(&g);
+  CHECK_OK(ab_future_wait(behind, TH_SEC(10)));
+  for (int i = 0; i < 5000 && !atomic_load(&b.rc_self); i++) th_sleep_ns(TH_MS(1));
+  CHECK_EQ_INT(atomic_load(&b.rc_other), AB_EBUSY);
+  ab_future_release(gated);
+  ab_future_release(behind);
+  CHECK_OK(ab_runtime_destroy(rt, AB_DRAIN));
+  /* with a second worker the queued task can run: that wait is fine */
+  CHECK_OK(make_rt(&rt, 2));
+  self_wait c = {0};
+  sem_init(&c.go, 0, 0);
+  CHECK_OK(th_submit_fn(rt, th_host(0), wait_inside, &c, &me));
+  CHECK_OK(th_submit_fn(rt, th_host(0), th_count_task, NULL, &behind));
+  atomic_store(&c.other, behind);
+  sem_post(&c.go);
+  CHECK_OK(ab_future_wait(me, TH_SEC(10)));
+  CHECK_OK(atomic_load(&c.rc_other));
+  ab_future_release(me);
+  ab_future_release(behind);
+  CHECK_OK(ab_runtime_destroy(rt, AB_DRAIN));
+  th_gate_destroy(&g);
+  sem_destroy(&a.go);
+  sem_destroy(&c.go);
+  return 0;
+}
+
 static int test_future_bad_args(void) {
   CHECK_ERR_IN(ab_future_wait(NULL, 0), AB_EINVAL);
   CHECK_ERR_IN(ab_future_cancel(NULL), AB_EINVAL);
@@ -741,6 +828,7 @@ static const ab_test_entry tests[] = {TEST_ENTRY(wait_timeout_and_poll),
                                       TEST_ENTRY(cancel_queued_never_runs),
                                       TEST_ENTRY(cancel_after_completion),
                                       TEST_ENTRY(cancel_running),
+                                      TEST_ENTRY(wait_for_itself_refused),
                                       TEST_ENTRY(future_inputs),
                                       TEST_ENTRY(future_input_failure_propagates),
                                       TEST_ENTRY(cancel_waiting_on_input),

@@ -573,6 +573,218 @@ static int test_asserts_enabled(void) {
   return 0;
 }
 
+/* ---- fork ------------------------------------------------------------------------------------ */
+static atomic_int fork_cb_ran;
+static void fork_cb(ab_future *f, void *arg) {
+  (void)f, (void)arg;
+  atomic_fetch_add(&fork_cb_ran, 1);
+}
+
+/* ThreadSanitizer kills a child of a multi-threaded fork() that starts threads (die_after_fork):
+ * under it the child leaves out making a runtime of its own, which the other builds check. */
+#if defined(__SANITIZE_THREAD__)
+#define FORK_UNDER_TSAN 1
+#elif defined(__has_feature)
+#if __has_feature(thread_sanitizer)
+#define FORK_UNDER_TSAN 1
+#endif
+#endif
+#ifndef FORK_UNDER_TSAN
+#define FORK_UNDER_TSAN 0
+#endif
+static const bool tsan = FORK_UNDER_TSAN;
+
+/* What the child of a fork sees of a runtime made before it (see the test below): 0 when all
+ * of it holds. */
+static int fork_child_checks(ab_runtime *rt, ab_future *running, ab_future *queued, ab_future *done, ab_tensor *t) {
+  ab_future *f = (ab_future *)(uintptr_t)1;
+  ab_task_desc d = AB_TASK_DESC_INIT;
+  d.fn = th_count_task;
+  CHECK_EQ_INT(ab_submit(rt, &d, &f), AB_ESHUTDOWN);
+  CHECK_NULL(f);
+  CHECK_EQ_INT(ab_convert(rt, t, th_host(0), NULL, &f), AB_ESHUTDOWN);
+  CHECK_EQ_INT(ab_convert_after(rt, done, th_host(0), NULL, &f), AB_ESHUTDOWN);
+  CHECK_EQ_INT(ab_stack(rt, &t, 1, th_host(0), NULL, &f), AB_ESHUTDOWN);
+  ab_future *parts[4] = {f, f, f, f};
+  CHECK_EQ_INT(ab_unstack(rt, t, th_host(0), NULL, parts), AB_ESHUTDOWN);
+  for (int i = 0; i < 4; i++) CHECK_NULL(parts[i]);
+  int64_t shape[1] = {4};
+  ab_tensor *u = (ab_tensor *)(uintptr_t)1;
+  CHECK_EQ_INT(ab_tensor_alloc(rt, th_host(0), TH_F32, 1, shape, &u), AB_ESHUTDOWN);
+  CHECK_NULL(u);
+  CHECK_EQ_INT(ab_tensor_alloc_pinned(rt, TH_F32, 1, shape, &u), AB_ESHUTDOWN);
+  ab_device devs[4];
+  ab_device_info info;
+  ab_device_stats stats[4];
+  ab_fault_spec fault = {.op = AB_FAULT_COPY, .device = th_host(0), .nth = 1, .count = 1};
+  CHECK_EQ_INT(ab_runtime_devices(rt, devs, 4), AB_ESHUTDOWN);
+  CHECK_EQ_INT(ab_device_info_get(rt, th_host(0), &info), AB_ESHUTDOWN);
+  CHECK_EQ_INT(ab_runtime_stats(rt, stats, 4), AB_ESHUTDOWN);
+  CHECK_EQ_INT(ab_runtime_fault(rt, &fault), AB_ESHUTDOWN);
+  CHECK_EQ_INT(ab_trace_start(rt, NULL), AB_ESHUTDOWN);
+  CHECK_EQ_INT(ab_trace_stop(rt), AB_ESHUTDOWN);
+  CHECK_EQ_INT(ab_trace_write(rt, "/dev/null"), AB_ESHUTDOWN);
+  /* the futures pending at the fork never complete here: every wait says so at once */
+  CHECK_EQ_INT(ab_future_wait(running, -1), AB_ESHUTDOWN);
+  CHECK_EQ_INT(ab_future_wait(queued, -1), AB_ESHUTDOWN);
+  CHECK_EQ_INT(ab_future_wait(queued, 0), AB_ESHUTDOWN);
+  ab_future *both[2] = {done, queued}, *pending[2] = {running, queued};
+  CHECK_EQ_INT(ab_future_wait_all(both, 2, -1), AB_ESHUTDOWN);
+  CHECK_EQ_INT(ab_future_wait_any(pending, 2, -1, NULL), AB_ESHUTDOWN);
+  size_t which = 9;
+  CHECK_OK(ab_future_wait_any(both, 2, -1, &which));
+  CHECK_EQ_INT(which, 0);
+  CHECK_EQ_INT(ab_future_status(running), AB_ESHUTDOWN);
+  CHECK_EQ_INT(ab_future_result(queued, &u), AB_ESHUTDOWN);
+  CHECK_NULL(u);
+  const char *m = ab_future_message(queued);
+  CHECK_MSG(m && strstr(m, "fork"), "message: %s", m ? m : "(none)");
+  CHECK_EQ_INT(ab_future_then(queued, fork_cb, NULL), AB_ESHUTDOWN);
+  CHECK_EQ_INT(ab_future_cancel(queued), AB_ESHUTDOWN);
+  /* what was complete stays readable; a view of a tensor works (it touches no pool of rt's) */
+  CHECK_OK(ab_future_status(done));
+  CHECK_OK(ab_future_then(done, fork_cb, NULL));
+  CHECK_EQ_INT(atomic_load(&fork_cb_ran), 1);
+  CHECK_EQ_INT(ab_future_cancel(done), AB_EALREADY);
+  ab_tensor *v = NULL;
+  CHECK_OK(ab_tensor_index(t, 2, &v));
+  CHECK(*(const float *)th_elem(ab_tensor_dl(v), NULL) == 2.0f);
+  ab_tensor_release(v);
+  ab_tensor_release(t); /* its memory stays: the parent's arena is not touched here */
+  ab_future_release(done);
+  /* destroy does not wait for workers that are not here */
+  CHECK_EQ_INT(ab_runtime_destroy(rt, AB_DRAIN), AB_ESHUTDOWN);
+  if (tsan) return 0; /* see FORK_UNDER_TSAN */
+  /* a runtime made in the child is a runtime like any other */
+  ab_runtime *mine;
+  CHECK_OK(th_runtime(&mine, 1, 1));
+  CHECK_OK(th_submit_fn(mine, th_host(0), th_count_task, NULL, &f));
+  CHECK_OK(ab_future_wait(f, -1));
+  CHECK_OK(ab_future_status(f));
+  ab_future_release(f);
+  CHECK_OK(ab_runtime_destroy(mine, AB_DRAIN));
+  return 0;
+}
+
+/* A child of fork() has none of its parent's worker threads. Every call on a runtime made
+ * before the fork fails there with AB_ESHUTDOWN instead of accepting work that never runs;
+ * futures pending at the fork report AB_ESHUTDOWN instead of hanging their waiters; destroy
+ * returns instead of joining threads that are not there. The parent carries on unharmed. */
+static int test_fork_child_refuses_inherited_runtime(void) {
+  ab_runtime *rt;
+  CHECK_OK(th_runtime(&rt, 1, 1));
+  int64_t shape[1] = {4};
+  ab_tensor *t = NULL;
+  CHECK_OK(ab_tensor_alloc(rt, th_host(0), TH_F32, 1, shape, &t));
+  for (int i = 0; i < 4; i++) ((float *)ab_tensor_dl(t)->data)[i] = (float)i;
+  ab_future *done, *running, *queued;
+  CHECK_OK(th_submit_fn(rt, th_host(0), th_count_task, NULL, &done));
+  CHECK_OK(ab_future_wait(done, -1));
+  th_gate g;
+  th_gate_init(&g);
+  CHECK_OK(th_submit_gate(rt, th_host(0), &g, &running));
+  CHECK_OK(th_submit_fn(rt, th_host(0), th_count_task, NULL, &queued));
+  fflush(NULL);
+  pid_t pid = fork();
+  CHECK(pid >= 0);
+  if (pid == 0) {
+    alarm(20); /* a hang is a failure, not a stuck test */
+    _exit(fork_child_checks(rt, running, queued, done, t));
+  }
+  int st = 0;
+  CHECK(waitpid(pid, &st, 0) == pid);
+  CHECK_MSG(WIFEXITED(st) && WEXITSTATUS(st) == 0, "the child's checks failed (status %d)", st);
+  th_gate_open_all(&g);
+  CHECK_OK(ab_future_wait(queued, -1));
+  CHECK_OK(ab_future_status(running));
+  CHECK_OK(ab_future_status(queued));
+  ab_future_release(running);
+  ab_future_release(queued);
+  ab_future_release(done);
+  ab_tensor_release(t);
+  CHECK_OK(ab_runtime_destroy(rt, AB_DRAIN));
+  th_gate_destroy(&g);
+  return 0;
+}
+
+/* ---- destroy from inside ------------------------------------------------------------------- */
+typedef struct {
+  ab_runtime *rt;           /* destroyed from inside: must refuse */
+  ab_runtime *other;        /* another runtime, destroyed from the same place: must work */
+  atomic_int rc, other_rc, ran;
+} inside_arg;
+
+static void destroy_in_callback(ab_future *f, void *arg) {
+  (void)f;
+  inside_arg *a = arg;
+  atomic_store(&a->rc, ab_runtime_destroy(a->rt, AB_DRAIN));
+  if (a->other) atomic_store(&a->other_rc, ab_runtime_destroy(a->other, AB_DRAIN));
+  atomic_store(&a->ran, 1);
+}
+
+static int destroy_in_task(ab_ctx *c, void *arg) {
+  (void)c;
+  destroy_in_callback(NULL, arg);
+  return 0;
+}
+
+/* The callback ran (it may run after the future's waiters wake): at most 5 s. */
+static int ran_within(inside_arg *a) {
+  for (int i = 0; i < 5000 && !atomic_load(&a->ran); i++) th_sleep_ns(TH_MS(1));
+  return atomic_load(&a->ran);
+}
+
+/* Destroy waits for every task and callback and joins every worker: called from a task or a
+ * callback of the same runtime it would wait for itself. It refuses with AB_EBUSY and does
+ * nothing, wherever the callback runs: on a worker, on a thread cancelling the future, on a
+ * thread registering it on a complete future. Another runtime may be destroyed from there. */
+static int test_destroy_from_inside_refused(void) {
+  ab_runtime *rt, *other;
+  CHECK_OK(th_runtime(&rt, 1, 1));
+  CHECK_OK(th_runtime(&other, 1, 1));
+  /* a callback on the worker that completed the future */
+  th_gate g;
+  th_gate_init(&g);
+  ab_future *gated, *queued, *f;
+  inside_arg on_worker = {.rt = rt, .other = other};
+  CHECK_OK(th_submit_gate(rt, th_host(0), &g, &gated));
+  CHECK_OK(ab_future_then(gated, destroy_in_callback, &on_worker));
+  /* a callback run by ab_future_cancel, here */
+  inside_arg on_cancel = {.rt = rt};
+  CHECK_OK(th_submit_fn(rt, th_host(0), th_count_task, NULL, &queued));
+  CHECK_OK(ab_future_then(queued, destroy_in_callback, &on_cancel));
+  CHECK_OK(ab_future_cancel(queued));
+  CHECK_MSG(ran_within(&on_cancel), "destroy from a callback run by cancel has not returned");
+  CHECK_EQ_INT(atomic_load(&on_cancel.rc), AB_EBUSY);
+  th_gate_open_all(&g);
+  CHECK_MSG(ran_within(&on_worker), "destroy from a callback on a worker has not returned");
+  CHECK_EQ_INT(atomic_load(&on_worker.rc), AB_EBUSY);
+  CHECK_OK(atomic_load(&on_worker.other_rc));
+  /* a callback run at once, on a complete future */
+  inside_arg at_once = {.rt = rt};
+  CHECK_OK(ab_future_then(gated, destroy_in_callback, &at_once));
+  CHECK(atomic_load(&at_once.ran));
+  CHECK_EQ_INT(atomic_load(&at_once.rc), AB_EBUSY);
+  /* a task body */
+  inside_arg in_task = {.rt = rt};
+  CHECK_OK(th_submit_fn(rt, th_host(0), destroy_in_task, &in_task, &f));
+  CHECK_OK(ab_future_wait(f, TH_SEC(5)));
+  CHECK_EQ_INT(atomic_load(&in_task.rc), AB_EBUSY);
+  CHECK_OK(ab_future_status(f));
+  /* nothing was done: the runtime still works, and its owner destroys it */
+  ab_future *after;
+  CHECK_OK(th_submit_fn(rt, th_host(0), th_count_task, NULL, &after));
+  CHECK_OK(ab_future_wait(after, -1));
+  CHECK_OK(ab_future_status(after));
+  ab_future_release(after);
+  ab_future_release(f);
+  ab_future_release(gated);
+  ab_future_release(queued);
+  CHECK_OK(ab_runtime_destroy(rt, AB_DRAIN));
+  th_gate_destroy(&g);
+  return 0;
+}
+
 /* One name per kind, for printing and for parsing "kind" or "kind:index" without a copy. */
 static int test_kind_names(void) {
   static const struct { int kind; const char *name; } names[] = {
@@ -610,5 +822,7 @@ static const ab_test_entry tests[] = {TEST_ENTRY(options_size_checked),
                                       TEST_ENTRY(create_destroy_loop),
                                       TEST_ENTRY(counts_bounded),
                                       TEST_ENTRY(asserts_enabled),
+                                      TEST_ENTRY(fork_child_refuses_inherited_runtime),
+                                      TEST_ENTRY(destroy_from_inside_refused),
                                       TEST_END};
 AB_TEST_MAIN(tests)

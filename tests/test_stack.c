@@ -1,6 +1,7 @@
 /* test_stack.c: ab_stack and ab_unstack on host devices. */
 #include "harness.h"
 
+#include <math.h>
 #include <sched.h>
 #include <stdlib.h>
 #include <string.h>
@@ -120,6 +121,45 @@ static int test_stack_noncontiguous_and_convert(void) {
     ab_tensor_release(sl[s]);
     ab_tensor_release(base[s]);
   }
+  CHECK_OK(ab_runtime_destroy(rt, AB_DRAIN));
+  return 0;
+}
+
+/* Stretching a stack takes one range over the finite values of every slice: an infinity in one
+ * slice neither moves it nor blanks the volume; it saturates, NaN becomes 0. Slices with no
+ * finite value give no range; with none anywhere, the stack is a saturating cast. */
+static int test_stack_stretch_infinities(void) {
+  ab_runtime *rt;
+  CHECK_OK(th_runtime(&rt, 2, 2));
+  int64_t shape[1] = {3};
+  const float v[3][3] = {{0.0f, INFINITY, 1.0f}, {-INFINITY, 2.0f, NAN}, {NAN, INFINITY, -INFINITY}};
+  ab_tensor *sl[3];
+  for (int s = 0; s < 3; s++) {
+    CHECK_OK(ab_tensor_alloc(rt, th_host(s % 2), TH_F32, 1, shape, &sl[s]));
+    memcpy(data_of(sl[s]), v[s], sizeof v[s]);
+  }
+  ab_convert_options o = AB_CONVERT_OPTIONS_INIT;
+  o.dtype = TH_U8;
+  o.cast = AB_CAST_STRETCH;
+  const uint8_t want[9] = {0, 255, 127, 0, 255, 0, 0, 255, 0}; /* [0, 2]: 1 -> 127.5 */
+  const uint8_t want_none[3] = {0, 255, 0};
+  for (int dev = 0; dev < 2; dev++) {
+    ab_future *f = NULL;
+    ab_tensor *t = NULL;
+    CHECK_OK(ab_stack(rt, sl, 3, th_host(dev), &o, &f));
+    CHECK_OK(wait_result(f, &t));
+    for (int i = 0; i < 9; i++)
+      CHECK_MSG(((const uint8_t *)data_of(t))[i] == want[i], "device %d element %d: %d != %d", dev, i,
+                ((const uint8_t *)data_of(t))[i], want[i]);
+    ab_tensor_release(t);
+    ab_future_release(f);
+    CHECK_OK(ab_stack(rt, &sl[2], 1, th_host(dev), &o, &f));
+    CHECK_OK(wait_result(f, &t));
+    for (int i = 0; i < 3; i++) CHECK_EQ_INT(((const uint8_t *)data_of(t))[i], want_none[i]);
+    ab_tensor_release(t);
+    ab_future_release(f);
+  }
+  for (int s = 0; s < 3; s++) ab_tensor_release(sl[s]);
   CHECK_OK(ab_runtime_destroy(rt, AB_DRAIN));
   return 0;
 }
@@ -623,6 +663,7 @@ static int test_unstack_errors_clear_out(void) {
 static const ab_test_entry tests[] = {TEST_ENTRY(stack_contiguous),
                                       TEST_ENTRY(stack_in_windows),
                                       TEST_ENTRY(stack_noncontiguous_and_convert),
+                                      TEST_ENTRY(stack_stretch_infinities),
                                       TEST_ENTRY(stack_rejects),
                                       TEST_ENTRY(stack_edge_shapes),
                                       TEST_ENTRY(unstack_views_same_device),

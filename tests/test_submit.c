@@ -2,8 +2,10 @@
 #include "harness.h"
 
 #include <stdlib.h>
+#include <string.h>
 
 #define SENTINEL ((ab_future *)(uintptr_t)0x1)
+#define SENTINEL_T ((ab_tensor *)(uintptr_t)0x1)
 
 static int nop(ab_ctx *c, void *arg) { return 0; }
 
@@ -601,6 +603,49 @@ static int test_out_params_on_error(void) {
   return 0;
 }
 
+/* A body must return 0 or an AB_E* failure. Anything else (AB_EPENDING, which would leave a
+ * completed future saying "not completed", a positive number, a code outside the table) fails
+ * the task with AB_EINVAL, its message naming what the body returned and what it said; real
+ * failure codes pass through unchanged. */
+typedef struct {
+  int code;
+  const char *said; /* NULL: the body says nothing */
+} ret_arg;
+
+static int returns_code(ab_ctx *c, void *arg) {
+  const ret_arg *a = arg;
+  return a->said ? ab_ctx_fail(c, a->code, "%s", a->said) : a->code;
+}
+
+static int test_status_not_a_failure(void) {
+  ab_runtime *rt;
+  CHECK_OK(th_runtime(&rt, 1, 1));
+  const ret_arg cases[] = {{AB_EPENDING, NULL}, {5, NULL}, {1, "one is not an error code"}, {-5, NULL},
+                           {INT32_MIN, NULL}, {AB_EDTYPE, "kept"}, {AB_EALREADY, NULL}};
+  const int want[] = {AB_EINVAL, AB_EINVAL, AB_EINVAL, AB_EINVAL, AB_EINVAL, AB_EDTYPE, AB_EALREADY};
+  for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+    ab_future *f = NULL;
+    CHECK_OK(th_submit_fn(rt, th_host(0), returns_code, (void *)&cases[i], &f));
+    CHECK_OK(ab_future_wait(f, -1));
+    CHECK_EQ_INT(ab_future_status(f), want[i]);
+    ab_tensor *t = SENTINEL_T;
+    CHECK_EQ_INT(ab_future_result(f, &t), want[i]);
+    CHECK_NULL(t);
+    const char *m = ab_future_message(f);
+    if (want[i] == AB_EINVAL) {
+      char code[16];
+      snprintf(code, sizeof code, "%d", cases[i].code);
+      CHECK_MSG(m && strstr(m, code), "case %zu: message %s names no %s", i, m ? m : "(none)", code);
+      CHECK_MSG(!cases[i].said || strstr(m, cases[i].said), "case %zu: the body's text is lost: %s", i, m);
+    } else if (cases[i].said) {
+      CHECK_MSG(m && strcmp(m, cases[i].said) == 0, "case %zu: message %s", i, m ? m : "(none)");
+    }
+    ab_future_release(f);
+  }
+  CHECK_OK(ab_runtime_destroy(rt, AB_DRAIN));
+  return 0;
+}
+
 static const ab_test_entry tests[] = {TEST_ENTRY(bad_args),
                                       TEST_ENTRY(unknown_device),
                                       TEST_ENTRY(try_full_queue),
@@ -611,5 +656,6 @@ static const ab_test_entry tests[] = {TEST_ENTRY(bad_args),
                                       TEST_ENTRY(ctx_bad_args),
                                       TEST_ENTRY(tensor_input_reference),
                                       TEST_ENTRY(out_params_on_error),
+                                      TEST_ENTRY(status_not_a_failure),
                                       TEST_END};
 AB_TEST_MAIN(tests)

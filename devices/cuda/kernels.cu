@@ -7,6 +7,7 @@
  *             round-to-nearest conversion; to bool, x != 0.
  *   stretch   ((double)x - lo) / span * (MAX - MIN) + MIN in double, then saturate. Built with
  *             --fmad=false (CMake), so the multiply and the add round separately, as on the host.
+ *             [lo, hi] is the range of the finite values (minmax_kernel, sat.cuh's range_add).
  * One kernel per (source, target) pair, instantiated from one template. A source of any strides
  * is walked by its merged layout (ab__cu_layout); a contiguous one takes a plain index.
  *
@@ -63,11 +64,7 @@ template <int S> __global__ void minmax_kernel(const char *src, ab__cu_layout l,
   double lo = 0, hi = 0;
   int found = 0;
   for (uint64_t i = first(); i < l.numel; i += step()) {
-    double v = (double)load<S>(src, i, l, dense);
-    if (v != v) continue;
-    if (!found || v < lo) lo = v;
-    if (!found || v > hi) hi = v;
-    found = 1;
+    range_add((double)load<S>(src, i, l, dense), lo, hi, found);
   }
   slo[threadIdx.x] = lo;
   shi[threadIdx.x] = hi;

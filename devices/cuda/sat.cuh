@@ -66,5 +66,16 @@ __host__ __device__ __forceinline__ typename tr<D>::t stretch_value(typename tr<
   return sat<9, D>(((double)x - lo) / span * range + (double)tr<D>::imin);
 }
 
+/* The stretch range: the smallest and largest finite value (devices/host/kernels.c's
+ * visit_minmax). NaN and infinities are left out, as one infinity would make every (x - lo) /
+ * span NaN or 0; stretch_value then takes -inf to MIN and +inf to MAX. v - v is 0 exactly when
+ * v is finite (inf - inf and NaN - NaN are NaN), with no libm call on either side. */
+__host__ __device__ __forceinline__ void range_add(double v, double &lo, double &hi, int &found) {
+  if (!(v - v == 0.0)) return;
+  if (!found || v < lo) lo = v;
+  if (!found || v > hi) hi = v;
+  found = 1;
+}
+
 } // namespace ab__cu
 #endif

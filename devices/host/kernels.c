@@ -5,12 +5,16 @@
  *   saturate  ints clamp to the target's range; floats to ints truncate toward zero, NaN -> 0,
  *             out-of-range values clamp; to floats, plain C conversion; to bool, x != 0.
  *   stretch   float -> integer: t = (x - lo) / (hi - lo), y = t * (MAX - MIN) + MIN in double,
- *             then saturate (truncation, as arraybridge does); lo == hi: plain saturate.
+ *             then saturate (truncation, as arraybridge does). [lo, hi] is the range of the
+ *             finite values: NaN and infinities do not stretch it, and the formula then takes
+ *             -inf to MIN, +inf to MAX and NaN to 0. lo == hi (a constant image) or no finite
+ *             value at all: plain saturate, which does the same with them.
  *             Any other pair: saturate.
  * A source of any strides (negative too) is walked row by row after merging the dimensions
  * that are contiguous with each other, so the inner loops see long runs they can vectorise.
  */
 #include <float.h>
+#include <math.h>
 #include <string.h>
 
 #include "devices/host/host.h"
@@ -248,7 +252,7 @@ static void visit_minmax(const char *row, int64_t stride, int64_t n, void *arg) 
     } else {
       memcpy(&v, row + k * stride, sizeof v);
     }
-    if (v != v) continue;
+    if (!isfinite(v)) continue; /* one infinity would make every (x - lo) / span NaN or 0 */
     if (!m->found || v < m->lo) m->lo = v;
     if (!m->found || v > m->hi) m->hi = v;
     m->found = true;

@@ -5,7 +5,8 @@
  * match the host reference exactly: convert_T_sat_rtz for floats to integers (truncate, clamp,
  * NaN -> 0), convert_T_sat for integers, convert_T (round to nearest) for float targets, and
  * x != 0 for bool. Stretch kernels compute (x - lo) / span * range + min in double with
- * contraction off, as the host does, so results match bit for bit.
+ * contraction off, as the host does, so results match bit for bit; the minmax kernels find
+ * [lo, hi] over the finite values only, as the host does (infinities then saturate).
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -118,7 +119,7 @@ static void minmax_kernel(sbuf *b, const ab__cl_type *s) {
       "  double lo = 0, hi = 0; int found = 0;\n"
       "  for (ulong i = g; i < n; i += G) {\n"
       "    double x = (double)*(__global const %s *)(src + src_off + ab_offset(i, nd, shape, bst));\n"
-      "    if (isnan(x)) continue;\n"
+      "    if (!isfinite(x)) continue;\n"
       "    if (!found || x < lo) lo = x;\n"
       "    if (!found || x > hi) hi = x;\n"
       "    found = 1;\n"

@@ -643,3 +643,39 @@ def test_the_oom_deadline_holds_under_load():
             stop.set()
             ex.shutdown(cancel_futures=True)
     assert 1.0 <= took <= 1.1, (took, attempts)
+
+
+GATED_NEVER = r"""
+import arraybridge as ab, concurrent.futures as cf, sys
+ex = ab.Executor(max_workers=2)
+never = cf.Future()
+case = sys.argv[1]
+d = ex.submit(lambda x: x, never)
+e = ex.submit(lambda x: x, d)              # waits for d, an arraybridge future
+if case == "cancel":
+    assert d.cancel() and d.cancelled()
+    ex.shutdown(wait=True)
+    assert isinstance(e.exception(5), cf.CancelledError)
+elif case == "cancel_futures":
+    ex.shutdown(wait=True, cancel_futures=True)
+    assert d.cancelled() and (e.cancelled() or isinstance(e.exception(5), cf.CancelledError))
+elif case == "with":
+    with ex:
+        assert d.cancel()
+elif case == "exit":                       # left open: the exit hook drains, and cancels d
+    ok = ex.submit(lambda: 42)
+print("returned", case, flush=True)
+"""
+
+
+@pytest.mark.parametrize("case", ["cancel", "cancel_futures", "with", "exit"])
+def test_tasks_gated_on_a_future_that_never_settles_do_not_hang_shutdown(case):
+    """A task waiting for a future nobody will set: cancelled (or cancel_futures), shutdown
+    returns, and the interpreter exits; at exit such a task is cancelled rather than waited for."""
+    import subprocess
+    import sys
+    try:
+        r = subprocess.run([sys.executable, "-c", GATED_NEVER, case], capture_output=True, text=True, timeout=60)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"{case}: hung (shutdown or exit never returned)")
+    assert r.returncode == 0 and f"returned {case}" in r.stdout, r.stdout + r.stderr[-3000:]

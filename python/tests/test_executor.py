@@ -679,3 +679,16 @@ def test_tasks_gated_on_a_future_that_never_settles_do_not_hang_shutdown(case):
     except subprocess.TimeoutExpired:
         pytest.fail(f"{case}: hung (shutdown or exit never returned)")
     assert r.returncode == 0 and f"returned {case}" in r.stdout, r.stdout + r.stderr[-3000:]
+
+
+def test_input_type_torch_hands_integer_images_over_computable(ex):
+    """torch cannot add or reduce uint16 / uint32 tensors: input_type="torch" widens them
+    losslessly (int32, int64), as @torch does, so the README's 16-bit stack example computes."""
+    torch = pytest.importorskip("torch")
+    stack = np.arange(24, dtype=np.uint16).reshape(2, 3, 4) * 2500
+    on = ex.options(device="host", input_type="torch", output_type="numpy")
+    r = on.submit(lambda x, k: (x + 1).amax(dim=0) + k.sum(), stack, k=np.array([1, 2], np.uint32)).result()
+    assert (r == (stack.astype(np.int64) + 1).max(axis=0) + 3).all()
+    dtypes = ex.options(input_type="torch").submit(lambda x, y: (x.dtype, y.dtype), stack,
+                                                   np.zeros(2, np.uint32)).result()
+    assert dtypes == (torch.int32, torch.int64)

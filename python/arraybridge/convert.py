@@ -203,6 +203,8 @@ def _numpy_to_tf(a, gpu_id):
 
 def _numpy_to_cle(a, gpu_id):
     cle = _mod(_M.PYCLESPERANTO)
+    if a.ndim == 0:  # pyclesperanto has no 0-d arrays (it made an empty one): the value as shape (1,)
+        a = a.reshape(1)
     if gpu_id is None:
         return cle.push(a)
     # pyclesperanto has one current device per process: gpu_id selects it (as cle.select_device)

@@ -114,6 +114,18 @@ def test_zero_d_and_empty():
             assert host(y).shape == a.shape
 
 
+@pytest.mark.parametrize("src", ["numpy", "torch"])
+def test_zero_d_to_pyclesperanto_keeps_the_value(src):
+    """pyclesperanto has no 0-d arrays (it made an empty one: the value lost); a 0-d array or a
+    NumPy scalar arrives as shape (1,), its value kept."""
+    pytest.importorskip("pyclesperanto")
+    for a in (np.array(5, np.uint16), np.float32(3.5)):
+        x = a if src == "numpy" else make(src, np.asarray(a))
+        c = ab.convert_memory(x, src, "pyclesperanto")
+        back = host(c)
+        assert back.shape == (1,) and back.dtype == np.asarray(a).dtype and back[0] == a
+
+
 # ---- layouts and byte orders a framework cannot take as they are ---------------------------------
 def _layouts():
     base = np.arange(60, dtype=np.float32).reshape(5, 12)

@@ -201,3 +201,23 @@ def test_strict_mode_refuses_device_to_device_through_the_host_for_gpu_framework
     t = torch.ones(3, device=f"cuda:{gpus[0]}")
     with pytest.raises(ab.MemoryConversionError, match="allow_cpu_roundtrip"):
         ab.convert_memory(t, "torch", "pyclesperanto", None, allow_cpu_roundtrip=False)
+
+
+@pytest.mark.parametrize("src", ["numpy", "torch"])
+def test_jax_without_x64_never_truncates_silently(src):
+    """JAX with jax_enable_x64 off (its default) has no 64-bit dtypes: int64 values beyond int32
+    are refused (JAX made 2**40 + 5 into 5), those that fit convert exactly, and float64 is
+    rounded to float32 with a RuntimeWarning."""
+    jax = pytest.importorskip("jax")
+    if jax.config.jax_enable_x64:
+        pytest.skip("jax_enable_x64 is on in this process")
+    big = np.array([2**40 + 5, 1], np.int64)
+    with pytest.raises(ab.MemoryConversionError, match="jax_enable_x64"):
+        ab.convert_memory(make(src, big), src, "jax")
+    with pytest.raises(ab.MemoryConversionError, match="jax_enable_x64"):
+        ab.convert_memory(make(src, np.array([2**32], np.uint64) if src == "numpy" else big), src, "jax")
+    small = np.array([-(2**31), 2**31 - 1, 0], np.int64)
+    assert host(ab.convert_memory(make(src, small), src, "jax")).tolist() == small.tolist()
+    with pytest.warns(RuntimeWarning, match="float64 becomes float32"):
+        j = ab.convert_memory(make(src, np.array([1 + 1e-12])), src, "jax")
+    assert host(j).dtype == np.float32

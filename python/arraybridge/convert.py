@@ -333,8 +333,8 @@ def convert_memory(data: Any, source_type: Union[str, MemoryType], target_type: 
             return fn(data, gpu_id)
         except _ViaHost:
             pass
-        except MemoryConversionError:
-            raise
+        except MemoryConversionError as e:
+            raise _named(e, src) from e.__cause__
         except Exception as e:  # noqa: BLE001 - direct paths may refuse (DLPack device limits)
             if not allow_cpu_roundtrip:
                 raise MemoryConversionError(src.value, tgt.value, "direct", safe_str(e)) from e
@@ -347,10 +347,17 @@ def convert_memory(data: Any, source_type: Union[str, MemoryType], target_type: 
                                     "allow_cpu_roundtrip=True")
     try:
         return _FROM_NUMPY[tgt](_TO_NUMPY[src](data), gpu_id)
-    except MemoryConversionError:
-        raise
+    except MemoryConversionError as e:
+        raise _named(e, src) from e.__cause__
     except Exception as e:  # noqa: BLE001
         raise MemoryConversionError(src.value, tgt.value, "host round trip", safe_str(e)) from e
+
+
+def _named(e: MemoryConversionError, src: MemoryType) -> MemoryConversionError:
+    """e with the source filled in where the raiser did not know it (a module that is missing)."""
+    if e.source_type != "?":
+        return e
+    return MemoryConversionError(src.value, e.target_type, e.method, e.reason)
 
 
 _NARROW = {"i": _np.int32, "u": _np.uint32}

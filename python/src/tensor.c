@@ -282,6 +282,18 @@ static PyObject *tensor_array_interface(TensorObject *self, void *c) {
   return r;
 }
 
+/* __array__: NumPy asks for it only when __array_interface__ is absent (it takes the getter's
+ * AttributeError for that): a tensor in device memory, or of a dtype NumPy lacks. Without it
+ * np.asarray(t) made a 0-d object array holding the tensor, without a word. */
+static PyObject *tensor_array(TensorObject *self, PyObject *args, PyObject *kw) {
+  (void)args, (void)kw;
+  ab_device d = ab_tensor_device(self->t);
+  if (d.kind != AB_HOST)
+    return PyErr_Format(PyExc_BufferError, "np.asarray: the tensor is in %s:%d memory, not host memory; "
+                                           "arraybridge.to_numpy(t) copies it to the host", ab_kind_name(d.kind), d.index);
+  return PyErr_Format(PyExc_TypeError, "np.asarray: the tensor's dtype has no NumPy equivalent");
+}
+
 static void capsule_destructor(PyObject *cap) {
   /* Only an unconsumed capsule still owns its tensor (DLPack's Python specification). */
   if (PyCapsule_IsValid(cap, CAPSULE_V)) {
@@ -440,6 +452,7 @@ static PyGetSetDef tensor_getset[] = {
 static PyMethodDef tensor_methods[] = {
     {"__dlpack__", (PyCFunction)(void (*)(void))tensor_dlpack, METH_VARARGS | METH_KEYWORDS, NULL},
     {"__dlpack_device__", (PyCFunction)tensor_dlpack_device, METH_NOARGS, NULL},
+    {"__array__", (PyCFunction)(void (*)(void))tensor_array, METH_VARARGS | METH_KEYWORDS, NULL},
     {"index", (PyCFunction)tensor_index, METH_O, "a view of t[i] along the first axis"},
     {NULL},
 };

@@ -221,3 +221,11 @@ def test_jax_without_x64_never_truncates_silently(src):
     with pytest.warns(RuntimeWarning, match="float64 becomes float32"):
         j = ab.convert_memory(make(src, np.array([1 + 1e-12])), src, "jax")
     assert host(j).dtype == np.float32
+
+
+def test_a_missing_framework_is_named_with_the_source():
+    import importlib.util
+    if importlib.util.find_spec("cupy") is not None:
+        pytest.skip("cupy is installed")
+    with pytest.raises(ab.MemoryConversionError, match="from numpy to cupy.*not installed"):
+        ab.convert_memory(np.ones(2), "numpy", "cupy")

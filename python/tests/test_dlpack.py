@@ -291,3 +291,14 @@ def test_imports_from_frameworks():
     jnp = pytest.importorskip("jax.numpy")
     j = jnp.arange(4, dtype=jnp.int32)
     np.testing.assert_array_equal(np.asarray(ab.asdlpack(j)), [0, 1, 2, 3])
+
+
+def test_np_asarray_of_device_memory_is_an_error(rt, opencl_devices):
+    """NumPy took the missing __array_interface__ as 'not an array' and made a 0-d object
+    array holding the tensor; now it is told why it cannot have one."""
+    if not opencl_devices:
+        pytest.skip("no OpenCL device")
+    cl = rt.convert(ab.asdlpack(np.arange(3.0)), opencl_devices[0]).result(10)
+    with pytest.raises(BufferError, match="not host memory.*to_numpy"):
+        np.asarray(cl)
+    assert ab.to_numpy(cl).tolist() == [0.0, 1.0, 2.0]

@@ -692,3 +692,16 @@ def test_input_type_torch_hands_integer_images_over_computable(ex):
     dtypes = ex.options(input_type="torch").submit(lambda x, y: (x.dtype, y.dtype), stack,
                                                    np.zeros(2, np.uint32)).result()
     assert dtypes == (torch.int32, torch.int64)
+
+
+def test_negative_and_nan_options_are_refused():
+    """A negative memory limit read as unsigned meant no limit at all; a negative or NaN
+    oom_deadline was taken; 'opencl:x' fell out as int()'s own message."""
+    for kw in ({"memory_limit": {"host": -1}}, {"memory_limit": -5}, {"workers_per_device": {"opencl": -1}},
+               {"oom_deadline": -1}, {"oom_deadline": float("nan")}):
+        with pytest.raises(ValueError, match="0 or more"):
+            ab.Executor(1, **kw)
+    with ab.Executor(1, memory_limit={"host": 0}, oom_deadline=0) as ex:
+        assert ex.submit(int, 3).result() == 3
+        with pytest.raises(ValueError, match="must be an integer"):
+            ex.options(device="opencl:x")

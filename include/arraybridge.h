@@ -155,8 +155,9 @@ typedef struct {
   double memory_fraction;    /* alternatively, a fraction of the device's memory (0..1] */
 } ab_kind_options;
 
-/* The OOM ladder (see the contract, point 6). Zero fields take the defaults given. A parked
- * task is retried after backoff_initial_ns, then after twice that, and so on up to
+/* The OOM ladder (see the contract, point 6). Zero fields take the defaults given; negative
+ * times are AB_EINVAL (from ab_runtime_create, or from the submit whose ab_place carries
+ * them). A parked task is retried after backoff_initial_ns, then after twice that, and so on up to
  * backoff_max_ns between tries (1, 2, 4, ... 64, 100, 100 ms by default), and earlier when
  * memory on its device is freed; each retry waits for a worker like any queued task, and
  * that wait is not parked time. Retries keep this schedule within 10% (contract, point 8),

@@ -30,6 +30,7 @@ int ab__convert_check(ab_runtime *rt, ab_device dst, const ab_convert_options *o
   if (dst.index != AB_ANY && ab__device_of(rt, dst) == NULL) return AB_ENODEV;
   if (dst.index == AB_ANY && rt->kind_count[dst.kind] == 0) return AB_ENODEV;
   if (o && o->place.mode != AB_SUBMIT_BLOCK && o->place.mode != AB_SUBMIT_TRY) return AB_EINVAL;
+  if (o && o->place.oom && !ab__oom_policy_ok(o->place.oom)) return AB_EINVAL;
   return 0;
 }
 

@@ -399,6 +399,9 @@ void ab__workers_join(ab__device *d);
 static inline void ab__wake_workers(ab__device *d) { ab__queue_wake(&d->queue); }
 
 /* oom.c: the ladder's steps 5-7 and its parked tasks */
+/* Whether a policy's times are valid: zero takes the default, below zero is AB_EINVAL (a
+ * negative time is no time at all, not "the default"). */
+bool ab__oom_policy_ok(const ab_oom_policy *p);
 /* A body on w returned AB_ENOMEM for t. True: t lives on, parked or re-routed, and another
  * worker may own it already: the caller must not touch it. False: t fails, its message says
  * why (step 7). */

@@ -33,6 +33,10 @@ static void count(_Atomic uint64_t *c) { atomic_fetch_add_explicit(c, 1, memory_
 
 /* ---- the policy ----------------------------------------------------------------------------- */
 static int64_t or_default(int64_t ns, int64_t def) { return ns > 0 ? ns : def; }
+bool ab__oom_policy_ok(const ab_oom_policy *p) {
+  return p->backoff_initial_ns >= 0 && p->backoff_max_ns >= 0 && p->deadline_ns >= 0;
+}
+
 static int64_t backoff_initial(const ab_oom_policy *p) { return or_default(p->backoff_initial_ns, 1000000); }
 static int64_t backoff_max(const ab_oom_policy *p) { return or_default(p->backoff_max_ns, 100000000); }
 static int64_t deadline(const ab_oom_policy *p) { return or_default(p->deadline_ns, 10000000000); }

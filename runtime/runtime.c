@@ -49,6 +49,7 @@ static int check_options(const ab_runtime_options *o) {
     if (!(ko->memory_fraction >= 0 && ko->memory_fraction <= 1)) return AB_EINVAL; /* NaN too */
   }
   if (o->queue_capacity > AB_MAX_QUEUE) return AB_EINVAL;
+  if (!ab__oom_policy_ok(&o->oom)) return AB_EINVAL;
   return 0;
 }
 

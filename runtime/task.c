@@ -77,6 +77,7 @@ ab_future *ab__task_new(ab_runtime *rt, int kind, int nin, const ab_place *place
 static int check_place(ab_runtime *rt, const ab_place *p) {
   if (p->policy < AB_PLACE_AUTO || p->policy > AB_PLACE_AFFINITY) return AB_EINVAL;
   if (p->mode != AB_SUBMIT_BLOCK && p->mode != AB_SUBMIT_TRY) return AB_EINVAL;
+  if (p->oom && !ab__oom_policy_ok(p->oom)) return AB_EINVAL;
   if (p->device.kind < 0 || p->device.kind >= AB_KIND_COUNT) return AB_ENODEV;
   if (rt->kind_count[p->device.kind] == 0) return AB_ENODEV;
   /* an index names a device even where the policy does not use it: a typo is an error */

@@ -217,6 +217,25 @@ static int test_no_wait_fails_cleanly(void) {
 }
 
 /* The per-task policy overrides the runtime's. */
+/* A negative time in a task's own policy was taken as "the default"; it is refused at submit,
+ * and so is a conversion carrying one. */
+static int test_negative_policy_times_refused(void) {
+  ab_runtime_options o;
+  oom_options(&o, 1, 1);
+  ab_runtime *rt;
+  CHECK_OK(ab_runtime_create(&o, &rt));
+  for (int f = 0; f < 3; f++) {
+    ab_oom_policy p = {0};
+    int64_t *field = f == 0 ? &p.backoff_initial_ns : f == 1 ? &p.backoff_max_ns : &p.deadline_ns;
+    *field = f == 2 ? INT64_MIN : -1;
+    ab_future *fut = (ab_future *)(uintptr_t)1;
+    CHECK_EQ_INT(submit_alloc(rt, th_host(0), &p, NULL, 0, &fut), AB_EINVAL);
+    CHECK_NULL(fut);
+  }
+  CHECK_OK(ab_runtime_destroy(rt, AB_DRAIN));
+  return 0;
+}
+
 static int test_per_task_policy(void) {
   ab_runtime_options o;
   oom_options(&o, 1, 1);
@@ -729,6 +748,7 @@ static const ab_test_entry tests[] = {TEST_ENTRY(park_until_memory_frees),
                                       TEST_ENTRY(task_oom_gives_cache_back),
                                       TEST_ENTRY(no_wait_fails_cleanly),
                                       TEST_ENTRY(per_task_policy),
+                                      TEST_ENTRY(negative_policy_times_refused),
                                       TEST_ENTRY(spill_makes_retry_succeed),
                                       TEST_ENTRY(fault_alloc_once_retries),
                                       TEST_ENTRY(fault_alloc_always_no_wait),

@@ -41,6 +41,18 @@ static int test_options_size_checked(void) {
   rt = (ab_runtime *)(uintptr_t)1;
   CHECK_EQ_INT(ab_runtime_create(&o, &rt), AB_EINVAL);
   CHECK_NULL(rt);
+  /* negative OOM times were taken as "the default" */
+  for (int f = 0; f < 3; f++) {
+    int64_t bad[] = {-1, INT64_MIN};
+    for (int i = 0; i < 2; i++) {
+      th_options(&o);
+      int64_t *field = f == 0 ? &o.oom.backoff_initial_ns : f == 1 ? &o.oom.backoff_max_ns : &o.oom.deadline_ns;
+      *field = bad[i];
+      rt = (ab_runtime *)(uintptr_t)1;
+      CHECK_EQ_INT(ab_runtime_create(&o, &rt), AB_EINVAL);
+      CHECK_NULL(rt);
+    }
+  }
   /* AB_RUNTIME_OPTIONS_INIT works */
   ab_runtime_options init = AB_RUNTIME_OPTIONS_INIT;
   init.kinds[AB_OPENCL].disabled = init.kinds[AB_CUDA].disabled = true;

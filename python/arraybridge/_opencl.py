@@ -6,12 +6,17 @@ its symbols come first in the process's global scope. If TensorFlow was imported
 OpenCL driver was first loaded, the driver's copy of LLVM registers its command-line options
 through TensorFlow's functions (one registry, two layouts) and the process dies of a
 segmentation fault inside dlopen: in arraybridge's runtime, in pyclesperanto, in pyopencl alike.
-The other order is safe: a driver loaded first binds to its own LLVM, and TensorFlow's copy,
-loaded afterwards, keeps to itself.
+The other order is safe only if the driver's calls into its LLVM are all bound when it is
+loaded: the ICD loader (and pyclesperanto's) opens drivers with lazy binding, so a function of
+clang or LLVM that pocl first calls after TensorFlow arrived (compiling a kernel that is not in
+pocl's cache, say) is looked up then, found in TensorFlow's copy first, and crashes there.
 
-So, before the first OpenCL use and whenever TensorFlow is about to be imported, the drivers
-named by the OpenCL ICD files are loaded here first:
-  * no clashing LLVM in the global scope yet: loaded normally (the safe order);
+So, before the first OpenCL use (a runtime opening OpenCL devices, an import of pyclesperanto
+or pyopencl) and whenever TensorFlow is about to be imported, the drivers named by the OpenCL
+ICD files are loaded here first:
+  * no clashing LLVM in the global scope yet: loaded with RTLD_NOW, which binds every call of
+    the driver and of the libraries it brings (clang, LLVM) to its own copy at once (about
+    30 ms), so that nothing is left for a later TensorFlow to capture;
   * one there already: loaded with RTLD_DEEPBIND, so that the driver and its LLVM resolve
     their symbols among themselves first. Later loads of the same driver (by the ICD loader,
     by pyclesperanto) get this copy;
@@ -19,8 +24,10 @@ named by the OpenCL ICD files are loaded here first:
     allocator was preloaded, and a deep-bound library would free with another allocator than
     the one that allocated): OpenCL is left alone, runtimes open no OpenCL device, and a
     warning says why, once.
-The one order that stays fatal, TensorFlow and then pyclesperanto both imported before
-arraybridge, crashes in pyclesperanto's own import, before arraybridge can act.
+The orders that stay out of reach are those in which a driver was loaded, lazily, before
+arraybridge was imported: pyclesperanto before arraybridge and TensorFlow (it loads the driver
+at import), and TensorFlow then pyclesperanto before arraybridge (which crashes in
+pyclesperanto's own import).
 """
 from __future__ import annotations
 
@@ -89,15 +96,15 @@ def _deepbind_safe() -> bool:
 
 def prepare(load_now: bool = False) -> Optional[str]:
     """Make the first load of the OpenCL drivers safe. Returns None when OpenCL may be used,
-    else why not. load_now: load them now even without a clash (TensorFlow is about to be
-    imported: loading them first is the safe order)."""
+    else why not. load_now: load them now even without a clash (OpenCL is about to be used, or
+    TensorFlow imported: loading them first, bound, is the safe order)."""
     global _unsafe
     with _lock:
         if _unsafe is not None:
             return _unsafe
         libs = vendor_libraries()
         if not libs or any(_loaded(n) for n in libs):
-            return None  # no driver, or loaded already (what could go wrong has not)
+            return None  # no driver, or loaded already: by us, bound, or lazily before arraybridge came
         clash = clashing_llvm()
         if not clash and not load_now:
             return None  # the runtime's first OpenCL call loads them in the safe order
@@ -119,21 +126,28 @@ def prepare(load_now: bool = False) -> Optional[str]:
 
 
 def opencl_refused() -> Optional[str]:
-    """prepare(), warning once when OpenCL has to be left out."""
+    """prepare() before a runtime opens OpenCL (the drivers loaded and bound now), warning once
+    when OpenCL has to be left out."""
     global _warned
-    why = prepare()
+    why = prepare(load_now=True)
     if why and not _warned:
         _warned = True
         warnings.warn(f"arraybridge: no OpenCL devices in this process: {why}", RuntimeWarning, stacklevel=3)
     return why
 
 
+# Imports that load an OpenCL driver (pyclesperanto does at import, with lazy binding) or an LLVM
+# that clashes with the driver's (TensorFlow): the drivers are loaded, bound, just before.
+_TRIGGERS = frozenset({"tensorflow", "pyclesperanto", "pyclesperanto_prototype", "pyclesperanto_opencl",
+                       "pyopencl"})
+
+
 class _BeforeTensorFlow(importlib.abc.MetaPathFinder):
-    """Loads the OpenCL drivers just before TensorFlow is first imported (the safe order), then
-    steps aside."""
+    """Loads the OpenCL drivers just before TensorFlow or an OpenCL library is first imported
+    (the safe order), then steps aside."""
 
     def find_spec(self, fullname, path=None, target=None):  # noqa: ANN001 - importlib's signature
-        if fullname == "tensorflow":
+        if fullname in _TRIGGERS:
             uninstall()
             prepare(load_now=True)
         return None

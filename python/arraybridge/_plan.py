@@ -15,6 +15,10 @@ Device = Tuple[int, int]
 class Plan:
     """input_type / output_type conversions around fn, on the device the task runs on.
 
+    Arrays handed to fn as torch tensors are widened where torch cannot compute on their dtype
+    (uint16 to int32, uint32 to int64, losslessly), as the @torch decorator does; the result
+    keeps the dtype fn gives it.
+
     physical maps the runtime's (kind, index) to the physical device's index: with
     logical_split, runtime device cuda:3 may be GPU 1, and torch, cupy and pyclesperanto
     number physical devices."""
@@ -30,8 +34,8 @@ class Plan:
         kwargs = kwargs or {}
         if self.input_type is not None:
             gpu_id = framework_device(cur, self.input_type, self.physical)
-            args = tuple(self._convert(a, self.input_type, gpu_id) for a in args)
-            kwargs = {k: self._convert(v, self.input_type, gpu_id) for k, v in kwargs.items()}
+            args = tuple(self._convert(a, self.input_type, gpu_id, True) for a in args)
+            kwargs = {k: self._convert(v, self.input_type, gpu_id, True) for k, v in kwargs.items()}
         with stream_scope(cur, self.physical):
             r = fn(*args, **kwargs)
         if self.output_type is not None:
@@ -43,12 +47,16 @@ class Plan:
         return r
 
     @staticmethod
-    def _convert(x: Any, target: MemoryType, gpu_id: Optional[int]) -> Any:
+    def _convert(x: Any, target: MemoryType, gpu_id: Optional[int], computable: bool = False) -> Any:
         try:
             src = _detect(x)
         except ValueError:
             return x  # not an array: passed through
-        return convert_memory(x, src, target, gpu_id)
+        x = convert_memory(x, src, target, gpu_id)
+        if computable and target is MemoryType.TORCH:
+            from .decorators import _torch_computable
+            x = _torch_computable(x)  # uint16 -> int32, uint32 -> int64, as @torch hands them over
+        return x
 
 
 _CUDA_TYPES = frozenset({MemoryType.TORCH, MemoryType.CUPY, MemoryType.JAX, MemoryType.TENSORFLOW})

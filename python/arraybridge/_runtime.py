@@ -39,7 +39,11 @@ def parse_device(device: Union[str, Tuple[Any, int], None], default_kind: int = 
         kind = KINDS.get(name.lower())
         if kind is None:
             raise ValueError(f"unknown device {device!r}: expected host, opencl[:N] or cuda[:N]")
-        return (kind, int(idx) if idx else _core.ANY)
+        try:
+            return (kind, int(idx) if idx else _core.ANY)
+        except ValueError:
+            raise ValueError(f"device {device!r}: the index after ':' must be an integer, as in "
+                             f"'{name.lower()}:0'") from None
     raise TypeError(f"device must be a str or a (kind, index) tuple, not {type(device).__name__}")
 
 

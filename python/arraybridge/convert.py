@@ -20,11 +20,13 @@ Differences from arraybridge 0.2.9, on purpose:
 from __future__ import annotations
 
 import importlib
+import warnings
 
 from typing import Any, List, Optional, Union
 
 import numpy as _np
 
+from . import _dtypes
 from ._oom import safe_str
 from .devices import Device, GpuId, HostDevice, NamedDevice, as_gpu_id
 from .types import MemoryConversionError, MemoryType, memory_type
@@ -203,6 +205,8 @@ def _numpy_to_tf(a, gpu_id):
 
 def _numpy_to_cle(a, gpu_id):
     cle = _mod(_M.PYCLESPERANTO)
+    if a.ndim == 0:  # pyclesperanto has no 0-d arrays (it made an empty one): the value as shape (1,)
+        a = a.reshape(1)
     if gpu_id is None:
         return cle.push(a)
     # pyclesperanto has one current device per process: gpu_id selects it (as cle.select_device)
@@ -322,13 +326,15 @@ def convert_memory(data: Any, source_type: Union[str, MemoryType], target_type: 
         gpu_id = target_index(tgt, gpu_id)
     if src is _M.NUMPY and (type(data) is not _np.ndarray or data.dtype.byteorder == ">"):
         data = _host_array(data)
+    if tgt is _M.JAX and src is not _M.JAX:
+        _check_jax_64bit(data, src)
     if fn is not None:
         try:
             return fn(data, gpu_id)
         except _ViaHost:
             pass
-        except MemoryConversionError:
-            raise
+        except MemoryConversionError as e:
+            raise _named(e, src) from e.__cause__
         except Exception as e:  # noqa: BLE001 - direct paths may refuse (DLPack device limits)
             if not allow_cpu_roundtrip:
                 raise MemoryConversionError(src.value, tgt.value, "direct", safe_str(e)) from e
@@ -341,10 +347,43 @@ def convert_memory(data: Any, source_type: Union[str, MemoryType], target_type: 
                                     "allow_cpu_roundtrip=True")
     try:
         return _FROM_NUMPY[tgt](_TO_NUMPY[src](data), gpu_id)
-    except MemoryConversionError:
-        raise
+    except MemoryConversionError as e:
+        raise _named(e, src) from e.__cause__
     except Exception as e:  # noqa: BLE001
         raise MemoryConversionError(src.value, tgt.value, "host round trip", safe_str(e)) from e
+
+
+def _named(e: MemoryConversionError, src: MemoryType) -> MemoryConversionError:
+    """e with the source filled in where the raiser did not know it (a module that is missing)."""
+    if e.source_type != "?":
+        return e
+    return MemoryConversionError(src.value, e.target_type, e.method, e.reason)
+
+
+_NARROW = {"i": _np.int32, "u": _np.uint32}
+
+
+def _check_jax_64bit(data, src):
+    """JAX without jax_enable_x64 has no 64-bit dtypes and narrows them without a word (2**40 + 5
+    became 5). Integers are converted only when every value fits the 32-bit type, else refused;
+    float64 and complex128 lose precision, with a warning."""
+    dt = _dtypes.of(data)
+    if dt is None or dt.itemsize < 8 or dt.kind not in "iufc" or (dt.kind == "c" and dt.itemsize < 16):
+        return
+    if _mod(_M.JAX).config.jax_enable_x64:
+        return
+    if dt.kind in "fc":
+        warnings.warn(f"convert_memory to jax: {dt} becomes {'float32' if dt.kind == 'f' else 'complex64'} "
+                      "(jax_enable_x64 is off): values are rounded", RuntimeWarning, stacklevel=3)
+        return
+    a = data if src is _M.NUMPY else _TO_NUMPY[src](data)
+    a = _np.asarray(a)
+    info = _np.iinfo(_NARROW[dt.kind])
+    if a.size and (a.min() < info.min or a.max() > info.max):
+        raise MemoryConversionError(src.value, "jax", "JAX's 32-bit dtypes",
+                                    f"{dt} values outside the range of {info.dtype} (JAX's widest integer while "
+                                    "jax_enable_x64 is off) would be truncated; enable it with "
+                                    "jax.config.update('jax_enable_x64', True), or cast first")
 
 
 def _lands_on_device(tgt: MemoryType, gpu_id: Optional[int]) -> bool:

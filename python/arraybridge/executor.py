@@ -64,6 +64,7 @@ class Future(_cf.Future):
     _result = None
     _exception = None
     _task = None  # the runtime's Future; None until the task is handed to the runtime
+    _gate = None  # the _Gate holding the task while its input futures settle
     _oom_retry = True
     _oom_deadline = _oom.DEADLINE  # the executor's oom_deadline
     _oom_since = None  # when fn first ran out of memory (time.monotonic())
@@ -131,7 +132,12 @@ class Future(_cf.Future):
         if state != PENDING:
             return False
         task = self._task
-        if task is None or task.cancel() == 0:  # not handed over yet, or claimed before anyone ran it
+        if task is None:  # waiting for its inputs (the gate lets go of it), or for room
+            gate = self._gate
+            if gate is not None:
+                gate.abandon()
+            self._cancel_now()
+        elif task.cancel() == 0:  # claimed before anyone ran it
             self._cancel_now()
         return self._state in (CANCELLED, CANCELLED_AND_NOTIFIED)
 
@@ -299,6 +305,7 @@ class Executor(_cf.Executor):
         # Accepted tasks not yet handed to the runtime: waiting for input futures, or for room.
         self._held = _threading.Condition(_threading.Lock())
         self._held_count = 0
+        self._gates = set()  # the _Gates still waiting for inputs
         self._overflow = _collections.deque()
         self._pump = None
         self._cancel_held = False
@@ -455,12 +462,16 @@ class Executor(_cf.Executor):
         if cancel:
             with self._held:
                 held, self._overflow = list(self._overflow), _collections.deque()
+                gates = list(self._gates)
             for fut, _ in held:
                 self._release_held(fut, None)
                 fut._cancel_now()
+            for gate in gates:  # not started either: waiting for their inputs
+                gate.fut.cancel()
         # Accepted work not yet handed over (waiting for inputs that this runtime will complete,
         # or for room) goes in before the runtime drains; a task gated on a future of another
-        # executor that never settles keeps shutdown(wait=True) waiting, as its own task would.
+        # executor that never settles keeps shutdown(wait=True) waiting, as its own task would
+        # (cancel_futures, or cancelling the future, lets it go; at exit it is cancelled).
         with self._held:
             while self._held_count and self._pid == _os.getpid():
                 self._held.wait(0.1)
@@ -479,7 +490,19 @@ _live = _weakref.WeakSet()
 
 @_atexit.register
 def _drain_at_exit() -> None:
-    for ex in list(_live):
+    executors = list(_live)
+    for ex in executors:
+        ex.shutdown(wait=False)
+    # Nothing but arraybridge's own workers can settle a future now: a task still waiting for a
+    # future of another kind (one nobody set, say) would keep the interpreter from exiting for
+    # ever; it is cancelled. Tasks waiting for other arraybridge tasks run when those complete.
+    for ex in executors:
+        with ex._held:
+            gates = list(ex._gates)
+        for gate in gates:
+            if gate.waits_for_foreign():
+                gate.fut.cancel()
+    for ex in executors:
         ex.shutdown(wait=True)
 
 
@@ -557,7 +580,7 @@ class _Gate:
     (on whichever thread settles it) replaces the futures by their results and hands the task
     over, or fails it with the first failed input's exception."""
 
-    __slots__ = ("ex", "fut", "fn", "args", "kwargs", "opts", "left", "lock")
+    __slots__ = ("ex", "fut", "fn", "args", "kwargs", "opts", "left", "lock", "inputs", "over")
 
     def __init__(self, ex: Executor, fut: Future, fn: Callable[..., Any], args: tuple, kwargs: dict,
                  opts: Optional[Options]) -> None:
@@ -567,17 +590,46 @@ class _Gate:
         self.ex, self.fut, self.fn, self.args, self.kwargs, self.opts = ex, fut, fn, args, kwargs, opts
         self.lock = _threading.Lock()
         self.left = len(inputs) + 1  # one for this constructor, so no callback releases it early
+        self.inputs = inputs
+        self.over = False  # handed on (inputs all settled) or abandoned (cancelled): once
+        fut._gate = self
         with ex._held:
             ex._held_count += 1
+            ex._gates.add(self)
         for f in inputs:
             f.add_done_callback(self._input_done)
         self._input_done(None)
 
+    def _end(self) -> bool:
+        """With self.lock held: True for the one caller that ends the gate."""
+        if self.over:
+            return False
+        self.over = True
+        self.fut._gate = None
+        with self.ex._held:
+            self.ex._gates.discard(self)
+        return True
+
+    def abandon(self) -> None:
+        """The future was cancelled before its inputs settled: let go of the task now (shutdown
+        waits for held tasks), whatever the inputs do later."""
+        with self.lock:
+            if not self._end():
+                return
+        self.inputs = self.args = self.kwargs = None
+        self.ex._release_held(self.fut, None)
+
+    def waits_for_foreign(self) -> bool:
+        """Whether an input that is still pending is not an arraybridge task's future."""
+        inputs = self.inputs or ()
+        return any(not isinstance(f, Future) and not f.done() for f in inputs)
+
     def _input_done(self, _f: Any) -> None:
         with self.lock:
             self.left -= 1
-            if self.left:
+            if self.left or not self._end():
                 return
+        self.inputs = None
         ex, fut = self.ex, self.fut
         try:
             args, kwargs = _resolved(self.args), _resolved(self.kwargs)

@@ -14,7 +14,7 @@ import numpy as _np
 
 from . import _core, _dtypes
 from ._runtime import has_kind, on_physical, runtime
-from .convert import _detect, _TO_NUMPY, convert_memory, device_of, target_index
+from .convert import _detect, _host_array, _TO_NUMPY, convert_memory, device_of, target_index
 from .devices import GpuId
 from .dlpack import asdlpack
 from .types import MemoryType
@@ -23,17 +23,22 @@ from .types import memory_type as _memory_type
 _HOST = (_core.HOST, 0)
 
 
+def _native(dt):
+    """A dtype in the machine's byte order: big-endian slices are stacked byte-swapped."""
+    return dt if dt is None or dt.byteorder != ">" else dt.newbyteorder("=")
+
+
 def _check_slices(slices):
     if len(slices) == 0:
         raise ValueError("stack_slices: no slices")
     first = slices[0]
-    shape, dtype = tuple(first.shape), _dtypes.of(first)
+    shape, dtype = tuple(first.shape), _native(_dtypes.of(first))
     if len(shape) != 2:
         raise ValueError(f"stack_slices: slice 0 has shape {shape}; slices must be 2-D")
     for i, s in enumerate(slices):
         if tuple(s.shape) != shape:
             raise ValueError(f"stack_slices: slice {i} has shape {tuple(s.shape)}, slice 0 has {shape}")
-        if _dtypes.of(s) != dtype:
+        if _native(_dtypes.of(s)) != dtype:
             raise ValueError(f"stack_slices: slice {i} has dtype {_dtypes.of(s)}, slice 0 has {dtype}")
 
 
@@ -58,12 +63,13 @@ def stack_slices(slices: Sequence[Any], memory_type: Union[str, MemoryType], gpu
     rt = rt or runtime()
     on_gpu = gpu_id is not None and target in (MemoryType.TORCH, MemoryType.CUPY)
     if on_gpu and has_kind(rt, _core.CUDA):
-        volume = rt.stack([asdlpack(s) for s in slices], on_physical(rt, _core.CUDA, gpu_id)).result()
+        items = [asdlpack(_host_array(s) if _detect(s) is MemoryType.NUMPY else s) for s in slices]
+        volume = rt.stack(items, on_physical(rt, _core.CUDA, gpu_id)).result()
         return _from_runtime(volume, target, gpu_id)
     items = []
     for s in slices:
         mt = _detect(s)
-        items.append(s if mt is MemoryType.NUMPY else _host_view(s, mt))
+        items.append(_host_array(s) if mt is MemoryType.NUMPY else _host_view(s, mt))
     volume = rt.stack(items, _HOST).result()
     return convert_memory(_np.asarray(volume), "numpy", target, gpu_id)
 

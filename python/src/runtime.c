@@ -33,12 +33,19 @@ static int check_runtime(RuntimeObject *self) {
 }
 
 /* ---- Runtime --------------------------------------------------------------------------------- */
-static int kind_options(PyObject *d, const char *key, long long *out) {
+/* d[key] into *out: 1 when given, 0 when not, -1 with an exception (negative values included:
+ * a negative memory limit read as unsigned would mean no limit at all). */
+static int kind_options(PyObject *d, const char *what, const char *key, long long *out) {
   if (d == NULL || d == Py_None) return 0;
   PyObject *v = PyDict_GetItemString(d, key);
   if (v == NULL) return 0;
   *out = PyLong_AsLongLong(v);
-  return (*out == -1 && PyErr_Occurred()) ? -1 : 1;
+  if (*out == -1 && PyErr_Occurred()) return -1;
+  if (*out < 0) {
+    PyErr_Format(PyExc_ValueError, "%s for %s must be 0 or more, not %lld", what, key, *out);
+    return -1;
+  }
+  return 1;
 }
 
 /* The kinds whose drivers this runtime initialised and uses (a kind it found no device of is
@@ -90,11 +97,11 @@ static int runtime_init(RuntimeObject *self, PyObject *args, PyObject *kw) {
   for (int k = 0; k < AB_KIND_COUNT; k++) {
     long long v;
     int r;
-    if ((r = kind_options(workers, ab_kind_name(k), &v)) < 0) return -1;
+    if ((r = kind_options(workers, "workers", ab_kind_name(k), &v)) < 0) return -1;
     if (r) o.kinds[k].workers_per_device = (int)v;
-    if ((r = kind_options(limit, ab_kind_name(k), &v)) < 0) return -1;
+    if ((r = kind_options(limit, "memory_limit", ab_kind_name(k), &v)) < 0) return -1;
     if (r) o.kinds[k].memory_limit = (uint64_t)v;
-    if ((r = kind_options(split, ab_kind_name(k), &v)) < 0) return -1;
+    if ((r = kind_options(split, "logical_split", ab_kind_name(k), &v)) < 0) return -1;
     if (r) o.kinds[k].logical_split = (int)v;
     if (disable && disable != Py_None) {
       PyObject *name = PyUnicode_FromString(ab_kind_name(k));
@@ -107,6 +114,12 @@ static int runtime_init(RuntimeObject *self, PyObject *args, PyObject *kw) {
   if (inherited_kinds_off(&o) != 0) return -1;
   o.queue_capacity = qcap;
   if (deadline != Py_None) {
+    double s = PyFloat_AsDouble(deadline);
+    if (s == -1.0 && PyErr_Occurred()) return -1;
+    if (!(s >= 0)) { /* NaN too */
+      PyErr_Format(PyExc_ValueError, "oom_deadline must be 0 or more seconds (or None), not %R", deadline);
+      return -1;
+    }
     int64_t ns = timeout_ns(deadline);
     if (ns == -2) return -1;
     o.oom.deadline_ns = ns < 0 ? INT64_MAX : ns;

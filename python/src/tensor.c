@@ -282,6 +282,18 @@ static PyObject *tensor_array_interface(TensorObject *self, void *c) {
   return r;
 }
 
+/* __array__: NumPy asks for it only when __array_interface__ is absent (it takes the getter's
+ * AttributeError for that): a tensor in device memory, or of a dtype NumPy lacks. Without it
+ * np.asarray(t) made a 0-d object array holding the tensor, without a word. */
+static PyObject *tensor_array(TensorObject *self, PyObject *args, PyObject *kw) {
+  (void)args, (void)kw;
+  ab_device d = ab_tensor_device(self->t);
+  if (d.kind != AB_HOST)
+    return PyErr_Format(PyExc_BufferError, "np.asarray: the tensor is in %s:%d memory, not host memory; "
+                                           "arraybridge.to_numpy(t) copies it to the host", ab_kind_name(d.kind), d.index);
+  return PyErr_Format(PyExc_TypeError, "np.asarray: the tensor's dtype has no NumPy equivalent");
+}
+
 static void capsule_destructor(PyObject *cap) {
   /* Only an unconsumed capsule still owns its tensor (DLPack's Python specification). */
   if (PyCapsule_IsValid(cap, CAPSULE_V)) {
@@ -333,13 +345,18 @@ static PyObject *tensor_dlpack(TensorObject *self, PyObject *args, PyObject *kw)
   }
   int versioned = 0;
   if (max_version != Py_None) {
-    unsigned major, minor;
-    if (!PyTuple_Check(max_version)) {
-      PyErr_SetString(PyExc_TypeError, "max_version must be a (major, minor) tuple");
+    PyObject *major, *minor;
+    if (!PyTuple_Check(max_version) ||
+        !PyArg_ParseTuple(max_version, "O!O!;max_version must be a (major, minor) tuple of ints", &PyLong_Type,
+                          &major, &PyLong_Type, &minor)) {
+      if (!PyErr_Occurred()) PyErr_SetString(PyExc_TypeError, "max_version must be a (major, minor) tuple of ints");
       return NULL;
     }
-    if (!PyArg_ParseTuple(max_version, "II;max_version must be a (major, minor) tuple", &major, &minor)) return NULL;
-    versioned = major >= 1;
+    /* compared as Python ints: (-1, -1) is below 1.0 (legacy), (2**70, 0) above it (versioned) */
+    int overflow;
+    long long m = PyLong_AsLongLongAndOverflow(major, &overflow);
+    if (m == -1 && PyErr_Occurred()) return NULL;
+    versioned = overflow > 0 || (overflow == 0 && m >= 1);
   }
   const DLTensor *dl = ab_tensor_dl(self->t);
   int want_copy = copy != Py_None && PyObject_IsTrue(copy);
@@ -364,7 +381,10 @@ static PyObject *tensor_dlpack(TensorObject *self, PyObject *args, PyObject *kw)
     PyErr_SetString(PyExc_BufferError, "__dlpack__: copy=False, but moving to the CPU needs a copy");
     return NULL;
   }
-  if (!want_copy && !other_device) return export_capsule(self->t, versioned, 0);
+  /* Read-only memory goes out as a copy unless the consumer forbids copying: torch (and other
+   * consumers) ignore DLPack's READ_ONLY flag and would write into it, a bytes object say. */
+  int readonly = (ab_tensor_flags(self->t) & AB_TENSOR_READ_ONLY) != 0;
+  if (!want_copy && !other_device && !(readonly && !forbid_copy)) return export_capsule(self->t, versioned, 0);
   if (copy_hook == NULL) {
     PyErr_SetString(PyExc_BufferError, "__dlpack__: copying is not available");
     return NULL;
@@ -432,6 +452,7 @@ static PyGetSetDef tensor_getset[] = {
 static PyMethodDef tensor_methods[] = {
     {"__dlpack__", (PyCFunction)(void (*)(void))tensor_dlpack, METH_VARARGS | METH_KEYWORDS, NULL},
     {"__dlpack_device__", (PyCFunction)tensor_dlpack_device, METH_NOARGS, NULL},
+    {"__array__", (PyCFunction)(void (*)(void))tensor_array, METH_VARARGS | METH_KEYWORDS, NULL},
     {"index", (PyCFunction)tensor_index, METH_O, "a view of t[i] along the first axis"},
     {NULL},
 };

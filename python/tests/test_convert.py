@@ -114,6 +114,18 @@ def test_zero_d_and_empty():
             assert host(y).shape == a.shape
 
 
+@pytest.mark.parametrize("src", ["numpy", "torch"])
+def test_zero_d_to_pyclesperanto_keeps_the_value(src):
+    """pyclesperanto has no 0-d arrays (it made an empty one: the value lost); a 0-d array or a
+    NumPy scalar arrives as shape (1,), its value kept."""
+    pytest.importorskip("pyclesperanto")
+    for a in (np.array(5, np.uint16), np.float32(3.5)):
+        x = a if src == "numpy" else make(src, np.asarray(a))
+        c = ab.convert_memory(x, src, "pyclesperanto")
+        back = host(c)
+        assert back.shape == (1,) and back.dtype == np.asarray(a).dtype and back[0] == a
+
+
 # ---- layouts and byte orders a framework cannot take as they are ---------------------------------
 def _layouts():
     base = np.arange(60, dtype=np.float32).reshape(5, 12)
@@ -189,3 +201,31 @@ def test_strict_mode_refuses_device_to_device_through_the_host_for_gpu_framework
     t = torch.ones(3, device=f"cuda:{gpus[0]}")
     with pytest.raises(ab.MemoryConversionError, match="allow_cpu_roundtrip"):
         ab.convert_memory(t, "torch", "pyclesperanto", None, allow_cpu_roundtrip=False)
+
+
+@pytest.mark.parametrize("src", ["numpy", "torch"])
+def test_jax_without_x64_never_truncates_silently(src):
+    """JAX with jax_enable_x64 off (its default) has no 64-bit dtypes: int64 values beyond int32
+    are refused (JAX made 2**40 + 5 into 5), those that fit convert exactly, and float64 is
+    rounded to float32 with a RuntimeWarning."""
+    jax = pytest.importorskip("jax")
+    if jax.config.jax_enable_x64:
+        pytest.skip("jax_enable_x64 is on in this process")
+    big = np.array([2**40 + 5, 1], np.int64)
+    with pytest.raises(ab.MemoryConversionError, match="jax_enable_x64"):
+        ab.convert_memory(make(src, big), src, "jax")
+    with pytest.raises(ab.MemoryConversionError, match="jax_enable_x64"):
+        ab.convert_memory(make(src, np.array([2**32], np.uint64) if src == "numpy" else big), src, "jax")
+    small = np.array([-(2**31), 2**31 - 1, 0], np.int64)
+    assert host(ab.convert_memory(make(src, small), src, "jax")).tolist() == small.tolist()
+    with pytest.warns(RuntimeWarning, match="float64 becomes float32"):
+        j = ab.convert_memory(make(src, np.array([1 + 1e-12])), src, "jax")
+    assert host(j).dtype == np.float32
+
+
+def test_a_missing_framework_is_named_with_the_source():
+    import importlib.util
+    if importlib.util.find_spec("cupy") is not None:
+        pytest.skip("cupy is installed")
+    with pytest.raises(ab.MemoryConversionError, match="from numpy to cupy.*not installed"):
+        ab.convert_memory(np.ones(2), "numpy", "cupy")

@@ -81,9 +81,41 @@ def test_read_only_stays_read_only():
         assert not np.asarray(t).flags.writeable
     t = ab.asdlpack(a)
     with pytest.raises(BufferError, match="read-only"):
-        np.from_dlpack(_LegacyOnly(t))  # a legacy consumer cannot be told "read-only"
-    cap = t.__dlpack__(max_version=(1, 0))
+        t.__dlpack__(copy=False)  # a legacy consumer cannot be told "read-only", nor given a copy
+    cap = t.__dlpack__(max_version=(1, 0), copy=False)
     assert type(cap).__name__ == "PyCapsule"
+    c = np.from_dlpack(_LegacyOnly(t))  # otherwise a copy
+    assert c.tolist() == list(range(6)) and not np.shares_memory(c, a)
+
+
+def test_read_only_memory_is_copied_for_consumers_that_ignore_the_flag():
+    """torch.from_dlpack ignores DLPack's READ_ONLY flag: it was handed the memory of an
+    immutable bytes object, writably. Read-only tensors go out as copies (IS_COPIED) unless
+    the consumer passes copy=False; the source never changes."""
+    torch = pytest.importorskip("torch")
+    src = bytes(bytearray(b"abcd"))
+    x = torch.from_dlpack(ab.asdlpack(src))
+    x += 1
+    assert src == b"abcd" and bytes(x.numpy()) == b"bcde"
+    a = np.arange(4, dtype=np.float32)
+    a.flags.writeable = False
+    y = torch.from_dlpack(ab.asdlpack(a))
+    y += 1
+    assert a.tolist() == [0, 1, 2, 3]
+    w = np.arange(4, dtype=np.float32)
+    z = torch.from_dlpack(ab.asdlpack(w))  # writable memory is still shared
+    z += 1
+    assert w.tolist() == [1, 2, 3, 4]
+
+
+def test_max_version_compared_as_python_ints():
+    t = ab.asdlpack(np.ones(3))
+    assert "versioned" not in repr(t.__dlpack__(max_version=(-1, -1)))  # below 1.0: legacy
+    assert "versioned" not in repr(t.__dlpack__(max_version=(0, 8)))
+    assert "versioned" in repr(t.__dlpack__(max_version=(2**70, 0)))
+    assert "versioned" in repr(t.__dlpack__(max_version=(1, 0)))
+    with pytest.raises(TypeError, match="max_version"):
+        t.__dlpack__(max_version=(1.0, 0))
 
 
 class _LegacyOnly:
@@ -259,3 +291,14 @@ def test_imports_from_frameworks():
     jnp = pytest.importorskip("jax.numpy")
     j = jnp.arange(4, dtype=jnp.int32)
     np.testing.assert_array_equal(np.asarray(ab.asdlpack(j)), [0, 1, 2, 3])
+
+
+def test_np_asarray_of_device_memory_is_an_error(rt, opencl_devices):
+    """NumPy took the missing __array_interface__ as 'not an array' and made a 0-d object
+    array holding the tensor; now it is told why it cannot have one."""
+    if not opencl_devices:
+        pytest.skip("no OpenCL device")
+    cl = rt.convert(ab.asdlpack(np.arange(3.0)), opencl_devices[0]).result(10)
+    with pytest.raises(BufferError, match="not host memory.*to_numpy"):
+        np.asarray(cl)
+    assert ab.to_numpy(cl).tolist() == [0.0, 1.0, 2.0]

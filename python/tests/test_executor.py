@@ -643,3 +643,65 @@ def test_the_oom_deadline_holds_under_load():
             stop.set()
             ex.shutdown(cancel_futures=True)
     assert 1.0 <= took <= 1.1, (took, attempts)
+
+
+GATED_NEVER = r"""
+import arraybridge as ab, concurrent.futures as cf, sys
+ex = ab.Executor(max_workers=2)
+never = cf.Future()
+case = sys.argv[1]
+d = ex.submit(lambda x: x, never)
+e = ex.submit(lambda x: x, d)              # waits for d, an arraybridge future
+if case == "cancel":
+    assert d.cancel() and d.cancelled()
+    ex.shutdown(wait=True)
+    assert isinstance(e.exception(5), cf.CancelledError)
+elif case == "cancel_futures":
+    ex.shutdown(wait=True, cancel_futures=True)
+    assert d.cancelled() and (e.cancelled() or isinstance(e.exception(5), cf.CancelledError))
+elif case == "with":
+    with ex:
+        assert d.cancel()
+elif case == "exit":                       # left open: the exit hook drains, and cancels d
+    ok = ex.submit(lambda: 42)
+print("returned", case, flush=True)
+"""
+
+
+@pytest.mark.parametrize("case", ["cancel", "cancel_futures", "with", "exit"])
+def test_tasks_gated_on_a_future_that_never_settles_do_not_hang_shutdown(case):
+    """A task waiting for a future nobody will set: cancelled (or cancel_futures), shutdown
+    returns, and the interpreter exits; at exit such a task is cancelled rather than waited for."""
+    import subprocess
+    import sys
+    try:
+        r = subprocess.run([sys.executable, "-c", GATED_NEVER, case], capture_output=True, text=True, timeout=60)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"{case}: hung (shutdown or exit never returned)")
+    assert r.returncode == 0 and f"returned {case}" in r.stdout, r.stdout + r.stderr[-3000:]
+
+
+def test_input_type_torch_hands_integer_images_over_computable(ex):
+    """torch cannot add or reduce uint16 / uint32 tensors: input_type="torch" widens them
+    losslessly (int32, int64), as @torch does, so the README's 16-bit stack example computes."""
+    torch = pytest.importorskip("torch")
+    stack = np.arange(24, dtype=np.uint16).reshape(2, 3, 4) * 2500
+    on = ex.options(device="host", input_type="torch", output_type="numpy")
+    r = on.submit(lambda x, k: (x + 1).amax(dim=0) + k.sum(), stack, k=np.array([1, 2], np.uint32)).result()
+    assert (r == (stack.astype(np.int64) + 1).max(axis=0) + 3).all()
+    dtypes = ex.options(input_type="torch").submit(lambda x, y: (x.dtype, y.dtype), stack,
+                                                   np.zeros(2, np.uint32)).result()
+    assert dtypes == (torch.int32, torch.int64)
+
+
+def test_negative_and_nan_options_are_refused():
+    """A negative memory limit read as unsigned meant no limit at all; a negative or NaN
+    oom_deadline was taken; 'opencl:x' fell out as int()'s own message."""
+    for kw in ({"memory_limit": {"host": -1}}, {"memory_limit": -5}, {"workers_per_device": {"opencl": -1}},
+               {"oom_deadline": -1}, {"oom_deadline": float("nan")}):
+        with pytest.raises(ValueError, match="0 or more"):
+            ab.Executor(1, **kw)
+    with ab.Executor(1, memory_limit={"host": 0}, oom_deadline=0) as ex:
+        assert ex.submit(int, 3).result() == 3
+        with pytest.raises(ValueError, match="must be an integer"):
+            ex.options(device="opencl:x")

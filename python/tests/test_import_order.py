@@ -93,3 +93,38 @@ def test_opencl_left_out_with_a_reason_where_it_cannot_be_loaded_safely():
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=240, env=env)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "devices ['host:0'] ['host:0'] warnings 1" in r.stdout and r.stdout.strip().endswith("3")
+
+
+# arraybridge first, then @torch, @jax, @tensorflow and @pyclesperanto calls on a uint16 image, with
+# a kernel that pocl has to compile at the end: the OpenCL driver, loaded by the runtime with lazy
+# binding, had calls of clang and LLVM not bound yet when TensorFlow's LLVM arrived, and they
+# were then bound to TensorFlow's (a SIGSEGV in clang's code generation, in about half the runs).
+COMPILE_AFTER_TF = r"""
+import numpy as np, arraybridge as ab
+from arraybridge import torch as on_torch, jax as on_jax, tensorflow as on_tf, pyclesperanto as on_cle
+img = np.array([[0, 1000, 65535], [30000, 2, 40000]], np.uint16)
+assert on_torch(output_type="numpy")(lambda x: x + 10)(img)[0, 1] == 1010
+assert on_jax(output_type="numpy")(lambda x: x + 1)(img)[0, 1] == 1001
+assert on_tf(output_type="numpy")(lambda x: x + 1)(img)[0, 1] == 1001
+import pyclesperanto as cle
+print("cle", on_cle(output_type="numpy")(lambda x: cle.add_image_and_scalar(x, scalar=1))(img.astype(np.float32))[0, 1])
+"""
+
+
+def test_kernels_compiled_after_tensorflow_do_not_crash():
+    """Up to 4 runs, bounded in time; pocl's and pyclesperanto's kernel caches are off, so that
+    the kernels are compiled after TensorFlow came."""
+    for name in ("torch", "jax", "tensorflow", "pyclesperanto"):
+        pytest.importorskip(name)
+    if not _opencl_here():
+        pytest.skip("no OpenCL driver")
+    import time
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", JAX_PLATFORMS="cpu", POCL_KERNEL_CACHE="0",
+               CLESPERANTO_NO_CACHE="1")
+    end, runs = time.monotonic() + 150 * float(os.environ.get("AB_TEST_SCALE", "1")), 0
+    while runs < 4 and (runs == 0 or time.monotonic() < end):
+        r = subprocess.run([sys.executable, "-c", COMPILE_AFTER_TF], capture_output=True, text=True,
+                           timeout=240, env=env)
+        runs += 1
+        assert r.returncode == 0, f"run {runs}: exit {r.returncode}\n{r.stdout}{r.stderr[-3000:]}"
+        assert "cle 1001" in r.stdout, r.stdout

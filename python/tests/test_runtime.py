@@ -90,7 +90,9 @@ def test_writing_read_only_memory_is_refused(rt):
     a.flags.writeable = False
     t = ab.asdlpack(a)
     with pytest.raises(BufferError):
-        t.__dlpack__()  # legacy consumers would get writable memory
+        t.__dlpack__(copy=False)  # legacy consumers would get writable memory, and no copy is allowed
+    copied = np.from_dlpack(t)  # otherwise they get a copy
+    assert not np.shares_memory(copied, a)
     with pytest.raises(ValueError):
         np.asarray(t)[0, 0] = 1.0
 

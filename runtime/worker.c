@@ -16,9 +16,9 @@
  *     finds their events done. It blocks on the oldest only when the ring is full or there is
  *     nothing else to do. Host tasks complete at once.
  *   - A body's AB_ENOMEM goes to the OOM ladder (oom.c), which parks the task, re-routes it or
- *     fails it. Parked tasks come back through this loop: a worker polls the parked list
- *     between tasks when one is due or memory was freed, and sleeps no longer than the
- *     earliest retry.
+ *     fails it. Parked tasks come back through this loop, ahead of the queue: between any two
+ *     tasks, when one is due or memory was freed, a worker takes the due one off the parked
+ *     list before it pops the queue; an idle one sleeps no longer than the earliest retry.
  */
 #include <sched.h>
 #include <string.h>
@@ -175,8 +175,9 @@ static void *worker_main(void *arg) {
   ab_runtime *rt = d->rt;
   for (;;) {
     if (w->npending) reap(w, false);
-    if (ab__park_wants_poll(d)) ab__park_poll(d);
-    ab_future *t = pop(d);
+    /* a due retry goes first: the queue may hold seconds of work */
+    ab_future *t = ab__park_wants_poll(d) ? ab__park_take(d, NULL) : NULL;
+    if (t == NULL) t = pop(d);
     if (t == NULL && w->npending) { /* nothing new: wait for the device instead */
       reap(w, true);
       continue;
@@ -186,8 +187,9 @@ static void *worker_main(void *arg) {
        * earlier retry, a parked task cancelled, memory freed) ends the sleep below at once,
        * instead of being lost until the retry time read here. */
       uint32_t snap = ab__queue_snapshot(&d->queue);
-      int64_t next_retry = ab__park_poll(d);
-      t = spin_pop(d);
+      int64_t next_retry;
+      t = ab__park_take(d, &next_retry);
+      if (t == NULL) t = spin_pop(d);
       if (t == NULL) {
         if (atomic_load_explicit(&rt->stopping, memory_order_acquire)) return NULL;
         t = pop(d);

@@ -43,6 +43,7 @@ from . import _core, _oom
 from ._runtime import GPU_KIND_NAMES, KIND_NAMES, Runtime, device_name, kind_name, parse_device
 
 _DONE = (CANCELLED, CANCELLED_AND_NOTIFIED, FINISHED)
+_FOLLOW = 0.05  # seconds between looks at a waited future's state and task (Future._wait_settled)
 _ENOMEM = _core.AB_ENOMEM
 _AUTO, _EXPLICIT = _core.PLACE_AUTO, _core.PLACE_EXPLICIT
 
@@ -102,8 +103,15 @@ class Future(_cf.Future):
             task = self._task
             if self._state in _DONE:
                 return
-        if not task.wait(_left(end)):
-            raise _cf.TimeoutError()
+        # A task that a batch ran into out-of-memory goes back to the runtime as a new task, which
+        # replaces _task (python/src/module.c) and may settle this future long before the old one
+        # completes: look again every _FOLLOW seconds, and follow the replacement.
+        while not task.wait(_left(end, _FOLLOW)):
+            if self._state in _DONE:
+                return
+            if end is not None and _time.monotonic() >= end:
+                raise _cf.TimeoutError()
+            task = self._task
         # The task is complete. A task that ran settled this future before completing; a
         # cancelled or failed one settles it from a completion callback, possibly a moment
         # later; one that a batch runs settles when the batch gets to its end.

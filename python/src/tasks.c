@@ -151,8 +151,8 @@ _Thread_local int in_runtime_thread; /* see SUBMIT_BLOCKING (tasks.h) */
  *   fut._ab_settle(result)           fn returned
  *   fut._ab_raised(exc) -> bool      fn raised; True asks for a retry through the OOM ladder
  *   fut._ab_end(status, message)     the task ended without fn returning or raising for good
- *   fut._ab_retry()                  fn is about to run again after _ab_raised asked for it
  *                                    (cancelled, out of memory at the ladder's end, shut down)
+ *   fut._ab_retry()                  fn is about to run again after _ab_raised asked for it
  * Before the first call fut._state must still be "PENDING" (it becomes "RUNNING"); anything
  * else means Python cancelled it first and fn is not called. */
 /* A record's states (atomic: py_task_run and py_task_done read them without the GIL): the claim

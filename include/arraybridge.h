@@ -36,11 +36,12 @@
  *      and completes with whatever it returns.
  *   5. Callbacks (ab_future_then) run exactly once, after the status and result are visible, on
  *      the thread that completed the future: a worker, a thread calling ab_future_cancel or
- *      ab_runtime_destroy, or the caller of ab_future_then itself if the future was already
- *      complete. A callback must not block: it may release futures and tensors, read results
- *      and submit with AB_SUBMIT_TRY, but must not wait on futures or submit blocking, nor
- *      destroy the future's runtime (refused with AB_EBUSY: destroy would wait for the very
- *      completion that runs the callback).
+ *      ab_runtime_destroy, the runtime's OOM deadline keeper (a parked task failing at its
+ *      deadline), or the caller of ab_future_then itself if the future was already complete.
+ *      A callback must not block: it may release futures and tensors, read results and submit
+ *      with AB_SUBMIT_TRY, but must not wait on futures or submit blocking, nor destroy the
+ *      future's runtime (refused with AB_EBUSY: destroy would wait for the very completion that
+ *      runs the callback).
  *   6. Out-of-memory does not fail a task at once: it walks the ladder of ab_oom_policy
  *      (trim, synchronise, spill callback, park and retry with backoff, re-route) and fails with
  *      AB_ENOMEM only at its end. Inputs are never modified, so nothing is lost.
@@ -159,17 +160,19 @@ typedef struct {
  * times are AB_EINVAL (from ab_runtime_create, or from the submit whose ab_place carries
  * them). A parked task is retried after backoff_initial_ns, then after twice that, and so on up to
  * backoff_max_ns between tries (1, 2, 4, ... 64, 100, 100 ms by default), and earlier when
- * memory on its device is freed; each retry waits for a worker like any queued task, and
- * that wait is not parked time. Retries keep this schedule within 10% (contract, point 8),
- * also while the device's workers are busy with other tasks. */
+ * memory on its device is freed. A due retry goes ahead of the tasks in the device's queue:
+ * an idle worker runs it on time (contract, point 8), and on a busy device the first worker
+ * to finish its task does, however long the queue. The deadline is wall-clock time from the
+ * task's first failure; when it comes, a task parked or waiting for a worker to retry it
+ * fails at once (re-routed first, where allowed), without waiting for a worker. */
 typedef struct {
   bool no_wait;              /* skip parking: fail with AB_ENOMEM after the spill step */
   bool allow_reroute;        /* after the deadline, try another device of the same kind
                                 (never for AB_PLACE_EXPLICIT tasks: their device was chosen) */
   int64_t backoff_initial_ns;/* first park interval (default 1 ms) */
   int64_t backoff_max_ns;    /* cap on the doubling interval (default 100 ms) */
-  int64_t deadline_ns;       /* total time a task may spend parked (default 10 s): the backoff
-                                intervals, not the wait for a busy worker after each */
+  int64_t deadline_ns;       /* how long a task may stay out of memory, from its first failure
+                                (default 10 s): its attempts and waits included */
 } ab_oom_policy;
 
 /* The host allocator for the runtime's own structures (not tensor data). */
@@ -399,7 +402,18 @@ typedef struct {
   uint64_t bytes_hint;       /* bytes the task moves, for backpressure (default: input bytes) */
   const char *name;          /* a static label for traces (must outlive the runtime); NULL:
                                 "task". Older callers whose size ends before it are accepted. */
+  uint32_t flags;            /* AB_TASK_*; older callers whose size ends before it are accepted */
 } ab_task_desc;
+
+/* ab_task_desc.flags */
+enum {
+  /* fn ran out of memory already, run by the caller itself (a batch of its own, say): the task
+   * starts in the OOM ladder, parked on the device placement picks, its first retry after the
+   * policy's backoff_initial_ns and its deadline counted from this submit. It never waits for
+   * queue space, and its retries go ahead of queued tasks like every retry. With no_wait (or
+   * AB_CANCEL under way) it completes at once with AB_ENOMEM, fn not run. */
+  AB_TASK_OOM_RETRY = 1u << 0,
+};
 
 #define AB_TASK_DESC_INIT {.size = sizeof(ab_task_desc)}
 

@@ -39,10 +39,17 @@ _Noreturn void ab__panic(const char *file, int line, const char *what);
 
 /* Lock ranks. A thread takes the runtime's locks in increasing rank only, so no two threads can
  * deadlock on them; park_lock's rank leaves only the queue's push_lock below it (runtime/oom.c), and
- * nothing is taken while push_lock or a pool's grow_lock is held. xfer_lock and trace_lock share
- * a rank: neither is ever taken with the other. Debug builds check this with a mask per thread
- * of the ranks held. */
-enum { AB__RANK_XFER = 0, AB__RANK_TRACE = 0, AB__RANK_PARK = 1, AB__RANK_PUSH = 2, AB__RANK_GROW = 3 };
+ * nothing is taken while push_lock or a pool's grow_lock is held. xfer_lock, trace_lock and the
+ * OOM deadline keeper's lock share a rank: none is ever taken with another. Debug builds check
+ * this with a mask per thread of the ranks held. */
+enum {
+  AB__RANK_XFER = 0,
+  AB__RANK_TRACE = 0,
+  AB__RANK_KEEPER = 0,
+  AB__RANK_PARK = 1,
+  AB__RANK_PUSH = 2,
+  AB__RANK_GROW = 3
+};
 extern _Thread_local uint32_t ab__ranks_held;
 static inline void ab__lock(pthread_mutex_t *m, int rank) {
   AB__ASSERT((ab__ranks_held >> rank) == 0); /* nothing of this rank or above is held */

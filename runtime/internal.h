@@ -191,6 +191,14 @@ struct ab_runtime {
    * own line, written only while someone waits (future.c) */
   _Alignas(64) _Atomic uint32_t done_gen;
   _Atomic int32_t any_waiters;
+  /* oom.c: the deadline keeper, a thread that fails parked tasks at their OOM deadline when no
+   * worker is free to. It sleeps on keeper_word until keeper_due, the earliest deadline it
+   * knows; keeper_lock guards keeper_due (AB__RANK_KEEPER: nothing else is held with it). */
+  pthread_t keeper;
+  bool keeper_started, keeper_lock_made;
+  pthread_mutex_t keeper_lock;
+  int64_t keeper_due;
+  _Atomic uint32_t keeper_word;
   int64_t trace_t0;               /* when the last trace run started (CLOCK_MONOTONIC ns) */
   bool trace_tsc;                 /* records hold TSC ticks, mapped by the pairs below */
   int64_t trace_tsc0, trace_tsc1, trace_ns1; /* (tsc, ns) at start (ns: trace_t0) and stop */
@@ -305,6 +313,7 @@ struct ab_future {
   /* the task */
   uint8_t kind;
   bool counted;                   /* holds an inflight count; set before anyone else sees it */
+  bool oom_retry;                 /* AB_TASK_OOM_RETRY: enters the ladder, not the queue */
   _Atomic(ab__device *) dev;      /* where it is queued, parked or running: ab__task_dev */
   ab_place place;
   ab_oom_policy oom;
@@ -320,9 +329,9 @@ struct ab_future {
   uint64_t bytes;                 /* for backpressure, accounted while queued or running */
 
   /* the OOM ladder's memory of this task */
-  int64_t park_until, backoff;
-  int64_t park_left;              /* of the deadline: time it may still spend parked */
-  int64_t park_since;             /* when it was last parked */
+  int64_t park_until;             /* its next retry, or its deadline when no retry is left */
+  int64_t backoff;                /* the interval after the next retry */
+  int64_t oom_deadline;           /* its first failure + the policy's deadline: it fails then */
   uint32_t park_gen;
   uint64_t park_need;             /* bytes it could not get (0: unknown) */
   uint64_t tried;                 /* device slots tried by re-routing */
@@ -366,6 +375,7 @@ int ab__task_submit(ab_future *t, ab_future **out);
 /* task.c: a task whose inputs are resolved goes to a device (or fails) */
 void ab__task_ready(ab_future *t);
 void ab__task_requeue(ab__device *d, ab_future *t);  /* parked or re-routed: never blocks */
+void ab__task_account(ab__device *d, ab_future *t);  /* t counts on d (placement, backpressure) */
 void ab__task_unaccount(ab__device *d, ab_future *t); /* the task left the device */
 void ab__device_unaccount(ab__device *d, uint64_t bytes); /* the same, for a task given away */
 void ab__task_release_inputs(ab_future *t);
@@ -406,12 +416,18 @@ bool ab__oom_policy_ok(const ab_oom_policy *p);
  * worker may own it already: the caller must not touch it. False: t fails, its message says
  * why (step 7). */
 bool ab__oom_task(ab__worker *w, ab_future *t);
+/* A task submitted with AB_TASK_OOM_RETRY, placed on d (pending, counted, not accounted):
+ * parked as if it had just run out of memory there, or re-routed, or failed. */
+void ab__oom_enter(ab__device *d, ab_future *t);
 /* Between tasks: is a parked task due on d, or has memory been freed since the last poll? */
 bool ab__park_wants_poll(ab__device *d);
-/* Sends d's due tasks back to its queue and drops cancelled ones; returns the earliest retry
- * time left (-1: none). */
-int64_t ab__park_poll(ab__device *d);
+/* The due parked task of d that has waited longest, to run now, ahead of d's queue (NULL:
+ * none); on the way, fails those past their deadline and drops cancelled ones. *next (when not
+ * NULL): the earliest retry or deadline left, the present when more tasks are due, -1 for none. */
+ab_future *ab__park_take(ab__device *d, int64_t *next);
 void ab__park_flush(ab__device *d, int status); /* destroy: complete every parked task */
+int ab__keeper_start(ab_runtime *rt);            /* the deadline keeper's thread */
+void ab__keeper_stop(ab_runtime *rt);            /* after rt->stopping is set: joins it */
 void ab__park_cancelled(ab_future *t);           /* t was cancelled while pending: maybe parked */
 
 /* A cancel was asked for t while it runs, or the runtime is being destroyed with AB_CANCEL.

@@ -147,6 +147,7 @@ static int devices_open(ab_runtime *rt) {
 static void stop_workers(ab_runtime *rt) {
   atomic_store_explicit(&rt->stopping, 1, memory_order_release); /* pairs with the loop's acquire */
   for (int i = 0; i < rt->ndevices; i++) ab__wake_workers(&rt->devices[i]);
+  ab__keeper_stop(rt);
   for (int i = 0; i < rt->ndevices; i++) ab__workers_join(&rt->devices[i]);
 }
 
@@ -169,6 +170,7 @@ static void runtime_free(ab_runtime *rt) {
   ab__free(&rt->alloc, rt->devices);
   ab__pool_fini(&rt->futures);
   ab__pool_fini(&rt->tensors);
+  if (rt->keeper_lock_made) pthread_mutex_destroy(&rt->keeper_lock);
   ab_allocator a = rt->alloc;
   ab__free(&a, rt);
 }
@@ -209,6 +211,7 @@ int ab_runtime_create(const ab_runtime_options *opt, ab_runtime **out) {
     return AB_ENOMEM;
   }
   int rc = devices_open(rt);
+  if (rc == 0) rc = ab__keeper_start(rt);
   if (rc != 0) {
     stop_workers(rt);
     runtime_free(rt);

@@ -87,7 +87,7 @@ static int check_place(ab_runtime *rt, const ab_place *p) {
 }
 
 /* ---- device accounting ---------------------------------------------------------------------- */
-static void account(ab__device *d, ab_future *t) {
+void ab__task_account(ab__device *d, ab_future *t) {
   /* load gauges for placement and backpressure: relaxed, read as hints */
   atomic_fetch_add_explicit(&d->load_tasks, 1, memory_order_relaxed);
   if (t->bytes) atomic_fetch_add_explicit(&d->load_bytes, t->bytes, memory_order_relaxed);
@@ -123,7 +123,7 @@ static void publish(ab_future *t) {
 }
 
 static int enqueue_bounded(ab__device *d, ab_future *t, const ab_place *p) {
-  account(d, t);
+  ab__task_account(d, t);
   /* release: as publish(), but nobody else can hold t yet, so a plain store will do */
   atomic_store_explicit(&t->state, AB__PENDING, memory_order_release);
   full_arg fa = {d, t->bytes};
@@ -136,7 +136,7 @@ static int enqueue_bounded(ab__device *d, ab_future *t, const ab_place *p) {
 
 void ab__task_requeue(ab__device *d, ab_future *t) {
   ab__task_set_dev(t, d);
-  account(d, t);
+  ab__task_account(d, t);
   publish(t);
   ab__queue_push_always(&d->queue, t, &t->qlink);
 }
@@ -209,7 +209,8 @@ void ab__task_ready(ab_future *t) {
     goto drop;
   }
   if (ab__task_dev(t) == NULL) atomic_fetch_add_explicit(&d->submitted, 1, memory_order_relaxed); /* stat */
-  ab__task_requeue(d, t);
+  if (t->oom_retry) ab__oom_enter(d, t);
+  else ab__task_requeue(d, t);
   return;
 drop:
   ab__task_drop(t);
@@ -271,6 +272,12 @@ int ab__task_submit(ab_future *t, ab_future **out) {
   if (d == NULL) goto fail_accepted;
   ab__task_set_dev(t, d);
   atomic_store_explicit(&t->refs, 2, memory_order_relaxed); /* caller + system; not shared yet */
+  if (t->oom_retry) { /* into the ladder, not the queue: it is accepted whatever the queue holds */
+    atomic_fetch_add_explicit(&d->submitted, 1, memory_order_relaxed); /* stat */
+    *out = t;
+    ab__oom_enter(d, t);
+    return 0;
+  }
   rc = enqueue_bounded(d, t, &t->place);
   if (rc == 0) {
     *out = t;
@@ -297,10 +304,14 @@ static int check_inputs(const ab_input *in, int n) {
 int ab_submit(ab_runtime *rt, const ab_task_desc *d, ab_future **out) {
   if (out == NULL) return AB_EINVAL;
   *out = NULL;
-  /* sizes from before `name` was appended are still ab_task_descs */
+  /* sizes from before `name` or `flags` were appended are still ab_task_descs */
   if (rt == NULL || d == NULL || d->fn == NULL) return AB_EINVAL;
-  if (d->size != sizeof(ab_task_desc) && d->size != offsetof(ab_task_desc, name)) return AB_EINVAL;
+  if (d->size != sizeof(ab_task_desc) && d->size != offsetof(ab_task_desc, flags) &&
+      d->size != offsetof(ab_task_desc, name))
+    return AB_EINVAL;
   if (ab__forked(rt)) return AB_ESHUTDOWN; /* first: nothing of it may be locked here */
+  uint32_t flags = d->size == sizeof(ab_task_desc) ? d->flags : 0;
+  if (flags & ~(uint32_t)AB_TASK_OOM_RETRY) return AB_EINVAL;
   int rc = check_inputs(d->inputs, d->ninputs);
   if (rc == 0) rc = check_place(rt, &d->place);
   if (rc != 0) return rc;
@@ -309,7 +320,8 @@ int ab_submit(ab_runtime *rt, const ab_task_desc *d, ab_future **out) {
   t->fn = d->fn;
   t->arg = d->arg;
   t->bytes = d->bytes_hint;
-  t->name = d->size == sizeof(ab_task_desc) ? d->name : NULL;
+  t->name = d->size > offsetof(ab_task_desc, name) ? d->name : NULL;
+  t->oom_retry = flags & AB_TASK_OOM_RETRY;
   for (int i = 0; i < d->ninputs; i++) {
     if (d->inputs[i].tensor) t->in[i].tensor = ab_tensor_retain(d->inputs[i].tensor);
     else t->in[i].future = ab_future_retain(d->inputs[i].future);

@@ -7,18 +7,17 @@
  *     submitter's release), runs it, and completes it with a CAS RUNNING -> COMPLETING. A task
  *     cancelled while queued fails the claim and is dropped: it never runs.
  *   - Idle workers spin briefly (a task usually arrives within microseconds in a busy pipeline),
- *     then sleep on the queue's event count. Parked tasks give the sleep a deadline. The spin is
- *     bounded in time, not only in rounds: on a loaded machine each sched_yield may hand the
- *     core away for a whole time slice (64 of them once cost 90 ms before a 1 ms retry).
+ *     then sleep on the queue's event count. Parked tasks give the sleep a deadline, and the
+ *     spin too: it ends at the earliest retry and at any wake-up (spin_pop).
  *   - A backend with events (ops->record) has a task's work enqueued, not done, when its body
  *     returns: the worker records an event and keeps the task in its pending ring (scratch and
  *     inputs stay alive), runs the next one, and completes pending tasks in order as polling
  *     finds their events done. It blocks on the oldest only when the ring is full or there is
  *     nothing else to do. Host tasks complete at once.
  *   - A body's AB_ENOMEM goes to the OOM ladder (oom.c), which parks the task, re-routes it or
- *     fails it. Parked tasks come back through this loop: a worker polls the parked list
- *     between tasks when one is due or memory was freed, and sleeps no longer than the
- *     earliest retry.
+ *     fails it. Parked tasks come back through this loop, ahead of the queue: between any two
+ *     tasks, when one is due or memory was freed, a worker takes the due one off the parked
+ *     list before it pops the queue; an idle one sleeps no longer than the earliest retry.
  */
 #include <sched.h>
 #include <string.h>
@@ -149,19 +148,24 @@ static ab_future *pop(ab__device *d) { return ab__queue_pop(&d->queue, qlink_off
 /* Before sleeping, poll a little: a few pauses, then yields. Yielding hands the core to a
  * submitter or another worker when there are more threads than cores (a pure spin would steal
  * it), yet still picks up the next task within microseconds, far sooner than a futex wake-up.
- * At most SPIN_NS of yields: on a busy machine one yield can last a whole time slice. */
-#define SPIN_NS 100000
-static ab_future *spin_pop(ab__device *d) {
+ * The yields end at a parked task's retry time (until; < 0: none) and when the queue's event
+ * count moves without a task for this worker (a wake-up: a task parked, cancelled, or memory
+ * freed), since on a busy machine each yield may hand the core away for a whole time slice (64
+ * of them once cost 90 ms before a 1 ms retry). They are not cut after a fixed time: a worker
+ * that shares its core with the submitter sees each yield last until the submitter's slice
+ * ends; cut after 100 us, it went to sleep between two submits, and every submit then paid a
+ * futex wake-up and the submitter lost its core to the woken worker. */
+static ab_future *spin_pop(ab__device *d, uint32_t snap, int64_t until) {
   for (int i = 0; i < 64; i++) {
     ab_future *t = pop(d);
     if (t) return t;
     ab__cpu_relax();
   }
-  int64_t end = ab__now_ns() + SPIN_NS;
-  for (int i = 0; i < 64 && ab__now_ns() < end; i++) {
+  for (int i = 0; i < 64; i++) {
     sched_yield();
     ab_future *t = pop(d);
     if (t) return t;
+    if (ab__queue_snapshot(&d->queue) != snap || (until >= 0 && ab__now_ns() >= until)) break;
   }
   return NULL;
 }
@@ -175,8 +179,9 @@ static void *worker_main(void *arg) {
   ab_runtime *rt = d->rt;
   for (;;) {
     if (w->npending) reap(w, false);
-    if (ab__park_wants_poll(d)) ab__park_poll(d);
-    ab_future *t = pop(d);
+    /* a due retry goes first: the queue may hold seconds of work */
+    ab_future *t = ab__park_wants_poll(d) ? ab__park_take(d, NULL) : NULL;
+    if (t == NULL) t = pop(d);
     if (t == NULL && w->npending) { /* nothing new: wait for the device instead */
       reap(w, true);
       continue;
@@ -186,8 +191,9 @@ static void *worker_main(void *arg) {
        * earlier retry, a parked task cancelled, memory freed) ends the sleep below at once,
        * instead of being lost until the retry time read here. */
       uint32_t snap = ab__queue_snapshot(&d->queue);
-      int64_t next_retry = ab__park_poll(d);
-      t = spin_pop(d);
+      int64_t next_retry;
+      t = ab__park_take(d, &next_retry);
+      if (t == NULL) t = spin_pop(d, snap, next_retry);
       if (t == NULL) {
         if (atomic_load_explicit(&rt->stopping, memory_order_acquire)) return NULL;
         t = pop(d);

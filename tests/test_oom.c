@@ -744,7 +744,102 @@ static int test_cancel_parked_releases_inputs(void) {
   return 0;
 }
 
+/* ---- AB_TASK_OOM_RETRY: a task whose caller ran it out of memory enters the ladder ------------ */
+typedef struct {
+  atomic_int next;   /* the order in which tasks ran */
+  int at;            /* when the flagged one ran: its position, -1 before */
+} run_order;
+
+static int note_order(ab_ctx *c, void *arg) {
+  (void)c;
+  atomic_fetch_add(&((run_order *)arg)->next, 1);
+  return 0;
+}
+
+static int note_order_flagged(ab_ctx *c, void *arg) {
+  (void)c;
+  run_order *o = arg;
+  o->at = atomic_fetch_add(&o->next, 1);
+  return 0;
+}
+
+/* Submitted with AB_TASK_OOM_RETRY, a task starts parked, even on a full queue (TRY mode), and
+ * its first retry runs before the tasks queued ahead of it; with no_wait it fails at once with
+ * its memory report, its function never run. Unknown flags are refused; a desc from before
+ * `flags` existed is accepted. */
+static int test_submit_oom_retry_starts_parked(void) {
+  enum { CAP = 4 };
+  ab_runtime_options o;
+  th_options(&o);
+  o.kinds[AB_HOST].workers_per_device = 1;
+  o.queue_capacity = CAP;
+  ab_runtime *rt;
+  CHECK_OK(ab_runtime_create(&o, &rt));
+  th_gate g;
+  th_gate_init(&g);
+  ab_future *blk = NULL, *queued[CAP] = {0};
+  CHECK_OK(th_submit_gate(rt, th_host(0), &g, &blk)); /* the worker is held */
+  run_order order = {.at = -1};
+  for (int i = 0; i < CAP; i++) CHECK_OK(th_submit_fn(rt, th_host(0), note_order, &order, &queued[i]));
+  ab_task_desc d = AB_TASK_DESC_INIT;
+  d.fn = note_order_flagged;
+  d.arg = &order;
+  d.place.policy = AB_PLACE_EXPLICIT;
+  d.place.device = th_host(0);
+  d.place.mode = AB_SUBMIT_TRY;
+  ab_future *f = NULL;
+  CHECK_ERR_IN(ab_submit(rt, &d, &f), AB_EAGAIN); /* the queue is full */
+  d.flags = AB_TASK_OOM_RETRY;
+  CHECK_OK(ab_submit(rt, &d, &f)); /* the ladder needs no room in the queue */
+  ab_device_stats st;
+  CHECK_OK(th_stats(rt, th_host(0), &st));
+  CHECK_EQ_U64(st.parked, 1);
+  CHECK_EQ_U64(st.oom_parks, 1);
+  CHECK_EQ_INT(ab_future_status(f), AB_EPENDING);
+  th_sleep_ns(TH_MS(5)); /* its first retry is due (1 ms) */
+  th_gate_open_all(&g);
+  CHECK_OK(ab_future_wait(f, TH_SEC(10)));
+  CHECK_OK(ab_future_status(f));
+  CHECK_OK(ab_future_wait_all(queued, CAP, TH_SEC(10)));
+  CHECK_MSG(order.at == 0, "the retry ran after %d queued tasks", order.at);
+  CHECK_OK(th_stats(rt, th_host(0), &st));
+  CHECK_EQ_U64(st.oom_retries, 1);
+  CHECK_EQ_U64(st.parked, 0);
+  ab_future_release(f);
+  for (int i = 0; i < CAP; i++) ab_future_release(queued[i]);
+
+  /* no_wait: it fails at once, unrun */
+  ab_oom_policy nw = {.no_wait = true};
+  d.place.oom = &nw;
+  order.at = -1;
+  CHECK_OK(ab_submit(rt, &d, &f));
+  CHECK_EQ_INT(ab_future_status(f), AB_ENOMEM);
+  CHECK(order.at == -1);
+  const char *msg = ab_future_message(f);
+  CHECK_MSG(msg && strstr(msg, "out of memory on host:0") && strstr(msg, "no wait"), "message: %s", msg ? msg : "-");
+  ab_future_release(f);
+
+  /* flags the library does not know; a desc that ends before flags */
+  d.place.oom = NULL;
+  d.flags = 1u << 7;
+  CHECK_ERR_IN(ab_submit(rt, &d, &f), AB_EINVAL);
+  CHECK_NULL(f);
+  d.size = offsetof(ab_task_desc, flags);
+  d.place.mode = AB_SUBMIT_BLOCK;
+  CHECK_OK(ab_submit(rt, &d, &f)); /* flags not read: an ordinary task */
+  CHECK_OK(ab_future_wait(f, TH_SEC(10)));
+  CHECK_OK(th_stats(rt, th_host(0), &st));
+  CHECK_EQ_U64(st.oom_parks, 1);
+  ab_future_release(f);
+  CHECK_OK(ab_future_wait(blk, TH_SEC(10)));
+  ab_future_release(blk);
+  CHECK_OK(ab_runtime_destroy(rt, AB_DRAIN));
+  th_gate_destroy(&g);
+  return 0;
+}
+
 static const ab_test_entry tests[] = {TEST_ENTRY(park_until_memory_frees),
+                                      TEST_ENTRY(submit_oom_retry_starts_parked),
                                       TEST_ENTRY(task_oom_gives_cache_back),
                                       TEST_ENTRY(no_wait_fails_cleanly),
                                       TEST_ENTRY(per_task_policy),

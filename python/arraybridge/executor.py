@@ -43,6 +43,7 @@ from . import _core, _oom
 from ._runtime import GPU_KIND_NAMES, KIND_NAMES, Runtime, device_name, kind_name, parse_device
 
 _DONE = (CANCELLED, CANCELLED_AND_NOTIFIED, FINISHED)
+_FOLLOW = 0.05  # seconds between looks at a waited future's state and task (Future._wait_settled)
 _ENOMEM = _core.AB_ENOMEM
 _AUTO, _EXPLICIT = _core.PLACE_AUTO, _core.PLACE_EXPLICIT
 
@@ -103,8 +104,15 @@ class Future(_cf.Future):
             task = self._task
             if self._state in _DONE:
                 return
-        if not task.wait(_left(end)):
-            raise _cf.TimeoutError()
+        # A task that a batch ran into out-of-memory goes back to the runtime as a new task, which
+        # replaces _task (python/src/tasks.c) and may settle this future long before the old one
+        # completes: look again every _FOLLOW seconds, and follow the replacement.
+        while not task.wait(_left(end, _FOLLOW)):
+            if self._state in _DONE:
+                return
+            if end is not None and _time.monotonic() >= end:
+                raise _cf.TimeoutError()
+            task = self._task
         # The task is complete. A task that ran settled this future before completing; a
         # cancelled or failed one settles it from a completion callback, possibly a moment
         # later; one that a batch runs settles when the batch gets to its end.
@@ -175,23 +183,30 @@ class Future(_cf.Future):
     def _ab_raised(self, exc: BaseException) -> bool:
         """fn raised exc: True to be parked and run again (a framework out-of-memory error).
 
-        The deadline is wall-clock time since the first out-of-memory error, fn's own running
-        time included (the runtime's ladder counts the time parked): past it the task fails
-        here rather than being parked again."""
+        The deadline is wall-clock time since the first out-of-memory error, as the runtime's
+        ladder counts it from the moment this returns True: a retry that is running when it
+        comes fails here rather than being parked again. The framework's cache is cleared
+        before the retry (_ab_retry), not here: a garbage collection may take a good part of a
+        second, and the ladder's deadline would start only after it."""
         if self._oom_retry and _oom.is_oom(exc):
             now = _time.monotonic()
+            self._last_oom = exc
             if self._oom_since is None:
                 self._oom_since = now
             elif now - self._oom_since >= self._oom_deadline:
-                self._last_oom = exc
                 self._ab_end(_ENOMEM, f"out of memory for {now - self._oom_since:.3f} s, past the deadline "
                                       f"({self._oom_deadline:g} s)")
                 return False
-            _oom.relieve(exc, None, self._oom_deadline - (now - self._oom_since))
-            self._last_oom = exc
             return True
         self.set_exception(exc)
         return False
+
+    def _ab_retry(self) -> None:
+        """fn is about to run again after out-of-memory: free what the framework caches first,
+        unless that would carry the task past its deadline (_oom.relieve)."""
+        exc, since = self._last_oom, self._oom_since
+        if exc is not None and since is not None:
+            _oom.relieve(exc, None, self._oom_deadline - (_time.monotonic() - since))
 
     def _ab_end(self, status: int, message: str) -> None:
         """The task ended without fn finishing: cancelled, out of memory, shut down."""

@@ -65,8 +65,9 @@ static PyObject *future_wait(FutureObject *self, PyObject *args) {
       if (left < slice) slice = left;
     }
     Py_BEGIN_ALLOW_THREADS
-    if (first) waiter_released_gil();
+    waiter_released_gil(first);
     rc = ab_future_wait(self->f, slice);
+    waiter_wants_gil();
     Py_END_ALLOW_THREADS
     if (rc == AB_ETIMEDOUT && PyErr_CheckSignals() < 0) return NULL;
   }

@@ -58,8 +58,8 @@
  *     the count cannot reach zero meanwhile, and the list itself is published by the GIL.
  *   - py_task_unref is acq_rel: each owner's writes to the record happen before it lets go
  *     (release), and the last owner sees them all before it frees the record (acquire).
- *   - gil_wait_gen and gil_wait_last_ns are relaxed: a hint that decides whether a worker spins
- *     for a few microseconds; the GIL orders everything that matters.
+ *   - gil_wait_gen, gil_wait_last_ns and gil_waiting are relaxed: hints that decide whether a
+ *     worker spins for a few microseconds; the GIL orders everything that matters.
  *
  *   Invariants, checked by PY_ASSERT (common.h): a record is submitted with no owners yet, QUEUED
  *   (or OWN, resubmitted); refs never drops below zero; a record runs only with its Python
@@ -112,9 +112,14 @@ static void leave_python(void) { PyEval_SaveThread(); }
  * the GIL's condition variable and pays a futex wake-up (5-20 us here) when result() releases
  * it. Instead, a worker spins for a few microseconds when a thread released the GIL to wait on
  * a future recently (a round-trip pattern), until the next such release. In a throughput
- * pattern nobody waits on single futures, the last release is old, and workers do not spin. */
+ * pattern nobody waits on single futures, the last release is old, and workers do not spin.
+ * Nor does a worker that comes after the release, when a waiter is in wait() already: the GIL
+ * may well be free, and with the waiter's thread on the worker's core (a 2-core machine with
+ * three busy threads) it surely was, so that each round trip spun the whole 20 us for
+ * nothing (33 us a round trip pinned to one core, 9.5 us now; 10 -> 6.7 us on two). */
 static _Atomic uint64_t gil_wait_gen;    /* bumped by a thread that released the GIL in wait() */
 static _Atomic int64_t gil_wait_last_ns; /* when */
+static _Atomic int gil_waiting;          /* threads in wait() now, the GIL released */
 #define GIL_SPIN_RECENT_NS 200000
 #define GIL_SPIN_MAX_NS 20000
 
@@ -126,18 +131,24 @@ static inline void cpu_relax(void) {
 #endif
 }
 
-void waiter_released_gil(void) {
-  /* relaxed: a hint for the spin below; the GIL itself orders everything that matters */
+void waiter_released_gil(bool first) {
+  /* relaxed: hints for the spin below; the GIL itself orders everything that matters */
+  atomic_fetch_add_explicit(&gil_waiting, 1, memory_order_relaxed);
+  if (!first) return; /* the same wait, after a look at the signals */
   atomic_fetch_add_explicit(&gil_wait_gen, 1, memory_order_relaxed);
   atomic_store_explicit(&gil_wait_last_ns, mono_ns(), memory_order_relaxed);
 }
+
+void waiter_wants_gil(void) { atomic_fetch_sub_explicit(&gil_waiting, 1, memory_order_relaxed); /* a hint */ }
 
 static void spin_for_gil_handoff(void) {
   int64_t now = mono_ns();
   if (now - atomic_load_explicit(&gil_wait_last_ns, memory_order_relaxed) > GIL_SPIN_RECENT_NS) return;
   uint64_t gen = atomic_load_explicit(&gil_wait_gen, memory_order_relaxed);
   for (int i = 0;; i++) {
-    if (atomic_load_explicit(&gil_wait_gen, memory_order_relaxed) != gen) return;
+    if (atomic_load_explicit(&gil_wait_gen, memory_order_relaxed) != gen ||
+        atomic_load_explicit(&gil_waiting, memory_order_relaxed) > 0)
+      return;
     cpu_relax();
     if ((i & 63) == 63 && mono_ns() - now > GIL_SPIN_MAX_NS) return;
   }
@@ -147,11 +158,12 @@ _Thread_local int in_runtime_thread; /* see SUBMIT_BLOCKING (tasks.h) */
 
 /* ---- Python tasks ---------------------------------------------------------------------------- */
 /* A task that calls fn(*args, **kwargs) on a worker and settles `fut`, a Python future with
- * three methods (python/arraybridge/executor.py):
+ * four methods (python/arraybridge/executor.py):
  *   fut._ab_settle(result)           fn returned
  *   fut._ab_raised(exc) -> bool      fn raised; True asks for a retry through the OOM ladder
  *   fut._ab_end(status, message)     the task ended without fn returning or raising for good
  *                                    (cancelled, out of memory at the ladder's end, shut down)
+ *   fut._ab_retry()                  fn is about to run again after _ab_raised asked for it
  * Before the first call fut._state must still be "PENDING" (it becomes "RUNNING"); anything
  * else means Python cancelled it first and fn is not called. */
 /* A record's states (atomic: py_task_run and py_task_done read them without the GIL): the claim
@@ -172,7 +184,7 @@ struct py_task {
   struct py_task *next;
 };
 
-static PyObject *s_state, *s_pending, *s_running, *s_settle, *s_raised, *s_end, *s_finished, *s_result,
+static PyObject *s_state, *s_pending, *s_running, *s_settle, *s_raised, *s_retry, *s_end, *s_finished, *s_result,
     *s_condition, *s_lock, *s_waiters, *s_w, *s_cb, *s_acquire, *s_release;
 
 /* The common case of fut._ab_settle(result), without running Python code: nobody waits on the
@@ -286,6 +298,10 @@ static int py_task_call(py_task *p) {
     p->started = 1;
     int go = py_task_start(p);
     if (go <= 0) return go < 0 ? AB_EINVAL : 0;
+  } else { /* a retry: the future clears caches now, after the ladder's deadline began */
+    PyObject *r = PyObject_CallMethodNoArgs(p->fut, s_retry);
+    if (r == NULL) PyErr_WriteUnraisable(p->fut); /* only a cache clearing lost: fn still runs */
+    Py_XDECREF(r);
   }
   PyObject *r = PyObject_Call(p->fn, p->args, p->kwargs);
   if (r != NULL) {
@@ -309,11 +325,15 @@ static int py_task_call(py_task *p) {
 }
 
 static PyObject *future_for_task(ab_future *f, RuntimeObject *rt, py_task *p);
-static int py_task_submit(RuntimeObject *self, py_task *p, ab_place *place, int try_only, ab_future **out);
+static int py_task_submit(RuntimeObject *self, py_task *p, ab_place *place, int try_only, uint32_t flags,
+                          ab_future **out);
 
 /* A batch-run task asked for memory: its own runtime task has ended (or will find the record
- * claimed), so it goes back to the runtime as a new task, which parks it in the OOM ladder.
- * With the GIL. */
+ * claimed), so it goes back to the runtime as a new task, straight into the OOM ladder
+ * (AB_TASK_OOM_RETRY): parked from the submit, its retries ahead of the queue and its deadline
+ * counted from now, the failure just seen. Submitted as an ordinary task, it waited behind the
+ * whole queue for its first retry (seconds of work, under load) and missed its deadline by as
+ * much. With the GIL. */
 static void py_task_resubmit(py_task *p) {
   PyObject *fut = Py_NewRef(p->fut); /* ours: q's may be cleared once q runs */
   py_task *q = PyMem_RawMalloc(sizeof *q);
@@ -326,10 +346,11 @@ static void py_task_resubmit(py_task *p) {
     atomic_init(&q->refs, 0);
     q->host = 0; /* it walks the ladder as its own task; never batched again */
     p->fut = p->fn = p->args = p->kwargs = NULL; /* moved */
-    /* TRY: this worker holds the GIL; blocking on a full queue would stop the workers that
-     * drain it (they need the GIL). A full queue fails the task instead (below). */
+    /* A task in the ladder never waits for queue space: TRY only says that this worker, which
+     * holds the GIL, must not block. */
     ab_place place = {.policy = AB_PLACE_AUTO, .device = {AB_HOST, AB_ANY}, .mode = AB_SUBMIT_TRY};
-    rc = p->owner->rt && !p->owner->closing ? py_task_submit(p->owner, q, &place, 1, &f) : AB_ESHUTDOWN;
+    rc = p->owner->rt && !p->owner->closing ? py_task_submit(p->owner, q, &place, 1, AB_TASK_OOM_RETRY, &f)
+                                            : AB_ESHUTDOWN;
   }
   if (rc == 0) {
     PyObject *fo = future_for_task(f, p->owner, q);
@@ -341,8 +362,8 @@ static void py_task_resubmit(py_task *p) {
   }
   PyErr_Clear();
   PyObject *r = PyObject_CallMethod(fut, "_ab_end", "is", AB_ENOMEM,
-                                    rc == AB_ENOMEM ? "out of memory; the queue had no room to retry"
-                                                    : "out of memory while the runtime shuts down");
+                                    rc == AB_ESHUTDOWN ? "out of memory while the runtime shuts down"
+                                                       : "out of memory; the retry could not be submitted");
   if (r == NULL) PyErr_WriteUnraisable(fut);
   Py_XDECREF(r);
   Py_DECREF(fut);
@@ -463,8 +484,10 @@ static PyObject *future_for_task(ab_future *f, RuntimeObject *rt, py_task *p) {
 /* Submits p's runtime task. p's references, all taken before the task can complete: its task's
  * (released by py_task_done), the inline list's for host tasks, and one for the caller's
  * FutureObject (future_for_task). With the GIL. */
-static int py_task_submit(RuntimeObject *self, py_task *p, ab_place *place, int try_only, ab_future **out) {
+static int py_task_submit(RuntimeObject *self, py_task *p, ab_place *place, int try_only, uint32_t flags,
+                          ab_future **out) {
   ab_task_desc d = AB_TASK_DESC_INIT;
+  d.flags = flags;
   d.place = *place;
   d.fn = py_task_run;
   d.arg = p;
@@ -513,7 +536,7 @@ PyObject *tasks_call(RuntimeObject *self, PyObject *fut, PyObject *fn, PyObject 
   atomic_init(&p->state, PT_QUEUED);
   atomic_init(&p->refs, 0);
   ab_future *f;
-  int rc = py_task_submit(self, p, place, try_only, &f);
+  int rc = py_task_submit(self, p, place, try_only, 0, &f);
   if (rc != 0) {
     if (atomic_load(&p->refs) == 0) { /* never submitted: nobody else has it */
       py_task_clear(p);
@@ -531,7 +554,8 @@ int tasks_init(void) {
   }
   if (!(s_state = PyUnicode_InternFromString("_state")) || !(s_pending = PyUnicode_InternFromString("PENDING")) ||
       !(s_running = PyUnicode_InternFromString("RUNNING")) || !(s_settle = PyUnicode_InternFromString("_ab_settle")) ||
-      !(s_raised = PyUnicode_InternFromString("_ab_raised")) || !(s_end = PyUnicode_InternFromString("_ab_end")) ||
+      !(s_raised = PyUnicode_InternFromString("_ab_raised")) || !(s_retry = PyUnicode_InternFromString("_ab_retry")) ||
+      !(s_end = PyUnicode_InternFromString("_ab_end")) ||
       !(s_finished = PyUnicode_InternFromString("FINISHED")) || !(s_result = PyUnicode_InternFromString("_result")) ||
       !(s_condition = PyUnicode_InternFromString("_condition")) || !(s_lock = PyUnicode_InternFromString("_lock")) ||
       !(s_waiters = PyUnicode_InternFromString("_waiters")) ||

@@ -20,7 +20,10 @@ void py_task_unref(py_task *p);
 void inline_list_drop(RuntimeObject *self);
 void inline_list_free(py_task *list);
 
-void waiter_released_gil(void); /* a thread releases the GIL to wait on one future */
+/* A thread releases the GIL to wait on one future (first: its first slice of that wait), and
+ * its wait ends: hints for a worker about to take the GIL. */
+void waiter_released_gil(bool first);
+void waiter_wants_gil(void);
 
 /* This thread's part in the runtime. */
 extern _Thread_local ab_ctx *tls_ctx;       /* the compute task it is running */

@@ -596,6 +596,35 @@ def test_logical_devices_map_to_physical_framework_indexes(opencl_devices):
     assert _plan.framework_device((_core.HOST, 0, 0, 0), ab.MemoryType.TORCH, phys) is None
 
 
+def test_result_follows_a_task_that_went_back_to_the_runtime():
+    """A host task that a batch ran into out-of-memory goes back to the runtime as a new task,
+    which replaces the future's _task and may settle it while the old task is still queued:
+    result() returns then, not when the old task completes (it waited for the old one)."""
+    from arraybridge.executor import Future
+    with ab.Executor(2) as ex:
+        gate = threading.Event()
+        old = ex.submit(gate.wait, 20)  # the task result() first waits for: it does not end
+        fut = Future(ex._condition)
+        fut._state = cf._base.RUNNING
+        fut._task = old._task
+        new = ex.submit(int, 7)
+        new.result(timeout=10)
+
+        def go_back():
+            time.sleep(0.2)
+            fut._task = new._task  # what the runtime does when it resubmits
+            fut._ab_settle(7)
+
+        threading.Thread(target=go_back).start()
+        t0 = time.monotonic()
+        try:
+            assert fut.result(timeout=10) == 7
+            took = time.monotonic() - t0
+        finally:
+            gate.set()
+    assert took < 2, took
+
+
 # ---- the out-of-memory deadline ---------------------------------------------------------------
 def _oom_until_deadline(ex):
     calls = []
@@ -622,15 +651,13 @@ def test_the_oom_deadline_is_wall_clock_time_since_the_first_failure():
     assert 3.0 <= took <= 3.3 + 0.2, (took, attempts)
 
 
-@timing
-@pytest.mark.xfail(strict=True, reason=(
-    "C runtime: a parked task's retry is requeued behind the queue and waits for a free worker, "
-    "and the ladder cannot fail it at its deadline without running it"))
-def test_the_oom_deadline_holds_under_load():
+def _oom_under_load():
+    """An always-out-of-memory task with a 1 s deadline while both workers stay busy and three
+    seconds of work stay queued."""
     with ab.Executor(2, oom_deadline=1.0) as ex:
         stop = threading.Event()
 
-        def again(_):  # keep both workers busy and three seconds of work queued, all along
+        def again(_):
             if not stop.is_set():
                 ex.submit(time.sleep, 0.02).add_done_callback(again)
 
@@ -638,10 +665,30 @@ def test_the_oom_deadline_holds_under_load():
             ex.submit(time.sleep, 0.02).add_done_callback(again)
         try:
             time.sleep(0.3)
-            took, attempts = _oom_until_deadline(ex)
+            return _oom_until_deadline(ex)
         finally:
             stop.set()
             ex.shutdown(cancel_futures=True)
+
+
+@timing
+def test_the_oom_deadline_holds_under_load():
+    # Measured 3.1-3.2 s (one run in three: 1.04 s) when a task that a batch ran out of memory
+    # went back to the runtime behind the queue instead of into its ladder; 1.00 s now.
+    took, attempts = _oom_under_load()
+    assert 1.0 <= took <= 1.1, (took, attempts)
+
+
+@timing
+def test_the_oom_deadline_counts_from_the_failure_not_from_the_cache_clearing(monkeypatch):
+    # Clearing a framework's cache (a full garbage collection, a device synchronisation) may take
+    # a good part of a second. When it ran before the task went back to the ladder, the ladder's
+    # deadline started after it: 1.20-1.25 s here (a 0.3 s clearing), 1.00 s now.
+    from arraybridge import _oom
+    monkeypatch.setattr(_oom, "clear_cache", lambda exc=None, device_id=None: time.sleep(0.3))
+    monkeypatch.setattr(_oom, "_clear_cost", 0.0)
+    monkeypatch.setattr(_oom, "_last_relief", -1e9)
+    took, attempts = _oom_under_load()
     assert 1.0 <= took <= 1.1, (took, attempts)
 
 

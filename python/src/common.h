@@ -21,6 +21,7 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 
+#include <stdatomic.h>
 #include <stdint.h>
 #include <time.h>
 
@@ -79,10 +80,18 @@ static inline int64_t mono_ns(void) {
 /* ---- the object types ------------------------------------------------------------------------ */
 typedef struct py_task py_task; /* a Python task's record (tasks.c) */
 
+/* Host Python tasks any host worker may run, in submit order. Allocated with its runtime and
+ * freed after ab_runtime_destroy returns: a task of that runtime may use it even after the
+ * Runtime object is gone. */
+typedef struct {
+  py_task *head, *tail;   /* the GIL guards them */
+  _Atomic long queued;    /* how many records are in it: a hint read without the GIL */
+} inline_list;
+
 typedef struct {
   PyObject_HEAD
   ab_runtime *rt;
-  py_task *inl_head, *inl_tail; /* host Python tasks any host worker may run (the GIL guards it) */
+  inline_list *inl;             /* with rt: NULL before the runtime is made and after it closed */
   int closing;                  /* close() is under way: refuse new work */
   unsigned gen;                 /* the fork_generation it was made in */
 } RuntimeObject;

@@ -127,10 +127,16 @@ static int runtime_init(RuntimeObject *self, PyObject *args, PyObject *kw) {
   o.oom.no_wait = no_wait;
   o.oom.allow_reroute = reroute;
   self->gen = fork_generation;
+  if ((self->inl = PyMem_RawCalloc(1, sizeof *self->inl)) == NULL) {
+    PyErr_NoMemory();
+    return -1;
+  }
   int rc;
   Py_BEGIN_ALLOW_THREADS rc = ab_runtime_create(&o, &self->rt);
   Py_END_ALLOW_THREADS
   if (rc != 0) {
+    PyMem_RawFree(self->inl);
+    self->inl = NULL;
     raise_ab(rc, "cannot create the runtime", NULL);
     return -1;
   }
@@ -143,7 +149,7 @@ static int runtime_close_rt(RuntimeObject *self, int how) {
   if (rt == NULL || self->closing) return 0;
   if (foreign((PyObject *)self)) { /* the parent's: leaked, with what its records hold */
     self->rt = NULL;
-    self->inl_head = self->inl_tail = NULL;
+    self->inl = NULL;
     return 0;
   }
   self->closing = 1; /* the C API must not be used while destroy runs */
@@ -161,7 +167,7 @@ static int runtime_close_rt(RuntimeObject *self, int how) {
  * runs on a thread of its own, which then drops what the inline list still holds. */
 typedef struct {
   ab_runtime *rt;
-  struct py_task *list;
+  inline_list *list;
 } detached_close;
 
 static void *close_detached(void *arg) {
@@ -177,12 +183,12 @@ static void runtime_dealloc(RuntimeObject *self) {
   pthread_t th;
   pthread_attr_t attr;
   if (self->rt && on_worker && !foreign((PyObject *)self) && (c = malloc(sizeof *c)) != NULL) {
-    *c = (detached_close){self->rt, self->inl_head};
+    *c = (detached_close){self->rt, self->inl};
     pthread_attr_init(&attr);
     pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
     if (pthread_create(&th, &attr, close_detached, c) == 0) {
       self->rt = NULL;
-      self->inl_head = self->inl_tail = NULL;
+      self->inl = NULL;
     } else {
       free(c);
     }

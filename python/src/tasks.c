@@ -17,7 +17,8 @@
  *     a host task on its Runtime's inline list and registers py_task_done on the task's future.
  *   - The worker that pops the task runs py_task_run: it reads the record's state without the
  *     GIL (a hint that saves taking it for nothing), takes the GIL, claims the record and calls
- *     fn; on the host it then runs the inline list's queued records too (run_inline).
+ *     fn; on the host it then runs the inline list's queued records too (run_inline). A task
+ *     whose record a batch or a cancel claimed first runs the list only (run_batch_only).
  *   - The thread that completes the task (its worker, a thread cancelling it or destroying the
  *     runtime, the caller of ab_future_then if it is complete already) runs py_task_done, which
  *     takes the GIL only to settle a future whose fn never ran or was given up on.
@@ -47,7 +48,9 @@
  *   References. A record's refs count its owners: its runtime task (dropped by py_task_done,
  *   which runs exactly once), the FutureObject Runtime.call returns, and the inline list while
  *   it holds the record. The last one frees it. While a record holds its Python references it
- *   also holds one on its Runtime, so the list it sits in stays alive.
+ *   also holds one on its Runtime. The inline list is allocated apart from the Runtime and freed
+ *   only after the runtime's destroy returns, so a task of that runtime may use its record's
+ *   list even after the Runtime object is gone (a record a batch ran holds no reference).
  *
  *   Memory orders. The states are seq_cst, the default: a few operations per task, next to a
  *   GIL hand-off. The others:
@@ -58,6 +61,8 @@
  *     the count cannot reach zero meanwhile, and the list itself is published by the GIL.
  *   - py_task_unref is acq_rel: each owner's writes to the record happen before it lets go
  *     (release), and the last owner sees them all before it frees the record (acquire).
+ *   - An inline list's queued count is relaxed: a hint that a task with nothing of its own to
+ *     run reads without the GIL, to decide whether to take it; the GIL orders the list.
  *   - gil_wait_gen, gil_wait_last_ns and gil_waiting are relaxed: hints that decide whether a
  *     worker spins for a few microseconds; the GIL orders everything that matters.
  *
@@ -178,9 +183,10 @@ struct py_task {
   _Atomic int refs;                   /* its runtime task, the inline list, its FutureObject */
   int started;                        /* fut marked RUNNING already */
   int host;                           /* on the host: may run in a batch */
-  RuntimeObject *owner;               /* whose inline list; a reference while the record is live
+  RuntimeObject *owner;               /* its Runtime; a reference while the record is live
                                          (cleared with fut: use it only while fut is set, or
                                          under a reference of one's own) */
+  inline_list *inl;                   /* owner's list: valid while its runtime task is */
   struct py_task *next;
 };
 
@@ -341,7 +347,7 @@ static void py_task_resubmit(py_task *p) {
   int rc = AB_ENOMEM;
   if (q != NULL) {
     *q = (py_task){.fut = p->fut, .fn = p->fn, .args = p->args, .kwargs = p->kwargs, .started = 1,
-                   .owner = p->owner}; /* the owner reference moves with fut */
+                   .owner = p->owner, .inl = p->inl}; /* the owner reference moves with fut */
     atomic_init(&q->state, PT_OWN);
     atomic_init(&q->refs, 0);
     q->host = 0; /* it walks the ladder as its own task; never batched again */
@@ -376,15 +382,16 @@ static void py_task_resubmit(py_task *p) {
 }
 
 /* With the GIL: the queued host tasks, in submit order, until the batch's budget is spent. */
-static void run_inline(RuntimeObject *rt, ab_ctx *ctx) {
+static void run_inline(inline_list *l, ab_ctx *ctx) {
   int64_t start = mono_ns();
-  for (int n = 0; n < INLINE_BATCH && rt->inl_head != NULL; n++) {
+  for (int n = 0; n < INLINE_BATCH && l->head != NULL; n++) {
     if ((n & 15) == 15 && mono_ns() - start > INLINE_NS) break;
     if (ab_ctx_cancelled(ctx)) break;
-    py_task *p = rt->inl_head;
-    rt->inl_head = p->next;
-    if (rt->inl_head == NULL) rt->inl_tail = NULL;
-    PY_ASSERT((rt->inl_head == NULL) == (rt->inl_tail == NULL));
+    py_task *p = l->head;
+    l->head = p->next;
+    if (l->head == NULL) l->tail = NULL;
+    PY_ASSERT((l->head == NULL) == (l->tail == NULL));
+    atomic_fetch_sub_explicit(&l->queued, 1, memory_order_relaxed); /* a hint; the GIL orders the list */
     if (py_task_claim(p, PT_INLINE)) {
       int rc = py_task_call(p);
       if (rc == AB_EINVAL) py_task_broken(p);
@@ -396,20 +403,45 @@ static void run_inline(RuntimeObject *rt, ab_ctx *ctx) {
   }
 }
 
+/* Whether this task's worker should run the host records queued behind it. */
+static bool batches_here(const py_task *p, ab_ctx *ctx) {
+  return p->host && ab_ctx_device(ctx).kind == AB_HOST;
+}
+
+/* For a record claimed by a batch or a cancel: its owner may be gone already, so only its list
+ * (alive while this task is) is touched. While host records wait there, this worker takes the
+ * batch over: a worker that found nothing of its own to do is the one with time for them. */
+static int run_batch_only(py_task *p, ab_ctx *ctx, bool have_gil) {
+  /* relaxed: a hint; run_inline reads the list itself under the GIL */
+  bool waiting = batches_here(p, ctx) && atomic_load_explicit(&p->inl->queued, memory_order_relaxed) > 0;
+  if (!waiting) {
+    if (have_gil) leave_python();
+    return 0;
+  }
+  if (!have_gil) {
+    spin_for_gil_handoff();
+    enter_python();
+  }
+  tls_ctx = ctx;
+  in_runtime_thread = 1;
+  run_inline(p->inl, ctx);
+  in_runtime_thread = 0;
+  tls_ctx = NULL;
+  leave_python();
+  return 0;
+}
+
 static int py_task_run(ab_ctx *ctx, void *arg) {
   py_task *p = arg;
-  /* A record already run in a batch, or cancelled, needs nothing: no GIL. (Read without the
-   * GIL, so only a hint; the claim below decides.) */
+  /* A record already run in a batch, or cancelled, needs nothing of its own: no GIL unless
+   * there is a batch to run. (Read without the GIL, so only a hint; the claim below decides.) */
   int st = atomic_load(&p->state);
-  if (st != PT_QUEUED && st != PT_OWN) return 0;
+  if (st != PT_QUEUED && st != PT_OWN) return run_batch_only(p, ctx, false);
   spin_for_gil_handoff();
   enter_python();
   int rc = 0;
-  if (!py_task_claim(p, PT_OWN) && atomic_load(&p->state) != PT_OWN) {
-    /* claimed meanwhile by a batch or a cancel: its owner may be gone already, do not touch it */
-    leave_python();
-    return 0;
-  }
+  if (!py_task_claim(p, PT_OWN) && atomic_load(&p->state) != PT_OWN)
+    return run_batch_only(p, ctx, true); /* claimed meanwhile by a batch or a cancel */
   /* ours (first run, or a retry after out-of-memory): the record is live, so is its owner */
   RuntimeObject *owner = p->owner;
   Py_INCREF(owner); /* whatever the task drops, the list and the object stay until we are done */
@@ -421,7 +453,7 @@ static int py_task_run(ab_ctx *ctx, void *arg) {
     py_task_clear(p);
     py_task_finish(p);
   }
-  if (rc != AB_ENOMEM && p->host && ab_ctx_device(ctx).kind == AB_HOST) run_inline(owner, ctx);
+  if (rc != AB_ENOMEM && batches_here(p, ctx)) run_inline(p->inl, ctx);
   in_runtime_thread = 0;
   tls_ctx = NULL;
   Py_DECREF(owner); /* may be the last reference: runtime_dealloc knows it runs on a worker */
@@ -457,17 +489,18 @@ static void py_task_done(ab_future *f, void *arg) {
 
 /* After destroy every task has completed: what is left in the inline list ran or was cancelled,
  * and holds no Python references (no GIL needed). */
-void inline_list_free(py_task *list) {
-  while (list) {
-    py_task *p = list;
-    list = p->next;
+void inline_list_free(inline_list *l) {
+  if (l == NULL) return;
+  for (py_task *p = l->head, *next; p != NULL; p = next) {
+    next = p->next;
     py_task_unref(p);
   }
+  PyMem_RawFree(l);
 }
 
 void inline_list_drop(RuntimeObject *self) {
-  inline_list_free(self->inl_head);
-  self->inl_head = self->inl_tail = NULL;
+  inline_list_free(self->inl);
+  self->inl = NULL;
 }
 
 /* The FutureObject for a submitted record; it takes the reference py_task_submit made for it. */
@@ -505,10 +538,12 @@ static int py_task_submit(RuntimeObject *self, py_task *p, ab_place *place, int 
   if (p->host && atomic_load(&p->state) == PT_QUEUED) { /* the GIL guards the list */
     atomic_fetch_add_explicit(&p->refs, 1, memory_order_relaxed); /* p is live: we hold two */
     p->next = NULL;
-    PY_ASSERT((self->inl_head == NULL) == (self->inl_tail == NULL));
-    if (self->inl_tail) self->inl_tail->next = p;
-    else self->inl_head = p;
-    self->inl_tail = p;
+    inline_list *l = self->inl;
+    PY_ASSERT(l == p->inl && (l->head == NULL) == (l->tail == NULL));
+    if (l->tail) l->tail->next = p;
+    else l->head = p;
+    l->tail = p;
+    atomic_fetch_add_explicit(&l->queued, 1, memory_order_relaxed); /* a hint; the GIL orders the list */
   }
   rc = ab_future_then(*out, py_task_done, p);
   if (rc != 0) {
@@ -532,7 +567,7 @@ PyObject *tasks_call(RuntimeObject *self, PyObject *fut, PyObject *fn, PyObject 
   if (p == NULL) return PyErr_NoMemory();
   Py_INCREF(self); /* the record's, dropped by py_task_clear */
   *p = (py_task){.fut = Py_NewRef(fut), .fn = Py_NewRef(fn), .args = Py_NewRef(args), .kwargs = Py_XNewRef(kwargs),
-                 .owner = self, .host = place->device.kind == AB_HOST && place->policy != AB_PLACE_EXPLICIT};
+                 .owner = self, .inl = self->inl, .host = place->device.kind == AB_HOST && place->policy != AB_PLACE_EXPLICIT};
   atomic_init(&p->state, PT_QUEUED);
   atomic_init(&p->refs, 0);
   ab_future *f;

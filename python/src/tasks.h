@@ -18,7 +18,7 @@ void py_task_unref(py_task *p);
 
 /* For a closing Runtime, after ab_runtime_destroy: what its inline list still holds. */
 void inline_list_drop(RuntimeObject *self);
-void inline_list_free(py_task *list);
+void inline_list_free(inline_list *l);
 
 /* A thread releases the GIL to wait on one future (first: its first slice of that wait), and
  * its wait ends: hints for a worker about to take the GIL. */

@@ -203,6 +203,26 @@ int64_t th_numel(const DLTensor *dl) {
   return n;
 }
 
+uint16_t th_wval(int i, int64_t k) { return (uint16_t)(i * 7919 + k * 31); }
+
+int th_window_slices(ab_runtime *rt, int n, int64_t h, int64_t w, ab_tensor **sl) {
+  for (int i = 0; i < n; i++) {
+    int64_t shape[2] = {h, w}, bshape[2] = {w, h}, st[2] = {1, h};
+    ab_tensor *t;
+    CHECK_OK(ab_tensor_alloc(rt, th_host(0), TH_U16, 2, i % 5 == 3 ? bshape : shape, &t));
+    uint16_t *p = ab_tensor_dl(t)->data;
+    for (int64_t y = 0; y < h; y++)
+      for (int64_t x = 0; x < w; x++) p[i % 5 == 3 ? x * h + y : y * w + x] = th_wval(i, y * w + x);
+    if (i % 5 != 3) {
+      sl[i] = t;
+      continue;
+    }
+    CHECK_OK(ab_tensor_view(t, 2, shape, st, 0, &sl[i]));
+    ab_tensor_release(t);
+  }
+  return 0;
+}
+
 void *th_elem(const DLTensor *dl, const int64_t *idx) {
   int64_t off = 0, stride = 1;
   for (int i = dl->ndim - 1; i >= 0; i--) {

@@ -148,6 +148,11 @@ size_t th_dt_size(DLDataType dt);
 /* Address of element idx[] of a DLTensor (honours byte_offset; NULL strides = contiguous). */
 void *th_elem(const DLTensor *dl, const int64_t *idx);
 int64_t th_numel(const DLTensor *dl);
+/* Slices for stacking tests that cross many windows: n host slices of h x w u16, element k of
+ * slice i = th_wval(i, k); every 5th a transposed view of a [w, h] base (not plain: a stack
+ * packs it on its own, apart from the windows). */
+uint16_t th_wval(int i, int64_t k);
+int th_window_slices(ab_runtime *rt, int n, int64_t h, int64_t w, ab_tensor **sl);
 /* Stats of one device (0 on success). */
 int th_stats(ab_runtime *rt, ab_device d, ab_device_stats *out);
 

@@ -359,29 +359,7 @@ static int test_unstack(void) {
 }
 
 /* ---- many host slices through mapped windows (the pipeline a GPU's DMA uses) ------------------ */
-static uint16_t wval(int i, int64_t k) { return (uint16_t)(i * 7919 + k * 31); }
-
-/* n slices of h x w u16, element k of slice i = wval(i, k); every 5th a transposed view (not
- * plain: uploaded on its own after the windows). */
-static int window_slices(ab_runtime *rt, int n, int64_t h, int64_t w, ab_tensor **sl) {
-  for (int i = 0; i < n; i++) {
-    int64_t shape[2] = {h, w}, bshape[2] = {w, h}, st[2] = {1, h};
-    ab_tensor *t;
-    CHECK_OK(ab_tensor_alloc(rt, th_host(0), TH_U16, 2, i % 5 == 3 ? bshape : shape, &t));
-    uint16_t *p = ab_tensor_dl(t)->data;
-    for (int64_t y = 0; y < h; y++)
-      for (int64_t x = 0; x < w; x++) p[i % 5 == 3 ? x * h + y : y * w + x] = wval(i, y * w + x);
-    if (i % 5 != 3) {
-      sl[i] = t;
-      continue;
-    }
-    CHECK_OK(ab_tensor_view(t, 2, shape, st, 0, &sl[i]));
-    ab_tensor_release(t);
-  }
-  return 0;
-}
-
-/* The volume (on any device) read back and compared with wval. */
+/* The volume (on any device) read back and compared with th_wval. */
 static int window_check(ab_runtime *rt, ab_tensor *vol, int n, int64_t h, int64_t w) {
   ab_tensor *back;
   CHECK_OK(toc_to_host(rt, vol, &back));
@@ -389,8 +367,8 @@ static int window_check(ab_runtime *rt, ab_tensor *vol, int n, int64_t h, int64_
   int bad = 0;
   for (int i = 0; i < n && !bad; i++)
     for (int64_t k = 0; k < h * w && !bad; k++)
-      if (p[i * h * w + k] != wval(i, k)) {
-        fprintf(stderr, "# slice %d element %lld: %u, want %u\n", i, (long long)k, p[i * h * w + k], wval(i, k));
+      if (p[i * h * w + k] != th_wval(i, k)) {
+        fprintf(stderr, "# slice %d element %lld: %u, want %u\n", i, (long long)k, p[i * h * w + k], th_wval(i, k));
         bad = 1;
       }
   ab_tensor_release(back);
@@ -409,7 +387,7 @@ static int test_stream_in_windows(void) {
   TOC_RUNTIME(&rt, &opt, 1);
   ab__map_window_test = 640 << 10;
   ab_tensor *sl[WN], *vol;
-  CHECK_OK(window_slices(rt, WN, WH, WW, sl));
+  CHECK_OK(th_window_slices(rt, WN, WH, WW, sl));
   ab_future *f;
   CHECK_OK(ab_stack(rt, sl, WN, toc_ocl(0), NULL, &f));
   CHECK_OK(toc_take(f, &vol));

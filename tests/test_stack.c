@@ -369,34 +369,12 @@ static int test_round_trip(void) {
 }
 
 /* ---- many slices, copied by a crew of threads in many windows ------------------------------- */
-static uint16_t wval(int i, int64_t k) { return (uint16_t)(i * 7919 + k * 31); }
-
-/* n slices of h x w u16, element k of slice i = wval(i, k); every 5th a transposed view of a
- * [w, h] base (not plain: the stack packs it separately from the crew's copies). */
-static int window_slices(ab_runtime *rt, int n, int64_t h, int64_t w, ab_tensor **sl) {
-  for (int i = 0; i < n; i++) {
-    int64_t shape[2] = {h, w}, bshape[2] = {w, h}, st[2] = {1, h};
-    ab_tensor *t;
-    CHECK_OK(ab_tensor_alloc(rt, th_host(0), TH_U16, 2, i % 5 == 3 ? bshape : shape, &t));
-    uint16_t *p = data_of(t);
-    for (int64_t y = 0; y < h; y++)
-      for (int64_t x = 0; x < w; x++) p[i % 5 == 3 ? x * h + y : y * w + x] = wval(i, y * w + x);
-    if (i % 5 != 3) {
-      sl[i] = t;
-      continue;
-    }
-    CHECK_OK(ab_tensor_view(t, 2, shape, st, 0, &sl[i]));
-    ab_tensor_release(t);
-  }
-  return 0;
-}
-
 static int window_check(ab_tensor *vol, int n, int64_t h, int64_t w) {
   const uint16_t *p = data_of(vol);
   for (int i = 0; i < n; i++)
     for (int64_t k = 0; k < h * w; k++)
-      if (p[i * h * w + k] != wval(i, k)) {
-        fprintf(stderr, "# slice %d element %lld: %u, want %u\n", i, (long long)k, p[i * h * w + k], wval(i, k));
+      if (p[i * h * w + k] != th_wval(i, k)) {
+        fprintf(stderr, "# slice %d element %lld: %u, want %u\n", i, (long long)k, p[i * h * w + k], th_wval(i, k));
         return 1;
       }
   return 0;
@@ -410,7 +388,7 @@ static int test_stack_in_windows(void) {
   ab_runtime *rt;
   CHECK_OK(th_runtime(&rt, 2, 1));
   ab_tensor *sl[N], *vol;
-  CHECK_OK(window_slices(rt, N, H, W, sl));
+  CHECK_OK(th_window_slices(rt, N, H, W, sl));
   ab_future *f;
   CHECK_OK(ab_stack(rt, sl, N, th_host(0), NULL, &f));
   CHECK_OK(wait_result(f, &vol));

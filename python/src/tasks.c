@@ -444,7 +444,7 @@ static int py_task_run(ab_ctx *ctx, void *arg) {
     return run_batch_only(p, ctx, true); /* claimed meanwhile by a batch or a cancel */
   /* ours (first run, or a retry after out-of-memory): the record is live, so is its owner */
   RuntimeObject *owner = p->owner;
-  Py_INCREF(owner); /* whatever the task drops, the list and the object stay until we are done */
+  Py_INCREF(owner); /* whatever the task drops, the object stays until we are done */
   tls_ctx = ctx;
   in_runtime_thread = 1;
   rc = py_task_call(p);

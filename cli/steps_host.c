@@ -180,13 +180,64 @@ __attribute__((target("avx2"))) static void window_line_avx2(uint16_t *o, const 
   default: window_avx2(o, c, n, s, w, r, flip); break;
   }
 }
+
+/* The same in 512-bit registers, 32 positions a step, where the CPU has AVX-512 and its dot
+ * product (vpdpwssd: the pairwise multiply-add and the add into the sum in one instruction).
+ * unpack and pack work within 128-bit lanes at every width, so the order comes out the same. A
+ * line that does not end on a whole step ends with one more step over its last 32 positions,
+ * which writes some outputs twice, with the same values (o and c never overlap). */
+__attribute__((target("avx512f,avx512bw,avx512vnni"), always_inline)) static inline void
+window_avx512(uint16_t *o, const uint16_t *c, int64_t n, int64_t s, const uint16_t *w, const int r, uint16_t flip) {
+  if (n < 32) {
+    window_avx2(o, c, n, s, w, r, flip);
+    return;
+  }
+  const __m512i back = _mm512_set1_epi32((int)BACK), zero = _mm512_setzero_si512();
+  const __m512i fl = _mm512_set1_epi16((short)flip), w0 = _mm512_set1_epi32(w[0]);
+  __m512i wv[SCREEN_MAX_RADIUS + 1];
+  for (int i = 1; i <= r; i++) wv[i] = _mm512_set1_epi32((int)(w[i] | (uint32_t)w[i] << 16));
+  for (int64_t x = 0;; x += 32) {
+    if (x + 32 > n) x = n - 32; /* the last step, overlapping the one before */
+    __m512i m = _mm512_loadu_si512(c + x);
+    __m512i lo = _mm512_madd_epi16(_mm512_unpacklo_epi16(m, zero), w0);
+    __m512i hi = _mm512_madd_epi16(_mm512_unpackhi_epi16(m, zero), w0);
+#pragma GCC unroll 16
+    for (int i = 1; i <= r; i++) {
+      __m512i l = _mm512_loadu_si512(c + x - i * s);
+      __m512i h = _mm512_loadu_si512(c + x + i * s);
+      lo = _mm512_dpwssd_epi32(lo, _mm512_unpacklo_epi16(l, h), wv[i]);
+      hi = _mm512_dpwssd_epi32(hi, _mm512_unpackhi_epi16(l, h), wv[i]);
+    }
+    lo = _mm512_srli_epi32(_mm512_add_epi32(lo, back), 14);
+    hi = _mm512_srli_epi32(_mm512_add_epi32(hi, back), 14);
+    _mm512_storeu_si512(o + x, _mm512_xor_si512(_mm512_packus_epi32(lo, hi), fl));
+    if (x + 32 == n) break;
+  }
+}
+
+__attribute__((target("avx2,avx512f,avx512bw,avx512vnni"))) static void
+window_line_avx512(uint16_t *o, const uint16_t *c, int64_t n, int64_t s, const uint16_t *w, int r, uint16_t flip) {
+  switch (r) {
+  case 1: window_avx512(o, c, n, s, w, 1, flip); break;
+  case 2: window_avx512(o, c, n, s, w, 2, flip); break;
+  case 3: window_avx512(o, c, n, s, w, 3, flip); break;
+  case 4: window_avx512(o, c, n, s, w, 4, flip); break;
+  case 5: window_avx512(o, c, n, s, w, 5, flip); break;
+  case 6: window_avx512(o, c, n, s, w, 6, flip); break;
+  case 7: window_avx512(o, c, n, s, w, 7, flip); break;
+  case 8: window_avx512(o, c, n, s, w, 8, flip); break;
+  default: window_avx512(o, c, n, s, w, r, flip); break;
+  }
+}
 #endif
 
 typedef void window_line_fn(uint16_t *, const uint16_t *, int64_t, int64_t, const uint16_t *, int, uint16_t);
 
 static window_line_fn *window_line(void) {
 #ifdef HAVE_AVX2_LINE
-  if (__builtin_cpu_supports("avx2")) return window_line_avx2;
+  int isa = vector_isa();
+  if (isa == VECTOR_AVX512) return window_line_avx512;
+  if (isa == VECTOR_AVX2) return window_line_avx2;
 #endif
   return window_line_c;
 }

@@ -40,9 +40,11 @@ static void otsu_histogram(const uint16_t *v, int64_t n, uint64_t hist[256]) {
   for (int k = 0; k < 256; k++) hist[k] = (uint64_t)part[0][k] + part[1][k] + part[2][k] + part[3][k];
 }
 
-static uint32_t otsu(const uint16_t *v, int64_t n) {
+/* counted: the histogram the normalise step made of v, or NULL to count it here. */
+static uint32_t otsu(const uint16_t *v, int64_t n, const uint64_t *counted) {
   uint64_t hist[256];
-  otsu_histogram(v, n, hist);
+  if (counted) memcpy(hist, counted, sizeof hist);
+  else otsu_histogram(v, n, hist);
   int used = 0;
   for (int k = 0; k < 256; k++) used += hist[k] != 0;
   if (used <= 1) return v[0]; /* one bin (a constant image): scikit-image returns its value */
@@ -330,7 +332,8 @@ int identify_task(ab_ctx *c, void *arg) {
   int rc = ab_ctx_alloc(c, (size_t)(m.h * nw) * sizeof *bits, (void **)&bits);
   if (rc != 0) return rc;
   const uint16_t *v = data_of(ab_ctx_input(c, 0));
-  r->threshold = r->p->otsu ? otsu(v, n) : (uint32_t)lround(r->p->threshold * 65535);
+  const uint64_t *counted = r->counted && r->counted->counted ? r->counted->otsu : NULL;
+  r->threshold = r->p->otsu ? otsu(v, n, counted) : (uint32_t)lround(r->p->threshold * 65535);
   if (r->threshold > 65535) return AB_EINVAL; /* a manual threshold is at most 1 */
   for (int k = 0; k < r->nchannels; k++) r->sum[k] = sum_u16(m.ch[k], n);
   r->npix = n;

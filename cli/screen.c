@@ -58,6 +58,7 @@ typedef struct {
   const char *fname[MAX_FUTURES];
   int nf;
   identify_result id;
+  screen_normalise norm;                    /* the normalise step's arg; Otsu's counts for id */
 } job;
 
 struct run {
@@ -185,13 +186,15 @@ static int submit_chain(run *r, job *j) {
   if (rc == 0)
     rc = submit_step(r, d, AB_PLACE_EXPLICIT, st->filter, (void *)pl, "filter",
                      &(ab_input){.future = proj[pl->segment]}, 1, j);
+  j->norm = (screen_normalise){.p = pl, .counted = false};
   if (rc == 0)
-    rc = submit_step(r, d, AB_PLACE_EXPLICIT, st->normalise, (void *)pl, "normalise",
+    rc = submit_step(r, d, AB_PLACE_EXPLICIT, st->normalise, &j->norm, "normalise",
                      &(ab_input){.future = j->f[j->nf - 1]}, 1, j);
   if (rc == 0 && (rc = to_host(r, j->f[j->nf - 1], "normalised to host", j)) == 0) in[0].future = j->f[j->nf - 1];
   for (int k = 0; k < nch && rc == 0; k++)
     if ((rc = to_host(r, proj[k], "projection to host", j)) == 0) in[1 + k] = (ab_input){.future = j->f[j->nf - 1]};
   j->id.p = pl;
+  j->id.counted = &j->norm;
   j->id.nchannels = nch;
   j->id.want_objects = r->o->objects != NULL;
   if (rc == 0)

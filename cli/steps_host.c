@@ -170,19 +170,23 @@ __attribute__((target("avx2"), always_inline)) static inline void window_avx2(ui
   window_line_c(o + x, c + x, n - x, s, w, r, flip);
 }
 
+/* fn(..., r, ...) with r a constant for the usual radii (filter sizes up to 4.5 pixels). */
+#define BY_RADIUS(fn, o, c, n, s, w, r, flip)                                                  \
+  switch (r) {                                                                                \
+  case 1: fn(o, c, n, s, w, 1, flip); break;                                                  \
+  case 2: fn(o, c, n, s, w, 2, flip); break;                                                  \
+  case 3: fn(o, c, n, s, w, 3, flip); break;                                                  \
+  case 4: fn(o, c, n, s, w, 4, flip); break;                                                  \
+  case 5: fn(o, c, n, s, w, 5, flip); break;                                                  \
+  case 6: fn(o, c, n, s, w, 6, flip); break;                                                  \
+  case 7: fn(o, c, n, s, w, 7, flip); break;                                                  \
+  case 8: fn(o, c, n, s, w, 8, flip); break;                                                  \
+  default: fn(o, c, n, s, w, r, flip); break;                                                 \
+  }
+
 __attribute__((target("avx2"))) static void window_line_avx2(uint16_t *o, const uint16_t *c, int64_t n, int64_t s,
                                                              const uint16_t *w, int r, uint16_t flip) {
-  switch (r) { /* filter sizes up to 4.5 pixels */
-  case 1: window_avx2(o, c, n, s, w, 1, flip); break;
-  case 2: window_avx2(o, c, n, s, w, 2, flip); break;
-  case 3: window_avx2(o, c, n, s, w, 3, flip); break;
-  case 4: window_avx2(o, c, n, s, w, 4, flip); break;
-  case 5: window_avx2(o, c, n, s, w, 5, flip); break;
-  case 6: window_avx2(o, c, n, s, w, 6, flip); break;
-  case 7: window_avx2(o, c, n, s, w, 7, flip); break;
-  case 8: window_avx2(o, c, n, s, w, 8, flip); break;
-  default: window_avx2(o, c, n, s, w, r, flip); break;
-  }
+  BY_RADIUS(window_avx2, o, c, n, s, w, r, flip)
 }
 
 /* The same in 512-bit registers, 32 positions a step, where the CPU has AVX-512 and its dot
@@ -221,17 +225,7 @@ window_avx512(uint16_t *o, const uint16_t *c, int64_t n, int64_t s, const uint16
 
 __attribute__((target("avx2,avx512f,avx512bw,avx512vnni"))) static void
 window_line_avx512(uint16_t *o, const uint16_t *c, int64_t n, int64_t s, const uint16_t *w, int r, uint16_t flip) {
-  switch (r) {
-  case 1: window_avx512(o, c, n, s, w, 1, flip); break;
-  case 2: window_avx512(o, c, n, s, w, 2, flip); break;
-  case 3: window_avx512(o, c, n, s, w, 3, flip); break;
-  case 4: window_avx512(o, c, n, s, w, 4, flip); break;
-  case 5: window_avx512(o, c, n, s, w, 5, flip); break;
-  case 6: window_avx512(o, c, n, s, w, 6, flip); break;
-  case 7: window_avx512(o, c, n, s, w, 7, flip); break;
-  case 8: window_avx512(o, c, n, s, w, 8, flip); break;
-  default: window_avx512(o, c, n, s, w, r, flip); break;
-  }
+  BY_RADIUS(window_avx512, o, c, n, s, w, r, flip)
 }
 #endif
 

@@ -19,6 +19,8 @@ typedef struct {
 typedef struct {
   /* in */
   const screen_pipeline *p;
+  const screen_normalise *counted;          /* Otsu's counts where the normalise step made them
+                                               (counted->counted), else NULL or not counted */
   int nchannels;
   bool want_objects;
   /* out */

@@ -58,6 +58,7 @@ typedef struct {
   const char *fname[MAX_FUTURES];
   int nf;
   identify_result id;
+  screen_normalise norm;                    /* the normalise step's arg; Otsu's counts for id */
 } job;
 
 struct run {
@@ -185,13 +186,15 @@ static int submit_chain(run *r, job *j) {
   if (rc == 0)
     rc = submit_step(r, d, AB_PLACE_EXPLICIT, st->filter, (void *)pl, "filter",
                      &(ab_input){.future = proj[pl->segment]}, 1, j);
+  j->norm = (screen_normalise){.p = pl, .counted = false};
   if (rc == 0)
-    rc = submit_step(r, d, AB_PLACE_EXPLICIT, st->normalise, (void *)pl, "normalise",
+    rc = submit_step(r, d, AB_PLACE_EXPLICIT, st->normalise, &j->norm, "normalise",
                      &(ab_input){.future = j->f[j->nf - 1]}, 1, j);
   if (rc == 0 && (rc = to_host(r, j->f[j->nf - 1], "normalised to host", j)) == 0) in[0].future = j->f[j->nf - 1];
   for (int k = 0; k < nch && rc == 0; k++)
     if ((rc = to_host(r, proj[k], "projection to host", j)) == 0) in[1 + k] = (ab_input){.future = j->f[j->nf - 1]};
   j->id.p = pl;
+  j->id.counted = &j->norm;
   j->id.nchannels = nch;
   j->id.want_objects = r->o->objects != NULL;
   if (rc == 0)
@@ -224,12 +227,12 @@ static void chain_error(job *j) {
 /* Device bytes a chain holds on a device of `kind` at its peak: each channel's projection (and
  * its stacked volume where the kind stacks), the filter's output and scratch, the normalised
  * image, the histogram (and on the host the scale table), and on the host the identify task's
- * scratch (a byte and an int32 per pixel) and the copies that come from other devices. At least
- * this much, so that a chain a budget can never hold is not started there. */
+ * scratch (a bit per pixel, and its runs: none at least) and the copies that come from other
+ * devices. At least this much, so that a chain a budget can never hold is not started there. */
 static uint64_t chain_bytes(const job *j, int nch, int kind) {
   uint64_t plane = (uint64_t)j->st[0].h * j->st[0].w * 2, b = 3 * plane;
   for (int k = 0; k < nch; k++) b += plane + (steps_for(kind)->project_slices ? 0 : (uint64_t)j->st[k].z * plane);
-  if (kind == AB_HOST) b += 65536 * 4 + 65536 * 2 + 5 * plane / 2 + (uint64_t)(nch + 1) * plane;
+  if (kind == AB_HOST) b += 65536 * 4 + 65536 * 2 + plane / 16 + (uint64_t)(nch + 1) * plane;
   else b += (65536 + 2) * 4;
   return b;
 }

@@ -8,7 +8,8 @@
  * the steps.
  *
  * Every step is an ab_task_fn: input 0 is the previous step's tensor on the task's device, the
- * output a new tensor there; `arg` is the run's const screen_pipeline (NULL for project). The
+ * output a new tensor there; `arg` is the run's const screen_pipeline for filter, a
+ * screen_normalise (below) for normalise, NULL for project. The
  * arithmetic is integer throughout, so every kind gives the same bits and a plate's results do
  * not depend on which device ran a stack. Exactly:
  *
@@ -67,6 +68,16 @@ typedef struct {
   int segment;                    /* the channel segmented (an index into the plate's channels) */
 } screen_pipeline;
 
+/* normalise's arg: the run's pipeline, and Otsu's histogram of the image it writes (256 bins of
+ * v >> 8, as identify.h counts them), which a kind that counts its histogram on the host also
+ * fills (counted = true), so that the identify step need not count every pixel again. A kind
+ * that does not leaves counted false. The caller clears counted before the step runs. */
+typedef struct {
+  const screen_pipeline *p;
+  bool counted;
+  uint64_t otsu[256];
+} screen_normalise;
+
 /* Fills the filter's radius and weights from p->filter_size (see above). */
 void screen_pipeline_weights(screen_pipeline *p);
 
@@ -103,13 +114,14 @@ static inline int steps_input_u16(ab_ctx *c, int ndim, const DLTensor **out) {
   return 0;
 }
 
-/* Shared by every kind: the percentile rule, on a histogram (host memory). */
-static inline void steps_percentiles(const uint32_t *hist, uint64_t n, const screen_pipeline *p, uint32_t *lo,
-                                     uint32_t *hi) {
+/* Shared by every kind: the percentile rule, on the histogram of the values first..last (host
+ * memory: hist[v] counts v; no value outside those). */
+static inline void steps_percentiles_in(const uint32_t *hist, uint32_t first, uint32_t last, uint64_t n,
+                                        const screen_pipeline *p, uint32_t *lo, uint32_t *hi) {
   uint64_t rank_lo = n * p->p_lo / 1000, rank_hi = n * p->p_hi / 1000, cum = 0;
   uint32_t l = 0, h = 65535;
   bool have_lo = false;
-  for (uint32_t v = 0; v < 65536; v++) {
+  for (uint32_t v = first; v <= last; v++) {
     cum += hist[v];
     if (!have_lo && cum > rank_lo) {
       l = v;
@@ -123,6 +135,12 @@ static inline void steps_percentiles(const uint32_t *hist, uint64_t n, const scr
   if (h <= l) h = l + 1; /* a flat image: avoid dividing by zero */
   *lo = l;
   *hi = h;
+}
+
+/* The same over all 65536 values. */
+static inline void steps_percentiles(const uint32_t *hist, uint64_t n, const screen_pipeline *p, uint32_t *lo,
+                                     uint32_t *hi) {
+  steps_percentiles_in(hist, 0, 65535, n, p, lo, hi);
 }
 
 static inline uint16_t steps_scale(uint32_t v, uint32_t lo, uint32_t hi) {

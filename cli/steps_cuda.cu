@@ -348,7 +348,7 @@ int cuda_filter(ab_ctx *c, void *arg) {
 }
 
 int cuda_normalise(ab_ctx *c, void *arg) {
-  const screen_pipeline *p = (const screen_pipeline *)arg;
+  const screen_pipeline *p = ((const screen_normalise *)arg)->p;
   const DLTensor *x;
   const uint16_t *v;
   cudaStream_t s;

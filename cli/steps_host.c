@@ -10,11 +10,15 @@
  *              per tap (below, at the filter), the sums in registers through every tap; only
  *              the r border columns and rows, where the window is cut, take the general
  *              (dividing) path;
- *   normalise  one pass for the histogram, then a 65536-entry table built without a division
- *              per value (quotient and remainder stepped exactly), then one pass through it.
+ *   normalise  one pass for the value range, one for the histogram over it (four counts), a
+ *              table over the range built without a division per value (quotient and remainder
+ *              stepped exactly), one pass through it; and Otsu's histogram of the output for the
+ *              identify step, from the input's histogram through the table (the range's values,
+ *              not the pixels).
  * Loops that vectorise are compiled for AVX2 as well where the compiler can (target_clones),
  * and the right one is picked when the program starts. The results are the same bits either way.
  */
+#include <assert.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -166,19 +170,62 @@ __attribute__((target("avx2"), always_inline)) static inline void window_avx2(ui
   window_line_c(o + x, c + x, n - x, s, w, r, flip);
 }
 
+/* fn(..., r, ...) with r a constant for the usual radii (filter sizes up to 4.5 pixels). */
+#define BY_RADIUS(fn, o, c, n, s, w, r, flip)                                                  \
+  switch (r) {                                                                                \
+  case 1: fn(o, c, n, s, w, 1, flip); break;                                                  \
+  case 2: fn(o, c, n, s, w, 2, flip); break;                                                  \
+  case 3: fn(o, c, n, s, w, 3, flip); break;                                                  \
+  case 4: fn(o, c, n, s, w, 4, flip); break;                                                  \
+  case 5: fn(o, c, n, s, w, 5, flip); break;                                                  \
+  case 6: fn(o, c, n, s, w, 6, flip); break;                                                  \
+  case 7: fn(o, c, n, s, w, 7, flip); break;                                                  \
+  case 8: fn(o, c, n, s, w, 8, flip); break;                                                  \
+  default: fn(o, c, n, s, w, r, flip); break;                                                 \
+  }
+
 __attribute__((target("avx2"))) static void window_line_avx2(uint16_t *o, const uint16_t *c, int64_t n, int64_t s,
                                                              const uint16_t *w, int r, uint16_t flip) {
-  switch (r) { /* filter sizes up to 4.5 pixels */
-  case 1: window_avx2(o, c, n, s, w, 1, flip); break;
-  case 2: window_avx2(o, c, n, s, w, 2, flip); break;
-  case 3: window_avx2(o, c, n, s, w, 3, flip); break;
-  case 4: window_avx2(o, c, n, s, w, 4, flip); break;
-  case 5: window_avx2(o, c, n, s, w, 5, flip); break;
-  case 6: window_avx2(o, c, n, s, w, 6, flip); break;
-  case 7: window_avx2(o, c, n, s, w, 7, flip); break;
-  case 8: window_avx2(o, c, n, s, w, 8, flip); break;
-  default: window_avx2(o, c, n, s, w, r, flip); break;
+  BY_RADIUS(window_avx2, o, c, n, s, w, r, flip)
+}
+
+/* The same in 512-bit registers, 32 positions a step, where the CPU has AVX-512 and its dot
+ * product (vpdpwssd: the pairwise multiply-add and the add into the sum in one instruction).
+ * unpack and pack work within 128-bit lanes at every width, so the order comes out the same. A
+ * line that does not end on a whole step ends with one more step over its last 32 positions,
+ * which writes some outputs twice, with the same values (o and c never overlap). */
+__attribute__((target("avx512f,avx512bw,avx512vnni"), always_inline)) static inline void
+window_avx512(uint16_t *o, const uint16_t *c, int64_t n, int64_t s, const uint16_t *w, const int r, uint16_t flip) {
+  if (n < 32) {
+    window_avx2(o, c, n, s, w, r, flip);
+    return;
   }
+  const __m512i back = _mm512_set1_epi32((int)BACK), zero = _mm512_setzero_si512();
+  const __m512i fl = _mm512_set1_epi16((short)flip), w0 = _mm512_set1_epi32(w[0]);
+  __m512i wv[SCREEN_MAX_RADIUS + 1];
+  for (int i = 1; i <= r; i++) wv[i] = _mm512_set1_epi32((int)(w[i] | (uint32_t)w[i] << 16));
+  for (int64_t x = 0;; x += 32) {
+    if (x + 32 > n) x = n - 32; /* the last step, overlapping the one before */
+    __m512i m = _mm512_loadu_si512(c + x);
+    __m512i lo = _mm512_madd_epi16(_mm512_unpacklo_epi16(m, zero), w0);
+    __m512i hi = _mm512_madd_epi16(_mm512_unpackhi_epi16(m, zero), w0);
+#pragma GCC unroll 16
+    for (int i = 1; i <= r; i++) {
+      __m512i l = _mm512_loadu_si512(c + x - i * s);
+      __m512i h = _mm512_loadu_si512(c + x + i * s);
+      lo = _mm512_dpwssd_epi32(lo, _mm512_unpacklo_epi16(l, h), wv[i]);
+      hi = _mm512_dpwssd_epi32(hi, _mm512_unpackhi_epi16(l, h), wv[i]);
+    }
+    lo = _mm512_srli_epi32(_mm512_add_epi32(lo, back), 14);
+    hi = _mm512_srli_epi32(_mm512_add_epi32(hi, back), 14);
+    _mm512_storeu_si512(o + x, _mm512_xor_si512(_mm512_packus_epi32(lo, hi), fl));
+    if (x + 32 == n) break;
+  }
+}
+
+__attribute__((target("avx2,avx512f,avx512bw,avx512vnni"))) static void
+window_line_avx512(uint16_t *o, const uint16_t *c, int64_t n, int64_t s, const uint16_t *w, int r, uint16_t flip) {
+  BY_RADIUS(window_avx512, o, c, n, s, w, r, flip)
 }
 #endif
 
@@ -186,7 +233,9 @@ typedef void window_line_fn(uint16_t *, const uint16_t *, int64_t, int64_t, cons
 
 static window_line_fn *window_line(void) {
 #ifdef HAVE_AVX2_LINE
-  if (__builtin_cpu_supports("avx2")) return window_line_avx2;
+  int isa = vector_isa();
+  if (isa == VECTOR_AVX512) return window_line_avx512;
+  if (isa == VECTOR_AVX2) return window_line_avx2;
 #endif
   return window_line_c;
 }
@@ -260,47 +309,180 @@ static int host_filter(ab_ctx *c, void *arg) {
 }
 
 /* ---- normalise ------------------------------------------------------------------------------ */
-static void histogram(const uint16_t *v, int64_t n, uint32_t *h) {
-  for (int64_t i = 0; i < n; i++) h[v[i]]++;
+/* The smallest and largest value: the histogram, its clearing and the scale table then cover
+ * that range only (typically a few thousand values of the 65536). */
+VECTOR static void value_range(const uint16_t *restrict v, int64_t n, uint32_t *first, uint32_t *last) {
+  uint16_t a = 65535, b = 0;
+  for (int64_t i = 0; i < n; i++) {
+    a = v[i] < a ? v[i] : a;
+    b = v[i] > b ? v[i] : b;
+  }
+  *first = a, *last = b;
 }
 
-/* lut[v] = steps_scale(v, lo, hi) for every v: k * 65535 / d for v = lo + k, stepped exactly. */
-static void scale_table(uint16_t *lut, uint32_t lo, uint32_t hi) {
-  uint32_t d = hi - lo, step_q = 65535 / d, step_r = 65535 % d, q = 0, rem = 0;
-  for (uint32_t v = 0; v <= lo; v++) lut[v] = 0;
-  for (uint32_t v = lo + 1; v < hi; v++) {
+/* hist[v] for v in first..last. With part (4 * (last - first + 1) counts), four counts, each
+ * over every fourth pixel, added at the end: a smoothed image repeats values from pixel to pixel,
+ * and one count would wait on its own last increment. */
+static void histogram(const uint16_t *v, int64_t n, uint32_t *hist, uint32_t *part, uint32_t first, uint32_t last) {
+  uint32_t r = last - first + 1;
+  memset(hist + first, 0, r * sizeof *hist);
+  if (part == NULL) {
+    for (int64_t i = 0; i < n; i++) hist[v[i]]++;
+    return;
+  }
+  memset(part, 0, 4 * r * sizeof *part);
+  uint32_t *p0 = part, *p1 = part + r, *p2 = part + 2 * r, *p3 = part + 3 * r;
+  int64_t i = 0;
+  for (; i + 4 <= n; i += 4) {
+    p0[v[i] - first]++;
+    p1[v[i + 1] - first]++;
+    p2[v[i + 2] - first]++;
+    p3[v[i + 3] - first]++;
+  }
+  for (; i < n; i++) p0[v[i] - first]++;
+  for (uint32_t k = 0; k < r; k++) hist[first + k] = p0[k] + p1[k] + p2[k] + p3[k];
+}
+
+/* lut[v] = steps_scale(v, lo, hi) for v in first..last: k * 65535 / d for v = lo + k, stepped
+ * exactly from the first such v, without a division per value. */
+static void scale_table(uint16_t *lut, uint32_t first, uint32_t last, uint32_t lo, uint32_t hi) {
+  uint32_t d = hi - lo, v = first;
+  for (; v <= last && v <= lo; v++) lut[v] = 0;
+  if (v > last) return;
+  uint64_t before = (uint64_t)(v - lo - 1) * 65535; /* k - 1 times 65535, for the first v past lo */
+  uint32_t step_q = 65535 / d, step_r = 65535 % d, q = (uint32_t)(before / d), rem = (uint32_t)(before % d);
+  for (; v < hi && v <= last; v++) {
     q += step_q;
     rem += step_r;
     if (rem >= d) rem -= d, q++;
     lut[v] = (uint16_t)q;
   }
-  for (uint32_t v = hi; v < 65536; v++) lut[v] = 65535;
+  for (; v <= last; v++) lut[v] = 65535;
 }
 
 static void apply_table(const uint16_t *lut, const uint16_t *v, uint16_t *o, int64_t n) {
   for (int64_t i = 0; i < n; i++) o[i] = lut[v[i]];
 }
 
+/* The same without the table, in 16-bit lanes, where d = hi - lo <= 32768: a table look-up is a
+ * load and a store per pixel, this is a few vector operations per 32 pixels.
+ *
+ * For k = clamp(v, lo, hi) - lo in 0..d, steps_scale is floor(k * 65535 / d). Take
+ * L = ceil(log2 d), S = max(2L, 16) and M = ceil(65535 * 2^S / d): then
+ * floor(k * M / 2^S) == floor(k * 65535 / d) for every such k. (k * M / 2^S exceeds k * 65535 / d
+ * by less than k / 2^S <= d / d^2 = 1 / d, and the fraction of k * 65535 / d is at most
+ * (d - 1) / d, so the sum stays below the next integer.) M < 2^32 where L <= 15, so it is two
+ * 16-bit halves Mh, Ml, and k * M = (k * Mh) * 2^16 + k * Ml; the bits from S up (S >= 16) need
+ * only the high half of k * Ml, the whole of k * Mh and the carry between them. */
+typedef struct {
+  uint16_t lo, hi, ml, mh;
+  int right, left; /* S - 16 and 32 - S: the result is mid >> right | top << left */
+} scale_magic;
+
+static bool scale_magic_for(uint32_t lo, uint32_t hi, scale_magic *m) {
+  uint32_t d = hi - lo;
+  if (d > 32768 || hi > 65535) return false;
+  int l = 0;
+  while ((1u << l) < d) l++;
+  int s = 2 * l < 16 ? 16 : 2 * l;
+  uint64_t big = ((65535ull << s) + d - 1) / d;
+  assert(big >> 32 == 0);
+  *m = (scale_magic){.lo = (uint16_t)lo, .hi = (uint16_t)hi, .ml = (uint16_t)big, .mh = (uint16_t)(big >> 16),
+                     .right = s - 16, .left = 32 - s};
+  return true;
+}
+
+typedef void scale_fn(uint16_t *o, const uint16_t *v, int64_t n, const scale_magic *m);
+
+#ifdef HAVE_AVX2_LINE
+/* 16 or 32 pixels a step, for n >= 16; an image that does not end on a whole step ends with one
+ * more over its last pixels (o and v never overlap). */
+__attribute__((target("avx2"))) static void scale_avx2(uint16_t *o, const uint16_t *v, int64_t n,
+                                                      const scale_magic *m) {
+  const __m256i lo = _mm256_set1_epi16((short)m->lo), hi = _mm256_set1_epi16((short)m->hi);
+  const __m256i ml = _mm256_set1_epi16((short)m->ml), mh = _mm256_set1_epi16((short)m->mh);
+  const __m128i right = _mm_cvtsi32_si128(m->right), left = _mm_cvtsi32_si128(m->left);
+  for (int64_t i = 0;; i += 16) {
+    if (i + 16 > n) i = n - 16;
+    __m256i k = _mm256_loadu_si256((const __m256i *)(v + i));
+    k = _mm256_sub_epi16(_mm256_min_epu16(_mm256_max_epu16(k, lo), hi), lo);
+    __m256i a1 = _mm256_mulhi_epu16(k, ml), b0 = _mm256_mullo_epi16(k, mh), b1 = _mm256_mulhi_epu16(k, mh);
+    __m256i mid = _mm256_add_epi16(b0, a1);
+    /* the carry out of b0 + a1: the top bit of (b0 & a1) | ((b0 | a1) & ~mid) */
+    __m256i carry = _mm256_or_si256(_mm256_and_si256(b0, a1), _mm256_andnot_si256(mid, _mm256_or_si256(b0, a1)));
+    __m256i top = _mm256_add_epi16(b1, _mm256_srli_epi16(carry, 15));
+    _mm256_storeu_si256((__m256i *)(o + i), _mm256_or_si256(_mm256_srl_epi16(mid, right), _mm256_sll_epi16(top, left)));
+    if (i + 16 == n) break;
+  }
+}
+
+__attribute__((target("avx512f,avx512bw"))) static void scale_avx512(uint16_t *o, const uint16_t *v, int64_t n,
+                                                                    const scale_magic *m) {
+  if (n < 32) {
+    scale_avx2(o, v, n, m);
+    return;
+  }
+  const __m512i lo = _mm512_set1_epi16((short)m->lo), hi = _mm512_set1_epi16((short)m->hi);
+  const __m512i ml = _mm512_set1_epi16((short)m->ml), mh = _mm512_set1_epi16((short)m->mh);
+  const __m512i one = _mm512_set1_epi16(1);
+  const __m128i right = _mm_cvtsi32_si128(m->right), left = _mm_cvtsi32_si128(m->left);
+  for (int64_t i = 0;; i += 32) {
+    if (i + 32 > n) i = n - 32;
+    __m512i k = _mm512_loadu_si512(v + i);
+    k = _mm512_sub_epi16(_mm512_min_epu16(_mm512_max_epu16(k, lo), hi), lo);
+    __m512i a1 = _mm512_mulhi_epu16(k, ml), b0 = _mm512_mullo_epi16(k, mh), b1 = _mm512_mulhi_epu16(k, mh);
+    __m512i mid = _mm512_add_epi16(b0, a1);
+    __m512i top = _mm512_mask_add_epi16(b1, _mm512_cmplt_epu16_mask(mid, a1), b1, one); /* the carry */
+    _mm512_storeu_si512(o + i, _mm512_or_si512(_mm512_srl_epi16(mid, right), _mm512_sll_epi16(top, left)));
+    if (i + 32 == n) break;
+  }
+}
+#endif
+
+/* The vector scale for this CPU, or NULL: the table then. For n >= 16 pixels. */
+static scale_fn *scale_by_multiply(void) {
+#ifdef HAVE_AVX2_LINE
+  int isa = vector_isa();
+  if (isa == VECTOR_AVX512) return scale_avx512;
+  if (isa == VECTOR_AVX2) return scale_avx2;
+#endif
+  return NULL;
+}
+
+/* Otsu's 256 bins of the output, from the histogram of the input: every pixel of value v
+ * becomes lut[v]. */
+static void otsu_counts(const uint32_t *hist, const uint16_t *lut, uint32_t first, uint32_t last, uint64_t *otsu) {
+  memset(otsu, 0, 256 * sizeof *otsu);
+  for (uint32_t v = first; v <= last; v++) otsu[lut[v] >> 8] += hist[v];
+}
+
 static int host_normalise(ab_ctx *c, void *arg) {
-  const screen_pipeline *p = arg;
+  screen_normalise *a = arg;
   const DLTensor *x;
   int rc = steps_input_u16(c, 2, &x);
   if (rc != 0) return rc;
-  uint32_t *hist;
-  uint16_t *lut;
-  if ((rc = ab_ctx_alloc(c, 65536 * sizeof *hist, (void **)&hist)) != 0 ||
-      (rc = ab_ctx_alloc(c, 65536 * sizeof *lut, (void **)&lut)) != 0)
-    return rc;
-  memset(hist, 0, 65536 * sizeof *hist);
   const uint16_t *v = u16_in(x);
   int64_t n = x->shape[0] * x->shape[1];
-  histogram(v, n, hist);
-  uint32_t lo, hi;
-  steps_percentiles(hist, (uint64_t)n, p, &lo, &hi);
+  uint32_t *hist, *part = NULL, first = 0, last = 0, lo, hi;
+  uint16_t *lut;
+  if (n > 0) value_range(v, n, &first, &last);
+  uint32_t range = last - first + 1;
+  if ((rc = ab_ctx_alloc(c, 65536 * sizeof *hist, (void **)&hist)) != 0 ||
+      (rc = ab_ctx_alloc(c, 65536 * sizeof *lut, (void **)&lut)) != 0 ||
+      (range <= 65536 / 4 && n >= 16 * (int64_t)range && /* the four counts where they pay */
+       (rc = ab_ctx_alloc(c, 4 * range * sizeof *part, (void **)&part)) != 0))
+    return rc;
+  histogram(v, n, hist, part, first, last);
+  steps_percentiles_in(hist, first, last, (uint64_t)n, a->p, &lo, &hi);
   ab_tensor *out;
   if ((rc = ab_ctx_alloc_tensor(c, U16, 2, x->shape, &out)) != 0) return rc;
-  scale_table(lut, lo, hi);
-  apply_table(lut, v, ab_tensor_dl(out)->data, n);
+  scale_table(lut, first, last, lo, hi);
+  scale_fn *scale = n >= 16 ? scale_by_multiply() : NULL;
+  scale_magic m;
+  if (scale && scale_magic_for(lo, hi, &m)) scale(ab_tensor_dl(out)->data, v, n, &m);
+  else apply_table(lut, v, ab_tensor_dl(out)->data, n);
+  otsu_counts(hist, lut, first, last, a->otsu);
+  a->counted = true;
   return ab_ctx_set_output(c, out);
 }
 

@@ -278,7 +278,7 @@ static int ocl_filter(ab_ctx *c, void *arg) {
 #define SCRATCH_UINTS (776 + 65536 / 2) /* the counts, the picks, the scale table */
 
 static int ocl_normalise(ab_ctx *c, void *arg) {
-  const screen_pipeline *p = arg;
+  const screen_pipeline *p = ((const screen_normalise *)arg)->p;
   const DLTensor *x;
   cl_mem in, s, o;
   cl_ulong off;

@@ -17,3 +17,7 @@ if(TARGET arraybridge_cli)
     set_tests_properties(cli_${_c} PROPERTIES LABELS cli TIMEOUT 300 SKIP_RETURN_CODE 77 ENVIRONMENT "${_ab_cli_env}")
   endforeach()
 endif()
+
+# The job's labelling and measuring (cli/identify.c) against a pixel-by-pixel flood.
+ab_add_test(test_identify LABELS cli SOURCES test_identify.c ${PROJECT_SOURCE_DIR}/cli/identify.c TIMEOUT 120)
+target_link_libraries(test_identify PRIVATE m)

@@ -172,11 +172,11 @@ static void normalise_kernels(const uint16_t *v, uint16_t *o, uint64_t n, const 
 }
 
 /* ---- the host steps, as the screening job runs them ------------------------------------------ */
-static int run_step(ab_runtime *rt, ab_task_fn fn, const screen_pipeline *p, ab_tensor *in, ab_tensor **out) {
+static int run_step(ab_runtime *rt, ab_task_fn fn, const void *arg, ab_tensor *in, ab_tensor **out) {
   ab_input input = {.tensor = in};
   ab_task_desc d = AB_TASK_DESC_INIT;
   d.fn = fn;
-  d.arg = (void *)p;
+  d.arg = (void *)arg;
   d.inputs = &input;
   d.ninputs = 1;
   d.place.policy = AB_PLACE_EXPLICIT;
@@ -200,7 +200,11 @@ static int same(const uint16_t *k, const ab_tensor *host, size_t n, const char *
   return 0;
 }
 
-/* The whole device chain on one stack, both ways, each kernel path (16-byte and one pixel). */
+/* The host filter's hand-written vector versions below the widest (cli/vector.h). */
+static const char *const narrower[] = {"avx2", "plain"};
+
+/* The whole device chain on one stack, both ways, each kernel path (16-byte and one pixel); the
+ * host's filter also with each narrower vector version. */
 static int check_stack(ab_runtime *rt, const uint16_t *data, int64_t nz, int64_t h, int64_t w, const screen_pipeline *p,
                        const char *what) {
   int64_t shape[3] = {nz, h, w};
@@ -210,10 +214,34 @@ static int check_stack(ab_runtime *rt, const uint16_t *data, int64_t nz, int64_t
   memcpy(ab_tensor_dl(in)->data, data, n * 2);
   CHECK_OK(run_step(rt, screen_steps_host.project, NULL, in, &proj));
   CHECK_OK(run_step(rt, screen_steps_host.filter, p, proj, &filt));
-  CHECK_OK(run_step(rt, screen_steps_host.normalise, p, filt, &norm));
+  screen_normalise na = {.p = p, .counted = false};
+  CHECK_OK(run_step(rt, screen_steps_host.normalise, &na, filt, &norm));
   uint16_t *kp = malloc(hw * 2 + 2), *kf = malloc(hw * 2 + 2), *kn = malloc(hw * 2 + 2);
   CHECK(kp && kf && kn);
   int bad = 0;
+  uint64_t otsu[256] = {0}; /* what the host's normalise hands identify: Otsu's bins of its output */
+  for (size_t i = 0; i < hw; i++) otsu[((const uint16_t *)ab_tensor_dl(norm)->data)[i] >> 8]++;
+  CHECK(na.counted);
+  for (int k = 0; k < 256 && !bad; k++)
+    if (otsu[k] != na.otsu[k]) {
+      fprintf(stderr, "# %s: Otsu's bin %d: normalise counted %llu, the output has %llu\n", what, k,
+              (unsigned long long)na.otsu[k], (unsigned long long)otsu[k]);
+      bad = 1;
+    }
+  for (size_t i = 0; i < sizeof narrower / sizeof narrower[0] && !bad; i++) { /* the host's own versions agree */
+    ab_tensor *again, *again_norm;
+    screen_normalise na2 = {.p = p};
+    setenv("AB_SCREEN_ISA", narrower[i], 1);
+    CHECK_OK(run_step(rt, screen_steps_host.filter, p, proj, &again));
+    CHECK_OK(run_step(rt, screen_steps_host.normalise, &na2, filt, &again_norm));
+    unsetenv("AB_SCREEN_ISA");
+    char also[256];
+    snprintf(also, sizeof also, "%s, host steps with AB_SCREEN_ISA=%s against the widest (as kernels)", what, narrower[i]);
+    bad |= same(ab_tensor_dl(filt)->data, again, hw, "filter", also);
+    bad |= same(ab_tensor_dl(norm)->data, again_norm, hw, "normalise", also);
+    ab_tensor_release(again);
+    ab_tensor_release(again_norm);
+  }
   for (int vec = 0; vec < 2 && !bad; vec++) {
     memset(kp, 0xcd, hw * 2); /* what the pool gave back */
     memset(kf, 0xcd, hw * 2);
@@ -368,17 +396,65 @@ static int test_filter_cut_windows(void) {
         CHECK_OK(ab_tensor_alloc(rt, th_host(0), U16, 3, shape, &in));
         memcpy(ab_tensor_dl(in)->data, v, (size_t)(3 * len) * 2);
         CHECK_OK(run_step(rt, screen_steps_host.project, NULL, in, &proj)); /* z = 1: a copy */
-        CHECK_OK(run_step(rt, screen_steps_host.filter, &p, proj, &filt));
         uint16_t got[3 * 200];
         CHECK_OK(filter_kernels(ab_tensor_dl(proj)->data, got, 3, len, &p));
-        char what[64];
-        snprintf(what, sizeof what, "radius %d, 3x%lld, lit at %lld", r, (long long)len, (long long)at);
-        bad |= same(got, filt, (size_t)(3 * len), "filter", what);
+        for (size_t i = 0; i <= sizeof narrower / sizeof narrower[0] && !bad; i++) {
+          if (i > 0) setenv("AB_SCREEN_ISA", narrower[i - 1], 1);
+          CHECK_OK(run_step(rt, screen_steps_host.filter, &p, proj, &filt));
+          unsetenv("AB_SCREEN_ISA");
+          char what[80];
+          snprintf(what, sizeof what, "radius %d, 3x%lld, lit at %lld, %s", r, (long long)len, (long long)at,
+                   i > 0 ? narrower[i - 1] : "widest");
+          bad |= same(got, filt, (size_t)(3 * len), "filter", what);
+          ab_tensor_release(filt);
+        }
         ab_tensor_release(in);
         ab_tensor_release(proj);
-        ab_tensor_release(filt);
       }
     }
+  }
+  CHECK_OK(ab_runtime_destroy(rt, AB_DRAIN));
+  return bad;
+}
+
+/* The host's scale, every value of a range, for ranges of every width class: each up to 300,
+ * around each power of two, where its vector path gives way to the table (32768), the widest,
+ * and a few hundred more. With the rescale 0, 1000 (per mille), lo is the image's least value and
+ * hi 65535; the image holds every value from lo up. */
+static int test_scale_every_value(void) {
+  ab_runtime *rt;
+  CHECK_OK(th_runtime(&rt, 1, 1));
+  uint32_t widths[700];
+  int nw = 0;
+  for (uint32_t d = 1; d <= 300; d++) widths[nw++] = d;
+  for (int j = 9; j <= 16; j++)
+    for (int e = -1; e <= 1; e++) widths[nw++] = (1u << j) + (uint32_t)e - (j == 16 && e >= 0 ? 1 + (uint32_t)e : 0);
+  for (int i = nw; i < 700; i++) widths[nw++] = 1 + next() % 65535;
+  screen_pipeline p = {.p_lo = 0, .p_hi = 1000};
+  screen_normalise na = {.p = &p};
+  int bad = 0;
+  long stride = th_scaled(1000) >= 1000 ? 1 : 7; /* sanitizers: every seventh width */
+  for (int i = 0; i < nw && !bad; i += (int)stride) {
+    uint32_t lo = 65535 - widths[i];
+    int64_t shape[2] = {1, 65536 - (int64_t)lo};
+    ab_tensor *in, *out;
+    CHECK_OK(ab_tensor_alloc(rt, th_host(0), U16, 2, shape, &in));
+    uint16_t *v = ab_tensor_dl(in)->data;
+    for (int64_t x = 0; x < shape[1]; x++) v[x] = (uint16_t)(65535 - x); /* down, so the ends are no easier */
+    for (size_t isa = 0; isa <= sizeof narrower / sizeof narrower[0] && !bad; isa++) {
+      if (isa > 0) setenv("AB_SCREEN_ISA", narrower[isa - 1], 1);
+      CHECK_OK(run_step(rt, screen_steps_host.normalise, &na, in, &out));
+      unsetenv("AB_SCREEN_ISA");
+      const uint16_t *o = ab_tensor_dl(out)->data;
+      for (int64_t x = 0; x < shape[1] && !bad; x++)
+        if (o[x] != steps_scale(v[x], lo, 65535)) {
+          fprintf(stderr, "# range %u..65535, %s: %u scaled to %u, want %u\n", lo, isa ? narrower[isa - 1] : "widest",
+                  v[x], o[x], steps_scale(v[x], lo, 65535));
+          bad = 1;
+        }
+      ab_tensor_release(out);
+    }
+    ab_tensor_release(in);
   }
   CHECK_OK(ab_runtime_destroy(rt, AB_DRAIN));
   return bad;
@@ -388,6 +464,7 @@ static const ab_test_entry tests[] = {
     TEST_ENTRY(chain_matches_host),
     TEST_ENTRY(percentiles_at_bin_edges),
     TEST_ENTRY(filter_cut_windows),
+    TEST_ENTRY(scale_every_value),
     TEST_END,
 };
 

@@ -806,16 +806,18 @@ static void leave_to_host(run *r, const bool *host_cores) {
   r->ndevs = n;
 }
 
-/* Each device's steps prepare (build their kernels) before the clock starts, all at once. */
-static int prepare_devices(run *r) {
+/* A steps op as a task on every device that has it, all at once, waiting for them all: ask, the
+ * host_cores op with its answer in host_cores[s]; else prepare. 0, or the first failure's status
+ * (said on stderr). */
+static int on_each_device(run *r, bool ask, bool *host_cores) {
   ab_future *f[MAX_SCREEN_DEVICES] = {NULL};
-  bool host_cores[MAX_SCREEN_DEVICES] = {false};
   int rc = 0;
   for (int s = 0; s < r->ndevs; s++) {
     const screen_steps *st = steps_for(r->devs[s].kind);
-    if (st->prepare == NULL) continue;
     ab_task_desc t = AB_TASK_DESC_INIT;
-    t.fn = st->prepare, t.arg = &host_cores[s], t.name = "prepare";
+    t.fn = ask ? st->host_cores : st->prepare;
+    if (t.fn == NULL) continue;
+    t.arg = ask ? &host_cores[s] : NULL, t.name = ask ? "host cores" : "prepare";
     t.place.policy = AB_PLACE_EXPLICIT, t.place.device = r->devs[s];
     if ((rc = ab_submit(r->rt, &t, &f[s])) != 0) break;
   }
@@ -831,7 +833,16 @@ static int prepare_devices(run *r) {
     }
     ab_future_release(f[s]);
   }
+  return rc;
+}
+
+/* Which devices the plate uses (those left to the host are asked, never built for), then their
+ * steps prepare (build their kernels), before the clock starts. */
+static int prepare_devices(run *r) {
+  bool host_cores[MAX_SCREEN_DEVICES] = {false};
+  int rc = on_each_device(r, true, host_cores);
   if (rc == 0) leave_to_host(r, host_cores);
+  if (rc == 0) rc = on_each_device(r, false, NULL);
   return rc == 0 ? 0 : EXIT_FATAL;
 }
 

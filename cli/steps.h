@@ -85,9 +85,11 @@ typedef struct {
   int kind;                       /* ab_kind */
   ab_task_fn project, filter, normalise;
   ab_task_fn project_slices;      /* NULL: ab_stack, then project */
-  ab_task_fn prepare;             /* run once per device before the plate starts (builds kernels);
-                                     arg is a bool *: set it when the device computes on the
-                                     host's own CPU cores (an OpenCL CPU device). NULL: nothing */
+  ab_task_fn host_cores;          /* a quick task on the device, asked before anything is built:
+                                     arg is a bool *, set when the device computes on the host's
+                                     own CPU cores (an OpenCL CPU device). NULL: it does not */
+  ab_task_fn prepare;             /* run once on each device the plate will use, before it starts
+                                     (builds kernels); arg NULL. NULL: nothing to do */
   void (*cleanup)(void);          /* frees cached programs; NULL: nothing to free */
 } screen_steps;
 

@@ -394,7 +394,7 @@ int cuda_normalise(ab_ctx *c, void *arg) {
 
 /* Loads every kernel onto the task's GPU before the plate's clock starts (the runtime loads
  * modules lazily, on a kernel's first launch, and compiles PTX there for a GPU this build has no
- * SASS for). The GPU is the stream's. *arg stays false: a GPU is no share of the host's cores. */
+ * SASS for). The GPU is the stream's. */
 #if CUDART_VERSION >= 12080 /* cudaStreamGetDevice */
 int cuda_prepare(ab_ctx *c, void *arg) {
   (void)arg;
@@ -426,6 +426,7 @@ extern "C" const screen_steps screen_steps_cuda = {
     cuda_filter,  /* filter */
     cuda_normalise,
     NULL,         /* project_slices: the slices are stacked onto the GPU first (ab_stack) */
+    NULL,         /* host_cores: a GPU is no share of the host's cores */
     CUDA_PREPARE, /* prepare */
     NULL,         /* cleanup */
 };

@@ -300,17 +300,21 @@ static int ocl_normalise(ab_ctx *c, void *arg) {
   return finish(c, rc, out);
 }
 
-/* Builds (or finds) the device's program, so that the plate's first stacks do not wait for it,
- * and says whether the device is a CPU (pocl's are: they run on the host's own cores). */
-static int ocl_prepare(ab_ctx *c, void *arg) {
-  cl_program prog;
+/* Whether the device is a CPU (pocl's are: they run on the host's own cores). */
+static int ocl_host_cores(ab_ctx *c, void *arg) {
   cl_device_id dev;
   cl_device_type type = 0;
-  cl_command_queue q = ab_ctx_stream(c);
-  if (clGetCommandQueueInfo(q, CL_QUEUE_DEVICE, sizeof dev, &dev, NULL) == CL_SUCCESS &&
+  if (clGetCommandQueueInfo(ab_ctx_stream(c), CL_QUEUE_DEVICE, sizeof dev, &dev, NULL) == CL_SUCCESS &&
       clGetDeviceInfo(dev, CL_DEVICE_TYPE, sizeof type, &type, NULL) == CL_SUCCESS)
     *(bool *)arg = (type & CL_DEVICE_TYPE_CPU) != 0;
-  return program_for(q, &prog);
+  return 0;
+}
+
+/* Builds (or finds) the device's program, so that the plate's first stacks do not wait for it. */
+static int ocl_prepare(ab_ctx *c, void *arg) {
+  (void)arg;
+  cl_program prog;
+  return program_for(ab_ctx_stream(c), &prog);
 }
 
 const screen_steps screen_steps_opencl = {
@@ -318,6 +322,7 @@ const screen_steps screen_steps_opencl = {
     .project = ocl_project,
     .filter = ocl_filter,
     .normalise = ocl_normalise,
+    .host_cores = ocl_host_cores,
     .prepare = ocl_prepare,
     .cleanup = opencl_cleanup,
 };

@@ -2,9 +2,10 @@
  * cli/identify.c: the host's part of every image (see identify.h).
  *
  * Foreground is a few percent of a typical image, so the time goes to the passes over every
- * pixel, not to the objects: Otsu's histogram (four interleaved counts, so that runs of equal
- * values do not wait on one counter), the channels' sums in blocks of 32-bit lanes, and one
- * pass that turns the thresholded segmentation channel into bits, 32 or 16 pixels a compare
+ * pixel, not to the objects: Otsu's histogram (handed on by the host's normalise step, which
+ * counted its own input anyway; else counted here in four interleaved counts, so that runs of
+ * equal values do not wait on one counter), the channels' sums in blocks of 32-bit lanes, and
+ * one pass that turns the thresholded segmentation channel into bits, 32 or 16 pixels a compare
  * where the CPU has AVX-512 or AVX2. Objects are then labelled from the rows' runs of set bits
  * (union-find over runs that touch in the row above, the root always the run that comes first)
  * rather than pixel by pixel, and measured run by run: sums over a run are its length times an

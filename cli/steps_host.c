@@ -12,11 +12,14 @@
  *              (dividing) path;
  *   normalise  one pass for the value range, one for the histogram over it (four counts), a
  *              table over the range built without a division per value (quotient and remainder
- *              stepped exactly), one pass through it; and Otsu's histogram of the output for the
- *              identify step, from the input's histogram through the table (the range's values,
- *              not the pixels).
+ *              stepped exactly), one pass that scales (a multiply and shifts in 16-bit lanes,
+ *              exact, below; else through the table); and Otsu's histogram of the output for
+ *              the identify step, from the input's histogram through the table (the range's
+ *              values, not the pixels).
  * Loops that vectorise are compiled for AVX2 as well where the compiler can (target_clones),
- * and the right one is picked when the program starts. The results are the same bits either way.
+ * and the right one is picked when the program starts; the filter's lines and the scale are
+ * written by hand for AVX-512 (with VNNI's dot product) and AVX2, picked by vector_isa()
+ * (cli/vector.h). The results are the same bits either way.
  */
 #include <assert.h>
 #include <stdlib.h>

@@ -66,8 +66,10 @@ bench_screen() {
   build_targets arraybridge_cli
   screen_env
   screen_plate
-  # A run is short (48 images in about 0.1 s on the host alone), so seven rounds by default; and
-  # `all` runs first in odd rounds, last in even ones, so neither side always follows the other.
+  # A run is short (48 images in about 0.1 s on the host alone), so seven rounds by default. Each
+  # round runs `all` and the host alone back to back, `all` first in odd rounds and second in
+  # even ones, so neither always follows the other devices' runs (pocl's threads leave the
+  # caches cold); then the other devices alone.
   local devs=(host) d r rounds=${BENCH_ROUNDS:-7}
   while read -r kind index _; do
     [[ $kind == opencl || $kind == cuda ]] && devs+=("$kind:$index")
@@ -75,8 +77,9 @@ bench_screen() {
   screen_once /dev/null --devices all # a warm-up: kernels built and cached by pocl, the plate in the page cache
   for ((r = 1; r <= rounds; r++)); do
     ((r % 2 == 1)) && screen_once "$TMP/screen_all" --devices all
-    for d in "${devs[@]}"; do screen_once "$TMP/screen_$d" --devices "$d"; done
+    screen_once "$TMP/screen_host" --devices host
     ((r % 2 == 0)) && screen_once "$TMP/screen_all" --devices all
+    for d in "${devs[@]:1}"; do screen_once "$TMP/screen_$d" --devices "$d"; done
   done
   local best=0 best_dev="" one
   for d in "${devs[@]}"; do

@@ -357,7 +357,14 @@ static void launch(run *r, job *j, int slot) {
   int rc = submit_chain(r, j);
   free_stacks(j); /* the stacks' tensors own what they hold */
   if (rc != 0) {
-    release_chain(j, true);
+    /* The steps submitted before the failure are cancelled, and waited for: one may be running
+     * already (cancelling only asks it to stop), and the normalise step writes Otsu's counts
+     * into this job, which is freed below and may be reused at once. */
+    for (int k = 0; k < j->nf; k++)
+      if (j->f[k]) ab_future_cancel(j->f[k]);
+    for (int k = 0; k < j->nf; k++)
+      if (j->f[k]) ab_future_wait(j->f[k], -1);
+    release_chain(j, false);
     char err[80];
     snprintf(err, sizeof err, "submit failed: %s", ab_strerror(rc));
     row(r, j->image, slot, rc, err, NULL);

@@ -21,13 +21,13 @@
 #define VECTOR
 #endif
 
-enum { VECTOR_PLAIN, VECTOR_AVX2, VECTOR_AVX512 /* with BW and VNNI */ };
+enum { VECTOR_PLAIN, VECTOR_AVX2 /* with POPCNT */, VECTOR_AVX512 /* with BW and VNNI */ };
 
 /* Read on every call (a getenv): call it once per task, not per row. */
 static inline int vector_isa(void) {
   int have = VECTOR_PLAIN;
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-  if (__builtin_cpu_supports("avx2")) have = VECTOR_AVX2;
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("popcnt")) have = VECTOR_AVX2;
   if (have == VECTOR_AVX2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
       __builtin_cpu_supports("avx512vnni"))
     have = VECTOR_AVX512;

@@ -460,8 +460,56 @@ static int test_scale_every_value(void) {
   return bad;
 }
 
+/* The host's normalise where values lie outside lo..hi on both sides (clamped), where the table
+ * starts past lo or ends before hi, where the range is wider than the four counts take: random
+ * images of several spreads, every percentile pair, each vector version, every pixel against
+ * steps_scale with the percentiles of the image's own 65536-bin histogram. */
+static int test_normalise_clamps(void) {
+  static const uint32_t spreads[] = {3, 40, 700, 5000, 20000, 65536};
+  static const uint32_t pairs[][2] = {{10, 999}, {100, 900}, {0, 1000}, {1000, 1000}, {999, 10}, {500, 501}};
+  static uint32_t hist[65536];
+  ab_runtime *rt;
+  CHECK_OK(th_runtime(&rt, 1, 1));
+  int bad = 0;
+  for (size_t sp = 0; sp < sizeof spreads / sizeof spreads[0] && !bad; sp++) {
+    int64_t shape[2] = {37, 101};
+    size_t n = 37 * 101;
+    ab_tensor *in, *out;
+    CHECK_OK(ab_tensor_alloc(rt, th_host(0), U16, 2, shape, &in));
+    uint16_t *v = ab_tensor_dl(in)->data;
+    uint32_t base = spreads[sp] >= 65536 ? 0 : 30000;
+    for (size_t i = 0; i < n; i++) v[i] = (uint16_t)(base + next() % spreads[sp]);
+    memset(hist, 0, sizeof hist);
+    for (size_t i = 0; i < n; i++) hist[v[i]]++;
+    for (size_t q = 0; q < sizeof pairs / sizeof pairs[0] && !bad; q++) {
+      screen_pipeline p = {.p_lo = pairs[q][0], .p_hi = pairs[q][1]};
+      screen_normalise na = {.p = &p};
+      uint32_t lo, hi;
+      steps_percentiles(hist, n, &p, &lo, &hi);
+      for (size_t isa = 0; isa <= sizeof narrower / sizeof narrower[0] && !bad; isa++) {
+        if (isa > 0) setenv("AB_SCREEN_ISA", narrower[isa - 1], 1);
+        CHECK_OK(run_step(rt, screen_steps_host.normalise, &na, in, &out));
+        unsetenv("AB_SCREEN_ISA");
+        const uint16_t *o = ab_tensor_dl(out)->data;
+        for (size_t i = 0; i < n && !bad; i++)
+          if (o[i] != steps_scale(v[i], lo, hi)) {
+            fprintf(stderr, "# spread %u, per mille %u,%u (%u..%u), %s: %u scaled to %u, want %u\n", spreads[sp],
+                    pairs[q][0], pairs[q][1], lo, hi, isa ? narrower[isa - 1] : "widest", v[i], o[i],
+                    steps_scale(v[i], lo, hi));
+            bad = 1;
+          }
+        ab_tensor_release(out);
+      }
+    }
+    ab_tensor_release(in);
+  }
+  CHECK_OK(ab_runtime_destroy(rt, AB_DRAIN));
+  return bad;
+}
+
 static const ab_test_entry tests[] = {
     TEST_ENTRY(chain_matches_host),
+    TEST_ENTRY(normalise_clamps),
     TEST_ENTRY(percentiles_at_bin_edges),
     TEST_ENTRY(filter_cut_windows),
     TEST_ENTRY(scale_every_value),

@@ -234,8 +234,51 @@ static int test_constant_field(void) {
   return 0;
 }
 
+/* Otsu's threshold from counts handed on by the normalise step (screen_normalise) equals the
+ * one identify counts itself, and the counts are really what it uses. */
+static int test_otsu_counts_handed_on(void) {
+  ab_runtime *rt;
+  CHECK_OK(th_runtime(&rt, 1, 1));
+  enum { H = 90, W = 130 };
+  int64_t shape[2] = {H, W};
+  ab_tensor *in[2];
+  for (int k = 0; k < 2; k++) {
+    CHECK_OK(ab_tensor_alloc(rt, th_host(0), U16, 2, shape, &in[k]));
+    uint16_t *p = ab_tensor_dl(in[k])->data;
+    for (int y = 0; y < H; y++) /* dim noise with bright discs */
+      for (int x = 0; x < W; x++) {
+        int dy = y % 30 - 15, dx = x % 26 - 13;
+        p[y * W + x] = (uint16_t)(dy * dy + dx * dx < 60 ? 40000 + next() % 9000 : 2000 + next() % 6000);
+      }
+  }
+  screen_pipeline p = {.otsu = true, .min_area = 1};
+  screen_normalise counts = {.p = &p, .counted = true};
+  const uint16_t *seg = ab_tensor_dl(in[0])->data;
+  for (int i = 0; i < H * W; i++) counts.otsu[seg[i] >> 8]++;
+  identify_result own = {.p = &p, .nchannels = 1}, handed = {.p = &p, .nchannels = 1, .counted = &counts};
+  CHECK_OK(run_identify(rt, in, 1, &own));
+  CHECK_OK(run_identify(rt, in, 1, &handed));
+  CHECK_EQ_INT(handed.threshold, own.threshold);
+  CHECK_EQ_INT(handed.objects, own.objects);
+  CHECK_EQ_INT(handed.fg_px, own.fg_px);
+  CHECK(own.objects > 1);
+  /* counts that say otherwise move the threshold: they are what is used ... */
+  memset(counts.otsu, 0, sizeof counts.otsu);
+  counts.otsu[10] = counts.otsu[200] = 1000;
+  CHECK_OK(run_identify(rt, in, 1, &handed));
+  CHECK(handed.threshold != own.threshold);
+  /* ... unless they were not made (another kind normalised) */
+  counts.counted = false;
+  CHECK_OK(run_identify(rt, in, 1, &handed));
+  CHECK_EQ_INT(handed.threshold, own.threshold);
+  for (int k = 0; k < 2; k++) ab_tensor_release(in[k]);
+  CHECK_OK(ab_runtime_destroy(rt, AB_DRAIN));
+  return 0;
+}
+
 static const ab_test_entry tests[] = {
     TEST_ENTRY(random_fields),
+    TEST_ENTRY(otsu_counts_handed_on),
     TEST_ENTRY(shapes),
     TEST_ENTRY(constant_field),
     TEST_END,

@@ -203,9 +203,17 @@ static int submit_chain(run *r, job *j) {
   return rc;
 }
 
-static void release_chain(job *j, bool cancel) {
+/* Cancels the chain's steps and waits for them: one may be running already (cancelling only
+ * asks it to stop), and the normalise step writes Otsu's counts into the job. */
+static void cancel_chain(job *j) {
+  for (int k = 0; k < j->nf; k++)
+    if (j->f[k]) ab_future_cancel(j->f[k]);
+  for (int k = 0; k < j->nf; k++)
+    if (j->f[k]) ab_future_wait(j->f[k], -1);
+}
+
+static void release_chain(job *j) {
   for (int k = j->nf - 1; k >= 0; k--) {
-    if (j->f[k] && cancel) ab_future_cancel(j->f[k]);
     ab_future_release(j->f[k]);
     j->f[k] = NULL;
   }
@@ -306,7 +314,7 @@ static void free_job(run *r, job *j) {
   free_stacks(j);
   if (j->load) ab_future_release(j->load);
   j->load = NULL;
-  release_chain(j, false);
+  release_chain(j);
   j->state = J_FREE;
   (void)r;
 }
@@ -357,14 +365,7 @@ static void launch(run *r, job *j, int slot) {
   int rc = submit_chain(r, j);
   free_stacks(j); /* the stacks' tensors own what they hold */
   if (rc != 0) {
-    /* The steps submitted before the failure are cancelled, and waited for: one may be running
-     * already (cancelling only asks it to stop), and the normalise step writes Otsu's counts
-     * into this job, which is freed below and may be reused at once. */
-    for (int k = 0; k < j->nf; k++)
-      if (j->f[k]) ab_future_cancel(j->f[k]);
-    for (int k = 0; k < j->nf; k++)
-      if (j->f[k]) ab_future_wait(j->f[k], -1);
-    release_chain(j, false);
+    cancel_chain(j); /* before free_job: the job may be reused at once */
     char err[80];
     snprintf(err, sizeof err, "submit failed: %s", ab_strerror(rc));
     row(r, j->image, slot, rc, err, NULL);
@@ -431,7 +432,7 @@ static void finished(run *r, job *j) {
   row(r, j->image, s, st, j->err, &j->id);
   r->inflight[s]--;
   r->used[s] -= j->need[s];
-  release_chain(j, false);
+  release_chain(j);
   j->state = J_FREE;
 }
 
